@@ -1,0 +1,68 @@
+"""Pretraining presets: `--config configs/pretrain.py:tiny` (CPU) or `:125m` / `:350m` (accelerators).
+
+Every field can be overridden on the command line as `--config.a.b=value`.
+"""
+import ml_collections
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      d_model=64, n_layers=2, n_heads=4, head_dim=0,  # 0: d_model // n_heads
+      mlp_dim=256, mlp="swiglu", tie_embeddings=True,
+      position="rope", max_len=0,  # max_len: learned-table size; 0 means data.seq_len
+      attention="dense", param_dtype="float32", compute_dtype="float32", norm_eps=1e-6,
+      vocab_size=0,  # 0: the tokenizer's, padded up to a multiple of vocab_multiple
+      vocab_multiple=64,  # padding lets the vocabulary shard evenly
+  ))
+  c.model.rope = ml_collections.ConfigDict(dict(base=10000.0, fraction=1.0, layout="half"))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="pystdlib", text_dir="", text_glob="**/*", data_dir="~/.cache/lcx/tensorflow_datasets",
+      text_key="text", tokenizer="byte", seq_len=128, batch_size=16, document_mask=True,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=300, log_every=10, learning_rate=3e-3, warmup_steps=30, schedule="cosine",
+      min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0, grad_accum_steps=1,
+      peak_flops=0.0,  # FLOP/s of the whole mesh for MFU; 0 measures a matmul at start
+  ))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis name -> mesh axes. Parameters and activations name their axes logically;
+  # this table alone decides how they are laid out on the mesh.
+  c.mesh.rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("vocab", "tensor"),
+      ("heads", "tensor"),
+      ("mlp", "tensor"),
+  )
+
+  c.wandb = ml_collections.ConfigDict(dict(
+      mode="auto",  # auto: online with an API key, offline without; or online/offline/disabled
+      project="lcx", entity="", name="", group="", job_type="pretrain", tags=(),
+  ))
+
+  if arg == "tiny":
+    pass
+  elif arg == "125m":
+    c.model.update(d_model=768, n_layers=12, n_heads=12, mlp_dim=3328,
+                   compute_dtype="bfloat16", attention="dense")
+    c.data.update(seq_len=1024, batch_size=256)
+    c.train.update(steps=20000, learning_rate=6e-4, warmup_steps=1000, log_every=50)
+    c.checkpoint.every_steps = 1000
+  elif arg == "350m":
+    c.model.update(d_model=1024, n_layers=24, n_heads=16, mlp_dim=3328,
+                   compute_dtype="bfloat16", attention="dense")
+    c.data.update(seq_len=2048, batch_size=256)
+    c.train.update(steps=40000, learning_rate=3e-4, warmup_steps=2000, log_every=50)
+    c.checkpoint.every_steps = 1000
+  else:
+    raise ValueError(f"configs/pretrain.py: unknown preset {arg!r}; allowed: tiny, 125m, 350m")
+  c.lock()
+  return c

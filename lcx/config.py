@@ -1,0 +1,126 @@
+"""Validate and resolve a config, and turn its parts into the small dataclasses layers receive.
+
+Every problem is reported as one line naming the field and what it allows.
+"""
+import functools
+import math
+
+import ml_collections
+
+from lcx import attention, positions
+from lcx.data.tokenizers import TOKENIZERS, make_tokenizer
+from lcx.model import ModelConfig
+from lcx.sharding import resolve_mesh_shape
+
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "linear", "constant")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+class ConfigError(ValueError):
+  """A config field holds a value lcx cannot run with."""
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def _get(c, name: str):
+  return functools.reduce(getattr, name.split("."), c)
+
+
+def _positive(c, name: str) -> None:
+  value = _get(c, name)
+  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           f"config.{name}={value!r} must be a positive integer")
+
+
+def _choice(c, name: str, allowed) -> None:
+  value = _get(c, name)
+  _require(value in allowed, f"config.{name}={value!r} is not allowed; allowed: "
+           f"{', '.join(map(str, allowed))}")
+
+
+def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """A validated copy with derived fields filled in: head_dim, max_len, vocab_size, mesh sizes."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  m, d, t = c.model, c.data, c.train
+  for name in ("model.d_model", "model.n_layers", "model.n_heads", "model.mlp_dim",
+               "model.vocab_multiple", "data.seq_len", "data.batch_size", "train.steps",
+               "train.log_every", "train.grad_accum_steps", "checkpoint.every_steps",
+               "checkpoint.keep"):
+    _positive(c, name)
+  _choice(c, "model.position", positions.available())
+  _choice(c, "model.mlp", ("swiglu", "gelu"))
+  _choice(c, "model.attention", tuple(attention.IMPLEMENTATIONS))
+  _choice(c, "model.param_dtype", DTYPES)
+  _choice(c, "model.compute_dtype", DTYPES)
+  _choice(c, "model.rope.layout", ("half", "interleaved"))
+  _choice(c, "data.tokenizer", tuple(TOKENIZERS))
+  _choice(c, "train.schedule", SCHEDULES)
+  _choice(c, "wandb.mode", WANDB_MODES)
+  _require(0 < m.rope.fraction <= 1, f"config.model.rope.fraction={m.rope.fraction!r} must be in (0, 1]")
+  _require(m.rope.base > 0, f"config.model.rope.base={m.rope.base!r} must be positive")
+  _require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate!r} must be positive")
+  _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps!r} must be >= 0")
+  _require(0 <= t.min_lr_ratio <= 1, f"config.train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
+  _require(t.grad_clip >= 0, f"config.train.grad_clip={t.grad_clip!r} must be >= 0 (0 turns it off)")
+
+  if m.head_dim == 0:
+    _require(m.d_model % m.n_heads == 0,
+             f"config.model.n_heads={m.n_heads} must divide config.model.d_model={m.d_model} "
+             f"(allowed: {', '.join(str(h) for h in range(1, m.d_model + 1) if m.d_model % h == 0)}), "
+             "or set config.model.head_dim")
+    m.head_dim = m.d_model // m.n_heads
+  _positive(c, "model.head_dim")
+  if m.position == "rope":
+    _require(positions.rotary_dim(m.head_dim, m.rope.fraction) >= 2,
+             f"config.model.rope.fraction={m.rope.fraction} leaves no rotary pair in head_dim "
+             f"{m.head_dim}")
+  if m.position == "sinusoidal":
+    _require(m.d_model % 2 == 0, f"config.model.d_model={m.d_model} must be even for sinusoidal")
+  if m.max_len == 0:
+    m.max_len = d.seq_len
+  if m.position == "learned":
+    _require(m.max_len >= d.seq_len,
+             f"config.model.max_len={m.max_len} is shorter than config.data.seq_len={d.seq_len}; "
+             f"learned positions need max_len >= {d.seq_len}")
+  tokenizer_vocab = make_tokenizer(d.tokenizer).vocab_size
+  if m.vocab_size == 0:
+    m.vocab_size = math.ceil(tokenizer_vocab / m.vocab_multiple) * m.vocab_multiple
+  _require(m.vocab_size >= tokenizer_vocab,
+           f"config.model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
+           f"{tokenizer_vocab}; use 0 or at least {tokenizer_vocab}")
+  if d.name == "text_dir":
+    _require(bool(d.text_dir), "config.data.text_dir is empty; data.name='text_dir' needs a folder")
+
+  try:
+    shape = resolve_mesh_shape(c.mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape
+  batch_shards = c.mesh.data * c.mesh.fsdp
+  per_step = batch_shards * t.grad_accum_steps
+  _require(d.batch_size % per_step == 0,
+           f"config.data.batch_size={d.batch_size} must be a multiple of mesh.data x mesh.fsdp x "
+           f"train.grad_accum_steps = {per_step}")
+  for name, size in (("n_heads", m.n_heads), ("mlp_dim", m.mlp_dim), ("vocab_size", m.vocab_size)):
+    _require(size % c.mesh.tensor == 0,
+             f"config.model.{name}={size} must be divisible by config.mesh.tensor={c.mesh.tensor}")
+  _require(m.d_model % c.mesh.fsdp == 0,
+           f"config.model.d_model={m.d_model} must be divisible by config.mesh.fsdp={c.mesh.fsdp}")
+  c.lock()
+  return c
+
+
+def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
+  """The model's dataclass from a resolved config."""
+  m = c.model
+  return ModelConfig(
+      vocab_size=m.vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
+      head_dim=m.head_dim, mlp_dim=m.mlp_dim, mlp=m.mlp, tie_embeddings=m.tie_embeddings,
+      position=m.position, max_len=m.max_len, attention=m.attention, param_dtype=m.param_dtype,
+      compute_dtype=m.compute_dtype, norm_eps=m.norm_eps,
+      rope=positions.RopeConfig(base=float(m.rope.base), fraction=float(m.rope.fraction),
+                                layout=m.rope.layout))

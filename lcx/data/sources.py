@@ -1,0 +1,56 @@
+"""Open a split of a text dataset as a random-access source of documents, building it if needed."""
+import os
+import pathlib
+
+import tensorflow_datasets as tfds
+
+from lcx.data import corpora
+
+
+def _builder(name: str, data_dir: str, text_dir: str, text_glob: str):
+  kwargs = dict(data_dir=data_dir, file_format="array_record")
+  if name == "pystdlib":
+    return corpora.Pystdlib(**kwargs)
+  if name == "text_dir":
+    if not text_dir:
+      raise ValueError("data.name='text_dir' needs data.text_dir, a directory of text files")
+    return corpora.TextDir(config=corpora.text_dir_config(text_dir, text_glob), **kwargs)
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"data.name={name!r} is neither a bundled corpus (pystdlib, text_dir) nor a "
+                     f"TFDS dataset: {str(e).splitlines()[0]}") from None
+
+
+class Documents:
+  """The documents of one split: len() and [i] -> the text as bytes."""
+
+  def __init__(self, name: str, split: str, *, data_dir: str, text_dir: str = "",
+               text_glob: str = "**/*", text_key: str = "text"):
+    data_dir = str(pathlib.Path(os.path.expanduser(data_dir)).resolve())
+    builder = _builder(name, data_dir, text_dir, text_glob)
+    if name in ("pystdlib", "text_dir"):
+      # Built on first use; later calls find it prepared and return at once.
+      builder.download_and_prepare()
+    elif not builder.is_prepared():
+      raise ValueError(
+          f"data.name={name!r} is not prepared in data.data_dir={data_dir!r}; prepare it once with "
+          f"`tfds build {name} --data_dir {data_dir} --file_format array_record`")
+    if split not in builder.info.splits:
+      raise ValueError(f"split {split!r} does not exist for {name}; it has "
+                       f"{', '.join(builder.info.splits)}")
+    features = builder.info.features
+    if text_key not in features:
+      raise ValueError(f"data.text_key={text_key!r} is not a feature of {name}; it has "
+                       f"{', '.join(features)}")
+    self.name = builder.info.full_name
+    self.split = split
+    self.text_key = text_key
+    self._source = builder.as_data_source(split=split)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> bytes:
+    text = self._source[int(index)][self.text_key]
+    return text.encode("utf-8") if isinstance(text, str) else text

@@ -1,0 +1,119 @@
+"""The packed training stream: documents -> tokens -> fixed-length sequences.
+
+Each document becomes [EOS] + tokens; an epoch concatenates the documents in a seeded order and
+cuts the result into chunks of seq_len + 1 tokens (inputs and shifted targets), visited in a
+seeded order. Example g = step * global_batch + row is a pure function of (seed, g), so:
+  - a run resumes from a step alone, with exactly the data an uninterrupted run would see;
+  - each process builds only its own rows, and the global batch is the same whatever the number
+    of processes.
+Positions count from the start of the sequence, restarting at 0 at each document's EOS when
+document_mask is on (with segment ids that keep packed documents from attending to each other),
+so no position reaches seq_len; without document_mask they run 0..seq_len-1.
+"""
+import concurrent.futures
+import functools
+import hashlib
+import os
+import pathlib
+from typing import Iterator
+
+import numpy as np
+
+from lcx.data.sources import Documents
+from lcx.data.tokenizers import Tokenizer
+
+
+def document_lengths(docs: Documents, tokenizer: Tokenizer, cache_dir: str | None) -> np.ndarray:
+  """Tokens per document including its EOS; cached on disk because it reads every document."""
+  cache = None
+  if cache_dir:
+    key = hashlib.sha256(f"{docs.name}|{docs.split}|{docs.text_key}|{tokenizer.name}".encode())
+    cache = pathlib.Path(cache_dir) / f"lengths-{key.hexdigest()[:16]}.npy"
+    if cache.exists():
+      lengths = np.load(cache)
+      if len(lengths) == len(docs):
+        return lengths
+  lengths = np.array([len(tokenizer.encode(docs[i])) + 1 for i in range(len(docs))], np.int64)
+  if cache is not None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, lengths)
+    os.replace(tmp, cache)
+  return lengths
+
+
+class PackedStream:
+  """Batches of packed sequences for this process's rows of the global batch."""
+
+  def __init__(self, docs: Documents, tokenizer: Tokenizer, *, seq_len: int, global_batch: int,
+               seed: int, document_mask: bool = True, process_index: int = 0,
+               process_count: int = 1, cache_dir: str | None = None):
+    if global_batch % process_count:
+      raise ValueError(f"data.batch_size={global_batch} must be divisible by the number of "
+                       f"processes ({process_count})")
+    self.docs, self.tokenizer = docs, tokenizer
+    self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
+    self.document_mask = document_mask
+    self.local_batch = global_batch // process_count
+    self.first_row = process_index * self.local_batch
+    self.lengths = document_lengths(docs, tokenizer, cache_dir)
+    self.chunks_per_epoch = int(self.lengths.sum()) // (seq_len + 1)
+    if self.chunks_per_epoch < 1:
+      raise ValueError(f"{docs.name}/{docs.split} has {int(self.lengths.sum())} tokens, fewer than "
+                       f"one sequence of data.seq_len={seq_len}")
+
+  @property
+  def tokens_per_epoch(self) -> int:
+    return self.chunks_per_epoch * (self.seq_len + 1)
+
+  @functools.lru_cache(maxsize=2)
+  def _epoch(self, epoch: int):
+    rng = np.random.default_rng([self.seed, epoch])
+    order = rng.permutation(len(self.lengths))
+    ends = np.cumsum(self.lengths[order])
+    chunk_order = rng.permutation(self.chunks_per_epoch)
+    return order, ends, chunk_order
+
+  def example(self, index: int) -> dict[str, np.ndarray]:
+    """The index-th example of the infinite stream: tokens, targets, positions, segment_ids."""
+    epoch, j = divmod(index, self.chunks_per_epoch)
+    order, ends, chunk_order = self._epoch(epoch)
+    span = self.seq_len + 1
+    start = int(chunk_order[j]) * span
+    stop = start + span
+    first = int(np.searchsorted(ends, start, side="right"))
+    pieces, positions, segments = [], [], []
+    doc_rank = first
+    while sum(len(p) for p in pieces) < span:
+      doc_start = int(ends[doc_rank - 1]) if doc_rank else 0
+      doc_tokens = np.concatenate([[self.tokenizer.eos_id],
+                                   self.tokenizer.encode(self.docs[order[doc_rank]])])
+      lo, hi = max(start - doc_start, 0), min(stop - doc_start, len(doc_tokens))
+      pieces.append(doc_tokens[lo:hi])
+      positions.append(np.arange(hi - lo))
+      segments.append(np.full(hi - lo, doc_rank - first + 1))
+      doc_rank += 1
+    tokens = np.concatenate(pieces).astype(np.int32)
+    if self.document_mask:
+      pos = np.concatenate(positions).astype(np.int32)[:-1]
+      seg = np.concatenate(segments).astype(np.int32)[:-1]
+    else:
+      pos = np.arange(self.seq_len, dtype=np.int32)
+      seg = np.ones(self.seq_len, np.int32)
+    return {"tokens": tokens[:-1], "targets": tokens[1:], "positions": pos, "segment_ids": seg}
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch at `step`, each array (local_batch, seq_len)."""
+    base = step * self.global_batch + self.first_row
+    rows = [self.example(base + r) for r in range(self.local_batch)]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from start_step on, built ahead in a background thread."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+      pending = [pool.submit(self.batch, start_step + i) for i in range(prefetch)]
+      step = start_step + prefetch
+      while True:
+        yield pending.pop(0).result()
+        pending.append(pool.submit(self.batch, step))
+        step += 1

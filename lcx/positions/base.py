@@ -1,0 +1,84 @@
+"""The position-scheme interface and its registry.
+
+A scheme may act at three places, and the model calls all three unconditionally:
+  embed(x_BLD, positions_BL)          add to the token embeddings (sinusoidal, learned)
+  rotate(q_BLHK, k_BLHK, positions_BL) transform queries and keys (RoPE and its variants)
+  bias(q_positions_BQ, k_positions_BK) additive attention-logit bias, (B, H, Q, K) or None
+`bias` is a pure function of positions so that a blockwise kernel can call it per tile.
+"""
+import dataclasses
+from typing import Callable
+
+import jax
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+  base: float = 10000.0
+  fraction: float = 1.0  # share of each head's dims that rotate (GPT-NeoX partial rotary)
+  layout: str = "half"  # "half": pairs (i, i + d/2); "interleaved": pairs (2i, 2i + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionConfig:
+  """What a position scheme may know about the model."""
+  d_model: int
+  n_heads: int
+  head_dim: int
+  max_len: int
+  param_dtype: str = "float32"
+  rope: RopeConfig = RopeConfig()
+
+
+class PositionScheme(nnx.Module):
+  """Identity at every hook; a scheme overrides the hooks it uses."""
+
+  def __init__(self, cfg: PositionConfig, *, rngs: nnx.Rngs):
+    del cfg, rngs
+
+  def embed(self, x_BLD: jax.Array, positions_BL: jax.Array) -> jax.Array:
+    del positions_BL
+    return x_BLD
+
+  def rotate(self, q_BLHK, k_BLHK, positions_BL):
+    del positions_BL
+    return q_BLHK, k_BLHK
+
+  def bias(self, q_positions_BQ, k_positions_BK) -> jax.Array | None:
+    del q_positions_BQ, k_positions_BK
+    return None
+
+  def has_bias(self) -> bool:
+    return type(self).bias is not PositionScheme.bias
+
+  def check_length(self, length: int) -> None:
+    """Raise ValueError if the scheme cannot represent sequences of `length` tokens."""
+    del length
+
+
+_REGISTRY: dict[str, type[PositionScheme]] = {}
+
+
+def register(name: str) -> Callable[[type[PositionScheme]], type[PositionScheme]]:
+  def add(cls):
+    if name in _REGISTRY:
+      raise ValueError(f"position scheme {name!r} is registered twice")
+    _REGISTRY[name] = cls
+    return cls
+  return add
+
+
+def available() -> tuple[str, ...]:
+  return tuple(sorted(_REGISTRY))
+
+
+def make(name: str, cfg: PositionConfig, *, rngs: nnx.Rngs) -> PositionScheme:
+  if name not in _REGISTRY:
+    raise ValueError(f"model.position={name!r} is unknown; allowed: {', '.join(available())}")
+  return _REGISTRY[name](cfg, rngs=rngs)
+
+
+@register("none")
+class NoPosition(PositionScheme):
+  """NoPE: causal attention alone carries order."""

@@ -1,0 +1,222 @@
+"""python -m lcx.train --config configs/pretrain.py:tiny --workdir DIR [--config.a.b=value ...]
+
+`train_and_evaluate(config, workdir)` is the loop; everything it uses is importable on its own.
+"""
+import json
+import logging
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from lcx import config as config_lib
+from lcx.checkpoint import Checkpointer
+from lcx.data.sources import Documents
+from lcx.data.stream import PackedStream
+from lcx.data.tokenizers import make_tokenizer
+from lcx.metrics import (JsonlWriter, ProgressBar, WandbWriter, flops_per_token,
+                         measure_peak_flops)
+from lcx.model import count_params
+from lcx.sharding import make_mesh
+from lcx.train_step import OptimizerConfig, TrainProgram
+
+log = logging.getLogger("lcx.train")
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss or gradient norm stopped being finite."""
+
+
+class _StopFlag:
+  """Set by SIGTERM (preemption); the loop saves a checkpoint and returns at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no signal handling there
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _setup(config, devices):
+  """Resolved config, mesh, data stream and program; bad input becomes one ConfigError line."""
+  devices = list(jax.devices() if devices is None else devices)
+  try:
+    c = config_lib.resolve(config, len(devices))
+    mesh = make_mesh(c.mesh, devices)
+    tokenizer = make_tokenizer(c.data.tokenizer)
+    docs = Documents(c.data.name, "train", data_dir=c.data.data_dir, text_dir=c.data.text_dir,
+                     text_glob=c.data.text_glob, text_key=c.data.text_key)
+    stream = PackedStream(docs, tokenizer, seq_len=c.data.seq_len,
+                          global_batch=c.data.batch_size, seed=c.seed,
+                          document_mask=c.data.document_mask,
+                          process_index=jax.process_index(), process_count=jax.process_count(),
+                          cache_dir=str(pathlib.Path(c.data.data_dir).expanduser() / "lcx_cache"))
+    t = c.train
+    opt_cfg = OptimizerConfig(
+        learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, steps=t.steps,
+        schedule=t.schedule, min_lr_ratio=t.min_lr_ratio, weight_decay=t.weight_decay,
+        b1=t.b1, b2=t.b2, grad_clip=t.grad_clip)
+    program = TrainProgram(config_lib.model_config(c), opt_cfg, mesh, tuple(c.mesh.rules),
+                           grad_accum_steps=t.grad_accum_steps,
+                           document_mask=c.data.document_mask, seed=c.seed)
+  except config_lib.ConfigError:
+    raise
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  return c, mesh, stream, program
+
+
+def train_and_evaluate(config, workdir, devices=None) -> dict:
+  """Trains (or resumes) the run in workdir; returns a summary of where it ended."""
+  workdir = pathlib.Path(workdir).expanduser()
+  c, mesh, stream, program = _setup(config, devices)
+  is_main = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+  if is_main:
+    (workdir / "config.json").write_text(c.to_json_best_effort(indent=2) + "\n")
+    log.info("resolved config:\n%s", c)
+
+  counts = count_params(program.abstract_state["params"])
+  tokens_per_step = c.data.batch_size * c.data.seq_len
+  flops_token = flops_per_token(counts["non_embedding"], c.model.n_layers,
+                                c.model.n_heads * c.model.head_dim, c.data.seq_len)
+  peak = c.train.peak_flops or measure_peak_flops(mesh, c.model.compute_dtype)
+
+  checkpointer = Checkpointer(workdir, c.checkpoint.keep)
+  restored = checkpointer.restore_latest(program.abstract_state_with_shardings())
+  if restored is None:
+    state, start_step, train_seconds = program.init(), 0, 0.0
+  else:
+    state, meta = restored
+    start_step, train_seconds = int(meta["step"]), float(meta["train_seconds"])
+    log.info("resumed from %s at step %d", checkpointer.directory, start_step)
+
+  writers = []
+  if is_main:
+    writers = [JsonlWriter(workdir / "metrics.jsonl", start_step),
+               WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)]
+  progress = ProgressBar(c.train.steps, start_step, enabled=is_main)
+  last_record = None
+  window = {"start": None, "steps": 0}
+
+  def meta_at(step):
+    return {"step": step, "tokens_seen": step * tokens_per_step, "train_seconds": train_seconds,
+            "data_position": step * c.data.batch_size}
+
+  def consume(step, metrics):
+    """Checks one step's metrics (fetched a step late) and logs the interval if it is due."""
+    nonlocal last_record
+    m = jax.device_get(metrics)
+    if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+      raise TrainingDiverged(
+          f"loss {float(m['loss'])} / gradient norm {float(m['grad_norm'])} at step {step} is not "
+          f"finite; stopped without saving this state (checkpoints in {checkpointer.directory} "
+          "hold only finite states; lower train.learning_rate or raise train.warmup_steps)")
+    now = time.perf_counter()
+    if window["start"] is None:  # the first step includes compilation: time from its end
+      window.update(start=now, steps=0)
+      progress.update(1)
+      return
+    window["steps"] += 1
+    if step % c.train.log_every and step != c.train.steps:
+      progress.update(1)
+      return
+    elapsed = now - window["start"]
+    tokens_per_second = window["steps"] * tokens_per_step / max(elapsed, 1e-9)
+    record = {
+        "step": step, "loss": float(m["loss"]), "learning_rate": float(m["learning_rate"]),
+        "grad_norm": float(m["grad_norm"]), "tokens_per_second": tokens_per_second,
+        "step_time_s": elapsed / max(window["steps"], 1), "tokens_seen": step * tokens_per_step,
+        "flops_per_token": flops_token, "mfu": tokens_per_second * flops_token / peak,
+        "peak_flops": peak, "train_seconds": train_seconds + (time.perf_counter() - loop_start)}
+    for writer in writers:
+      writer.write(record)
+    last_record = record
+    window.update(start=now, steps=0)
+    progress.update(1, record)
+
+  step = start_step
+  preempted = False
+  loop_start = time.perf_counter()
+  try:
+    with _StopFlag() as stop:
+      batches = stream.iterate(start_step)
+      pending = None
+      while step < c.train.steps:
+        state, metrics = program.step(state, program.global_batch(next(batches)))
+        step += 1
+        if pending is not None:
+          consume(*pending)
+        pending = (step, metrics)
+        preempted = stop.requested
+        if step % c.checkpoint.every_steps == 0 or step == c.train.steps or preempted:
+          consume(*pending)  # never checkpoint a state whose step was not finite
+          pending = None
+          train_seconds += time.perf_counter() - loop_start
+          loop_start = time.perf_counter()
+          checkpointer.save(step, state, meta_at(step))
+        if preempted:
+          log.warning("SIGTERM: saved a checkpoint at step %d in %s; exiting", step,
+                      checkpointer.directory)
+          break
+  finally:
+    progress.close()
+    checkpointer.close()
+    for writer in writers:
+      writer.close()
+
+  summary = {"workdir": str(workdir), "step": step, "preempted": preempted,
+             "params": counts["total"], "non_embedding_params": counts["non_embedding"],
+             "final_loss": last_record["loss"] if last_record else None,
+             "tokens_per_second": last_record["tokens_per_second"] if last_record else None,
+             "mfu": last_record["mfu"] if last_record else None,
+             "metrics": str(workdir / "metrics.jsonl"), "checkpoints": str(checkpointer.directory),
+             "config": str(workdir / "config.json")}
+  if is_main:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:tiny")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.")
+
+
+def main(argv):
+  del argv
+  # Orbax and TFDS log every file operation through absl at INFO; keep the terminal for lcx.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("lcx").setLevel(logging.INFO)
+  if _CONFIG.value is None or not _WORKDIR.value:
+    sys.exit("lcx.train: --config and --workdir are required, e.g. "
+             "--config configs/pretrain.py:tiny --workdir /tmp/run")
+  try:
+    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, TrainingDiverged) as e:
+    sys.exit(f"lcx.train: {e}")
+  print(f"\nfinished at step {summary['step']}: loss {summary['final_loss']}, "
+        f"{summary['tokens_per_second'] or 0:,.0f} tokens/s, MFU {100 * (summary['mfu'] or 0):.1f}%")
+  print(f"outputs in {summary['workdir']}:\n  metrics      {summary['metrics']}\n"
+        f"  checkpoints  {summary['checkpoints']}\n  config       {summary['config']}")
+
+
+if __name__ == "__main__":
+  app.run(main)

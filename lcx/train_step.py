@@ -1,0 +1,146 @@
+"""The train state, its shardings, and the jitted init and train step (pure functions of state)."""
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lcx.model import ModelConfig, Transformer, token_losses
+from lcx.sharding import Rules, activation_sharding, named_sharding, shard
+
+BATCH_NAMES = ("batch", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float
+  warmup_steps: int
+  steps: int
+  schedule: str = "cosine"
+  min_lr_ratio: float = 0.1
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  grad_clip: float = 1.0
+
+
+def learning_rate_schedule(c: OptimizerConfig) -> optax.Schedule:
+  """Linear warmup, then cosine or linear decay to min_lr_ratio x peak, or constant."""
+  warmup = max(min(c.warmup_steps, c.steps), 0)
+  decay_steps = max(c.steps - warmup, 1)
+  end = c.learning_rate * c.min_lr_ratio
+  if c.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(c.learning_rate, decay_steps, alpha=c.min_lr_ratio)
+  elif c.schedule == "linear":
+    decay = optax.linear_schedule(c.learning_rate, end, decay_steps)
+  elif c.schedule == "constant":
+    decay = optax.constant_schedule(c.learning_rate)
+  else:
+    raise ValueError(f"train.schedule={c.schedule!r} is unknown; allowed: cosine, linear, constant")
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), decay],
+                              [warmup])
+
+
+def make_optimizer(c: OptimizerConfig) -> optax.GradientTransformation:
+  # Decay matrices only: norms' scales and other vectors keep their value.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  adamw = optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2,
+                      weight_decay=c.weight_decay, mask=decay_mask)
+  if c.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(c.grad_clip), adamw)
+  return adamw
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def abstract_model(model_cfg: ModelConfig):
+  """(graphdef, abstract params) without allocating anything."""
+  model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+  return nnx.split(model, nnx.Param)
+
+
+def param_shardings(abstract_params, mesh: Mesh, rules: Rules):
+  """Each parameter's NamedSharding from its logical axis names."""
+  def one(variable):
+    names = variable.get_metadata().get("logical_axes") or (None,) * variable.value.ndim
+    return variable.replace(value=named_sharding(mesh, names, rules))
+  return jax.tree.map(one, abstract_params, is_leaf=_is_variable)
+
+
+class TrainProgram:
+  """The state layout on the mesh and the jitted init / train step for one model and optimizer."""
+
+  def __init__(self, model_cfg: ModelConfig, opt_cfg: OptimizerConfig, mesh: Mesh, rules: Rules,
+               *, grad_accum_steps: int = 1, document_mask: bool = True, seed: int = 0):
+    self.model_cfg, self.mesh, self.rules = model_cfg, mesh, rules
+    self.grad_accum_steps, self.document_mask, self.seed = grad_accum_steps, document_mask, seed
+    self.tx = make_optimizer(opt_cfg)
+    self.schedule = learning_rate_schedule(opt_cfg)
+    self.graphdef, abstract_params = abstract_model(model_cfg)
+    self.abstract_state = jax.eval_shape(self._init_state)
+    replicated = NamedSharding(mesh, P())
+    params_sh = param_shardings(abstract_params, mesh, rules)
+    opt_sh = optax.tree_map_params(
+        self.tx, lambda _, sharding: sharding, self.abstract_state["opt_state"], params_sh,
+        transform_non_params=lambda _: replicated, is_leaf=_is_variable)
+    self.state_shardings = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
+    self.batch_sharding = named_sharding(mesh, BATCH_NAMES, rules)
+    self.init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self.step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+
+  def _init_state(self):
+    model = Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
+    params = nnx.state(model, nnx.Param)
+    return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  def abstract_state_with_shardings(self):
+    """ShapeDtypeStructs carrying the target shardings, the restore target for checkpoints."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_state, self.state_shardings)
+
+  def global_batch(self, local_batch: dict) -> dict:
+    """Global arrays from this process's rows (the same code on one host and many)."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in local_batch.items()}
+
+  def loss(self, params, batch) -> jax.Array:
+    model = nnx.merge(self.graphdef, params)
+    segment_ids = batch["segment_ids"] if self.document_mask else None
+    logits = model(batch["tokens"], batch["positions"], segment_ids)
+    return token_losses(logits, batch["targets"]).mean()
+
+  def _grads(self, params, batch):
+    value_and_grad = jax.value_and_grad(self.loss)
+    if self.grad_accum_steps == 1:
+      return value_and_grad(params, batch)
+    n = self.grad_accum_steps
+
+    def split(x):
+      # Microbatch i takes rows i, i + n, ...: every device keeps a share of every microbatch.
+      x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+      return shard(x, (None, *BATCH_NAMES))
+
+    def accumulate(carry, micro):
+      loss, grads = value_and_grad(params, micro)
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, batch))
+    return jax.tree.map(lambda x: x / n, (loss, grads))
+
+  def _train_step(self, state, batch):
+    with activation_sharding(self.mesh, self.rules):
+      loss, grads = self._grads(state["params"], batch)
+      updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+      params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": self.schedule(state["step"])}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
