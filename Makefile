@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= runs/demo
+DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: demo test venv
 

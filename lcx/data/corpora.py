@@ -36,6 +36,12 @@ def _examples(files: list[tuple[str, pathlib.Path]], split: str):
     yield rel, {"text": data.decode("utf-8", errors="replace"), "path": rel}
 
 
+def _split_generators(files):
+  """Generators for the splits that get files: a small folder may leave validation empty."""
+  present = {split_of(rel) for rel, _ in files}
+  return {split: _examples(files, split) for split in SPLITS if split in present}
+
+
 def stdlib_files() -> list[tuple[str, pathlib.Path]]:
   root = pathlib.Path(sysconfig.get_paths()["stdlib"])
   files = []
@@ -57,8 +63,7 @@ class Pystdlib(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES))
 
   def _split_generators(self, dl_manager):
-    files = stdlib_files()
-    return {split: _examples(files, split) for split in SPLITS}
+    return _split_generators(stdlib_files())
 
   def _generate_examples(self, examples):
     yield from examples
@@ -101,8 +106,7 @@ class TextDir(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES))
 
   def _split_generators(self, dl_manager):
-    files = text_dir_files(self.builder_config.root, self.builder_config.glob)
-    return {split: _examples(files, split) for split in SPLITS}
+    return _split_generators(text_dir_files(self.builder_config.root, self.builder_config.glob))
 
   def _generate_examples(self, examples):
     yield from examples

@@ -1,0 +1,40 @@
+"""Shared fixtures: 8 simulated CPU devices, W&B off, one small built copy of the bundled corpus."""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import pretrain  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir the session's tests share; pystdlib is built into it on first use."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture
+def tiny_config(data_dir):
+  """The tiny preset made smaller still, with nothing measured or uploaded."""
+  c = pretrain.get_config("tiny")
+  c.data.data_dir = data_dir
+  c.data.seq_len = 32
+  c.data.batch_size = 8
+  c.model.d_model = 32
+  c.model.n_heads = 4
+  c.model.mlp_dim = 64
+  c.train.steps = 6
+  c.train.log_every = 1
+  c.train.warmup_steps = 2
+  c.train.peak_flops = 1e12
+  c.checkpoint.every_steps = 3
+  c.wandb.mode = "disabled"
+  return c

@@ -1,0 +1,72 @@
+"""Invalid configs fail at start with one line naming the field and what it allows."""
+import subprocess
+import sys
+
+import pytest
+
+from configs import pretrain
+from lcx.config import ConfigError, resolve
+from tests.conftest import ROOT
+
+
+def _tiny(**overrides):
+  c = pretrain.get_config("tiny")
+  for path, value in overrides.items():
+    section, field = path.split(".")
+    setattr(getattr(c, section), field, value)
+  return c
+
+
+@pytest.mark.parametrize("overrides, devices, pattern", [
+    ({"model.n_heads": 5}, 1, r"config.model.n_heads=5 must divide config.model.d_model=64 "
+                              r"\(allowed: 1, 2, 4, 8, 16, 32, 64\)"),
+    ({"model.position": "t5"}, 1,
+     r"config.model.position='t5' is not allowed; allowed: alibi, learned, none, rope, sinusoidal"),
+    ({"model.position": "learned", "model.max_len": 64}, 1,
+     r"config.model.max_len=64 is shorter than config.data.seq_len=128"),
+    ({"train.steps": 0}, 1, r"config.train.steps=0 must be a positive integer"),
+    ({"data.batch_size": -4}, 1, r"config.data.batch_size=-4 must be a positive integer"),
+    ({"mesh.data": 3, "mesh.fsdp": -1}, 8, r"config.mesh: .*cannot fill 8 devices"),
+    ({"mesh.data": 2, "mesh.fsdp": 2}, 8, r"data\*fsdp\*tensor = 4 but there are 8 devices"),
+    ({"data.batch_size": 12}, 8, r"config.data.batch_size=12 must be a multiple of .* = 8"),
+    ({"model.mlp": "relu"}, 1, r"config.model.mlp='relu' is not allowed; allowed: swiglu, gelu"),
+    ({"model.compute_dtype": "float16"}, 1, r"allowed: float32, bfloat16"),
+    ({"mesh.tensor": 8, "mesh.data": 1}, 8, r"config.model.n_heads=4 must be divisible by "
+                                              r"config.mesh.tensor=8"),
+    ({"data.name": "text_dir"}, 1, r"config.data.text_dir is empty"),
+])
+def test_invalid_config_names_the_field(overrides, devices, pattern):
+  with pytest.raises(ConfigError, match=pattern):
+    resolve(_tiny(**overrides), devices)
+
+
+def test_resolve_fills_derived_fields():
+  c = resolve(_tiny(**{"mesh.data": -1, "mesh.tensor": 2}), 8)
+  assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (4, 1, 2)
+  assert c.model.head_dim == 16 and c.model.max_len == 128 and c.model.vocab_size == 320
+
+
+def test_presets_have_the_advertised_sizes():
+  from lcx import config as config_lib
+  from lcx.model import count_params
+  from lcx.train_step import abstract_model
+  sizes = {}
+  for preset in ("125m", "350m"):
+    c = resolve(pretrain.get_config(preset), 1)
+    _, params = abstract_model(config_lib.model_config(c))
+    sizes[preset] = count_params(params)["total"] / 1e6
+  assert 110 < sizes["125m"] < 140 and 320 < sizes["350m"] < 380, sizes
+  with pytest.raises(ValueError, match="unknown preset 'huge'; allowed: tiny, 125m, 350m"):
+    pretrain.get_config("huge")
+
+
+def test_cli_reports_a_bad_field_in_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "lcx.train", "--config", "configs/pretrain.py:tiny",
+       "--workdir", str(tmp_path / "run"), "--config.model.position=xpos"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("lcx.train: config.model.position='xpos' is not allowed; allowed:")
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()  # nothing written for a run that never started

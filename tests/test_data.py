@@ -1,0 +1,142 @@
+"""Tokenizer, corpora builders and splits, and the packed stream's determinism and sharding."""
+import numpy as np
+import pytest
+
+from lcx.data import corpora
+from lcx.data.sources import Documents
+from lcx.data.stream import PackedStream
+from lcx.data.tokenizers import ByteTokenizer, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def train_docs(data_dir):
+  return Documents("pystdlib", "train", data_dir=data_dir)
+
+
+def _stream(docs, **overrides):
+  kwargs = dict(seq_len=32, global_batch=8, seed=0)
+  kwargs.update(overrides)
+  return PackedStream(docs, ByteTokenizer(), **kwargs)
+
+
+def test_byte_tokenizer_round_trips_unicode():
+  tok = make_tokenizer("byte")
+  text = "def f(x):\n    return 'π ≈ 3.14'  # ünïcode\n"
+  ids = tok.encode(text)
+  assert ids.dtype == np.int32 and ids.max() < 256 and len(ids) == len(text.encode())
+  assert tok.decode(np.append(ids, tok.eos_id)) == text
+  assert tok.vocab_size == 258 and tok.eos_id not in ids
+  with pytest.raises(ValueError, match="data.tokenizer='bpe' is unknown; allowed: byte"):
+    make_tokenizer("bpe")
+
+
+def test_pystdlib_splits_are_disjoint_and_cover_the_stdlib(data_dir):
+  files = corpora.stdlib_files()
+  assert files and not any("/test/" in f"/{rel}" or "site-packages" in rel for rel, _ in files)
+  paths = {}
+  for split in corpora.SPLITS:
+    docs = Documents("pystdlib", split, data_dir=data_dir)
+    paths[split] = {docs._source[i]["path"].decode() for i in range(len(docs))}
+  assert not (paths["train"] & paths["validation"] or paths["train"] & paths["test"]
+              or paths["validation"] & paths["test"])
+  everything = set().union(*paths.values())
+  assert everything == {rel for rel, _ in files}
+  assert 0.96 < len(paths["train"]) / len(everything) < 0.995
+  assert paths["validation"] and paths["test"]
+  # The split is a function of the path alone.
+  assert all(corpora.split_of(p) == split for split, ps in paths.items() for p in ps)
+
+
+def test_text_dir_builds_from_a_folder(tmp_path, data_dir):
+  folder = tmp_path / "corpus"
+  (folder / "sub").mkdir(parents=True)
+  texts = {f"sub/doc{i}.txt": f"document number {i}\n" * (i + 1) for i in range(30)}
+  for rel, text in texts.items():
+    (folder / rel).write_text(text)
+  (folder / "image.bin").write_bytes(b"\x00\x01binary")
+  splits = {corpora.split_of(rel) for rel in texts}
+  docs = {split: Documents("text_dir", split, data_dir=data_dir, text_dir=str(folder),
+                           text_glob="**/*") for split in splits}
+  read = {docs[s]._source[i]["path"].decode(): docs[s][i].decode()
+          for s in docs for i in range(len(docs[s]))}
+  assert read == texts  # every text file once, the binary one skipped
+  with pytest.raises(ValueError, match="has no files matching data.text_glob='\\*.md'"):
+    Documents("text_dir", "train", data_dir=data_dir, text_dir=str(folder), text_glob="*.md")
+  with pytest.raises(ValueError, match="is not a directory"):
+    Documents("text_dir", "train", data_dir=data_dir, text_dir=str(tmp_path / "missing"))
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare(data_dir):
+  with pytest.raises(ValueError, match=r"data.name='mnist' is not prepared .*`tfds build mnist"):
+    Documents("mnist", "train", data_dir=data_dir)
+
+
+def test_stream_is_deterministic_in_seed_and_step(train_docs):
+  a, b = _stream(train_docs), _stream(train_docs)
+  for step in (0, 7, 1000):
+    for key, value in a.batch(step).items():
+      np.testing.assert_array_equal(value, b.batch(step)[key])
+  assert not np.array_equal(a.batch(0)["tokens"], a.batch(1)["tokens"])
+  assert not np.array_equal(a.batch(0)["tokens"], _stream(train_docs, seed=1).batch(0)["tokens"])
+  # Resuming at a step gives the same batches as iterating from the start.
+  it = a.iterate(0)
+  straight = [next(it) for _ in range(5)]
+  resumed = next(a.iterate(3))
+  np.testing.assert_array_equal(straight[3]["tokens"], resumed["tokens"])
+
+
+def test_process_shards_partition_the_global_batch(train_docs):
+  whole = _stream(train_docs).batch(4)
+  halves = [_stream(train_docs, process_index=p, process_count=2).batch(4) for p in range(2)]
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+
+
+def test_examples_are_document_text_with_shifted_targets(train_docs):
+  stream = _stream(train_docs, seq_len=64)
+  tok = ByteTokenizer()
+  corpus = b"".join(b"\n" + train_docs[i] for i in range(len(train_docs)))
+  for step in range(3):
+    batch = stream.batch(step)
+    np.testing.assert_array_equal(batch["tokens"][:, 1:], batch["targets"][:, :-1])
+    assert batch["positions"].max() < 64
+    for row in range(8):
+      pieces = np.split(batch["tokens"][row], np.flatnonzero(batch["tokens"][row] == tok.eos_id))
+      for piece in pieces:
+        text = bytes(piece[piece != tok.eos_id].astype(np.uint8))
+        assert text in corpus
+
+
+def test_document_boundaries_restart_positions_and_segments(train_docs):
+  stream = _stream(train_docs, seq_len=512)
+  tok = ByteTokenizer()
+  seen_boundary = False
+  for step in range(20):
+    batch = stream.batch(step)
+    for row in range(8):
+      tokens, pos, seg = batch["tokens"][row], batch["positions"][row], batch["segment_ids"][row]
+      starts = np.flatnonzero(tokens == tok.eos_id)
+      seen_boundary |= len(starts) > 0
+      for s in starts:
+        assert pos[s] == 0 and (s == 0 or seg[s] == seg[s - 1] + 1)
+      steps = np.diff(pos)
+      assert np.all((steps == 1) | (pos[1:] == 0))
+  assert seen_boundary
+  flat = _stream(train_docs, seq_len=256, document_mask=False).batch(0)
+  np.testing.assert_array_equal(flat["positions"][0], np.arange(256))
+  assert np.all(flat["segment_ids"] == 1)
+
+
+def test_an_epoch_visits_every_chunk_once(data_dir):
+  docs = Documents("pystdlib", "validation", data_dir=data_dir)
+  stream = _stream(docs, seq_len=512, global_batch=1)
+  n = stream.chunks_per_epoch
+  assert 0 < n < 2000
+  tokens = [stream.example(i)["tokens"] for i in range(n)]
+  total = sum(len(t) for t in tokens)
+  assert total == n * 512
+  assert stream.example(n)["tokens"].tobytes() != tokens[0].tobytes() or n == 1
+  counts = {}
+  for t in tokens:
+    counts[t.tobytes()] = counts.get(t.tobytes(), 0) + 1
+  assert max(counts.values()) == 1

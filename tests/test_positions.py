@@ -1,0 +1,127 @@
+"""Position-scheme math against independent formulas, and the registry."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lcx import positions
+from lcx.model import ModelConfig, Transformer
+
+
+def _rotate_one(x, position, inv_freq, layout):
+  return positions.apply_rope(x[None, None, None, :], jnp.array([[position]]), inv_freq,
+                              layout)[0, 0, 0]
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_rope_scores_depend_only_on_distance(layout, fraction):
+  dim = 16
+  rot = positions.rotary_dim(dim, fraction)
+  inv_freq = positions.rope_inverse_frequencies(rot, 10000.0)
+  q, k = jax.random.normal(jax.random.key(0), (2, dim))
+  score = lambda m, n: float(jnp.dot(_rotate_one(q, m, inv_freq, layout),
+                                     _rotate_one(k, n, inv_freq, layout)))
+  for m, n in [(5, 2), (7, 7), (3, 11)]:
+    for shift in (1, 100, 4093):
+      assert score(m + shift, n + shift) == pytest.approx(score(m, n), rel=1e-4, abs=1e-4)
+  assert abs(score(5, 2) - score(9, 2)) > 1e-3  # and it does depend on the distance
+
+
+def test_rope_interleaved_is_complex_rotation():
+  dim, base, m = 8, 500.0, 37
+  x = np.random.default_rng(0).normal(size=dim).astype(np.float32)
+  theta = np.array([base ** (-2 * i / dim) for i in range(dim // 2)])
+  z = (x[0::2] + 1j * x[1::2]) * np.exp(1j * m * theta)
+  expected = np.stack([z.real, z.imag], axis=-1).reshape(dim)
+  inv_freq = positions.rope_inverse_frequencies(dim, base)
+  np.testing.assert_allclose(_rotate_one(jnp.asarray(x), m, inv_freq, "interleaved"), expected,
+                             rtol=1e-5, atol=1e-5)
+  # The half layout is the same rotation on a permutation of the dims.
+  perm = np.concatenate([np.arange(0, dim, 2), np.arange(1, dim, 2)])
+  half = _rotate_one(jnp.asarray(x[perm]), m, inv_freq, "half")
+  np.testing.assert_allclose(half, expected[perm], rtol=1e-5, atol=1e-5)
+
+
+def test_partial_rotary_leaves_the_rest():
+  x = jnp.arange(12, dtype=jnp.float32)
+  inv_freq = positions.rope_inverse_frequencies(positions.rotary_dim(12, 0.5), 10000.0)
+  out = _rotate_one(x, 9, inv_freq, "half")
+  np.testing.assert_array_equal(out[6:], x[6:])
+  assert not np.allclose(out[:6], x[:6])
+
+
+def test_rope_inverse_frequencies():
+  np.testing.assert_allclose(positions.rope_inverse_frequencies(8, 10000.0),
+                             [1.0, 0.1, 0.01, 0.001], rtol=1e-6)
+
+
+def test_alibi_slopes_match_the_paper():
+  np.testing.assert_allclose(positions.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)])
+  # 12 heads: the 8-head slopes, then every other slope of 16 heads: 2^-0.5, 2^-1.5, ...
+  expected = [2.0 ** -(i + 1) for i in range(8)] + [2.0 ** -(0.5 + i) for i in range(4)]
+  np.testing.assert_allclose(positions.alibi_slopes(12), expected, rtol=1e-6)
+  np.testing.assert_allclose(positions.alibi_slopes(4), [0.25, 0.0625, 2 ** -6, 2 ** -8])
+
+
+def test_alibi_bias_is_linear_in_distance():
+  q = jnp.arange(6)[None]
+  bias = positions.alibi_bias(q, q, positions.alibi_slopes(2))
+  slopes = [2.0 ** -4, 2.0 ** -8]
+  for h in range(2):
+    for i in range(6):
+      for j in range(i + 1):
+        assert float(bias[0, h, i, j]) == pytest.approx(-slopes[h] * (i - j))
+
+
+def test_sinusoidal_table_values_at_any_position():
+  dim = 10
+  pos = np.array([0, 1, 7, 123_456])
+  table = np.asarray(positions.sinusoidal_table(jnp.asarray(pos), dim))
+  assert table.shape == (4, dim)
+  for r, p in enumerate(pos):
+    for i in range(dim // 2):
+      angle = p / 10000 ** (2 * i / dim)
+      assert table[r, 2 * i] == pytest.approx(math.sin(angle), abs=2e-3)
+      assert table[r, 2 * i + 1] == pytest.approx(math.cos(angle), abs=2e-3)
+
+
+def test_learned_positions_refuse_longer_sequences():
+  model = Transformer(ModelConfig(vocab_size=64, d_model=16, n_heads=2, head_dim=8, mlp_dim=32,
+                                  position="learned", max_len=8), rngs=nnx.Rngs(0))
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  model(tokens, jnp.arange(8)[None])
+  with pytest.raises(ValueError, match=r"model.max_len=8.*lengths <= 8"):
+    model(jnp.zeros((1, 9), jnp.int32), jnp.arange(9)[None])
+
+
+def test_unknown_scheme_lists_the_allowed():
+  with pytest.raises(ValueError, match="allowed: alibi, learned, none, rope, sinusoidal"):
+    positions.make("t5", positions.PositionConfig(16, 2, 8, 8), rngs=nnx.Rngs(0))
+
+
+def test_a_registered_scheme_plugs_into_the_model():
+  @positions.register("test_recency")
+  class Recency(positions.PositionScheme):
+    """Strongly prefers the previous token: enough to change every output."""
+
+    def __init__(self, cfg, *, rngs):
+      del cfg, rngs
+
+    def bias(self, q_pos, k_pos):
+      return jnp.where(q_pos[:, None, :, None] - k_pos[:, None, None, :] == 1, 10.0, 0.0)
+
+  try:
+    cfg = dict(vocab_size=64, d_model=16, n_heads=2, head_dim=8, mlp_dim=32)
+    tokens = jax.random.randint(jax.random.key(1), (1, 6), 0, 64)
+    pos = jnp.arange(6)[None]
+    plain = Transformer(ModelConfig(position="none", **cfg), rngs=nnx.Rngs(0))(tokens, pos)
+    recency = Transformer(ModelConfig(position="test_recency", **cfg), rngs=nnx.Rngs(0))(tokens, pos)
+    assert "test_recency" in positions.available()
+    np.testing.assert_array_equal(plain[:, 0], recency[:, 0])  # nothing before token 0
+    assert not np.allclose(plain[:, 1:], recency[:, 1:], atol=1e-4)
+  finally:
+    positions.base._REGISTRY.pop("test_recency")
