@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import secrets
 import time
 
 import jax
@@ -71,7 +72,7 @@ class WandbWriter:
       return
     import wandb  # imported only when used: it is slow to import
     id_file = workdir / "wandb_run_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     id_file.write_text(run_id)
     self.run = wandb.init(
         mode=mode, dir=str(workdir), id=run_id, resume="allow", config=resolved_config,

@@ -116,6 +116,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
                WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)]
   progress = ProgressBar(c.train.steps, start_step, enabled=is_main)
   last_record = None
+  # Throughput is measured between logged steps; the first window includes compilation.
   window = {"start": None, "steps": 0}
 
   def meta_at(step):
@@ -132,10 +133,6 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
           f"finite; stopped without saving this state (checkpoints in {checkpointer.directory} "
           "hold only finite states; lower train.learning_rate or raise train.warmup_steps)")
     now = time.perf_counter()
-    if window["start"] is None:  # the first step includes compilation: time from its end
-      window.update(start=now, steps=0)
-      progress.update(1)
-      return
     window["steps"] += 1
     if step % c.train.log_every and step != c.train.steps:
       progress.update(1)
@@ -157,6 +154,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   step = start_step
   preempted = False
   loop_start = time.perf_counter()
+  window["start"] = loop_start
   try:
     with _StopFlag() as stop:
       batches = stream.iterate(start_step)

@@ -40,10 +40,12 @@ def learning_rate_schedule(c: OptimizerConfig) -> optax.Schedule:
     decay = optax.constant_schedule(c.learning_rate)
   else:
     raise ValueError(f"train.schedule={c.schedule!r} is unknown; allowed: cosine, linear, constant")
-  if warmup == 0:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), decay],
-                              [warmup])
+  if warmup:
+    decay = optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), decay],
+                                 [warmup])
+  # Update n (counting from 0) uses the rate at step n + 1, so the first update is not wasted
+  # on a rate of zero and the last one reaches the final rate.
+  return lambda count: decay(count + 1)
 
 
 def make_optimizer(c: OptimizerConfig) -> optax.GradientTransformation:

@@ -1,0 +1,192 @@
+"""End-to-end training: sharded == single device, resume == straight, failures handled cleanly."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from lcx.data.sources import Documents
+from lcx.data.tokenizers import ByteTokenizer
+from lcx.metrics import read_jsonl
+from lcx.train import TrainingDiverged, train_and_evaluate
+from tests.conftest import ROOT
+
+SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
+
+
+def _losses(workdir) -> list[float]:
+  return [r["loss"] for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")]
+
+
+def _run(config, workdir, devices=None):
+  train_and_evaluate(config, workdir, devices=devices)
+  return _losses(workdir)
+
+
+@pytest.mark.parametrize("position", SCHEMES)
+def test_sharded_matches_single_device(tiny_config, tmp_path, position):
+  tiny_config.model.position = position
+  tiny_config.train.steps = 4
+  tiny_config.mesh.update(data=1, fsdp=1, tensor=1)
+  single = _run(tiny_config, tmp_path / "one", devices=jax.devices()[:1])
+  tiny_config.mesh.update(data=2, fsdp=2, tensor=2)
+  sharded = _run(tiny_config, tmp_path / "eight")
+  assert len(single) == 4
+  np.testing.assert_allclose(sharded, single, rtol=2e-5)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1)])
+def test_data_and_fsdp_meshes_match_single_device(tiny_config, tmp_path, mesh):
+  tiny_config.train.steps = 3
+  tiny_config.mesh.update(data=1, fsdp=1, tensor=1)
+  single = _run(tiny_config, tmp_path / "one", devices=jax.devices()[:1])
+  tiny_config.mesh.update(**mesh)
+  np.testing.assert_allclose(_run(tiny_config, tmp_path / "eight"), single, rtol=2e-5)
+
+
+def test_parameters_are_sharded_by_the_rules(tiny_config):
+  from lcx.train import _setup
+  tiny_config.mesh.update(data=1, fsdp=4, tensor=2)
+  _, _, _, program = _setup(tiny_config, None)
+  state = program.init()
+  wq = state["params"]["blocks"][0]["attn"]["wq"][...]  # (D, H, K): embed->fsdp, heads->tensor
+  assert wq.addressable_shards[0].data.shape == (32 // 4, 4 // 2, 8)
+  mu = state["opt_state"][1][0].mu["blocks"][0]["attn"]["wq"][...]
+  assert mu.sharding == wq.sharding  # the optimizer state follows its parameter
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
+  tiny_config.train.steps = 3
+  full = _run(tiny_config, tmp_path / "full")
+  tiny_config.train.grad_accum_steps = 2
+  tiny_config.mesh.update(data=4, fsdp=1, tensor=1)
+  accumulated = _run(tiny_config, tmp_path / "accum", devices=jax.devices()[:4])
+  np.testing.assert_allclose(accumulated, full, rtol=2e-5)
+
+
+def test_resume_matches_straight_run(tiny_config, tmp_path):
+  straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+  straight = _run(tiny_config, straight_dir)
+  assert sorted(os.listdir(straight_dir / "checkpoints")) == ["3", "6"]
+  # An interrupted run: it got to step 6 but only the step-3 checkpoint survived.
+  shutil.copytree(straight_dir, resumed_dir)
+  shutil.rmtree(resumed_dir / "checkpoints" / "6")
+  resumed = _run(tiny_config, resumed_dir)
+  assert [r["step"] for r in read_jsonl(resumed_dir / "metrics.jsonl")] == list(range(1, 7))
+  np.testing.assert_allclose(resumed, straight, rtol=1e-6)
+  meta = json.loads((resumed_dir / "checkpoints" / "6" / "meta" / "metadata").read_text())
+  assert meta["step"] == 6 and meta["tokens_seen"] == 6 * 8 * 32
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path, caplog):
+  workdir = tmp_path / "run"
+  straight = _run(tiny_config, workdir)
+  for path in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  tiny_config.train.steps = 7
+  with caplog.at_level("ERROR"):
+    resumed = _run(tiny_config, workdir)
+  assert "does not restore" in caplog.text and "checkpoints/6" in caplog.text
+  assert (workdir / "corrupt_checkpoints" / "6").is_dir()  # kept, not deleted
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6", "7"]
+  # Steps 4-6 were retrained from step 3 (the schedule differs now: 7 steps, not 6).
+  assert len(resumed) == 7 and resumed[:3] == straight[:3]
+
+
+def test_nan_loss_stops_without_a_nan_checkpoint(tiny_config, tmp_path):
+  tiny_config.train.update(learning_rate=1e30, warmup_steps=0, grad_clip=0.0, steps=50)
+  tiny_config.checkpoint.every_steps = 1
+  with pytest.raises(TrainingDiverged, match="not finite"):
+    train_and_evaluate(tiny_config, tmp_path / "run")
+  checkpoints = tmp_path / "run" / "checkpoints"
+  steps = sorted(int(s) for s in os.listdir(checkpoints) if s.isdigit())
+  logged = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  assert all(np.isfinite(r["loss"]) for r in logged)
+  assert not steps or steps[-1] <= logged[-1]["step"]
+
+
+def _unigram_entropy(data_dir) -> float:
+  docs = Documents("pystdlib", "train", data_dir=data_dir)
+  counts = np.zeros(ByteTokenizer.vocab_size)
+  for i in range(0, len(docs), 5):
+    counts += np.bincount(ByteTokenizer().encode(docs[i]), minlength=len(counts))
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+def test_tiny_run_learns_well_below_unigram_entropy(tiny_config, tmp_path, data_dir):
+  tiny_config.model.update(d_model=64, mlp_dim=256)
+  tiny_config.data.update(seq_len=64, batch_size=16)
+  tiny_config.train.update(steps=200, log_every=25, warmup_steps=20)
+  tiny_config.checkpoint.every_steps = 200
+  summary = train_and_evaluate(tiny_config, tmp_path / "run")
+  records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  entropy = _unigram_entropy(data_dir)
+  assert 2.5 < entropy < 4.0  # nats per byte of Python source
+  final = np.mean([r["loss"] for r in records[-3:]])
+  assert final < entropy - 0.5, (final, entropy)
+  for key in ("step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "step_time_s",
+              "tokens_seen", "flops_per_token", "mfu"):
+    assert key in records[-1]
+  assert records[-1]["tokens_seen"] == 200 * 16 * 64 and 0 < records[-1]["mfu"] < 1
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert saved["model"]["head_dim"] == 16 and saved["mesh"]["data"] == 8
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "lcx.train", "--config", "configs/pretrain.py:tiny",
+             "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+             "--config.wandb.mode=disabled", "--config.train.peak_flops=1e12",
+             "--config.train.log_every=1", "--config.train.steps=100000",
+             "--config.checkpoint.every_steps=100000", "--config.mesh.data=1"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    metrics = workdir / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and len(_losses(workdir)) >= 3):
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err[-2000:]
+  saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+  assert len(saved) == 1 and 3 <= saved[0] < 100000
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["preempted"] and summary["step"] == saved[0]
+  assert "outputs in" in out
+  # The next start resumes there.
+  command[command.index("--config.train.steps=100000")] = f"--config.train.steps={saved[0] + 2}"
+  subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+  assert read_jsonl(metrics)[-1]["step"] == saved[0] + 2
+
+
+def test_wandb_offline_run_is_written(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.delenv("WANDB_MODE", raising=False)
+  monkeypatch.delenv("WANDB_API_KEY", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc key: "auto" means offline
+  tiny_config.wandb.mode = "auto"
+  tiny_config.train.steps = 2
+  train_and_evaluate(tiny_config, tmp_path / "run")
+  runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+  assert len(runs) == 1 and runs[0].stat().st_size > 0
+  run_id = (tmp_path / "run" / "wandb_run_id").read_text()
+  assert run_id in runs[0].name
+  # Read the offline run back: W&B holds the same losses as metrics.jsonl.
+  wandb_cli = pathlib.Path(sys.executable).parent / "wandb"
+  dump = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
+                        capture_output=True, text=True, timeout=120, check=True).stdout
+  history = [json.loads(line)["history"]["item"] for line in dump.splitlines()
+             if '"type":"history"' in line]
+  assert [h["loss"] for h in history] == pytest.approx(_losses(tmp_path / "run"))
