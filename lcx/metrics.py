@@ -68,6 +68,7 @@ class WandbWriter:
     if mode == "auto":
       mode = os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
     self.run = None
+    self.directory = None  # where W&B writes this run, None when disabled
     if mode == "disabled":
       return
     import wandb  # imported only when used: it is slow to import
@@ -79,6 +80,7 @@ class WandbWriter:
         project=wandb_config.project, entity=wandb_config.entity or None,
         name=wandb_config.name or run_name, group=wandb_config.group or None,
         job_type=wandb_config.job_type, tags=list(wandb_config.tags))
+    self.directory = os.path.dirname(self.run.dir)  # run.dir is its files/ folder
 
   def write(self, record: dict) -> None:
     if self.run is not None:

@@ -188,7 +188,8 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
              "tokens_per_second": last_record["tokens_per_second"] if last_record else None,
              "mfu": last_record["mfu"] if last_record else None,
              "metrics": str(workdir / "metrics.jsonl"), "checkpoints": str(checkpointer.directory),
-             "config": str(workdir / "config.json")}
+             "config": str(workdir / "config.json"),
+             "wandb": writers[1].directory if is_main else None}
   if is_main:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
@@ -214,6 +215,8 @@ def main(argv):
         f"{summary['tokens_per_second'] or 0:,.0f} tokens/s, MFU {100 * (summary['mfu'] or 0):.1f}%")
   print(f"outputs in {summary['workdir']}:\n  metrics      {summary['metrics']}\n"
         f"  checkpoints  {summary['checkpoints']}\n  config       {summary['config']}")
+  if summary["wandb"]:
+    print(f"  wandb        {summary['wandb']}")
 
 
 if __name__ == "__main__":
