@@ -85,6 +85,56 @@ def _setup(config, devices):
   return c, mesh, stream, program
 
 
+class _Recorder:
+  """Checks each step's metrics (fetched a step late, so the host never waits on the device) and
+  writes a record every log_every steps. Throughput is measured between records; the first
+  window includes compilation."""
+
+  def __init__(self, writers, progress, *, log_every: int, last_step: int, tokens_per_step: int,
+               flops_per_token: float, peak_flops: float, train_seconds):
+    self.writers, self.progress, self.train_seconds = writers, progress, train_seconds
+    self.log_every, self.last_step = log_every, last_step
+    self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak_flops
+    self.window_start, self.window_steps = time.perf_counter(), 0
+    self.last = None
+
+  def __call__(self, step: int, metrics) -> None:
+    m = jax.device_get(metrics)
+    if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+      raise TrainingDiverged(
+          f"loss {float(m['loss'])} / gradient norm {float(m['grad_norm'])} at step {step} is not "
+          "finite; stopped without checkpointing this state (lower train.learning_rate or raise "
+          "train.warmup_steps)")
+    self.window_steps += 1
+    if step % self.log_every and step != self.last_step:
+      self.progress.update(1)
+      return
+    now = time.perf_counter()
+    elapsed = now - self.window_start
+    tokens_per_second = self.window_steps * self.tokens_per_step / max(elapsed, 1e-9)
+    self.last = {
+        "step": step, "loss": float(m["loss"]), "learning_rate": float(m["learning_rate"]),
+        "grad_norm": float(m["grad_norm"]), "tokens_per_second": tokens_per_second,
+        "step_time_s": elapsed / self.window_steps, "tokens_seen": step * self.tokens_per_step,
+        "flops_per_token": self.flops_per_token,
+        "mfu": tokens_per_second * self.flops_per_token / self.peak, "peak_flops": self.peak,
+        "train_seconds": self.train_seconds()}
+    for writer in self.writers:
+      writer.write(self.last)
+    self.window_start, self.window_steps = now, 0
+    self.progress.update(1, self.last)
+
+
+class _TrainClock:
+  """Wall seconds of training, carried across resumes through the checkpoints."""
+
+  def __init__(self, before: float):
+    self.before, self.start = before, time.perf_counter()
+
+  def total(self) -> float:
+    return self.before + time.perf_counter() - self.start
+
+
 def train_and_evaluate(config, workdir, devices=None) -> dict:
   """Trains (or resumes) the run in workdir; returns a summary of where it ended."""
   workdir = pathlib.Path(workdir).expanduser()
@@ -97,96 +147,62 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
 
   counts = count_params(program.abstract_state["params"])
   tokens_per_step = c.data.batch_size * c.data.seq_len
-  flops_token = flops_per_token(counts["non_embedding"], c.model.n_layers,
-                                c.model.n_heads * c.model.head_dim, c.data.seq_len)
   peak = c.train.peak_flops or measure_peak_flops(mesh, c.model.compute_dtype)
 
   checkpointer = Checkpointer(workdir, c.checkpoint.keep)
   restored = checkpointer.restore_latest(program.abstract_state_with_shardings())
   if restored is None:
-    state, start_step, train_seconds = program.init(), 0, 0.0
+    state, step, seconds_before = program.init(), 0, 0.0
   else:
     state, meta = restored
-    start_step, train_seconds = int(meta["step"]), float(meta["train_seconds"])
-    log.info("resumed from %s at step %d", checkpointer.directory, start_step)
+    step, seconds_before = int(meta["step"]), float(meta["train_seconds"])
+    log.info("resumed from %s at step %d", checkpointer.directory, step)
 
   writers = []
   if is_main:
-    writers = [JsonlWriter(workdir / "metrics.jsonl", start_step),
+    writers = [JsonlWriter(workdir / "metrics.jsonl", step),
                WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)]
-  progress = ProgressBar(c.train.steps, start_step, enabled=is_main)
-  last_record = None
-  # Throughput is measured between logged steps; the first window includes compilation.
-  window = {"start": None, "steps": 0}
-
-  def meta_at(step):
-    return {"step": step, "tokens_seen": step * tokens_per_step, "train_seconds": train_seconds,
-            "data_position": step * c.data.batch_size}
-
-  def consume(step, metrics):
-    """Checks one step's metrics (fetched a step late) and logs the interval if it is due."""
-    nonlocal last_record
-    m = jax.device_get(metrics)
-    if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-      raise TrainingDiverged(
-          f"loss {float(m['loss'])} / gradient norm {float(m['grad_norm'])} at step {step} is not "
-          f"finite; stopped without saving this state (checkpoints in {checkpointer.directory} "
-          "hold only finite states; lower train.learning_rate or raise train.warmup_steps)")
-    now = time.perf_counter()
-    window["steps"] += 1
-    if step % c.train.log_every and step != c.train.steps:
-      progress.update(1)
-      return
-    elapsed = now - window["start"]
-    tokens_per_second = window["steps"] * tokens_per_step / max(elapsed, 1e-9)
-    record = {
-        "step": step, "loss": float(m["loss"]), "learning_rate": float(m["learning_rate"]),
-        "grad_norm": float(m["grad_norm"]), "tokens_per_second": tokens_per_second,
-        "step_time_s": elapsed / max(window["steps"], 1), "tokens_seen": step * tokens_per_step,
-        "flops_per_token": flops_token, "mfu": tokens_per_second * flops_token / peak,
-        "peak_flops": peak, "train_seconds": train_seconds + (time.perf_counter() - loop_start)}
-    for writer in writers:
-      writer.write(record)
-    last_record = record
-    window.update(start=now, steps=0)
-    progress.update(1, record)
-
-  step = start_step
+  progress = ProgressBar(c.train.steps, step, enabled=is_main)
+  clock = _TrainClock(seconds_before)
+  record = _Recorder(
+      writers, progress, log_every=c.train.log_every, last_step=c.train.steps,
+      tokens_per_step=tokens_per_step, peak_flops=peak, train_seconds=clock.total,
+      flops_per_token=flops_per_token(counts["non_embedding"], c.model.n_layers,
+                                      c.model.n_heads * c.model.head_dim, c.data.seq_len))
+  batches = stream.iterate(step)
   preempted = False
-  loop_start = time.perf_counter()
-  window["start"] = loop_start
   try:
     with _StopFlag() as stop:
-      batches = stream.iterate(start_step)
       pending = None
       while step < c.train.steps:
         state, metrics = program.step(state, program.global_batch(next(batches)))
         step += 1
         if pending is not None:
-          consume(*pending)
+          record(*pending)
         pending = (step, metrics)
         preempted = stop.requested
         if step % c.checkpoint.every_steps == 0 or step == c.train.steps or preempted:
-          consume(*pending)  # never checkpoint a state whose step was not finite
+          record(*pending)  # never checkpoint a state whose step was not finite
           pending = None
-          train_seconds += time.perf_counter() - loop_start
-          loop_start = time.perf_counter()
-          checkpointer.save(step, state, meta_at(step))
+          checkpointer.save(step, state, {
+              "step": step, "tokens_seen": step * tokens_per_step,
+              "train_seconds": clock.total(), "data_position": step * c.data.batch_size})
         if preempted:
           log.warning("SIGTERM: saved a checkpoint at step %d in %s; exiting", step,
                       checkpointer.directory)
           break
   finally:
+    batches.close()
     progress.close()
     checkpointer.close()
     for writer in writers:
       writer.close()
 
+  last = record.last or {}
   summary = {"workdir": str(workdir), "step": step, "preempted": preempted,
              "params": counts["total"], "non_embedding_params": counts["non_embedding"],
-             "final_loss": last_record["loss"] if last_record else None,
-             "tokens_per_second": last_record["tokens_per_second"] if last_record else None,
-             "mfu": last_record["mfu"] if last_record else None,
+             "final_loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
+             "mfu": last.get("mfu"), "train_seconds": clock.total(),
              "metrics": str(workdir / "metrics.jsonl"), "checkpoints": str(checkpointer.directory),
              "config": str(workdir / "config.json"),
              "wandb": writers[1].directory if is_main else None}

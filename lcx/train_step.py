@@ -143,6 +143,6 @@ class TrainProgram:
       loss, grads = self._grads(state["params"], batch)
       updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
       params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "learning_rate": self.schedule(state["step"])}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics

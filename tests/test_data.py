@@ -66,6 +66,14 @@ def test_text_dir_builds_from_a_folder(tmp_path, data_dir):
     Documents("text_dir", "train", data_dir=data_dir, text_dir=str(tmp_path / "missing"))
 
 
+def test_a_prepared_tfds_dataset_opens_by_name(data_dir, train_docs):
+  """The generic path for pg19, c4, ...: a registered builder already prepared in data_dir."""
+  by_name = Documents(f"{train_docs.name.rsplit('/', 1)[0]}", "train", data_dir=data_dir)
+  assert len(by_name) == len(train_docs) and by_name[3] == train_docs[3]
+  with pytest.raises(ValueError, match="data.text_key='book_text' is not a feature .* text"):
+    Documents("pystdlib/py3.11", "train", data_dir=data_dir, text_key="book_text")
+
+
 def test_unprepared_tfds_dataset_says_how_to_prepare(data_dir):
   with pytest.raises(ValueError, match=r"data.name='mnist' is not prepared .*`tfds build mnist"):
     Documents("mnist", "train", data_dir=data_dir)
