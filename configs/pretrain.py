@@ -5,6 +5,13 @@ Every field can be overridden on the command line as `--config.a.b=value`.
 import ml_collections
 
 
+# Accelerator sizes (with the byte vocabulary): model, seq_len, steps, learning rate, warmup.
+_ACCELERATOR = {
+    "125m": (dict(d_model=768, n_layers=12, n_heads=12, mlp_dim=3328), 1024, 20000, 6e-4, 1000),
+    "350m": (dict(d_model=1024, n_layers=24, n_heads=16, mlp_dim=3328), 2048, 40000, 3e-4, 2000),
+}
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -48,21 +55,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       project="lcx", entity="", name="", group="", job_type="pretrain", tags=(),
   ))
 
-  if arg == "tiny":
-    pass
-  elif arg == "125m":
-    c.model.update(d_model=768, n_layers=12, n_heads=12, mlp_dim=3328,
-                   compute_dtype="bfloat16", attention="dense")
-    c.data.update(seq_len=1024, batch_size=256)
-    c.train.update(steps=20000, learning_rate=6e-4, warmup_steps=1000, log_every=50)
+  if arg in _ACCELERATOR:
+    model, seq_len, steps, learning_rate, warmup_steps = _ACCELERATOR[arg]
+    c.model.update(compute_dtype="bfloat16", **model)
+    c.data.update(seq_len=seq_len, batch_size=256)
+    c.train.update(steps=steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
+                   log_every=50)
     c.checkpoint.every_steps = 1000
-  elif arg == "350m":
-    c.model.update(d_model=1024, n_layers=24, n_heads=16, mlp_dim=3328,
-                   compute_dtype="bfloat16", attention="dense")
-    c.data.update(seq_len=2048, batch_size=256)
-    c.train.update(steps=40000, learning_rate=3e-4, warmup_steps=2000, log_every=50)
-    c.checkpoint.every_steps = 1000
-  else:
-    raise ValueError(f"configs/pretrain.py: unknown preset {arg!r}; allowed: tiny, 125m, 350m")
+  elif arg != "tiny":
+    raise ValueError(f"configs/pretrain.py: unknown preset {arg!r}; allowed: tiny, "
+                     f"{', '.join(_ACCELERATOR)}")
   c.lock()
   return c

@@ -1,0 +1,1 @@
+"""lcx: pretraining decoder-only transformers with the position scheme as the variable under study."""

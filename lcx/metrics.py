@@ -7,7 +7,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 

@@ -227,8 +227,12 @@ def main(argv):
     summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, TrainingDiverged) as e:
     sys.exit(f"lcx.train: {e}")
-  print(f"\nfinished at step {summary['step']}: loss {summary['final_loss']}, "
-        f"{summary['tokens_per_second'] or 0:,.0f} tokens/s, MFU {100 * (summary['mfu'] or 0):.1f}%")
+  if summary["final_loss"] is None:
+    print(f"\nnothing to train: {summary['workdir']} is already at step {summary['step']}")
+  else:
+    print(f"\n{'stopped' if summary['preempted'] else 'finished'} at step {summary['step']}: "
+          f"loss {summary['final_loss']:.4f}, {summary['tokens_per_second']:,.0f} tokens/s, "
+          f"MFU {100 * summary['mfu']:.1f}%")
   print(f"outputs in {summary['workdir']}:\n  metrics      {summary['metrics']}\n"
         f"  checkpoints  {summary['checkpoints']}\n  config       {summary['config']}")
   if summary["wandb"]:

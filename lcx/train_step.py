@@ -1,6 +1,5 @@
 """The train state, its shardings, and the jitted init and train step (pure functions of state)."""
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

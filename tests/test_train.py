@@ -129,7 +129,7 @@ def test_tiny_run_learns_well_below_unigram_entropy(tiny_config, tmp_path, data_
   tiny_config.data.update(seq_len=64, batch_size=16)
   tiny_config.train.update(steps=200, log_every=25, warmup_steps=20)
   tiny_config.checkpoint.every_steps = 200
-  summary = train_and_evaluate(tiny_config, tmp_path / "run")
+  train_and_evaluate(tiny_config, tmp_path / "run")
   records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   entropy = _unigram_entropy(data_dir)
   assert 2.5 < entropy < 4.0  # nats per byte of Python source

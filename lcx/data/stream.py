@@ -62,10 +62,6 @@ class PackedStream:
       raise ValueError(f"{docs.name}/{docs.split} has {int(self.lengths.sum())} tokens, fewer than "
                        f"one sequence of data.seq_len={seq_len}")
 
-  @property
-  def tokens_per_epoch(self) -> int:
-    return self.chunks_per_epoch * (self.seq_len + 1)
-
   @functools.lru_cache(maxsize=2)
   def _epoch(self, epoch: int):
     rng = np.random.default_rng([self.seed, epoch])
