@@ -24,7 +24,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       vocab_size=0,  # 0: the tokenizer's, padded up to a multiple of vocab_multiple
       vocab_multiple=64,  # padding lets the vocabulary shard evenly
   ))
-  c.model.rope = ml_collections.ConfigDict(dict(base=10000.0, fraction=1.0, layout="half"))
+  # scaling (context extension): none, linear (PI), ntk, dynamic_ntk, yarn, with factor s and the
+  # length trained at (original_length; 0 means data.seq_len, or the source run's for a fine-tune).
+  c.model.rope = ml_collections.ConfigDict(dict(
+      base=10000.0, fraction=1.0, layout="half", scaling="none", factor=1.0, original_length=0,
+      beta_fast=32.0, beta_slow=1.0))
 
   c.data = ml_collections.ConfigDict(dict(
       name="pystdlib", text_dir="", text_glob="**/*", data_dir="~/.cache/lcx/tensorflow_datasets",

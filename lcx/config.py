@@ -62,6 +62,17 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _choice(c, "wandb.mode", WANDB_MODES)
   _require(0 < m.rope.fraction <= 1, f"config.model.rope.fraction={m.rope.fraction!r} must be in (0, 1]")
   _require(m.rope.base > 0, f"config.model.rope.base={m.rope.base!r} must be positive")
+  _choice(c, "model.rope.scaling", tuple(positions.ROPE_SCALINGS))
+  _require(m.rope.factor >= 1, f"config.model.rope.factor={m.rope.factor!r} must be >= 1")
+  _require(m.rope.beta_fast > m.rope.beta_slow > 0,
+           f"config.model.rope.beta_fast={m.rope.beta_fast} and beta_slow={m.rope.beta_slow} must "
+           "satisfy beta_fast > beta_slow > 0")
+  _require(m.rope.scaling == "none" or m.position == "rope",
+           f"config.model.rope.scaling={m.rope.scaling!r} needs config.model.position='rope', not "
+           f"{m.position!r}; allowed with {m.position!r}: none")
+  if m.rope.original_length == 0:
+    m.rope.original_length = d.seq_len
+  _positive(c, "model.rope.original_length")
   _require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate!r} must be positive")
   _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps!r} must be >= 0")
   _require(0 <= t.min_lr_ratio <= 1, f"config.train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
@@ -122,5 +133,8 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
       head_dim=m.head_dim, mlp_dim=m.mlp_dim, mlp=m.mlp, tie_embeddings=m.tie_embeddings,
       position=m.position, max_len=m.max_len, attention=m.attention, param_dtype=m.param_dtype,
       compute_dtype=m.compute_dtype, norm_eps=m.norm_eps,
-      rope=positions.RopeConfig(base=float(m.rope.base), fraction=float(m.rope.fraction),
-                                layout=m.rope.layout))
+      rope=positions.RopeConfig(
+          base=float(m.rope.base), fraction=float(m.rope.fraction), layout=m.rope.layout,
+          scaling=m.rope.scaling, factor=float(m.rope.factor),
+          original_length=int(m.rope.original_length), beta_fast=float(m.rope.beta_fast),
+          beta_slow=float(m.rope.beta_slow)))

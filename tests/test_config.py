@@ -40,6 +40,21 @@ def test_invalid_config_names_the_field(overrides, devices, pattern):
     resolve(_tiny(**overrides), devices)
 
 
+def test_rope_scaling_needs_rope():
+  c = _tiny(**{"model.position": "alibi"})
+  c.model.rope.scaling = "yarn"
+  with pytest.raises(ConfigError, match=r"config.model.rope.scaling='yarn' needs "
+                                         r"config.model.position='rope', not 'alibi'"):
+    resolve(c, 1)
+  c = _tiny()
+  c.model.rope.scaling = "longrope"
+  with pytest.raises(ConfigError, match=r"allowed: none, linear, ntk, dynamic_ntk, yarn"):
+    resolve(c, 1)
+  c.model.rope.scaling = "yarn"
+  assert resolve(c, 1).model.rope.original_length == 128
+
+
+
 def test_resolve_fills_derived_fields():
   c = resolve(_tiny(**{"mesh.data": -1, "mesh.tensor": 2}), 8)
   assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (4, 1, 2)

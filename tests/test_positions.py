@@ -125,3 +125,65 @@ def test_a_registered_scheme_plugs_into_the_model():
     assert not np.allclose(plain[:, 1:], recency[:, 1:], atol=1e-4)
   finally:
     positions.base._REGISTRY.pop("test_recency")
+
+
+def _rope_cfg(scaling, factor, original_length=128, **kw):
+  return positions.RopeConfig(scaling=scaling, factor=factor, original_length=original_length, **kw)
+
+
+@pytest.mark.parametrize("scaling", sorted(positions.ROPE_SCALINGS))
+def test_every_scaling_is_the_identity_at_factor_one(scaling):
+  plain, _ = positions.scaled_frequencies(16, _rope_cfg("none", 1.0), 128)
+  for length in (16, 128):
+    inv_freq, scale = positions.scaled_frequencies(16, _rope_cfg(scaling, 1.0), length)
+    np.testing.assert_allclose(inv_freq, plain, rtol=1e-6)
+    assert scale == 1.0
+
+
+def test_linear_interpolation_divides_positions():
+  x = jax.random.normal(jax.random.key(0), (1, 5, 1, 8))
+  pos = jnp.arange(0, 50, 10)[None]
+  inv_freq, _ = positions.scaled_frequencies(8, _rope_cfg("linear", 4.0), 5)
+  plain = positions.rope_inverse_frequencies(8)
+  np.testing.assert_allclose(positions.apply_rope(x, pos, inv_freq),
+                             positions.apply_rope(x, pos / 4.0, plain), rtol=1e-5, atol=1e-6)
+
+
+def test_ntk_aware_base():
+  # d = 4, s = 4: base' = 10000 * 4^(4/2) = 160000, so theta = [1, 160000^-1/2 = 1/400].
+  inv_freq, scale = positions.scaled_frequencies(4, _rope_cfg("ntk", 4.0), 10_000)
+  np.testing.assert_allclose(inv_freq, [1.0, 1 / 400], rtol=1e-6)
+  assert scale == 1.0
+
+
+def test_dynamic_ntk_follows_the_length():
+  assert positions.dynamic_factor(4.0, 100, 128) == 1.0
+  assert positions.dynamic_factor(4.0, 128, 128) == 1.0
+  assert positions.dynamic_factor(4.0, 256, 128) == pytest.approx(5.0)  # 4 * 2 - 3
+  assert positions.dynamic_factor(1.0, 512, 128) == pytest.approx(4.0)
+  within, _ = positions.scaled_frequencies(8, _rope_cfg("dynamic_ntk", 4.0), 128)
+  np.testing.assert_allclose(within, positions.rope_inverse_frequencies(8), rtol=1e-6)
+  beyond, _ = positions.scaled_frequencies(8, _rope_cfg("dynamic_ntk", 4.0), 256)
+  np.testing.assert_allclose(beyond, positions.rope_inverse_frequencies(8, 10000 * 5 ** (8 / 6)),
+                             rtol=1e-6)
+
+
+def test_yarn_by_parts_on_known_values():
+  s, L0, dim = 4.0, 128, 8
+  theta = [10000 ** (-2 * i / dim) for i in range(dim // 2)]  # 1, 0.1, 0.01, 0.001
+  expected = []
+  for t in theta:
+    turns = L0 * t / (2 * math.pi)  # 20.4, 2.04, 0.204, 0.0204
+    gamma = min(max((turns - 1) / (32 - 1), 0.0), 1.0)
+    expected.append((1 - gamma) * t / s + gamma * t)
+  inv_freq, scale = positions.scaled_frequencies(dim, _rope_cfg("yarn", s, L0), 512)
+  np.testing.assert_allclose(inv_freq, expected, rtol=1e-6)
+  # Slow dims are fully interpolated; the fastest keeps most of its frequency.
+  assert expected[3] == pytest.approx(theta[3] / s) and expected[0] > theta[0] / 2
+  assert scale == pytest.approx(0.1 * math.log(4) + 1)
+  # The temperature scales the rotated dims of q and k, so logits grow by its square.
+  x = jax.random.normal(jax.random.key(1), (1, 1, 1, 12))
+  rot = positions.rotary_dim(12, 0.5)
+  out = positions.apply_rope(x, jnp.zeros((1, 1)), inv_freq[: rot // 2], scale=scale)
+  np.testing.assert_allclose(out[..., :rot], x[..., :rot] * scale, rtol=1e-6)
+  np.testing.assert_array_equal(out[..., rot:], x[..., rot:])

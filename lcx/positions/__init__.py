@@ -7,10 +7,13 @@ from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, avai
                                 register)
 from lcx.positions.absolute import sinusoidal_table
 from lcx.positions.alibi import alibi_bias, alibi_slopes
-from lcx.positions.rope import apply_rope, rope_inverse_frequencies, rotary_dim
+from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, apply_rope, dynamic_factor, ntk_base,
+                                rope_inverse_frequencies, rotary_dim, scaled_frequencies,
+                                yarn_ramp, yarn_temperature)
 
 __all__ = [
     "PositionConfig", "PositionScheme", "RopeConfig", "available", "make", "register",
     "sinusoidal_table", "alibi_bias", "alibi_slopes", "apply_rope", "rope_inverse_frequencies",
-    "rotary_dim",
+    "rotary_dim", "ROPE_SCALINGS", "dynamic_factor", "ntk_base", "scaled_frequencies",
+    "yarn_ramp", "yarn_temperature",
 ]

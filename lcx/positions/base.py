@@ -18,6 +18,12 @@ class RopeConfig:
   base: float = 10000.0
   fraction: float = 1.0  # share of each head's dims that rotate (GPT-NeoX partial rotary)
   layout: str = "half"  # "half": pairs (i, i + d/2); "interleaved": pairs (2i, 2i + 1)
+  # Context extension (lcx.positions.rope_scaling): method, factor s, and the training length.
+  scaling: str = "none"
+  factor: float = 1.0
+  original_length: int = 0
+  beta_fast: float = 32.0  # YaRN: dims turning more than this often in original_length keep theta
+  beta_slow: float = 1.0  # YaRN: dims turning less than this are fully interpolated
 
 
 @dataclasses.dataclass(frozen=True)

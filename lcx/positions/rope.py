@@ -1,8 +1,28 @@
-"""Rotary position embedding (Su et al., 2021) with partial rotary and both pair layouts."""
+"""Rotary position embedding (Su et al., 2021) with partial rotary, both pair layouts, and
+context extension.
+
+Context extension re-parameterizes the inverse frequencies and may add an attention temperature,
+so it applies zero-shot to any RoPE checkpoint or during a fine-tune (`model.rope.scaling`):
+
+  none         theta_i = base^(-2i/d)
+  linear       Position Interpolation (Chen et al., 2023): positions / s, i.e. theta_i / s
+  ntk          NTK-aware: base' = base * s^(d / (d - 2))
+  dynamic_ntk  NTK-aware with s recomputed from the current length L:
+               s_L = s * L / L_orig - (s - 1) when L > L_orig, else 1 (identity up to L_orig)
+  yarn         YaRN (Peng et al., 2023), NTK-by-parts: with r_i = L_orig * theta_i / (2 pi) the
+               turns of dim i over the original context and
+               gamma_i = clip((r_i - beta_slow) / (beta_fast - beta_slow), 0, 1),
+               theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i; and attention temperature
+               sqrt(1/t) = 0.1 ln(s) + 1, applied to the rotated dims of q and k.
+Here d is the rotary dimension and L_orig the training length (rope.original_length).
+"""
+import math
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
-from lcx.positions.base import PositionConfig, PositionScheme, register
+from lcx.positions.base import PositionConfig, PositionScheme, RopeConfig, register
 
 
 def rope_inverse_frequencies(rotary_dim: int, base: float = 10000.0) -> jax.Array:
@@ -18,11 +38,12 @@ def rotary_dim(head_dim: int, fraction: float) -> int:
 
 
 def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array,
-               layout: str = "half") -> jax.Array:
+               layout: str = "half", scale: float = 1.0) -> jax.Array:
   """Rotates the first 2 * len(inv_freq) dims of each head by angle position * inv_freq.
 
   layout "half" pairs dim i with i + r/2 (GPT-NeoX, Llama); "interleaved" pairs 2i with 2i + 1
-  (the original RoFormer / GPT-J). Dims past the rotary part pass through unchanged.
+  (the original RoFormer / GPT-J). Dims past the rotary part pass through unchanged; `scale`
+  multiplies the rotated ones (YaRN's attention temperature).
   """
   r = 2 * inv_freq.shape[0]
   angles_BLF = positions_BL.astype(jnp.float32)[..., None] * inv_freq
@@ -37,7 +58,71 @@ def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array,
     out = jnp.stack([a * cos - b * sin, b * cos + a * sin], axis=-1).reshape(rot.shape)
   else:
     raise ValueError(f"model.rope.layout={layout!r} is unknown; allowed: half, interleaved")
+  if scale != 1.0:
+    out = out * scale
   return jnp.concatenate([out.astype(x_BLHK.dtype), rest], axis=-1)
+
+
+def _none(dim, cfg, length):
+  del length
+  return rope_inverse_frequencies(dim, cfg.base), 1.0
+
+
+def _linear(dim, cfg, length):
+  del length
+  return rope_inverse_frequencies(dim, cfg.base) / cfg.factor, 1.0
+
+
+def ntk_base(base: float, factor: float, dim: int) -> float:
+  return base * factor ** (dim / (dim - 2)) if dim > 2 else base * factor
+
+
+def _ntk(dim, cfg, length):
+  del length
+  return rope_inverse_frequencies(dim, ntk_base(cfg.base, cfg.factor, dim)), 1.0
+
+
+def dynamic_factor(factor: float, length: int, original_length: int) -> float:
+  if length <= original_length:
+    return 1.0
+  return factor * length / original_length - (factor - 1.0)
+
+
+def _dynamic_ntk(dim, cfg, length):
+  s = dynamic_factor(cfg.factor, length, cfg.original_length)
+  return rope_inverse_frequencies(dim, ntk_base(cfg.base, s, dim)), 1.0
+
+
+def yarn_ramp(inv_freq: jax.Array, original_length: int, beta_fast: float,
+              beta_slow: float) -> jax.Array:
+  """gamma_i: 1 for dims that turn often in the original context (kept), 0 for slow ones."""
+  turns = original_length * inv_freq / (2 * math.pi)
+  return jnp.clip((turns - beta_slow) / (beta_fast - beta_slow), 0.0, 1.0)
+
+
+def yarn_temperature(factor: float) -> float:
+  """sqrt(1/t): the factor on q and k, so logits grow by its square."""
+  return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
+def _yarn(dim, cfg, length):
+  del length
+  inv_freq = rope_inverse_frequencies(dim, cfg.base)
+  gamma = yarn_ramp(inv_freq, cfg.original_length, cfg.beta_fast, cfg.beta_slow)
+  return (1 - gamma) * inv_freq / cfg.factor + gamma * inv_freq, yarn_temperature(cfg.factor)
+
+
+SCALINGS: dict[str, Callable[[int, RopeConfig, int], tuple[jax.Array, float]]] = {
+    "none": _none, "linear": _linear, "ntk": _ntk, "dynamic_ntk": _dynamic_ntk, "yarn": _yarn,
+}
+
+
+def scaled_frequencies(rotary_dim: int, cfg: RopeConfig, length: int) -> tuple[jax.Array, float]:
+  """(inverse frequencies, q/k scale) of `cfg.scaling` for sequences of `length` tokens."""
+  if cfg.scaling not in SCALINGS:
+    raise ValueError(f"model.rope.scaling={cfg.scaling!r} is unknown; allowed: "
+                     f"{', '.join(SCALINGS)}")
+  return SCALINGS[cfg.scaling](rotary_dim, cfg, length)
 
 
 @register("rope")
@@ -45,11 +130,10 @@ class Rope(PositionScheme):
 
   def __init__(self, cfg: PositionConfig, *, rngs):
     del rngs
-    self.layout = cfg.rope.layout
+    self.rope = cfg.rope
     self.rotary_dim = rotary_dim(cfg.head_dim, cfg.rope.fraction)
-    self.base = cfg.rope.base
 
   def rotate(self, q_BLHK, k_BLHK, positions_BL):
-    inv_freq = rope_inverse_frequencies(self.rotary_dim, self.base)
-    return (apply_rope(q_BLHK, positions_BL, inv_freq, self.layout),
-            apply_rope(k_BLHK, positions_BL, inv_freq, self.layout))
+    inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope, positions_BL.shape[1])
+    return (apply_rope(q_BLHK, positions_BL, inv_freq, self.rope.layout, scale),
+            apply_rope(k_BLHK, positions_BL, inv_freq, self.rope.layout, scale))
