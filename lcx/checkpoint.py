@@ -10,6 +10,7 @@ import shutil
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+ITEMS = ("params", "optimizer", "meta")  # params alone restore for evaluation and fine-tuning
 
 
 class Checkpointer:
@@ -23,22 +24,36 @@ class Checkpointer:
   def _open(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
                                            enable_async_checkpointing=True)
-    return ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+    return ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
 
-  def save(self, step: int, state, meta: dict) -> None:
+  def save(self, step: int, state: dict, meta: dict) -> None:
     """Starts an asynchronous save; the train loop goes on while it is written."""
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        params=ocp.args.StandardSave(state["params"]),
+        optimizer=ocp.args.StandardSave({k: v for k, v in state.items() if k != "params"}),
+        meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, abstract_state):
-    """(state, meta) of the newest checkpoint that restores, or None when there is none."""
+  def restore_latest(self, abstract_state: dict, params_only: bool = False):
+    """(state, meta) of the newest checkpoint that restores, or None when there is none.
+
+    With params_only, abstract_state holds just "params" and nothing else is read (evaluation,
+    and fine-tunes that start a fresh optimizer).
+    """
     for step in sorted(self.manager.all_steps(), reverse=True):
+      items = {"params": ocp.args.StandardRestore(abstract_state["params"]),
+               "meta": ocp.args.JsonRestore()}
+      if not params_only:
+        items["optimizer"] = ocp.args.StandardRestore(
+            {k: v for k, v in abstract_state.items() if k != "params"})
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return restored.state, restored.meta
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # orbax raises many types for damaged files
         self._set_aside(step, e)
+        continue
+      state = {"params": restored.params}
+      if not params_only:
+        state.update(restored.optimizer)
+      return state, restored.meta
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:

@@ -63,9 +63,7 @@ class WandbWriter:
   """Logs to W&B; offline without an API key; resumes the same run when the workdir resumes."""
 
   def __init__(self, wandb_config, workdir: pathlib.Path, resolved_config: dict, run_name: str):
-    mode = wandb_config.mode
-    if mode == "auto":
-      mode = os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
+    mode = wandb_mode(wandb_config)
     self.run = None
     self.directory = None  # where W&B writes this run, None when disabled
     if mode == "disabled":
@@ -88,6 +86,44 @@ class WandbWriter:
   def close(self) -> None:
     if self.run is not None:
       self.run.finish()
+
+
+def wandb_mode(wandb_config) -> str:
+  """auto: WANDB_MODE when set, else online with an API key and offline without."""
+  if wandb_config.mode != "auto":
+    return wandb_config.mode
+  return os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
+
+
+def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
+                            images: dict[str, pathlib.Path]) -> None:
+  """An evaluation as its own W&B run (job_type "evaluate", grouped with its training run): a
+  table of perplexity by length, passkey summaries, and the figures."""
+  mode = wandb_mode(wandb_config)
+  if mode == "disabled":
+    return
+  import wandb
+  run = wandb.init(
+      mode=mode, dir=str(workdir / "eval"), project=wandb_config.project,
+      entity=wandb_config.entity or None, group=wandb_config.group or workdir.name,
+      job_type="evaluate", name=f"{wandb_config.name or workdir.name}/{results['name']}",
+      tags=list(wandb_config.tags) + [results["scheme"]],
+      config={k: results[k] for k in ("run", "name", "checkpoint_step", "scheme", "rope",
+                                      "train_length", "overrides", "eval_options")})
+  columns = ["kind", "length", "multiple", "loss", "perplexity", "bits_per_byte", "tokens",
+             "not_applicable"]
+  table = wandb.Table(columns=columns)
+  for kind in ("perplexity", "sliding"):
+    for row in results[kind]:
+      table.add_data(kind, *(row.get(c) for c in columns[1:]))
+  logged = {"perplexity_by_length": table}
+  for style, grid in results["passkey"].items():
+    logged[f"passkey/{style}/longest_at_100"] = grid["longest_at_100"]
+  for key, path in images.items():
+    if path.suffix == ".png":
+      logged[f"plots/{key}"] = wandb.Image(str(path))
+  run.log(logged)
+  run.finish()
 
 
 def _has_wandb_key() -> bool:

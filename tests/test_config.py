@@ -54,7 +54,6 @@ def test_rope_scaling_needs_rope():
   assert resolve(c, 1).model.rope.original_length == 128
 
 
-
 def test_resolve_fills_derived_fields():
   c = resolve(_tiny(**{"mesh.data": -1, "mesh.tensor": 2}), 8)
   assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (4, 1, 2)

@@ -88,7 +88,7 @@ def test_resume_matches_straight_run(tiny_config, tmp_path):
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path, caplog):
   workdir = tmp_path / "run"
   straight = _run(tiny_config, workdir)
-  for path in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+  for path in (workdir / "checkpoints" / "6" / "params").rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")
   # A save that was cut off before it was finalized stays a temporary folder; it is ignored.

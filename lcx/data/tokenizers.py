@@ -1,7 +1,7 @@
 """Tokenizers: text bytes -> int32 ids. The byte tokenizer needs no download.
 
 Any tokenizer with this interface works with the data stream; a SentencePiece model can fill it
-by implementing `encode`, `decode`, `vocab_size`, `eos_id` and `name`.
+by implementing `encode`, `decode`, `byte_length`, `vocab_size`, `eos_id` and `name`.
 """
 from typing import Protocol
 
@@ -16,6 +16,10 @@ class Tokenizer(Protocol):
   def encode(self, text: bytes) -> np.ndarray: ...
 
   def decode(self, ids) -> str: ...
+
+  def byte_length(self, ids) -> int:
+    """UTF-8 bytes of text the ids stand for (special tokens count 0): for bits per byte."""
+    ...
 
 
 class ByteTokenizer:
@@ -33,6 +37,9 @@ class ByteTokenizer:
   def decode(self, ids) -> str:
     data = bytes(int(i) for i in np.asarray(ids).ravel() if 0 <= int(i) < 256)
     return data.decode("utf-8", errors="replace")
+
+  def byte_length(self, ids) -> int:
+    return int(np.count_nonzero(np.asarray(ids) < 256))
 
 
 TOKENIZERS = {"byte": ByteTokenizer}

@@ -1,0 +1,76 @@
+"""python -m lcx.evaluate --workdir RUN [--lengths 256,512] [--split test] [--config.a.b=v ...]
+
+Loads the latest checkpoint of RUN with its saved config plus overrides (for example
+--config.model.rope.scaling=yarn --config.model.rope.factor=4, zero-shot) and writes
+RUN/eval/<name>.json with PNG plots beside it.
+"""
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from lcx import overrides as overrides_lib
+from lcx.config import ConfigError
+from lcx.evaluate.runner import EvalOptions, evaluate_run
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
+_LENGTHS = flags.DEFINE_list("lengths", [], "Evaluation lengths; default 1x-16x the training length.")
+_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split to score.")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 16384, "Target tokens scored per length.")
+_STRIDE = flags.DEFINE_integer("stride", 0, "Sliding-window stride; 0: the training length; "
+                               "-1: no sliding window.")
+_TRIALS = flags.DEFINE_integer("passkey_trials", 5, "Passkey trials per cell; 0 skips passkey.")
+_DEPTHS = flags.DEFINE_list("passkey_depths", ["0", "0.25", "0.5", "0.75", "1"], "Key depths.")
+_NAME = flags.DEFINE_string("name", "", "Output name; default from the overrides ('base' if none).")
+
+
+def main(argv):
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("lcx").setLevel(logging.INFO)
+  rest, overrides = overrides_lib.split_argv(argv[1:])
+  if rest:
+    sys.exit(f"lcx.evaluate: unexpected arguments {rest}")
+  if not _WORKDIR.value:
+    sys.exit("lcx.evaluate: --workdir RUN is required")
+  try:
+    options = EvalOptions(
+        lengths=tuple(int(n) for n in _LENGTHS.value), split=_SPLIT.value,
+        max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, passkey_trials=_TRIALS.value,
+        passkey_depths=tuple(float(d) for d in _DEPTHS.value), name=_NAME.value)
+    results, paths = evaluate_run(_WORKDIR.value, overrides, options)
+  except (ConfigError, ValueError) as e:
+    sys.exit(f"lcx.evaluate: {e}")
+  print(format_table(results))
+  print("\noutputs:\n" + "\n".join(f"  {key:16s} {path}" for key, path in paths.items()))
+
+
+def format_table(results: dict) -> str:
+  """Markdown table: perplexity (non-overlapping and sliding) per length, passkey at the end."""
+  sliding = {r["length"]: r for r in results["sliding"]}
+  lines = [f"{results['scheme']} {results['name']} (step {results['checkpoint_step']}, trained at "
+           f"{results['train_length']})", "",
+           "| length | x train | loss | ppl | bits/byte | sliding ppl | tokens |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for row in results["perplexity"]:
+    slide = sliding.get(row["length"], {})
+    if "loss" not in row:
+      lines.append(f"| {row['length']} | {row['multiple']:g} | n/a | n/a | n/a | n/a | 0 |")
+      continue
+    lines.append(f"| {row['length']} | {row['multiple']:g} | {row['loss']:.4f} | "
+                 f"{row['perplexity']:.3f} | {row['bits_per_byte']:.4f} | "
+                 f"{slide.get('perplexity', float('nan')):.3f} | {row['tokens']} |")
+  for style, grid in results["passkey"].items():
+    lines.append(f"\npasskey ({style}): longest length at 100%: {grid['longest_at_100']}")
+  return "\n".join(lines)
+
+
+# absl would reject --config.a.b=v as unknown flags: take them out before it parses.
+def run():
+  rest, overrides = overrides_lib.split_argv(sys.argv[1:])
+  app.run(lambda argv: main(argv + [overrides_lib.PREFIX + o for o in overrides]),
+          argv=[sys.argv[0]] + rest)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,63 @@
+"""PNG figures of an evaluation: perplexity vs length, loss by position, passkey heatmaps."""
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _applicable(rows):
+  return [r for r in rows if "loss" in r]
+
+
+def perplexity_vs_length(results: dict, path: pathlib.Path) -> pathlib.Path:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for key, label in (("perplexity", "non-overlapping"), ("sliding", "sliding window")):
+    rows = _applicable(results.get(key, []))
+    if rows:
+      ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=label)
+  ax.axvline(results["train_length"], color="grey", linestyle=":", label="training length")
+  ax.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="perplexity",
+         title=f"{results['scheme']}: {results['name']}")
+  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def loss_by_position(results: dict, path: pathlib.Path) -> pathlib.Path:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for row in _applicable(results.get("perplexity", [])):
+    bins = row["by_position"]
+    centers = (np.array(bins["bin_start"]) + np.array(bins["bin_end"])) / 2
+    ax.plot(centers, bins["loss"], label=f"L={row['length']}")
+  ax.axvline(results["train_length"], color="grey", linestyle=":", label="training length")
+  ax.set(xscale="log", xlabel="position in window", ylabel="loss (nats/token)",
+         title=f"loss by position: {results['scheme']}, {results['name']}")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def passkey_heatmap(grid: dict, title: str, path: pathlib.Path) -> pathlib.Path:
+  accuracy = np.array([[np.nan if a is None else a for a in row] for row in grid["accuracy"]])
+  fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(grid["depths"]), 1.0 + 0.5 * len(grid["lengths"])))
+  image = ax.imshow(accuracy, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+  ax.set_xticks(range(len(grid["depths"])), [f"{d:.0%}" for d in grid["depths"]])
+  ax.set_yticks(range(len(grid["lengths"])), [str(n) for n in grid["lengths"]])
+  for i in range(accuracy.shape[0]):
+    for j in range(accuracy.shape[1]):
+      text = "n/a" if np.isnan(accuracy[i, j]) else f"{accuracy[i, j]:.0%}"
+      ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white")
+  ax.set(xlabel="key depth", ylabel="context length", title=title)
+  fig.colorbar(image, ax=ax, label="accuracy")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

@@ -1,0 +1,152 @@
+"""Evaluate a run at many lengths: perplexity (non-overlapping and sliding), loss by position and
+passkey retrieval; write RUN/eval/<name>.json, PNG plots, and W&B when it is on."""
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+import tqdm
+
+from lcx.data.sources import Documents
+from lcx.data.tokenizers import make_tokenizer
+from lcx.evaluate import passkey as passkey_lib
+from lcx.evaluate import perplexity as ppl
+from lcx.evaluate import plots
+from lcx.evaluate.loading import LoadedRun, load_run
+from lcx.evaluate.scoring import DoesNotFit, Scorer
+from lcx.metrics import log_evaluation_to_wandb
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  lengths: tuple[int, ...] = ()  # empty: 1x, 2x, 4x, 8x and 16x the training length
+  split: str = "validation"
+  max_tokens: int = 16384  # target tokens scored per length (the same text at every length)
+  stride: int = 0  # sliding-window stride; 0: the training length; -1: no sliding window
+  passkey_trials: int = 5  # per (length, depth) cell and style; 0 skips passkey
+  passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+  passkey_styles: tuple[str, ...] = passkey_lib.STYLES
+  name: str = ""  # output name; empty: derived from the config overrides
+  max_batch_tokens: int = 32768
+  seed: int = 0
+
+
+def default_name(overrides) -> str:
+  if not overrides:
+    return "base"
+  parts = [o.replace("model.", "").replace("=", "-") for o in overrides]
+  return "_".join("".join(ch if ch.isalnum() or ch in "-." else "_" for ch in p) for p in parts)
+
+
+def _not_applicable(run: LoadedRun, lengths, longest_document: int) -> dict[int, str]:
+  reasons = {}
+  for length in lengths:
+    try:
+      run.model.position.check_length(length)
+    except ValueError as e:
+      reasons[length] = f"not applicable: {e}"
+      continue
+    if length + 1 > longest_document:
+      reasons[length] = (f"no document in the split has {length + 1} tokens (the longest has "
+                         f"{longest_document})")
+  return reasons
+
+
+def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool = True) -> dict:
+  c = run.config
+  train_length = int(c.data.seq_len)
+  lengths = tuple(options.lengths) or tuple(m * train_length for m in (1, 2, 4, 8, 16))
+  stride = options.stride or train_length
+  tokenizer = make_tokenizer(c.data.tokenizer)
+  docs = Documents(c.data.name, options.split, data_dir=c.data.data_dir, text_dir=c.data.text_dir,
+                   text_glob=c.data.text_glob, text_key=c.data.text_key)
+  documents = ppl.document_tokens(docs, tokenizer)
+  longest = max(len(d) for d in documents)
+  skip = _not_applicable(run, lengths, longest)
+  scored = [n for n in lengths if n not in skip]
+  segments = ppl.common_segments(documents, max(scored), options.max_tokens) if scored else []
+  scorer = Scorer(run.model, run.mesh, tuple(map(tuple, c.mesh.rules)),
+                  max_batch_tokens=options.max_batch_tokens)
+
+  cells = len(options.passkey_depths) * len(options.passkey_styles) if options.passkey_trials else 0
+  total = len(lengths) * (1 + (options.stride >= 0) + cells)
+  bar = tqdm.tqdm(total=total, desc=f"eval {run.workdir.name}", unit="task", disable=not progress)
+  started = time.perf_counter()
+  tokens_scored = 0
+
+  def tick(length):
+    bar.set_postfix(length=length, tok_s=f"{tokens_scored / (time.perf_counter() - started):,.0f}")
+    bar.update(1)
+
+  rows = {"perplexity": [], "sliding": []}
+  for length in lengths:
+    for kind in ("perplexity", "sliding") if options.stride >= 0 else ("perplexity",):
+      row = {"length": length, "multiple": length / train_length}
+      if length in skip:
+        row["not_applicable"] = skip[length]
+      else:
+        try:
+          if kind == "perplexity":
+            row.update(ppl.evaluate_non_overlapping(scorer.losses, segments, length, tokenizer))
+          else:
+            row.update(ppl.evaluate_sliding(scorer.losses, segments, length,
+                                            min(stride, length), tokenizer))
+          tokens_scored += row["tokens"]
+        except DoesNotFit as e:
+          skip[length] = str(e)
+          row["not_applicable"] = str(e)
+      rows[kind].append(row)
+      tick(length)
+
+  passkey = {}
+  if options.passkey_trials:
+    filler = np.concatenate([d[1:] for d in documents])
+    for style in options.passkey_styles:
+      shortest = passkey_lib.minimum_length(tokenizer, style)
+      style_skip = {n: skip.get(n, f"the {style} prompt needs {shortest} tokens") for n in lengths
+                    if n in skip or n < shortest}
+      passkey[style] = passkey_lib.passkey_grid(
+          scorer.predictions, tokenizer, style, lengths, options.passkey_depths,
+          options.passkey_trials, seed=options.seed, filler=filler,
+          not_applicable=style_skip, progress=tick)
+      bar.update(len(options.passkey_depths) * len(style_skip))
+  bar.close()
+
+  return {
+      "run": str(run.workdir), "name": options.name or default_name(overrides),
+      "checkpoint_step": run.step, "scheme": c.model.position,
+      "rope": c.model.rope.to_dict() if c.model.position == "rope" else None,
+      "train_length": train_length, "split": options.split, "overrides": list(overrides),
+      "eval_options": dataclasses.asdict(options), "config": c.to_dict(),
+      "perplexity": rows["perplexity"], "sliding": rows["sliding"], "passkey": passkey,
+      "seconds": time.perf_counter() - started,
+  }
+
+
+def write_outputs(results: dict, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
+  """RUN/eval/<name>.json and its PNG figures; returns their paths."""
+  out = workdir / "eval"
+  out.mkdir(parents=True, exist_ok=True)
+  name = results["name"]
+  paths = {"json": out / f"{name}.json"}
+  tmp = paths["json"].with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(results, indent=2) + "\n")
+  tmp.replace(paths["json"])
+  paths["perplexity_png"] = plots.perplexity_vs_length(results, out / f"{name}-perplexity.png")
+  paths["by_position_png"] = plots.loss_by_position(results, out / f"{name}-loss_by_position.png")
+  for style, grid in results["passkey"].items():
+    paths[f"passkey_{style}_png"] = plots.passkey_heatmap(
+        grid, f"passkey ({style}): {results['scheme']}, {name}",
+        out / f"{name}-passkey_{style}.png")
+  return paths
+
+
+def evaluate_run(workdir, overrides=(), options: EvalOptions = EvalOptions(),
+                 progress: bool = True) -> tuple[dict, dict]:
+  """Loads the run, evaluates it and writes the outputs: (results, output paths)."""
+  run = load_run(workdir, overrides)
+  results = evaluate(run, options, overrides, progress)
+  paths = write_outputs(results, run.workdir)
+  log_evaluation_to_wandb(run.config.wandb, run.workdir, results, paths)
+  return results, paths
