@@ -103,6 +103,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _require(m.vocab_size >= tokenizer_vocab,
            f"config.model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
            f"{tokenizer_vocab}; use 0 or at least {tokenizer_vocab}")
+  if c.wandb.job_type == "finetune":
+    _require(bool(c.init_from), "config.init_from is empty; a fine-tune needs the run directory "
+             "whose parameters it starts from")
   if d.name == "text_dir":
     _require(bool(d.text_dir), "config.data.text_dir is empty; data.name='text_dir' needs a folder")
 
@@ -138,3 +141,26 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
           scaling=m.rope.scaling, factor=float(m.rope.factor),
           original_length=int(m.rope.original_length), beta_fast=float(m.rope.beta_fast),
           beta_slow=float(m.rope.beta_slow)))
+
+
+# What a fine-tune sets for itself; every other model field comes from the run it starts from.
+_FINETUNE_OWN_ROPE = ("scaling", "factor", "original_length", "beta_fast", "beta_slow")
+
+
+def inherit_architecture(config: ml_collections.ConfigDict,
+                         source: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config with the model and tokenizer of the run it fine-tunes (`source`, its saved config).
+
+  The fine-tune keeps its own attention implementation and RoPE scaling; an unset
+  rope.original_length becomes the source's, so scaling is relative to the pretraining length.
+  """
+  out = ml_collections.ConfigDict(config.to_dict())
+  own = {k: out.model.rope[k] for k in _FINETUNE_OWN_ROPE}
+  attention = out.model.attention
+  out.model = ml_collections.ConfigDict(source.model.to_dict())
+  out.model.attention = attention
+  out.model.rope.update(own)
+  if not own["original_length"]:
+    out.model.rope.original_length = source.model.rope.original_length or source.data.seq_len
+  out.data.tokenizer = source.data.tokenizer
+  return out

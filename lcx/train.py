@@ -16,6 +16,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from lcx import config as config_lib
+from lcx import runs
 from lcx.checkpoint import Checkpointer
 from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
@@ -60,6 +61,9 @@ def _setup(config, devices):
   """Resolved config, mesh, data stream and program; bad input becomes one ConfigError line."""
   devices = list(jax.devices() if devices is None else devices)
   try:
+    if config.init_from:
+      config = config_lib.inherit_architecture(config, runs.saved_config(config.init_from))
+      config.init_from = str(pathlib.Path(config.init_from).expanduser().resolve())
     c = config_lib.resolve(config, len(devices))
     mesh = make_mesh(c.mesh, devices)
     tokenizer = make_tokenizer(c.data.tokenizer)
@@ -117,6 +121,7 @@ class _Recorder:
         "grad_norm": float(m["grad_norm"]), "tokens_per_second": tokens_per_second,
         "step_time_s": elapsed / self.window_steps, "tokens_seen": step * self.tokens_per_step,
         "flops_per_token": self.flops_per_token,
+        "flops_seen": step * self.tokens_per_step * self.flops_per_token,
         "mfu": tokens_per_second * self.flops_per_token / self.peak, "peak_flops": self.peak,
         "train_seconds": self.train_seconds()}
     for writer in self.writers:
@@ -151,7 +156,13 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
 
   checkpointer = Checkpointer(workdir, c.checkpoint.keep)
   restored = checkpointer.restore_latest(program.abstract_state_with_shardings())
-  if restored is None:
+  source = None  # the run a fine-tune starts from: its step and costs, for reports to add up
+  if restored is None and c.init_from:
+    _, params, source_meta = runs.restore_params(c.init_from, c, mesh)
+    state, step, seconds_before = program.init_from_params(params), 0, 0.0
+    source = {"workdir": c.init_from, **source_meta}
+    log.info("fine-tuning from %s at its step %d", c.init_from, source_meta["step"])
+  elif restored is None:
     state, step, seconds_before = program.init(), 0, 0.0
   else:
     state, meta = restored
@@ -164,11 +175,11 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
                WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)]
   progress = ProgressBar(c.train.steps, step, enabled=is_main)
   clock = _TrainClock(seconds_before)
-  record = _Recorder(
-      writers, progress, log_every=c.train.log_every, last_step=c.train.steps,
-      tokens_per_step=tokens_per_step, peak_flops=peak, train_seconds=clock.total,
-      flops_per_token=flops_per_token(counts["non_embedding"], c.model.n_layers,
-                                      c.model.n_heads * c.model.head_dim, c.data.seq_len))
+  flops_token = flops_per_token(counts["non_embedding"], c.model.n_layers,
+                                c.model.n_heads * c.model.head_dim, c.data.seq_len)
+  record = _Recorder(writers, progress, log_every=c.train.log_every, last_step=c.train.steps,
+                     tokens_per_step=tokens_per_step, peak_flops=peak,
+                     train_seconds=clock.total, flops_per_token=flops_token)
   batches = stream.iterate(step)
   preempted = False
   try:
@@ -186,6 +197,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
           pending = None
           checkpointer.save(step, state, {
               "step": step, "tokens_seen": step * tokens_per_step,
+              "flops_seen": step * tokens_per_step * flops_token,
               "train_seconds": clock.total(), "data_position": step * c.data.batch_size})
         if preempted:
           log.warning("SIGTERM: saved a checkpoint at step %d in %s; exiting", step,
@@ -203,6 +215,9 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
              "params": counts["total"], "non_embedding_params": counts["non_embedding"],
              "final_loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
              "mfu": last.get("mfu"), "train_seconds": clock.total(),
+             "tokens_seen": step * tokens_per_step,
+             "flops_seen": step * tokens_per_step * flops_token,
+             "init_from": source,
              "metrics": str(workdir / "metrics.jsonl"), "checkpoints": str(checkpointer.directory),
              "config": str(workdir / "config.json"),
              "wandb": writers[1].directory if is_main else None}

@@ -94,12 +94,17 @@ class TrainProgram:
     self.state_shardings = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
     self.batch_sharding = named_sharding(mesh, BATCH_NAMES, rules)
     self.init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    # A fine-tune: given parameters, a fresh optimizer and schedule.
+    self.init_from_params = jax.jit(self._state_from_params, in_shardings=(params_sh,),
+                                    out_shardings=self.state_shardings)
     self.step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
                         out_shardings=(self.state_shardings, replicated), donate_argnums=0)
 
   def _init_state(self):
     model = Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
-    params = nnx.state(model, nnx.Param)
+    return self._state_from_params(nnx.state(model, nnx.Param))
+
+  def _state_from_params(self, params):
     return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
   def abstract_state_with_shardings(self):

@@ -1,6 +1,5 @@
 """Load a trained run for evaluation: its saved config (plus overrides) and latest parameters."""
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -9,9 +8,8 @@ from flax import nnx
 
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
-from lcx.checkpoint import Checkpointer
+from lcx.runs import restore_params, saved_config
 from lcx.sharding import make_mesh
-from lcx.train_step import abstract_model, param_shardings
 
 
 @dataclasses.dataclass
@@ -22,30 +20,6 @@ class LoadedRun:
   mesh: jax.sharding.Mesh
   step: int
   meta: dict
-
-
-def saved_config(workdir) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    raise ValueError(f"{workdir} is not an lcx run: it has no config.json")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def restore_params(workdir, config, mesh):
-  """(graphdef, params, meta) from the latest good checkpoint of the run in workdir."""
-  graphdef, abstract = abstract_model(config_lib.model_config(config))
-  shardings = param_shardings(abstract, mesh, tuple(map(tuple, config.mesh.rules)))
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-  checkpointer = Checkpointer(pathlib.Path(workdir), keep=10 ** 6)
-  try:
-    restored = checkpointer.restore_latest({"params": target}, params_only=True)
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise ValueError(f"{workdir}/checkpoints holds no checkpoint that restores")
-  state, meta = restored
-  return graphdef, state["params"], meta
 
 
 def load_run(workdir, overrides: list[str] = ()) -> LoadedRun:

@@ -68,7 +68,8 @@ def evaluate_non_overlapping(losses: Losses, segments, length: int, tokenizer: T
   nbytes = sum(tokenizer.byte_length(w[1:]) for w in windows)
   result = _summary(float(token_losses.sum()), token_losses.size, nbytes)
   per_position = token_losses.mean(axis=0)
-  edges = np.unique(np.linspace(0, length, min(bins, length) + 1).astype(int))
+  # Log-spaced bins: the curve is read on a log axis, where early positions need resolution too.
+  edges = np.unique(np.concatenate([[0], np.geomspace(1, length, bins).astype(int)]))
   result["by_position"] = {
       "bin_start": edges[:-1].tolist(), "bin_end": edges[1:].tolist(),
       "loss": [float(per_position[a:b].mean()) for a, b in zip(edges[:-1], edges[1:])]}

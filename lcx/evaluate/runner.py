@@ -16,6 +16,7 @@ from lcx.evaluate import plots
 from lcx.evaluate.loading import LoadedRun, load_run
 from lcx.evaluate.scoring import DoesNotFit, Scorer
 from lcx.metrics import log_evaluation_to_wandb
+from lcx.runs import saved_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,7 @@ class EvalOptions:
   lengths: tuple[int, ...] = ()  # empty: 1x, 2x, 4x, 8x and 16x the training length
   split: str = "validation"
   max_tokens: int = 16384  # target tokens scored per length (the same text at every length)
-  stride: int = 0  # sliding-window stride; 0: the training length; -1: no sliding window
+  stride: int = 0  # sliding-window stride; 0: the pretraining length; -1: no sliding window
   passkey_trials: int = 5  # per (length, depth) cell and style; 0 skips passkey
   passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
   passkey_styles: tuple[str, ...] = passkey_lib.STYLES
@@ -56,8 +57,10 @@ def _not_applicable(run: LoadedRun, lengths, longest_document: int) -> dict[int,
 def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool = True) -> dict:
   c = run.config
   train_length = int(c.data.seq_len)
-  lengths = tuple(options.lengths) or tuple(m * train_length for m in (1, 2, 4, 8, 16))
-  stride = options.stride or train_length
+  # Multiples are of the pretraining length, also for a fine-tune, so that runs compare.
+  base_length = int(saved_config(c.init_from).data.seq_len) if c.init_from else train_length
+  lengths = tuple(options.lengths) or tuple(m * base_length for m in (1, 2, 4, 8, 16))
+  stride = options.stride or base_length
   tokenizer = make_tokenizer(c.data.tokenizer)
   docs = Documents(c.data.name, options.split, data_dir=c.data.data_dir, text_dir=c.data.text_dir,
                    text_glob=c.data.text_glob, text_key=c.data.text_key)
@@ -82,7 +85,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   rows = {"perplexity": [], "sliding": []}
   for length in lengths:
     for kind in ("perplexity", "sliding") if options.stride >= 0 else ("perplexity",):
-      row = {"length": length, "multiple": length / train_length}
+      row = {"length": length, "multiple": length / base_length}
       if length in skip:
         row["not_applicable"] = skip[length]
       else:
@@ -117,7 +120,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       "run": str(run.workdir), "name": options.name or default_name(overrides),
       "checkpoint_step": run.step, "scheme": c.model.position,
       "rope": c.model.rope.to_dict() if c.model.position == "rope" else None,
-      "train_length": train_length, "split": options.split, "overrides": list(overrides),
+      "train_length": train_length, "base_length": base_length, "split": options.split,
+      "overrides": list(overrides),
       "eval_options": dataclasses.asdict(options), "config": c.to_dict(),
       "perplexity": rows["perplexity"], "sliding": rows["sliding"], "passkey": passkey,
       "seconds": time.perf_counter() - started,

@@ -1,0 +1,35 @@
+"""A run directory as other stages see it: its saved config and its latest parameters."""
+import json
+import pathlib
+
+import jax
+import ml_collections
+
+from lcx import config as config_lib
+from lcx.checkpoint import Checkpointer
+from lcx.train_step import abstract_model, param_shardings
+
+
+def saved_config(workdir) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir).expanduser() / "config.json"
+  if not path.exists():
+    raise config_lib.ConfigError(f"{workdir} is not an lcx run: it has no config.json")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_params(workdir, config: ml_collections.ConfigDict, mesh):
+  """(graphdef, params laid out on mesh, checkpoint meta) from the run's latest good checkpoint,
+  for the model that the resolved `config` describes."""
+  graphdef, abstract = abstract_model(config_lib.model_config(config))
+  shardings = param_shardings(abstract, mesh, tuple(map(tuple, config.mesh.rules)))
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  checkpointer = Checkpointer(pathlib.Path(workdir).expanduser(), keep=10 ** 6)
+  try:
+    restored = checkpointer.restore_latest({"params": target}, params_only=True)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise config_lib.ConfigError(f"{workdir}/checkpoints holds no checkpoint that restores")
+  state, meta = restored
+  return graphdef, state["params"], meta

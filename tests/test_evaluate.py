@@ -1,0 +1,184 @@
+"""Evaluation: numbers on cases with known answers, window bookkeeping, passkey prompts, and the
+pretrain -> evaluate -> fine-tune -> evaluate path end to end."""
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from lcx.data.tokenizers import ByteTokenizer
+from lcx.evaluate import EvalOptions, evaluate_run
+from lcx.evaluate import passkey as passkey_lib
+from lcx.evaluate import perplexity as ppl
+from lcx.evaluate.scoring import DoesNotFit, Scorer
+from lcx.model import ModelConfig, Transformer
+from lcx.sharding import make_mesh
+from lcx.train import train_and_evaluate
+from tests.conftest import ROOT
+
+RULES = (("batch", ("data", "fsdp")),)
+
+
+def _documents(lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  return [np.concatenate([[257], rng.integers(0, 256, n - 1)]).astype(np.int32) for n in lengths]
+
+
+def test_common_segments_score_the_same_text_at_every_length():
+  docs = _documents([100, 700, 1025, 3000])
+  segments = ppl.common_segments(docs, 512, max_tokens=10_000)
+  assert [len(s) for s in segments] == [513, 1025, 2561]
+  for length in (64, 128, 256, 512):
+    windows = np.concatenate([ppl.non_overlapping_windows(s, length) for s in segments])
+    # Every target of every segment is scored once: the same 4096 targets at each length.
+    assert windows.shape == (4096 // length, length + 1)
+    np.testing.assert_array_equal(np.concatenate([w[1:] for w in windows]),
+                                  np.concatenate([s[1:] for s in segments]))
+  assert sum(len(s) - 1 for s in ppl.common_segments(docs, 512, max_tokens=1024)) == 1024
+
+
+@pytest.mark.parametrize("targets, length, stride", [(1000, 128, 64), (1024, 256, 256),
+                                                     (129, 128, 10), (777, 100, 33)])
+def test_sliding_windows_score_every_target_exactly_once(targets, length, stride):
+  segment = np.arange(targets + 1)
+  windows, new = ppl.sliding_windows(segment, length, stride)
+  assert windows.shape[1] == length + 1
+  scored = np.concatenate([w[length + 1 - n:] for w, n in zip(windows, new)])
+  np.testing.assert_array_equal(scored, np.arange(1, targets + 1))
+  # After the first window each scored token sees at least length - stride tokens before it.
+  assert new[0] == length and all(n <= stride for n in new[1:])
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+  """A model with all-zero parameters gives uniform logits: loss = ln V exactly."""
+  cfg = ModelConfig(vocab_size=320, d_model=16, n_layers=1, n_heads=2, head_dim=8, mlp_dim=32,
+                    position="alibi")
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  model = nnx.merge(graphdef, jax.tree.map(jax.numpy.zeros_like, params))
+  scorer = Scorer(model, make_mesh(dict(data=-1, fsdp=1, tensor=1)), RULES)
+  segments = ppl.common_segments(_documents([600, 900]), 256, 4096)
+  tok = ByteTokenizer()
+  for length in (64, 256):
+    result = ppl.evaluate_non_overlapping(scorer.losses, segments, length, tok)
+    assert result["loss"] == pytest.approx(math.log(320), rel=1e-6)
+    assert result["perplexity"] == pytest.approx(320, rel=1e-5)
+    assert result["tokens"] == 1280
+    # Random bytes contain no special tokens: one byte per target.
+    assert result["bits_per_byte"] == pytest.approx(math.log2(320), rel=1e-6)
+    assert all(v == pytest.approx(math.log(320)) for v in result["by_position"]["loss"])
+    sliding = ppl.evaluate_sliding(scorer.losses, segments, length, length // 4, tok)
+    assert sliding["tokens"] == 1280 and sliding["loss"] == pytest.approx(math.log(320), rel=1e-6)
+
+
+def test_a_hand_computed_perplexity():
+  """Losses that depend on the target: the mean, perplexity and bits per byte by hand."""
+  segment = np.array([257, 1, 2, 1, 2, 1, 2, 1, 2], np.int32)  # 8 targets
+  per_target = {1: 0.5, 2: 1.5}
+  losses = lambda w: np.vectorize(per_target.get)(w[:, 1:]).astype(np.float32)
+  result = ppl.evaluate_non_overlapping(losses, [segment], 4, ByteTokenizer())
+  assert result["loss"] == pytest.approx(1.0) and result["perplexity"] == pytest.approx(math.e)
+  assert result["bits_per_byte"] == pytest.approx(8 / math.log(2) / 8)
+  assert result["by_position"]["loss"][0] == pytest.approx(0.5)
+
+
+def test_an_evaluation_too_big_for_memory_fails_clearly():
+  cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, head_dim=8, mlp_dim=32)
+  scorer = Scorer(Transformer(cfg, rngs=nnx.Rngs(0)), make_mesh(dict(data=-1, fsdp=1, tensor=1)),
+                  RULES, memory_fraction=1e-9)
+  with pytest.raises(DoesNotFit, match=r"length 4096 needs about .* GiB .* evaluate shorter"):
+    scorer.losses(np.zeros((1, 4097), np.int32))
+
+
+@pytest.mark.parametrize("style", passkey_lib.STYLES)
+@pytest.mark.parametrize("depth", [0.0, 0.3, 1.0])
+def test_passkey_prompt_has_the_length_and_the_key_at_the_depth(style, depth):
+  tok = ByteTokenizer()
+  filler = tok.encode("def f(x):\n    return x + 1\n" * 50)
+  length = 600
+  prompt = passkey_lib.build_prompt(tok, style, length, depth, "48213", filler, filler_offset=7)
+  assert len(prompt.tokens) == length + 1  # the model reads `length`; the last digit is a target
+  text = tok.decode(prompt.tokens)
+  assert text.endswith("48213") and text.count("48213") == (3 if style == "prose" else 2)
+  key_text = (passkey_lib.PROSE_KEY if style == "prose" else passkey_lib.PYTHON_KEY).format(
+      key="48213")
+  assert tok.decode(prompt.tokens[prompt.key_start:]).startswith(key_text)
+  intro = 1 + len(passkey_lib.PROSE_INTRO if style == "prose" else passkey_lib.PYTHON_INTRO)
+  question = len(passkey_lib.PROSE_QUESTION if style == "prose" else passkey_lib.PYTHON_QUESTION)
+  room = length + 1 - intro - len(key_text) - question - 5
+  assert prompt.key_start - intro == round(depth * room)
+  with pytest.raises(ValueError, match="shorter than the prompt without filler"):
+    passkey_lib.build_prompt(tok, style, 60, depth, "48213", filler)
+
+
+def test_passkey_grid_scores_exact_matches():
+  """A predictor that copies the key's digits back is always right; one that is off by a digit
+  never is."""
+  tok = ByteTokenizer()
+  perfect = lambda windows: windows[:, 1:]
+  grid = passkey_lib.passkey_grid(perfect, tok, "prose", [300, 400], [0.0, 1.0], trials=3,
+                                  not_applicable={400: "too long"})
+  assert grid["accuracy"] == [[1.0, 1.0], [None, None]] and grid["longest_at_100"] == 300
+  off_by_one = lambda windows: np.where(windows[:, 1:] == ord("1"), ord("2"), windows[:, 1:])
+  wrong = passkey_lib.passkey_grid(off_by_one, tok, "prose", [300], [0.5], trials=20)
+  assert 0 < wrong["accuracy"][0][0] < 1  # keys with a '1' fail, the others pass
+
+
+def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
+  tiny_config.train.steps = 30
+  tiny_config.checkpoint.every_steps = 30
+  pretrain_dir = tmp_path / "rope"
+  train_and_evaluate(tiny_config, pretrain_dir)
+  options = EvalOptions(max_tokens=1024, passkey_trials=1, passkey_depths=(0.5,))
+  results, paths = evaluate_run(pretrain_dir, (), options, progress=False)
+  assert [r["length"] for r in results["perplexity"]] == [32, 64, 128, 256, 512]
+  assert all(r["tokens"] == 1024 for r in results["perplexity"])
+  assert results["checkpoint_step"] == 30 and results["name"] == "base"
+  for key in ("json", "perplexity_png", "by_position_png", "passkey_prose_png"):
+    assert paths[key].exists() and paths[key].stat().st_size > 1000
+  assert json.loads(paths["json"].read_text())["perplexity"][0]["loss"] > 0
+  # Prose needs more than 32 tokens of prompt: that cell is not applicable, not an error.
+  assert results["passkey"]["prose"]["accuracy"][0] == [None]
+
+  # Zero-shot YaRN from the command line.
+  cli = subprocess.run(
+      [sys.executable, "-m", "lcx.evaluate", "--workdir", str(pretrain_dir), "--lengths", "32,128",
+       "--max_tokens", "512", "--passkey_trials", "0", "--config.model.rope.scaling=yarn",
+       "--config.model.rope.factor=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  assert "| 128 | 4 |" in cli.stdout
+  yarn = json.loads((pretrain_dir / "eval" / "rope.scaling-yarn_rope.factor-4.json").read_text())
+  assert yarn["config"]["model"]["rope"]["scaling"] == "yarn"
+
+  # Fine-tune at 4x with PI, then evaluate: multiples stay relative to the pretraining length.
+  from configs import finetune
+  ft = finetune.get_config("linear")
+  ft.unlock()
+  ft.data.update(data_dir=tiny_config.data.data_dir)
+  ft.train.update(steps=4, log_every=2, peak_flops=1e12)
+  ft.wandb.mode = "disabled"
+  ft.init_from = str(pretrain_dir)
+  ft_dir = tmp_path / "rope-pi"
+  summary = train_and_evaluate(ft, ft_dir)
+  saved = json.loads((ft_dir / "config.json").read_text())
+  assert saved["model"]["d_model"] == 32 and saved["data"]["seq_len"] == 512  # architecture kept
+  assert saved["model"]["rope"]["original_length"] == 32 and saved["init_from"] == str(pretrain_dir)
+  assert summary["init_from"]["step"] == 30 and summary["tokens_seen"] == 4 * 8 * 512
+  ft_results, _ = evaluate_run(ft_dir, (), EvalOptions(lengths=(32, 128), max_tokens=512,
+                                                       passkey_trials=0), progress=False)
+  assert ft_results["base_length"] == 32 and ft_results["perplexity"][1]["multiple"] == 4
+
+
+def test_learned_positions_are_not_applicable_beyond_their_table(tiny_config, tmp_path):
+  tiny_config.model.position = "learned"
+  tiny_config.train.steps = 2
+  train_and_evaluate(tiny_config, tmp_path / "learned")
+  results, _ = evaluate_run(tmp_path / "learned", (), EvalOptions(
+      lengths=(32, 64), max_tokens=256, passkey_trials=0), progress=False)
+  assert "loss" in results["perplexity"][0]
+  assert "model.max_len=32" in results["perplexity"][1]["not_applicable"]
+  assert "model.max_len=32" in results["sliding"][1]["not_applicable"]
