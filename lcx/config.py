@@ -103,6 +103,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _require(m.vocab_size >= tokenizer_vocab,
            f"config.model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
            f"{tokenizer_vocab}; use 0 or at least {tokenizer_vocab}")
+  _require(c.eval.every_steps >= 0,
+           f"config.eval.every_steps={c.eval.every_steps!r} must be >= 0 (0 turns it off)")
+  _require(len(c.eval.multiples) > 0 and all(m > 0 for m in c.eval.multiples),
+           f"config.eval.multiples={tuple(c.eval.multiples)!r} must be positive numbers")
   if c.wandb.job_type == "finetune":
     _require(bool(c.init_from), "config.init_from is empty; a fine-tune needs the run directory "
              "whose parameters it starts from")

@@ -21,6 +21,7 @@ from lcx.checkpoint import Checkpointer
 from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import make_tokenizer
+from lcx.evaluate.during_training import TrainingEval
 from lcx.metrics import (JsonlWriter, ProgressBar, WandbWriter, flops_per_token,
                          measure_peak_flops)
 from lcx.model import count_params
@@ -169,10 +170,13 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     step, seconds_before = int(meta["step"]), float(meta["train_seconds"])
     log.info("resumed from %s at step %d", checkpointer.directory, step)
 
-  writers = []
+  writers, eval_writers = [], []
   if is_main:
-    writers = [JsonlWriter(workdir / "metrics.jsonl", step),
-               WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)]
+    wandb_writer = WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)
+    writers = [JsonlWriter(workdir / "metrics.jsonl", step), wandb_writer]
+    eval_writers = [JsonlWriter(workdir / "eval_metrics.jsonl", step), wandb_writer]
+  evaluator = (TrainingEval(c, program.model_cfg, mesh, program.rules)
+               if c.eval.every_steps else None)
   progress = ProgressBar(c.train.steps, step, enabled=is_main)
   clock = _TrainClock(seconds_before)
   flops_token = flops_per_token(counts["non_embedding"], c.model.n_layers,
@@ -199,6 +203,10 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
               "step": step, "tokens_seen": step * tokens_per_step,
               "flops_seen": step * tokens_per_step * flops_token,
               "train_seconds": clock.total(), "data_position": step * c.data.batch_size})
+        if evaluator is not None and (step % c.eval.every_steps == 0 or step == c.train.steps):
+          eval_record = evaluator(step, state["params"])
+          for writer in eval_writers:
+            writer.write(eval_record)
         if preempted:
           log.warning("SIGTERM: saved a checkpoint at step %d in %s; exiting", step,
                       checkpointer.directory)
@@ -207,7 +215,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
     batches.close()
     progress.close()
     checkpointer.close()
-    for writer in writers:
+    for writer in {id(w): w for w in writers + eval_writers}.values():
       writer.close()
 
   last = record.last or {}
@@ -220,7 +228,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
              "init_from": source,
              "metrics": str(workdir / "metrics.jsonl"), "checkpoints": str(checkpointer.directory),
              "config": str(workdir / "config.json"),
-             "wandb": writers[1].directory if is_main else None}
+             "wandb": wandb_writer.directory if is_main else None}
   if is_main:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary

@@ -192,3 +192,16 @@ def test_wandb_offline_run_is_written(tiny_config, tmp_path, monkeypatch):
   history = [json.loads(line)["history"]["item"] for line in dump.splitlines()
              if '"type":"history"' in line]
   assert [h["loss"] for h in history] == pytest.approx(_losses(tmp_path / "run"))
+
+
+def test_eval_during_training_logs_a_length_sweep(tiny_config, tmp_path):
+  tiny_config.eval.update(every_steps=3, multiples=(1, 4), max_tokens=512)
+  train_and_evaluate(tiny_config, tmp_path / "run")
+  records = read_jsonl(tmp_path / "run" / "eval_metrics.jsonl")
+  assert [r["step"] for r in records] == [3, 6]
+  for r in records:
+    assert set(r) == {"step", "eval/loss_x1", "eval/perplexity_x1", "eval/loss_x4",
+                      "eval/perplexity_x4"}
+    assert r["eval/perplexity_x1"] == pytest.approx(np.exp(r["eval/loss_x1"]))
+  assert records[1]["eval/loss_x1"] < records[0]["eval/loss_x1"]  # it is learning
+  assert len(_losses(tmp_path / "run")) == 6  # training metrics are untouched
