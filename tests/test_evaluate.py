@@ -2,6 +2,7 @@
 pretrain -> evaluate -> fine-tune -> evaluate path end to end."""
 import json
 import math
+import pathlib
 import subprocess
 import sys
 
@@ -177,8 +178,15 @@ def test_learned_positions_are_not_applicable_beyond_their_table(tiny_config, tm
   tiny_config.model.position = "learned"
   tiny_config.train.steps = 2
   train_and_evaluate(tiny_config, tmp_path / "learned")
-  results, _ = evaluate_run(tmp_path / "learned", (), EvalOptions(
+  results, _ = evaluate_run(tmp_path / "learned", ("wandb.mode=offline",), EvalOptions(
       lengths=(32, 64), max_tokens=256, passkey_trials=0), progress=False)
-  assert "loss" in results["perplexity"][0]
+  assert "loss" in results["perplexity"][0] and results["name"] == "base"
   assert "model.max_len=32" in results["perplexity"][1]["not_applicable"]
   assert "model.max_len=32" in results["sliding"][1]["not_applicable"]
+  # The evaluation went to W&B as its own offline run, with the table and the figures.
+  runs = list((tmp_path / "learned" / "eval" / "wandb").glob("offline-run-*/run-*.wandb"))
+  wandb_cli = pathlib.Path(sys.executable).parent / "wandb"
+  dump = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
+                        capture_output=True, text=True, timeout=120, check=True).stdout
+  assert "perplexity_by_length" in dump and "plots/perplexity_png" in dump
+  assert '"job_type":"evaluate"' in dump

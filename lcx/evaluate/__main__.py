@@ -42,7 +42,7 @@ def main(argv):
   except (ConfigError, ValueError) as e:
     sys.exit(f"lcx.evaluate: {e}")
   print(format_table(results))
-  print("\noutputs:\n" + "\n".join(f"  {key:16s} {path}" for key, path in paths.items()))
+  print("\noutputs:\n" + "\n".join(f"  {key:20s} {path}" for key, path in paths.items()))
 
 
 def format_table(results: dict) -> str:

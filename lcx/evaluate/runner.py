@@ -34,9 +34,11 @@ class EvalOptions:
 
 
 def default_name(overrides) -> str:
-  if not overrides:
+  """From the model overrides (what changes the numbers): 'rope.scaling-yarn_rope.factor-4'."""
+  parts = [o.replace("model.", "", 1).replace("=", "-") for o in overrides
+           if o.startswith("model.")]
+  if not parts:
     return "base"
-  parts = [o.replace("model.", "").replace("=", "-") for o in overrides]
   return "_".join("".join(ch if ch.isalnum() or ch in "-." else "_" for ch in p) for p in parts)
 
 
