@@ -42,17 +42,15 @@ def default_name(overrides) -> str:
   return "_".join("".join(ch if ch.isalnum() or ch in "-." else "_" for ch in p) for p in parts)
 
 
-def _not_applicable(run: LoadedRun, lengths, longest_document: int) -> dict[int, str]:
+def _unrepresentable(run: LoadedRun, scorer: Scorer, lengths) -> dict[int, str]:
+  """Lengths the scheme cannot represent or that would not fit in memory, with the reason."""
   reasons = {}
   for length in lengths:
     try:
       run.model.position.check_length(length)
-    except ValueError as e:
+      scorer.batch_rows(length)
+    except ValueError as e:  # DoesNotFit is a ValueError too
       reasons[length] = f"not applicable: {e}"
-      continue
-    if length + 1 > longest_document:
-      reasons[length] = (f"no document in the split has {length + 1} tokens (the longest has "
-                         f"{longest_document})")
   return reasons
 
 
@@ -67,12 +65,15 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   docs = Documents(c.data.name, options.split, data_dir=c.data.data_dir, text_dir=c.data.text_dir,
                    text_glob=c.data.text_glob, text_key=c.data.text_key)
   documents = ppl.document_tokens(docs, tokenizer)
-  longest = max(len(d) for d in documents)
-  skip = _not_applicable(run, lengths, longest)
-  scored = [n for n in lengths if n not in skip]
-  segments = ppl.common_segments(documents, max(scored), options.max_tokens) if scored else []
   scorer = Scorer(run.model, run.mesh, tuple(map(tuple, c.mesh.rules)),
                   max_batch_tokens=options.max_batch_tokens)
+  unrepresentable = _unrepresentable(run, scorer, lengths)
+  longest = max(len(d) for d in documents) - 1
+  skip = dict(unrepresentable)  # for perplexity, which also needs documents that long
+  skip.update({n: f"no document in the split has {n + 1} tokens (the longest has {longest + 1})"
+               for n in lengths if n > longest and n not in skip})
+  scored = [n for n in lengths if n not in skip]
+  segments = ppl.common_segments(documents, max(scored), options.max_tokens) if scored else []
 
   cells = len(options.passkey_depths) * len(options.passkey_styles) if options.passkey_trials else 0
   total = len(lengths) * (1 + (options.stride >= 0) + cells)
@@ -99,7 +100,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
                                             min(stride, length), tokenizer))
           tokens_scored += row["tokens"]
         except DoesNotFit as e:
-          skip[length] = str(e)
+          skip[length] = unrepresentable[length] = str(e)
           row["not_applicable"] = str(e)
       rows[kind].append(row)
       tick(length)
@@ -109,8 +110,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
     filler = np.concatenate([d[1:] for d in documents])
     for style in options.passkey_styles:
       shortest = passkey_lib.minimum_length(tokenizer, style)
-      style_skip = {n: skip.get(n, f"the {style} prompt needs {shortest} tokens") for n in lengths
-                    if n in skip or n < shortest}
+      style_skip = {n: unrepresentable.get(n, f"the {style} prompt needs {shortest} tokens")
+                    for n in lengths if n in unrepresentable or n < shortest}
       passkey[style] = passkey_lib.passkey_grid(
           scorer.predictions, tokenizer, style, lengths, options.passkey_depths,
           options.passkey_trials, seed=options.seed, filler=filler,
