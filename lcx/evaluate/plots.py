@@ -8,20 +8,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def log_scale_length_axis(ax, lengths) -> None:
+  """Log x axis labelled at the evaluated lengths themselves."""
+  ax.set_xscale("log")
+  if lengths:
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _applicable(rows):
   return [r for r in rows if "loss" in r]
 
 
 def perplexity_vs_length(results: dict, path: pathlib.Path) -> pathlib.Path:
   fig, ax = plt.subplots(figsize=(6, 4))
+  values = []
   for key, label in (("perplexity", "non-overlapping"), ("sliding", "sliding window")):
     rows = _applicable(results.get(key, []))
     if rows:
       ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=label)
+      values += [r["perplexity"] for r in rows]
   ax.axvline(results["train_length"], color="grey", linestyle=":", label="training length")
-  ax.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="perplexity",
+  log_scale_length_axis(ax, [r["length"] for r in results.get("perplexity", [])])
+  # Log only when perplexity spans an order of magnitude; a narrow range reads better linear.
+  if values and max(values) / min(values) > 10:
+    ax.set_yscale("log")
+  ax.set(xlabel="evaluation length (tokens)", ylabel="perplexity",
          title=f"{results['scheme']}: {results['name']}")
-  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -54,7 +67,9 @@ def passkey_heatmap(grid: dict, title: str, path: pathlib.Path) -> pathlib.Path:
   for i in range(accuracy.shape[0]):
     for j in range(accuracy.shape[1]):
       text = "n/a" if np.isnan(accuracy[i, j]) else f"{accuracy[i, j]:.0%}"
-      ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white")
+      dark_cell = np.isnan(accuracy[i, j]) or accuracy[i, j] < 0.6
+      ax.text(j, i, text, ha="center", va="center", fontsize=7,
+              color="white" if dark_cell else "black")
   ax.set(xlabel="key depth", ylabel="context length", title=title)
   fig.colorbar(image, ax=ax, label="accuracy")
   fig.tight_layout()
