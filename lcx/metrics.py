@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import resource
 import secrets
 import time
 
@@ -32,6 +33,17 @@ def measure_peak_flops(mesh, dtype: str = "float32", size: int | None = None,
     matmul(a, a).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2.0 * size ** 3 * devices / best
+
+
+def peak_memory_bytes() -> int:
+  """Peak memory so far: the largest device's peak on accelerators, the process's peak resident
+  set on CPU (where device buffers live in host memory)."""
+  devices = jax.local_devices()
+  stats = [d.memory_stats() for d in devices if hasattr(d, "memory_stats")]
+  peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
+  if peaks:
+    return int(max(peaks))
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 class JsonlWriter:

@@ -23,7 +23,7 @@ from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import make_tokenizer
 from lcx.evaluate.during_training import TrainingEval
 from lcx.metrics import (JsonlWriter, ProgressBar, WandbWriter, flops_per_token,
-                         measure_peak_flops)
+                         measure_peak_flops, peak_memory_bytes)
 from lcx.model import count_params
 from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
@@ -124,7 +124,7 @@ class _Recorder:
         "flops_per_token": self.flops_per_token,
         "flops_seen": step * self.tokens_per_step * self.flops_per_token,
         "mfu": tokens_per_second * self.flops_per_token / self.peak, "peak_flops": self.peak,
-        "train_seconds": self.train_seconds()}
+        "peak_memory_bytes": peak_memory_bytes(), "train_seconds": self.train_seconds()}
     for writer in self.writers:
       writer.write(self.last)
     self.window_start, self.window_steps = now, 0
@@ -223,6 +223,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
              "params": counts["total"], "non_embedding_params": counts["non_embedding"],
              "final_loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
              "mfu": last.get("mfu"), "train_seconds": clock.total(),
+             "peak_memory_bytes": peak_memory_bytes(),
              "tokens_seen": step * tokens_per_step,
              "flops_seen": step * tokens_per_step * flops_token,
              "init_from": source,
