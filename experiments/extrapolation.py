@@ -1,0 +1,51 @@
+"""The extrapolation study: every position scheme trained at one length and evaluated from 1x to
+16x it; RoPE also zero-shot with each context-extension method and fine-tuned at 4x with PI and
+YaRN, then evaluated again.
+
+  python -m lcx.sweep experiments/extrapolation.py:cpu --out runs/extrapolation   # CPU, minutes
+  python -m lcx.sweep experiments/extrapolation.py:small --out gs://...           # L=1024, pg19
+  python -m lcx.sweep experiments/extrapolation.py:base --out ...                 # L=2048, pg19
+
+The scales differ only in the argument: model preset, data and evaluation sizes.
+"""
+from lcx.sweep import Run, Stage, product
+
+SCHEMES = ("none", "sinusoidal", "learned", "rope", "alibi")
+ZERO_SHOT = ("linear", "ntk", "dynamic_ntk", "yarn")  # RoPE scalings tried without training
+FINETUNES = ("linear", "yarn")  # RoPE scalings fine-tuned at 4x the length
+
+PG19 = ("data.name=pg19", "data.text_key=book_text")
+SCALES = {
+    # pretrain preset, data overrides, fine-tune preset suffix, evaluation flags
+    "cpu": ("tiny", (), "", ("--max_tokens=8192", "--passkey_trials=3",
+                             "--passkey_depths=0,0.5,1")),
+    "small": ("125m", PG19, ",125m", ("--max_tokens=262144", "--passkey_trials=10")),
+    "base": ("350m", PG19, ",350m", ("--max_tokens=262144", "--passkey_trials=10")),
+}
+
+
+def get_sweep(arg: str = "cpu") -> list[Run]:
+  if arg not in SCALES:
+    raise ValueError(f"extrapolation study: unknown scale {arg!r}; allowed: {', '.join(SCALES)}")
+  preset, data, finetune_suffix, eval_flags = SCALES[arg]
+  runs = []
+  for point in product(position=SCHEMES):
+    scheme = point["position"]
+    stages = [
+        Stage("pretrain", "pretrain", f"configs/pretrain.py:{preset}",
+              (f"model.position={scheme}", *data)),
+        Stage("eval", "evaluate", source="pretrain", args=eval_flags),
+    ]
+    if scheme == "rope":
+      stages += [Stage(f"eval-zeroshot-{m}", "evaluate", source="pretrain",
+                       overrides=(f"model.rope.scaling={m}", "model.rope.factor=4"),
+                       args=(*eval_flags, "--passkey_trials=0")) for m in ZERO_SHOT]
+      for method in FINETUNES:
+        stages += [
+            Stage(f"finetune-{method}", "finetune", f"configs/finetune.py:{method}{finetune_suffix}",
+                  data, source="pretrain"),
+            Stage(f"eval-finetune-{method}", "evaluate", source=f"finetune-{method}",
+                  args=eval_flags),
+        ]
+    runs.append(Run(scheme, tuple(stages), tags=(scheme, arg)))
+  return runs

@@ -1,0 +1,184 @@
+"""Studies as code, run stage by stage.
+
+  python -m lcx.sweep experiments/extrapolation.py:cpu --out DIR [--dry_run] [--only NAME]
+
+A study file defines `get_sweep(arg) -> list[Run]`; a Run is a name and ordered Stages (pretrain,
+evaluate, fine-tune, evaluate, ...). Each stage is one command (`python -m lcx.train` or
+`python -m lcx.evaluate`), so the same runs can be printed for the launchers in launch/. The
+runner is idempotent: a finished stage (DIR/<run>/<stage>.done) is skipped, and an interrupted
+training stage resumes from its own checkpoint when run again. DIR/status.json records each
+stage's state.
+"""
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+
+import tqdm
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str  # unique within its run; also the W&B job name and the evaluation's output name
+  kind: str  # "pretrain", "finetune" (both lcx.train) or "evaluate" (lcx.evaluate)
+  config: str = ""  # train stages: config file and preset, e.g. configs/pretrain.py:tiny
+  overrides: tuple[str, ...] = ()  # "a.b=value", passed as --config.a.b=value
+  source: str = ""  # finetune: the stage it starts from; evaluate: the stage it evaluates
+  args: tuple[str, ...] = ()  # extra flags, e.g. ("--lengths=128,256",) for evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  stages: tuple[Stage, ...]
+  tags: tuple[str, ...] = ()  # W&B tags: the scheme, the size, ...
+
+
+KINDS = ("pretrain", "finetune", "evaluate")
+
+
+def product(**axes) -> list[dict]:
+  """Every combination of the axes' values, as dicts: product(a=[1, 2], b=[3]) ->
+  [{a: 1, b: 3}, {a: 2, b: 3}]."""
+  names = list(axes)
+  return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+
+
+def zip_(**axes) -> list[dict]:
+  """The axes' values side by side; every axis must have the same length."""
+  lengths = {len(v) for v in axes.values()}
+  if len(lengths) > 1:
+    raise ValueError(f"zip_ needs axes of one length, got {dict((k, len(v)) for k, v in axes.items())}")
+  return [dict(zip(axes, values)) for values in zip(*axes.values())]
+
+
+def load_sweep(spec: str) -> tuple[str, list[Run]]:
+  """('study-arg', runs) from 'path/to/study.py:arg', checked for unique names and valid stages."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ValueError(f"study file {path!r} does not exist (expected experiments/<study>.py:arg)")
+  module_spec = importlib.util.spec_from_file_location(f"lcx_study_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  runs = module.get_sweep(arg) if arg else module.get_sweep()
+  check_runs(runs)
+  return f"{file.stem}-{arg}" if arg else file.stem, runs
+
+
+def check_runs(runs: list[Run]) -> None:
+  names = [r.name for r in runs]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"run names must be unique; repeated: {', '.join(duplicates)}")
+  for run in runs:
+    seen = set()
+    for stage in run.stages:
+      where = f"run {run.name!r} stage {stage.name!r}"
+      if stage.kind not in KINDS:
+        raise ValueError(f"{where}: kind {stage.kind!r} is unknown; allowed: {', '.join(KINDS)}")
+      if stage.name in seen:
+        raise ValueError(f"{where}: the name is used twice in the run")
+      if stage.kind != "pretrain" and stage.source not in seen:
+        raise ValueError(f"{where}: source {stage.source!r} must name an earlier stage of the run")
+      seen.add(stage.name)
+
+
+def stage_command(study: str, run: Run, stage: Stage, out: pathlib.Path) -> list[str]:
+  """The command line of one stage; W&B groups by study, types by stage kind, tags by run."""
+  wandb = [f"wandb.group={study}", f"wandb.tags={tuple(run.tags)!r}"]
+  if stage.kind == "evaluate":  # named <run>/<stage> by lcx.evaluate
+    wandb.append(f"wandb.name={run.name}")
+    return [sys.executable, "-m", "lcx.evaluate", f"--workdir={out / run.name / stage.source}",
+            f"--name={stage.name}", *stage.args,
+            *(f"--config.{o}" for o in (*stage.overrides, *wandb))]
+  command = [sys.executable, "-m", "lcx.train", f"--config={stage.config}",
+             f"--workdir={out / run.name / stage.name}", *stage.args]
+  overrides = [*stage.overrides, *wandb, f"wandb.name={run.name}/{stage.name}",
+               f"wandb.job_type={stage.kind}"]
+  if stage.kind == "finetune":
+    overrides.append(f"init_from={out / run.name / stage.source}")
+  return command + [f"--config.{o}" for o in overrides]
+
+
+class Status:
+  """DIR/status.json: {run: {stage: pending | running | done | failed}}."""
+
+  def __init__(self, out: pathlib.Path, runs: list[Run]):
+    self.path = out / "status.json"
+    self.states = {r.name: {s.name: "pending" for s in r.stages} for r in runs}
+    if self.path.exists():
+      for run, stages in json.loads(self.path.read_text()).items():
+        for stage, state in stages.items():
+          if run in self.states and stage in self.states[run]:
+            self.states[run][stage] = state
+
+  def set(self, run: str, stage: str, state: str) -> None:
+    self.states[run][stage] = state
+    tmp = self.path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(self.states, indent=2) + "\n")
+    os.replace(tmp, self.path)
+
+
+def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "",
+              progress: bool = True) -> dict:
+  """Runs every stage not yet done, in order; returns the status of every stage."""
+  study, runs = load_sweep(spec)
+  if only:
+    runs = [r for r in runs if r.name == only]
+    if not runs:
+      raise ValueError(f"--only {only!r} names no run of {spec}")
+  out = pathlib.Path(out).expanduser().resolve()
+  if dry_run:
+    for run in runs:
+      for stage in run.stages:
+        print(shlex.join(stage_command(study, run, stage, out)))
+    return {}
+  out.mkdir(parents=True, exist_ok=True)
+  status = Status(out, runs)
+  stages = [(run, stage) for run in runs for stage in run.stages]
+  bar = tqdm.tqdm(total=len(stages), desc=study, unit="stage", disable=not progress)
+  started = time.perf_counter()
+  for run, stage in stages:
+    done_marker = out / run.name / f"{stage.name}.done"
+    bar.set_postfix_str(f"{run.name}/{stage.name}")
+    if done_marker.exists():
+      status.set(run.name, stage.name, "done")
+      bar.update(1)
+      continue
+    if any(status.states[run.name].get(s.name) == "failed"
+           for s in run.stages if s.name == stage.source):
+      bar.update(1)
+      continue  # its source failed: nothing to build on
+    status.set(run.name, stage.name, "running")
+    log = out / run.name / f"{stage.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+      result = subprocess.run(stage_command(study, run, stage, out), stdout=f,
+                              stderr=subprocess.STDOUT, cwd=os.getcwd())
+    if result.returncode == 0 and not _preempted(out / run.name / stage.name):
+      done_marker.write_text(f"{time.time()}\n")
+      status.set(run.name, stage.name, "done")
+    else:
+      status.set(run.name, stage.name, "failed")
+      tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
+      tqdm.tqdm.write(f"{run.name}/{stage.name} failed (exit {result.returncode}); log {log}:\n"
+                      f"{tail}")
+    bar.update(1)
+  bar.close()
+  if progress:
+    print(f"{study}: {sum(s == 'done' for r in status.states.values() for s in r.values())}/"
+          f"{len(stages)} stages done in {time.perf_counter() - started:.0f} s; status in "
+          f"{status.path}")
+  return status.states
+
+
+def _preempted(workdir: pathlib.Path) -> bool:
+  summary = workdir / "summary.json"
+  return summary.exists() and json.loads(summary.read_text()).get("preempted", False)

@@ -1,0 +1,94 @@
+"""Studies: expansion into valid runs, and the sweep runner's idempotence and resume."""
+import json
+import os
+import shutil
+
+import jax
+import pytest
+
+from lcx import config as config_lib
+from lcx import overrides as overrides_lib
+from lcx.metrics import read_jsonl
+from lcx.sweep import Run, Stage, check_runs, load_sweep, product, run_sweep, zip_
+from tests.conftest import ROOT
+
+
+def test_product_and_zip():
+  assert product(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+  assert zip_(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+  with pytest.raises(ValueError, match="one length"):
+    zip_(a=[1], b=[1, 2])
+
+
+@pytest.mark.parametrize("scale", ["cpu", "small", "base"])
+def test_extrapolation_study_expands_into_valid_configs(scale):
+  study, runs = load_sweep(str(ROOT / f"experiments/extrapolation.py:{scale}"))
+  assert study == f"extrapolation-{scale}"
+  assert [r.name for r in runs] == ["none", "sinusoidal", "learned", "rope", "alibi"]
+  rope = next(r for r in runs if r.name == "rope")
+  assert [s.name for s in rope.stages if s.kind == "finetune"] == ["finetune-linear",
+                                                                   "finetune-yarn"]
+  for run in runs:
+    for stage in run.stages:
+      if stage.kind == "evaluate":
+        continue
+      path, _, arg = stage.config.partition(":")
+      module = {"configs/pretrain.py": "pretrain", "configs/finetune.py": "finetune"}[path]
+      config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config(arg)
+      config = overrides_lib.apply(config, list(stage.overrides))
+      if stage.kind == "finetune":
+        config.init_from = "runs/x"  # the sweep sets it to the source stage's workdir
+      resolved = config_lib.resolve(config, jax.device_count())
+      assert resolved.model.position == run.name or stage.kind == "finetune"
+
+
+def test_invalid_studies_are_refused():
+  good = Stage("pretrain", "pretrain", "configs/pretrain.py:tiny")
+  with pytest.raises(ValueError, match="repeated: a"):
+    check_runs([Run("a", (good,)), Run("a", (good,))])
+  with pytest.raises(ValueError, match="source 'pretrain' must name an earlier stage"):
+    check_runs([Run("a", (Stage("eval", "evaluate", source="pretrain"), good))])
+  with pytest.raises(ValueError, match="kind 'serve' is unknown; allowed: pretrain, finetune"):
+    check_runs([Run("a", (Stage("x", "serve"),))])
+  with pytest.raises(ValueError, match="does not exist"):
+    load_sweep("experiments/missing.py:cpu")
+
+
+def test_sweep_runs_idempotently_and_resumes(tmp_path, data_dir, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  spec, out = f"tests/tiny_study.py:{data_dir}", tmp_path / "study"
+  states = run_sweep(spec, out, progress=False)
+  assert all(s == "done" for run in states.values() for s in run.values()), states
+  assert json.loads((out / "status.json").read_text()) == states
+  for run in ("alibi", "rope"):
+    assert (out / run / "pretrain" / "eval" / "eval.json").exists()
+  assert (out / "rope" / "finetune-yarn" / "eval" / "eval-finetune-yarn.json").exists()
+  finetune = json.loads((out / "rope" / "finetune-yarn" / "config.json").read_text())
+  assert finetune["init_from"] == str(out / "rope" / "pretrain")
+  assert finetune["wandb"]["group"] == "tiny_study-" + data_dir
+  assert finetune["wandb"]["tags"] == ["rope"] and finetune["wandb"]["job_type"] == "finetune"
+
+  # Run again: every stage is finished, so nothing runs and nothing changes.
+  logs = {p: p.stat().st_mtime_ns for p in out.rglob("*.log")}
+  run_sweep(spec, out, progress=False)
+  assert {p: p.stat().st_mtime_ns for p in out.rglob("*.log")} == logs
+
+  # An interrupted pretraining: only its step-3 checkpoint exists and it is not marked done.
+  pretrain = out / "alibi" / "pretrain"
+  straight = read_jsonl(pretrain / "metrics.jsonl")
+  shutil.rmtree(pretrain / "checkpoints" / "6")
+  os.remove(out / "alibi" / "pretrain.done")
+  run_sweep(spec, out, only="alibi", progress=False)
+  resumed = read_jsonl(pretrain / "metrics.jsonl")
+  assert [r["step"] for r in resumed] == list(range(1, 7))
+  assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
+  assert "resumed from" in (out / "alibi" / "pretrain.log").read_text()
+
+
+def test_dry_run_prints_one_command_per_stage(capsys, tmp_path):
+  run_sweep(str(ROOT / "experiments/extrapolation.py:cpu"), tmp_path, dry_run=True)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 5 * 2 + 4 + 2 * 2
+  assert all(" -m lcx.train " in line or " -m lcx.evaluate " in line for line in lines)
+  assert not any(tmp_path.iterdir())  # a dry run writes nothing
