@@ -9,6 +9,7 @@ import pytest
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
 from lcx.metrics import read_jsonl
+from lcx.report import write_report
 from lcx.sweep import Run, Stage, check_runs, load_sweep, product, run_sweep, zip_
 from tests.conftest import ROOT
 
@@ -84,6 +85,21 @@ def test_sweep_runs_idempotently_and_resumes(tmp_path, data_dir, monkeypatch):
   assert [r["step"] for r in resumed] == list(range(1, 7))
   assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
   assert "resumed from" in (out / "alibi" / "pretrain.log").read_text()
+
+  # The report of the finished study.
+  report, table = write_report(out)
+  text = report.read_text()
+  for label in ("| alibi |", "| rope |", "| rope FT yarn x4 |"):
+    assert label in table and label in text
+  cost = next(line for line in table.split("pretrain tokens")[1].splitlines()
+              if line.startswith("| rope FT yarn x4 |"))
+  assert cost.startswith("| rope FT yarn x4 | 1.54k | ")  # pretrain: 6 steps x 8 x 32 tokens
+  assert "| 1.02k | " in cost  # the fine-tune's own: 2 steps x 8 x 64
+  for name in ("perplexity_vs_length", "loss_by_position", "quality_vs_compute"):
+    assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    assert f"figures/{name}.png" in text
+  with pytest.raises(ValueError, match="holds no evaluated lcx runs"):
+    write_report(tmp_path / "empty")
 
 
 def test_dry_run_prints_one_command_per_stage(capsys, tmp_path):
