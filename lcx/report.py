@@ -118,6 +118,9 @@ def tables(variants: list[Variant]) -> str:
 
 
 def figures(variants: list[Variant], out: pathlib.Path) -> dict[str, pathlib.Path]:
+  """The report's PNGs in `out`: perplexity vs length, loss by position, quality against
+  compute, and a passkey heatmap per variant and style."""
+  out.mkdir(parents=True, exist_ok=True)
   paths = {}
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   for ax, kind, title in ((axes[0], "perplexity", "non-overlapping"),
@@ -179,9 +182,7 @@ def write_report(directory) -> tuple[pathlib.Path, str]:
   if not variants:
     raise ValueError(f"{directory} holds no evaluated lcx runs (no <run>/eval/*.json with a "
                      "summary.json beside it)")
-  out = directory / "figures"
-  out.mkdir(parents=True, exist_ok=True)
-  paths = figures(variants, out)
+  paths = figures(variants, directory / "figures")
   table = tables(variants)
   body = [f"# Study report: {directory.name}", "", table, "", "## Figures", ""]
   body += [f"![{name}](figures/{path.name})" for name, path in paths.items()]

@@ -38,3 +38,20 @@ def tiny_config(data_dir):
   c.checkpoint.every_steps = 3
   c.wandb.mode = "disabled"
   return c
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, data_dir):
+  """(spec, directory, states) of tests/tiny_study.py run once by the sweep runner."""
+  from lcx.sweep import run_sweep
+  out = tmp_path_factory.mktemp("study")
+  spec = f"tests/tiny_study.py:{data_dir}"
+  cwd, flags = os.getcwd(), os.environ["XLA_FLAGS"]
+  os.chdir(ROOT)
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"  # faster subprocesses
+  try:
+    states = run_sweep(spec, out, progress=False)
+  finally:
+    os.chdir(cwd)
+    os.environ["XLA_FLAGS"] = flags
+  return spec, out, states

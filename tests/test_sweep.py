@@ -55,11 +55,10 @@ def test_invalid_studies_are_refused():
     load_sweep("experiments/missing.py:cpu")
 
 
-def test_sweep_runs_idempotently_and_resumes(tmp_path, data_dir, monkeypatch):
+def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, monkeypatch):
   monkeypatch.chdir(ROOT)
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-  spec, out = f"tests/tiny_study.py:{data_dir}", tmp_path / "study"
-  states = run_sweep(spec, out, progress=False)
+  spec, out, states = tiny_study
   assert all(s == "done" for run in states.values() for s in run.values()), states
   assert json.loads((out / "status.json").read_text()) == states
   for run in ("alibi", "rope"):
