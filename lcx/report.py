@@ -16,6 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+# A study has more variants than the default ten colours.
+plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.cm.tab20.colors)
 import numpy as np  # noqa: E402
 
 from lcx.evaluate.plots import log_scale_length_axis, passkey_heatmap  # noqa: E402
