@@ -18,6 +18,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # A run directory to take parameters from (a fine-tune; see configs/finetune.py): its
   # architecture is kept, with this config's seq_len, RoPE scaling and training settings.
   c.init_from = ""
+  c.init_optimizer = False  # with init_from: also continue its AdamW moments (the schedule restarts)
 
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, n_layers=2, n_heads=4, head_dim=0,  # 0: d_model // n_heads

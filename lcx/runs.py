@@ -17,6 +17,21 @@ def saved_config(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def restore_state(workdir, abstract_state: dict) -> tuple[dict, dict]:
+  """(the whole train state, meta) from the run's latest good checkpoint: a fine-tune that
+  continues the optimizer. Its optimizer settings must match the run's."""
+  checkpointer = Checkpointer(pathlib.Path(workdir).expanduser(), keep=10 ** 6)
+  try:
+    restored = checkpointer.restore_latest(abstract_state)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise config_lib.ConfigError(
+        f"{workdir}/checkpoints holds no checkpoint whose optimizer state restores into this "
+        "config (init_optimizer needs the same train.grad_clip setting as the run)")
+  return restored
+
+
 def restore_params(workdir, config: ml_collections.ConfigDict, mesh):
   """(graphdef, params laid out on mesh, checkpoint meta) from the run's latest good checkpoint,
   for the model that the resolved `config` describes."""

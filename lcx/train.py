@@ -159,8 +159,13 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   restored = checkpointer.restore_latest(program.abstract_state_with_shardings())
   source = None  # the run a fine-tune starts from: its step and costs, for reports to add up
   if restored is None and c.init_from:
-    _, params, source_meta = runs.restore_params(c.init_from, c, mesh)
-    state, step, seconds_before = program.init_from_params(params), 0, 0.0
+    if c.init_optimizer:
+      state, source_meta = runs.restore_state(c.init_from, program.abstract_state_with_shardings())
+      state["step"] = jax.device_put(np.zeros((), np.int32), state["step"].sharding)
+    else:
+      _, params, source_meta = runs.restore_params(c.init_from, c, mesh)
+      state = program.init_from_params(params)
+    step, seconds_before = 0, 0.0
     source = {"workdir": c.init_from, **source_meta}
     log.info("fine-tuning from %s at its step %d", c.init_from, source_meta["step"])
   elif restored is None:

@@ -16,6 +16,7 @@ from lcx.evaluate import EvalOptions, evaluate_run
 from lcx.evaluate import passkey as passkey_lib
 from lcx.evaluate import perplexity as ppl
 from lcx.evaluate.scoring import DoesNotFit, Scorer
+from lcx.metrics import read_jsonl
 from lcx.model import ModelConfig, Transformer
 from lcx.sharding import make_mesh
 from lcx.train import train_and_evaluate
@@ -172,6 +173,16 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   ft_results, _ = evaluate_run(ft_dir, (), EvalOptions(lengths=(32, 128), max_tokens=512,
                                                        passkey_trials=0), progress=False)
   assert ft_results["base_length"] == 32 and ft_results["perplexity"][1]["multiple"] == 4
+
+  # Asked to, a fine-tune continues the AdamW moments too (the schedule still restarts): its
+  # first update then differs from the fresh optimizer's.
+  ft.init_optimizer = True
+  train_and_evaluate(ft, tmp_path / "rope-pi-moments")
+  fresh = read_jsonl(ft_dir / "metrics.jsonl")[0]
+  continued = read_jsonl(tmp_path / "rope-pi-moments" / "metrics.jsonl")[0]
+  assert continued["step"] == fresh["step"] == 2
+  assert continued["learning_rate"] == pytest.approx(fresh["learning_rate"])
+  assert continued["loss"] != pytest.approx(fresh["loss"], rel=1e-6)
 
 
 def test_learned_positions_are_not_applicable_beyond_their_table(tiny_config, tmp_path):
