@@ -104,7 +104,7 @@ def wandb_mode(wandb_config) -> str:
   """auto: WANDB_MODE when set, else online with an API key and offline without."""
   if wandb_config.mode != "auto":
     return wandb_config.mode
-  return os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
+  return os.environ.get("WANDB_MODE") or ("online" if has_wandb_key() else "offline")
 
 
 def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
@@ -138,7 +138,7 @@ def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
   run.finish()
 
 
-def _has_wandb_key() -> bool:
+def has_wandb_key() -> bool:
   if os.environ.get("WANDB_API_KEY"):
     return True
   netrc = pathlib.Path.home() / ".netrc"
