@@ -18,7 +18,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
 _LENGTHS = flags.DEFINE_list("lengths", [], "Evaluation lengths; default 1x-16x the training length.")
 _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split to score.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 16384, "Target tokens scored per length.")
-_STRIDE = flags.DEFINE_integer("stride", 0, "Sliding-window stride; 0: the training length; "
+_STRIDE = flags.DEFINE_integer("stride", 0, "Sliding-window stride; 0: the pretraining length; "
                                "-1: no sliding window.")
 _TRIALS = flags.DEFINE_integer("passkey_trials", 5, "Passkey trials per cell; 0 skips passkey.")
 _DEPTHS = flags.DEFINE_list("passkey_depths", ["0", "0.25", "0.5", "0.75", "1"], "Key depths.")
