@@ -25,7 +25,8 @@ def measure_peak_flops(mesh, dtype: str = "float32", size: int | None = None,
   size = size or (2048 if jax.default_backend() == "cpu" else 8192)
   sharding = NamedSharding(mesh, P(mesh.axis_names))
   matmul = jax.jit(lambda a, b: jnp.einsum("bij,bjk->bik", a, b), out_shardings=sharding)
-  a = jax.device_put(jnp.ones((devices, size, size), dtype), sharding)
+  # Built by a jitted function: on several processes device_put cannot place a host array.
+  a = jax.jit(lambda: jnp.ones((devices, size, size), dtype), out_shardings=sharding)()
   matmul(a, a).block_until_ready()
   best = float("inf")
   for _ in range(iters):

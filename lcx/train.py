@@ -16,7 +16,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from lcx import config as config_lib
-from lcx import runs
+from lcx import distributed, runs
 from lcx.checkpoint import Checkpointer
 from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
@@ -242,6 +242,11 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0, for a multi-process run outside a "
+    "TPU pod or SLURM (which are detected); with --num_processes and --process_id.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0-based.")
 
 
 def main(argv):
@@ -252,6 +257,10 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     sys.exit("lcx.train: --config and --workdir are required, e.g. "
              "--config configs/pretrain.py:tiny --workdir /tmp/run")
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    sys.exit(f"lcx.train: {e}")
   try:
     summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, TrainingDiverged) as e:

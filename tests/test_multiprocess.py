@@ -1,0 +1,62 @@
+"""Multi-host training for real: several JAX processes on 127.0.0.1 (launch/multiprocess.sh)."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from lcx.data.sources import Documents
+from lcx.metrics import read_jsonl
+from lcx.train import train_and_evaluate
+from tests.conftest import ROOT
+
+
+def _flags(c) -> list[str]:
+  """The tiny test config as command-line overrides."""
+  return [f"--config.data.data_dir={c.data.data_dir}", "--config.data.seq_len=32",
+          "--config.data.batch_size=8", "--config.model.d_model=32", "--config.model.mlp_dim=64",
+          f"--config.train.steps={c.train.steps}", "--config.train.log_every=1",
+          "--config.train.warmup_steps=2", "--config.train.peak_flops=1e12",
+          "--config.checkpoint.every_steps=3", "--config.wandb.mode=disabled"]
+
+
+def _launch(processes: int, workdir, flags, timeout=240):
+  env = dict(os.environ, LCX_CPU_DEVICES="8", PYTHON=sys.executable)
+  return subprocess.run([str(ROOT / "launch/multiprocess.sh"), str(processes), "--config",
+                         "configs/pretrain.py:tiny", f"--workdir={workdir}", *flags],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_processes_match_one_and_checkpoints_cross_over(tiny_config, tmp_path):
+  Documents("pystdlib", "train", data_dir=tiny_config.data.data_dir)  # built before the race
+  two, one = tmp_path / "two", tmp_path / "one"
+  result = _launch(2, two, _flags(tiny_config))
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  train_and_evaluate(tiny_config, one)  # one process, the same 8 devices
+  losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl")]
+  assert len(losses(two)) == 6
+  np.testing.assert_allclose(losses(two), losses(one), rtol=2e-5)
+
+  # The checkpoint two processes wrote continues in one process, as one process's own does.
+  for d in (two, one):
+    shutil.copytree(d, tmp_path / f"{d.name}-continued")
+  tiny_config.train.steps = 8
+  for d in (two, one):
+    train_and_evaluate(tiny_config, tmp_path / f"{d.name}-continued")
+  continued = [losses(tmp_path / f"{d.name}-continued")[6:] for d in (two, one)]
+  assert len(continued[0]) == 2
+  np.testing.assert_allclose(continued[0], continued[1], rtol=2e-5)
+
+  # And one process's checkpoint continues in two.
+  flags = [f for f in _flags(tiny_config) if "train.steps" not in f] + ["--config.train.steps=10"]
+  result = _launch(2, tmp_path / "one-continued", flags)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert [r["step"] for r in read_jsonl(tmp_path / "one-continued" / "metrics.jsonl")][-2:] == [9, 10]
+
+
+def test_a_failing_process_stops_the_launch(tiny_config, tmp_path):
+  result = _launch(2, tmp_path / "bad", ["--config.model.position=xpos"], timeout=120)
+  assert result.returncode != 0
+  assert "config.model.position='xpos' is not allowed" in result.stdout
+  assert "a process exited with" in result.stderr
