@@ -247,6 +247,8 @@ _COORDINATOR = flags.DEFINE_string(
     "TPU pod or SLURM (which are detected); with --num_processes and --process_id.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0-based.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 60, "A multi-process run stops this many "
+                                  "seconds after a peer process stops answering.")
 
 
 def main(argv):
@@ -258,7 +260,8 @@ def main(argv):
     sys.exit("lcx.train: --config and --workdir are required, e.g. "
              "--config configs/pretrain.py:tiny --workdir /tmp/run")
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           heartbeat_timeout_s=_HEARTBEAT.value)
   except ValueError as e:
     sys.exit(f"lcx.train: {e}")
   try:

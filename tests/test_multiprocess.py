@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -60,3 +61,37 @@ def test_a_failing_process_stops_the_launch(tiny_config, tmp_path):
   assert result.returncode != 0
   assert "config.model.position='xpos' is not allowed" in result.stdout
   assert "a process exited with" in result.stderr
+
+
+def test_a_dead_process_stops_its_peers_within_the_heartbeat_timeout(tiny_config, tmp_path):
+  Documents("pystdlib", "train", data_dir=tiny_config.data.data_dir)
+  tiny_config.train.steps = 100000
+  flags = [f for f in _flags(tiny_config) if "checkpoint" not in f]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
+                         "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  logs = [open(tmp_path / f"process_{i}.log", "w") for i in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "lcx.train", "--config", "configs/pretrain.py:tiny",
+       f"--workdir={tmp_path / 'run'}", *flags, f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10",
+       "--config.checkpoint.every_steps=100000"],
+      cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(read_jsonl(metrics)) >= 3):
+      time.sleep(0.5)
+    assert metrics.exists(), (tmp_path / "process_0.log").read_text()[-3000:]
+    procs[1].kill()
+    killed = time.time()
+    code = procs[0].wait(timeout=90)
+    waited = time.time() - killed
+  finally:
+    for p in procs:
+      p.kill()
+    for f in logs:
+      f.close()
+  assert code != 0 and waited < 60, (code, waited)
+  assert "another task died" in (tmp_path / "process_0.log").read_text()
