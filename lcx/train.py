@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -36,22 +37,35 @@ class TrainingDiverged(FloatingPointError):
 
 
 class _StopFlag:
-  """Set by SIGTERM (preemption); the loop saves a checkpoint and returns at the next step."""
+  """SIGTERM (preemption) -> the loop saves a checkpoint and returns.
+
+  One process catches the signal itself. Several processes leave it to JAX's preemption notifier,
+  which tells every process and agrees on one step at which all of them stop: one consistent
+  checkpoint even when a single host is preempted.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no signal handling there
-      self._previous = None
+    if not self._multiprocess:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: no signal handling there
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to checkpoint and stop after `step`; called by every process at every step."""
+    if self._multiprocess:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -200,7 +214,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
         if pending is not None:
           record(*pending)
         pending = (step, metrics)
-        preempted = stop.requested
+        preempted = stop.reached(step)
         if step % c.checkpoint.every_steps == 0 or step == c.train.steps or preempted:
           record(*pending)  # never checkpoint a state whose step was not finite
           pending = None

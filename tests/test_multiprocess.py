@@ -1,6 +1,8 @@
 """Multi-host training for real: several JAX processes on 127.0.0.1 (launch/multiprocess.sh)."""
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -63,35 +65,62 @@ def test_a_failing_process_stops_the_launch(tiny_config, tmp_path):
   assert "a process exited with" in result.stderr
 
 
-def test_a_dead_process_stops_its_peers_within_the_heartbeat_timeout(tiny_config, tmp_path):
-  Documents("pystdlib", "train", data_dir=tiny_config.data.data_dir)
-  tiny_config.train.steps = 100000
-  flags = [f for f in _flags(tiny_config) if "checkpoint" not in f]
+def _start_pair(config, workdir, log_dir, extra=()):
+  """Two lcx.train processes of 4 devices each on a free port, training without end."""
+  Documents("pystdlib", "train", data_dir=config.data.data_dir)
+  config.train.steps = 100000
+  flags = [f for f in _flags(config) if "checkpoint" not in f]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
                          "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
                         capture_output=True, text=True, check=True).stdout.strip()
-  logs = [open(tmp_path / f"process_{i}.log", "w") for i in range(2)]
+  logs = [open(log_dir / f"process_{i}.log", "w") for i in range(2)]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "lcx.train", "--config", "configs/pretrain.py:tiny",
-       f"--workdir={tmp_path / 'run'}", *flags, f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10",
-       "--config.checkpoint.every_steps=100000"],
-      cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+       f"--workdir={workdir}", *flags, f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}", "--config.checkpoint.every_steps=100000",
+       *extra], cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 180
+  while time.time() < deadline and not (metrics.exists() and len(read_jsonl(metrics)) >= 3):
+    time.sleep(0.5)
+  return procs, logs
+
+
+def _stop(procs, logs):
+  for p in procs:
+    p.kill()
+  for f in logs:
+    f.close()
+
+
+def test_a_dead_process_stops_its_peers_within_the_heartbeat_timeout(tiny_config, tmp_path):
+  procs, logs = _start_pair(tiny_config, tmp_path / "run", tmp_path, ["--heartbeat_timeout_s=10"])
   try:
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (metrics.exists() and len(read_jsonl(metrics)) >= 3):
-      time.sleep(0.5)
-    assert metrics.exists(), (tmp_path / "process_0.log").read_text()[-3000:]
     procs[1].kill()
     killed = time.time()
     code = procs[0].wait(timeout=90)
     waited = time.time() - killed
   finally:
-    for p in procs:
-      p.kill()
-    for f in logs:
-      f.close()
+    _stop(procs, logs)
   assert code != 0 and waited < 60, (code, waited)
   assert "another task died" in (tmp_path / "process_0.log").read_text()
+
+
+def test_sigterm_on_one_host_gives_one_consistent_checkpoint(tiny_config, tmp_path):
+  workdir = tmp_path / "run"
+  procs, logs = _start_pair(tiny_config, workdir, tmp_path)
+  try:
+    procs[1].send_signal(signal.SIGTERM)  # only process 1 is preempted
+    codes = [p.wait(timeout=120) for p in procs]
+  finally:
+    _stop(procs, logs)
+  assert codes == [0, 0]
+  saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+  assert len(saved) == 1
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["preempted"] and summary["step"] == saved[0]
+  # It resumes, here in one process.
+  tiny_config.train.steps = saved[0] + 1
+  train_and_evaluate(tiny_config, workdir)
+  assert read_jsonl(workdir / "metrics.jsonl")[-1]["step"] == saved[0] + 1
