@@ -1,4 +1,7 @@
 """Tokenizer, corpora builders and splits, and the packed stream's determinism and sharding."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -6,6 +9,7 @@ from lcx.data import corpora
 from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import ByteTokenizer, make_tokenizer
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +152,15 @@ def test_an_epoch_visits_every_chunk_once(data_dir):
   for t in tokens:
     counts[t.tobytes()] = counts.get(t.tobytes(), 0) + 1
   assert max(counts.values()) == 1
+
+
+def test_concurrent_processes_build_the_corpus_once(tmp_path):
+  """Several processes sharing a data_dir (JAX processes on one host) all get the built corpus."""
+  code = ("from lcx.data.sources import Documents; "
+          f"print(len(Documents('pystdlib', 'validation', data_dir={str(tmp_path)!r})))")
+  procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(3)]
+  results = [p.communicate(timeout=300) for p in procs]
+  counts = [out.strip().splitlines()[-1] if out.strip() else err[-500:] for out, err in results]
+  assert len(set(counts)) == 1 and int(counts[0]) > 0, counts
+  assert len(list(tmp_path.glob("pystdlib/*/1.0.0"))) == 1

@@ -32,7 +32,7 @@ def _launch(processes: int, workdir, flags, timeout=240):
 
 
 def test_two_processes_match_one_and_checkpoints_cross_over(tiny_config, tmp_path):
-  Documents("pystdlib", "train", data_dir=tiny_config.data.data_dir)  # built before the race
+  Documents("pystdlib", "train", data_dir=tiny_config.data.data_dir)  # build once, up front
   two, one = tmp_path / "two", tmp_path / "one"
   result = _launch(2, two, _flags(tiny_config))
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

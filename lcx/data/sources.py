@@ -1,4 +1,6 @@
 """Open a split of a text dataset as a random-access source of documents, building it if needed."""
+import contextlib
+import fcntl
 import os
 import pathlib
 
@@ -22,17 +24,30 @@ def _builder(name: str, data_dir: str, text_dir: str, text_glob: str):
                      f"TFDS dataset: {str(e).splitlines()[0]}") from None
 
 
+@contextlib.contextmanager
+def _build_lock(data_dir: str):
+  pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
+  with open(pathlib.Path(data_dir) / ".lcx-build.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Documents:
   """The documents of one split: len() and [i] -> the text as bytes."""
 
   def __init__(self, name: str, split: str, *, data_dir: str, text_dir: str = "",
                text_glob: str = "**/*", text_key: str = "text"):
     data_dir = str(pathlib.Path(os.path.expanduser(data_dir)).resolve())
-    builder = _builder(name, data_dir, text_dir, text_glob)
     if name in ("pystdlib", "text_dir"):
-      # Built on first use; later calls find it prepared and return at once.
-      builder.download_and_prepare()
-    elif not builder.is_prepared():
+      # Built on first use; later calls find it prepared and return at once. The lock makes
+      # processes that share data_dir (several JAX processes on a host) build it once.
+      with _build_lock(data_dir):
+        _builder(name, data_dir, text_dir, text_glob).download_and_prepare()
+    builder = _builder(name, data_dir, text_dir, text_glob)  # reads the prepared dataset
+    if name not in ("pystdlib", "text_dir") and not builder.is_prepared():
       raise ValueError(
           f"data.name={name!r} is not prepared in data.data_dir={data_dir!r}; prepare it once with "
           f"`tfds build {name} --data_dir {data_dir} --file_format array_record`")
