@@ -155,6 +155,28 @@ class _TrainClock:
     return self.before + time.perf_counter() - self.start
 
 
+def _starting_state(c, program: TrainProgram, checkpointer: Checkpointer, mesh):
+  """(state, step, train seconds so far, the run a fine-tune starts from or None): the latest
+  checkpoint of this run, else the parameters (and optionally the optimizer) of config.init_from,
+  else a fresh initialization."""
+  restored = checkpointer.restore_latest(program.abstract_state_with_shardings())
+  if restored is not None:
+    state, meta = restored
+    log.info("resumed from %s at step %d", checkpointer.directory, meta["step"])
+    return state, int(meta["step"]), float(meta["train_seconds"]), None
+  if not c.init_from:
+    return program.init(), 0, 0.0, None
+  if c.init_optimizer:
+    state, meta = runs.restore_state(c.init_from, program.abstract_state_with_shardings())
+    state["step"] = state["step"] * 0  # the schedule restarts
+  else:
+    _, params, meta = runs.restore_params(c.init_from, c, mesh)
+    state = program.init_from_params(params)
+  log.info("fine-tuning from %s at its step %d", c.init_from, meta["step"])
+  # Its step and costs go into this run's summary, for reports to add up.
+  return state, 0, 0.0, {"workdir": c.init_from, **meta}
+
+
 def train_and_evaluate(config, workdir, devices=None) -> dict:
   """Trains (or resumes) the run in workdir; returns a summary of where it ended."""
   workdir = pathlib.Path(workdir).expanduser()
@@ -170,24 +192,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   peak = c.train.peak_flops or measure_peak_flops(mesh, c.model.compute_dtype)
 
   checkpointer = Checkpointer(workdir, c.checkpoint.keep)
-  restored = checkpointer.restore_latest(program.abstract_state_with_shardings())
-  source = None  # the run a fine-tune starts from: its step and costs, for reports to add up
-  if restored is None and c.init_from:
-    if c.init_optimizer:
-      state, source_meta = runs.restore_state(c.init_from, program.abstract_state_with_shardings())
-      state["step"] = jax.device_put(np.zeros((), np.int32), state["step"].sharding)
-    else:
-      _, params, source_meta = runs.restore_params(c.init_from, c, mesh)
-      state = program.init_from_params(params)
-    step, seconds_before = 0, 0.0
-    source = {"workdir": c.init_from, **source_meta}
-    log.info("fine-tuning from %s at its step %d", c.init_from, source_meta["step"])
-  elif restored is None:
-    state, step, seconds_before = program.init(), 0, 0.0
-  else:
-    state, meta = restored
-    step, seconds_before = int(meta["step"]), float(meta["train_seconds"])
-    log.info("resumed from %s at step %d", checkpointer.directory, step)
+  state, step, seconds_before, source = _starting_state(c, program, checkpointer, mesh)
 
   writers, eval_writers = [], []
   if is_main:
