@@ -8,10 +8,11 @@
 # LCX_CPU_DEVICES (default 8) CPU devices are split evenly between the processes, so a run with
 # N processes builds the same global mesh as one process with all the devices. Process 0's output
 # is shown; process i > 0 writes to $LCX_LOG_DIR/process_i.log (default: a temporary folder).
-# When one process fails, the others are stopped and the script exits non-zero.
+# When one process fails, the others are stopped and the script exits non-zero. A preemption
+# (SIGTERM) stops every process after one checkpoint, each exiting 75; the script then exits 75.
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
-  sed -n '2,12p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
 fi
 n=$1; shift
@@ -38,7 +39,9 @@ while ((${#pids[@]})); do
   if wait -n -p finished "${pids[@]}"; then code=0; else code=$?; fi
   [[ -n "$finished" ]] || break
   pids=($(for p in "${pids[@]}"; do [[ $p == "$finished" ]] || echo "$p"; done))
-  if ((code)); then
+  if ((code == 75)); then
+    status=75  # preempted: the others stop at the same step by themselves
+  elif ((code)); then
     status=$code
     echo "multiprocess.sh: a process exited with $code; stopping the others (logs in $log_dir)" >&2
     kill "${pids[@]}" 2>/dev/null || true

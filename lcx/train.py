@@ -23,6 +23,7 @@ from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import make_tokenizer
 from lcx.evaluate.during_training import TrainingEval
+from lcx.exit_codes import PREEMPTED_EXIT_CODE
 from lcx.metrics import (JsonlWriter, ProgressBar, WandbWriter, flops_per_token,
                          measure_peak_flops, peak_memory_bytes)
 from lcx.model import count_params
@@ -297,6 +298,8 @@ def main(argv):
         f"  checkpoints  {summary['checkpoints']}\n  config       {summary['config']}")
   if summary["wandb"]:
     print(f"  wandb        {summary['wandb']}")
+  if summary["preempted"]:
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from lcx import config as config_lib
 from lcx import overrides as overrides_lib
 from lcx.metrics import read_jsonl
 from lcx.report import write_report
-from lcx.sweep import Run, Stage, check_runs, load_sweep, product, run_sweep, zip_
+from lcx.sweep import (Run, Stage, check_runs, launchers, load_sweep, product, run_sweep,
+                       zip_)
 from tests.conftest import ROOT
 
 
@@ -79,6 +80,7 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
   straight = read_jsonl(pretrain / "metrics.jsonl")
   shutil.rmtree(pretrain / "checkpoints" / "6")
   os.remove(out / "alibi" / "pretrain.done")
+  os.remove(pretrain / "summary.json")
   run_sweep(spec, out, only="alibi", progress=False)
   resumed = read_jsonl(pretrain / "metrics.jsonl")
   assert [r["step"] for r in resumed] == list(range(1, 7))
@@ -107,3 +109,86 @@ def test_dry_run_prints_one_command_per_stage(capsys, tmp_path):
   assert len(lines) == 5 * 2 + 4 + 2 * 2
   assert all(" -m lcx.train " in line or " -m lcx.evaluate " in line for line in lines)
   assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_launchers_are_parsed_or_refused_with_the_allowed_values():
+  assert launchers.parse("multiprocess:2") == launchers.Launcher("multiprocess", ("2",))
+  assert launchers.parse("slurm", "--partition=gpu --time=4:00:00").extra == (
+      "--partition=gpu", "--time=4:00:00")
+  for bad in ("multiprocess", "multiprocess:0", "tpu_pod:name", "kubernetes"):
+    with pytest.raises(ValueError, match="is not one of: local, multiprocess:N, slurm, tpu_pod"):
+      launchers.parse(bad)
+
+
+def test_dry_run_prints_each_stage_as_the_launcher_runs_it(capsys, tmp_path):
+  spec = str(ROOT / "experiments/extrapolation.py:cpu")
+  run_sweep(spec, "/shared/study", dry_run=True, only="rope",
+            launcher=launchers.parse("slurm", "--partition=gpu --nodes=4"))
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 10 and all(line.startswith("sbatch --parsable ") for line in lines)
+  finetune = next(line for line in lines if "/rope/finetune-yarn.log" in line)
+  assert "'--dependency=afterok:<job of rope/pretrain>'" in finetune
+  assert "--workdir=/shared/study/rope/finetune-yarn" in finetune  # the path as given
+  evaluate = next(line for line in lines if "--name=eval-finetune-yarn" in line)
+  assert "<job of rope/finetune-yarn>" in evaluate
+  assert evaluate.index("--nodes=4") < evaluate.index("--nodes=1")  # evaluation: one host
+  assert "launch/slurm.sbatch evaluate --workdir=/shared/study/rope/finetune-yarn" in evaluate
+
+  run_sweep(spec, "/mnt/lcx/study", dry_run=True, only="alibi",
+            launcher=launchers.parse("tpu_pod:my-tpu:us-central2-b"))
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0].startswith("SETUP=0 WORKERS=all ") and "tpu_pod.sh my-tpu us-central2-b --config" in lines[0]
+  assert lines[1].startswith("SETUP=0 WORKERS=0 ") and "us-central2-b evaluate --workdir" in lines[1]
+
+
+def test_slurm_launcher_submits_the_study_as_a_chain_of_jobs(tmp_path, monkeypatch):
+  """sbatch here is a stand-in that records each submission and answers with a job id the way
+  `sbatch --parsable` does; the sweep must chain each stage to its source's job."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text(
+      "#!/usr/bin/env bash\n"
+      f"n=$(( $(wc -l < {tmp_path}/submitted 2>/dev/null || echo 0) + 101 ))\n"
+      f"echo \"$n $*\" >> {tmp_path}/submitted\n"
+      "echo \"$n;cluster\"\n")
+  os.chmod(bin_dir / "sbatch", 0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+  out = tmp_path / "study"
+  states = run_sweep(str(ROOT / "experiments/extrapolation.py:cpu"), out, only="rope",
+                     launcher=launchers.parse("slurm"), progress=False)
+  assert states["rope"]["pretrain"] == "submitted (job 101)"
+  jobs = dict(line.split(" ", 1) for line in (tmp_path / "submitted").read_text().splitlines())
+  assert len(jobs) == 10 and "--dependency" not in jobs["101"]
+  by_name = {next(a.split("=", 1)[1] for a in args.split() if a.startswith("--job-name=")): job
+             for job, args in jobs.items()}
+  eval_yarn = jobs[by_name["extrapolation-cpu/rope/eval-finetune-yarn"]]
+  assert f"--dependency=afterok:{by_name['extrapolation-cpu/rope/finetune-yarn']} " in eval_yarn
+  # A stage whose outputs show it finished is not submitted again.
+  (tmp_path / "submitted").unlink()
+  pretrain = out / "rope" / "pretrain"
+  pretrain.mkdir(parents=True)
+  (pretrain / "summary.json").write_text(json.dumps({"preempted": False}))
+  states = run_sweep(str(ROOT / "experiments/extrapolation.py:cpu"), out, only="rope",
+                     launcher=launchers.parse("slurm"), progress=False)
+  assert states["rope"]["pretrain"] == "done"
+  assert not any("--dependency" in line and "job-name=extrapolation-cpu/rope/finetune-yarn" in line
+                 for line in (tmp_path / "submitted").read_text().splitlines())
+
+
+def test_multiprocess_launcher_trains_each_stage_over_two_processes(tiny_study, tmp_path,
+                                                                    monkeypatch):
+  """The study of the tiny_study fixture (one process, one device), its alibi run again with
+  every training stage on 2 processes x 4 devices: the same losses."""
+  monkeypatch.chdir(ROOT)
+  spec, single, _ = tiny_study
+  out = tmp_path / "mp"
+  monkeypatch.setenv("LCX_LOG_DIR", str(tmp_path / "logs"))
+  states = run_sweep(spec, out, only="alibi", launcher=launchers.parse("multiprocess:2"),
+                     progress=False)
+  assert states == {"alibi": {"pretrain": "done", "eval": "done"}}, (
+      out / "alibi" / "pretrain.log").read_text()[-3000:]
+  assert (tmp_path / "logs" / "process_1.log").stat().st_size > 0  # the second process ran
+  losses = [r["loss"] for r in read_jsonl(out / "alibi" / "pretrain" / "metrics.jsonl")]
+  expected = [r["loss"] for r in read_jsonl(single / "alibi" / "pretrain" / "metrics.jsonl")]
+  assert losses == pytest.approx(expected, rel=2e-5)
+  assert (out / "alibi" / "pretrain" / "eval" / "eval.json").exists()

@@ -1,14 +1,15 @@
 """Studies as code, run stage by stage.
 
-  python -m lcx.sweep experiments/extrapolation.py:cpu --out DIR [--dry_run] [--only NAME]
+  python -m lcx.sweep experiments/extrapolation.py:cpu --out DIR [--launcher L] [--dry_run]
 
 A study file defines `get_sweep(arg) -> list[Run]`; a Run is a name and ordered Stages (pretrain,
 evaluate, fine-tune, evaluate, ...). Each stage is one command (`python -m lcx.train` or
-`python -m lcx.evaluate`), so the same runs can be printed for the launchers in launch/. The
-runner is idempotent: a finished stage (DIR/<run>/<stage>.done) is skipped, and an interrupted
-training stage resumes from its own checkpoint when run again. DIR/status.json records each
-stage's state.
+`python -m lcx.evaluate`), which a launcher (launchers.py) runs here, across processes, on a TPU
+pod, or submits to SLURM. The runner is idempotent: a finished stage (see `finished`) is skipped,
+and an interrupted training stage resumes from its own checkpoint when run again.
+DIR/status.json records each stage's state.
 """
+import collections
 import dataclasses
 import importlib.util
 import itertools
@@ -21,6 +22,9 @@ import sys
 import time
 
 import tqdm
+
+from lcx.exit_codes import PREEMPTED_EXIT_CODE
+from lcx.sweep import launchers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +94,31 @@ def check_runs(runs: list[Run]) -> None:
       seen.add(stage.name)
 
 
-def stage_command(study: str, run: Run, stage: Stage, out: pathlib.Path) -> list[str]:
-  """The command line of one stage; W&B groups by study, types by stage kind, tags by run."""
+def stage_command(study: str, run: Run, stage: Stage, out: pathlib.Path) -> tuple[str, list[str]]:
+  """(module, flags) of one stage; W&B groups by study, types by stage kind, tags by run."""
   wandb = [f"wandb.group={study}", f"wandb.tags={tuple(run.tags)!r}"]
   if stage.kind == "evaluate":  # named <run>/<stage> by lcx.evaluate
     wandb.append(f"wandb.name={run.name}")
-    return [sys.executable, "-m", "lcx.evaluate", f"--workdir={out / run.name / stage.source}",
-            f"--name={stage.name}", *stage.args,
-            *(f"--config.{o}" for o in (*stage.overrides, *wandb))]
-  command = [sys.executable, "-m", "lcx.train", f"--config={stage.config}",
-             f"--workdir={out / run.name / stage.name}", *stage.args]
+    return "lcx.evaluate", [f"--workdir={out / run.name / stage.source}", f"--name={stage.name}",
+                            *stage.args, *(f"--config.{o}" for o in (*stage.overrides, *wandb))]
+  flags = [f"--config={stage.config}", f"--workdir={out / run.name / stage.name}", *stage.args]
   overrides = [*stage.overrides, *wandb, f"wandb.name={run.name}/{stage.name}",
                f"wandb.job_type={stage.kind}"]
   if stage.kind == "finetune":
     overrides.append(f"init_from={out / run.name / stage.source}")
-  return command + [f"--config.{o}" for o in overrides]
+  return "lcx.train", flags + [f"--config.{o}" for o in overrides]
+
+
+def finished(out: pathlib.Path, run: Run, stage: Stage) -> bool:
+  """Whether a stage has run to its end: the sweep marked it (it saw it exit 0), or its outputs
+  say so (a stage run elsewhere, e.g. a SLURM job): a training that stopped on its last step and
+  not on a preemption signal, an evaluation that wrote its results."""
+  if (out / run.name / f"{stage.name}.done").exists():
+    return True
+  if stage.kind == "evaluate":
+    return (out / run.name / stage.source / "eval" / f"{stage.name}.json").exists()
+  summary = out / run.name / stage.name / "summary.json"
+  return summary.exists() and not json.loads(summary.read_text()).get("preempted", True)
 
 
 class Status:
@@ -126,59 +140,76 @@ class Status:
     os.replace(tmp, self.path)
 
 
-def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "",
-              progress: bool = True) -> dict:
-  """Runs every stage not yet done, in order; returns the status of every stage."""
+def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "", progress: bool = True,
+              launcher: launchers.Launcher = launchers.Launcher("local")) -> dict:
+  """Runs (or, with a submitting launcher, submits) every stage not yet finished, in order;
+  returns the state of every stage."""
   study, runs = load_sweep(spec)
   if only:
     runs = [r for r in runs if r.name == only]
     if not runs:
       raise ValueError(f"--only {only!r} names no run of {spec}")
-  out = pathlib.Path(out).expanduser().resolve()
+  out = pathlib.Path(out).expanduser()
+  # Remote machines find the study by the path as given (a shared mount); locally, it is absolute.
+  out = out if launcher.remote and out.is_absolute() else out.resolve()
   if dry_run:
     for run in runs:
+      jobs = {}
       for stage in run.stages:
-        print(shlex.join(stage_command(study, run, stage, out)))
+        jobs[stage.name] = f"<job of {run.name}/{stage.name}>"
+        argv, env = launcher.command(*stage_command(study, run, stage, out),
+                                     job_name=f"{study}/{run.name}/{stage.name}",
+                                     log=out / run.name / f"{stage.name}.log",
+                                     after=(jobs[stage.source],) if stage.source else ())
+        print(shlex.join([*(f"{k}={v}" for k, v in env.items()), *argv]))
     return {}
   out.mkdir(parents=True, exist_ok=True)
   status = Status(out, runs)
   stages = [(run, stage) for run in runs for stage in run.stages]
   bar = tqdm.tqdm(total=len(stages), desc=study, unit="stage", disable=not progress)
   started = time.perf_counter()
+  jobs = {}  # (run, stage) -> the id of the job submitted for it
   for run, stage in stages:
-    done_marker = out / run.name / f"{stage.name}.done"
     bar.set_postfix_str(f"{run.name}/{stage.name}")
-    if done_marker.exists():
-      status.set(run.name, stage.name, "done")
-      bar.update(1)
-      continue
-    if any(status.states[run.name].get(s.name) == "failed"
-           for s in run.stages if s.name == stage.source):
-      bar.update(1)
-      continue  # its source failed: nothing to build on
-    status.set(run.name, stage.name, "running")
-    log = out / run.name / f"{stage.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-      result = subprocess.run(stage_command(study, run, stage, out), stdout=f,
-                              stderr=subprocess.STDOUT, cwd=os.getcwd())
-    if result.returncode == 0 and not _preempted(out / run.name / stage.name):
-      done_marker.write_text(f"{time.time()}\n")
-      status.set(run.name, stage.name, "done")
-    else:
-      status.set(run.name, stage.name, "failed")
-      tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
-      tqdm.tqdm.write(f"{run.name}/{stage.name} failed (exit {result.returncode}); log {log}:\n"
-                      f"{tail}")
+    state = _run_stage(study, run, stage, out, launcher, status, jobs)
+    status.set(run.name, stage.name, state)
     bar.update(1)
   bar.close()
   if progress:
-    print(f"{study}: {sum(s == 'done' for r in status.states.values() for s in r.values())}/"
-          f"{len(stages)} stages done in {time.perf_counter() - started:.0f} s; status in "
-          f"{status.path}")
+    counts = collections.Counter(s for r in status.states.values() for s in r.values())
+    print(f"{study}: {', '.join(f'{n} {state}' for state, n in sorted(counts.items()))} of "
+          f"{len(stages)} stages in {time.perf_counter() - started:.0f} s; status in {status.path}")
   return status.states
 
 
-def _preempted(workdir: pathlib.Path) -> bool:
-  summary = workdir / "summary.json"
-  return summary.exists() and json.loads(summary.read_text()).get("preempted", False)
+def _run_stage(study, run, stage, out, launcher, status, jobs) -> str:
+  """Runs or submits one stage; returns its state: done, failed, stopped (preempted: run the
+  sweep again to resume), skipped (its source failed), or submitted (job N)."""
+  if finished(out, run, stage):
+    return "done"
+  source = status.states[run.name].get(stage.source)
+  if source in ("failed", "stopped", "skipped"):
+    return "skipped"  # nothing to build on
+  log = out / run.name / f"{stage.name}.log"
+  log.parent.mkdir(parents=True, exist_ok=True)
+  module, flags = stage_command(study, run, stage, out)
+  after = (jobs[run.name, stage.source],) if (run.name, stage.source) in jobs else ()
+  argv, env = launcher.command(module, flags, job_name=f"{study}/{run.name}/{stage.name}",
+                               log=log, after=after)
+  env = {**os.environ, **env}
+  if launcher.submits:
+    jobs[run.name, stage.name] = launchers.submit(argv, env)
+    return f"submitted (job {jobs[run.name, stage.name]})"
+  status.set(run.name, stage.name, "running")
+  with open(log, "a") as f:
+    code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+  if code == 0:
+    (out / run.name / f"{stage.name}.done").write_text(f"{time.time()}\n")
+    return "done"
+  tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
+  if code == PREEMPTED_EXIT_CODE:
+    tqdm.tqdm.write(f"{run.name}/{stage.name} was preempted and saved a checkpoint; run the sweep "
+                    f"again to resume it")
+    return "stopped"
+  tqdm.tqdm.write(f"{run.name}/{stage.name} failed (exit {code}); log {log}:\n{tail}")
+  return "failed"
