@@ -24,7 +24,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       d_model=64, n_layers=2, n_heads=4, head_dim=0,  # 0: d_model // n_heads
       mlp_dim=256, mlp="swiglu", tie_embeddings=True,
       position="rope", max_len=0,  # max_len: learned-table size; 0 means data.seq_len
-      attention="dense", param_dtype="float32", compute_dtype="float32", norm_eps=1e-6,
+      # attention: dense, blockwise, cudnn (GPU), or auto (the fastest that takes the scheme here);
+      # attention_block: blockwise tile length; remat: none, full or dots (what blocks keep for
+      # the backward pass).
+      attention="dense", attention_block=512, remat="none",
+      param_dtype="float32", compute_dtype="float32", norm_eps=1e-6,
       vocab_size=0,  # 0: the tokenizer's, padded up to a multiple of vocab_multiple
       vocab_multiple=64,  # padding lets the vocabulary shard evenly
   ))

@@ -8,8 +8,13 @@ of the keys (a cache) is handled too. Segment ids, when given, keep packed docum
 `bias_fn(q_positions, k_positions) -> (B, H, Q, K)` is the position scheme's bias; a blockwise
 kernel calls it per tile, the dense reference once.
 """
+import functools
+import logging
+
 import jax
 import jax.numpy as jnp
+
+from lcx.blockwise import DEFAULT_BLOCK, blockwise_attention
 
 _MASKED = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
 
@@ -36,10 +41,60 @@ def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v_BKHK)
 
 
-IMPLEMENTATIONS = {"dense": dense_attention}
+def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                    q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True):
+  """cuDNN's fused attention (GPU) through jax.nn.dot_product_attention. It takes no positional
+  bias computed in the kernel, so schemes with a bias are refused (see `select`)."""
+  del q_positions_BQ, k_positions_BK
+  if bias_fn is not None:
+    raise ValueError("cudnn attention takes no position bias")
+  mask = None
+  if q_segment_ids_BQ is not None:  # packed documents: a (B, 1, Q, K) boolean mask
+    mask = (q_segment_ids_BQ[:, :, None] == k_segment_ids_BK[:, None, :])[:, None]
+  if causal and q_BQHK.shape[1] != k_BKHK.shape[1]:
+    raise ValueError("cudnn attention needs as many queries as keys for a causal mask")
+  return jax.nn.dot_product_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, is_causal=causal,
+                                      implementation="cudnn")
 
 
-def get(name: str):
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f"model.attention={name!r} is unknown; allowed: {', '.join(IMPLEMENTATIONS)}")
-  return IMPLEMENTATIONS[name]
+IMPLEMENTATIONS = {"dense": dense_attention, "blockwise": blockwise_attention,
+                   "cudnn": cudnn_attention}
+CHOICES = (*IMPLEMENTATIONS, "auto")
+# What each implementation can do: the backends it runs on, and whether it takes a position bias.
+_BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",)}
+_TAKES_BIAS = {"dense": True, "blockwise": True, "cudnn": False}
+# auto's order of preference on each backend, fastest first (see benchmarks/README.md).
+_PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("blockwise",), "cpu": ("blockwise",)}
+
+
+def select(name: str, *, has_bias: bool, backend: str | None = None) -> str:
+  """The implementation to run for model.attention=name: `auto` picks the fastest one that takes
+  the scheme on this backend (logging why it passed over a faster one); a named one that cannot
+  work here is refused with the reason."""
+  backend = backend or jax.default_backend()
+  if name not in CHOICES:
+    raise ValueError(f"model.attention={name!r} is unknown; allowed: {', '.join(CHOICES)}")
+  if name != "auto":
+    if backend not in _BACKENDS[name]:
+      raise ValueError(f"model.attention={name!r} runs on {'/'.join(_BACKENDS[name])}, not on "
+                       f"{backend}; use auto, dense or blockwise")
+    if has_bias and not _TAKES_BIAS[name]:
+      raise ValueError(f"model.attention={name!r} cannot add this position scheme's bias in its "
+                       f"kernel; use blockwise (or dense, or auto)")
+    return name
+  for candidate in _PREFERENCE.get(backend, ("blockwise",)):
+    if has_bias and not _TAKES_BIAS[candidate]:
+      logging.getLogger("lcx").warning(
+          "attention=auto: %s takes no position bias, so this scheme runs on the next choice",
+          candidate)
+      continue
+    return candidate
+  return "blockwise"
+
+
+def make(name: str, *, has_bias: bool, block: int = DEFAULT_BLOCK):
+  """The attention function for model.attention=name and a scheme with or without a bias."""
+  chosen = select(name, has_bias=has_bias)
+  if chosen == "blockwise":
+    return functools.partial(blockwise_attention, block_q=block, block_k=block)
+  return IMPLEMENTATIONS[chosen]

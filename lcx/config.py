@@ -9,7 +9,7 @@ import ml_collections
 
 from lcx import attention, positions
 from lcx.data.tokenizers import TOKENIZERS, make_tokenizer
-from lcx.model import ModelConfig
+from lcx.model import REMAT_POLICIES, ModelConfig
 from lcx.sharding import resolve_mesh_shape
 
 DTYPES = ("float32", "bfloat16")
@@ -46,6 +46,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   """A validated copy with derived fields filled in: head_dim, max_len, vocab_size, mesh sizes."""
   c = ml_collections.ConfigDict(config.to_dict())
   m, d, t = c.model, c.data, c.train
+  for name in ("attention_block", "remat"):  # runs saved before these fields existed
+    if name not in m:
+      m[name] = getattr(ModelConfig, name)
   for name in ("model.d_model", "model.n_layers", "model.n_heads", "model.mlp_dim",
                "model.vocab_multiple", "data.seq_len", "data.batch_size", "train.steps",
                "train.log_every", "train.grad_accum_steps", "checkpoint.every_steps",
@@ -53,7 +56,13 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     _positive(c, name)
   _choice(c, "model.position", positions.available())
   _choice(c, "model.mlp", ("swiglu", "gelu"))
-  _choice(c, "model.attention", tuple(attention.IMPLEMENTATIONS))
+  _choice(c, "model.attention", attention.CHOICES)
+  _choice(c, "model.remat", tuple(REMAT_POLICIES))
+  _positive(c, "model.attention_block")
+  try:  # a kernel that cannot run here or cannot take the scheme's bias: refused at start
+    attention.select(m.attention, has_bias=positions.has_bias(m.position))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)
   _choice(c, "model.compute_dtype", DTYPES)
   _choice(c, "model.rope.layout", ("half", "interleaved"))
@@ -138,7 +147,8 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig(
       vocab_size=m.vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
       head_dim=m.head_dim, mlp_dim=m.mlp_dim, mlp=m.mlp, tie_embeddings=m.tie_embeddings,
-      position=m.position, max_len=m.max_len, attention=m.attention, param_dtype=m.param_dtype,
+      position=m.position, max_len=m.max_len, attention=m.attention,
+      attention_block=m.attention_block, remat=m.remat, param_dtype=m.param_dtype,
       compute_dtype=m.compute_dtype, norm_eps=m.norm_eps,
       rope=positions.RopeConfig(
           base=float(m.rope.base), fraction=float(m.rope.fraction), layout=m.rope.layout,

@@ -29,7 +29,9 @@ class ModelConfig:
   tie_embeddings: bool = True
   position: str = "rope"
   max_len: int = 128
-  attention: str = "dense"
+  attention: str = "dense"  # lcx.attention.CHOICES; "auto" picks per backend and scheme
+  attention_block: int = 512  # blockwise attention: query and key tile length
+  remat: str = "none"  # what each block keeps for the backward pass: none (all), full, dots
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
   norm_eps: float = 1e-6
@@ -71,14 +73,14 @@ class RMSNorm(nnx.Module):
 
 class Attention(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, rngs):
+  def __init__(self, cfg: ModelConfig, attend, rngs):
     D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
     out_std = 1.0 / math.sqrt(H * K * 2 * cfg.n_layers)
     self.wq = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
     self.wk = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
     self.wv = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
     self.wo = _param(rngs, (H, K, D), ("heads", None, "embed"), out_std, cfg.param_dtype)
-    self.attend = attention.get(cfg.attention)
+    self.attend = attend
 
   def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme: positions.PositionScheme):
     q_BLHK, k_BLHK = project(x_BLD, self.wq[...]), project(x_BLD, self.wk[...])
@@ -115,9 +117,9 @@ class Mlp(nnx.Module):
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, rngs):
+  def __init__(self, cfg: ModelConfig, attend, rngs):
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, attend, rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.mlp = Mlp(cfg, rngs)
 
@@ -134,7 +136,9 @@ class Transformer(nnx.Module):
     self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0,
                             cfg.param_dtype)
     self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    attend = attention.make(cfg.attention, has_bias=self.position.has_bias(),
+                            block=cfg.attention_block)
+    self.blocks = nnx.List([Block(cfg, attend, rngs) for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     if not cfg.tie_embeddings:
       self.head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
@@ -147,7 +151,7 @@ class Transformer(nnx.Module):
     x_BLD = jnp.take(self.embedding[...], tokens_BL, axis=0).astype(dtype)
     x_BLD = shard(self.position.embed(x_BLD, positions_BL), BATCH_ACTIVATION)
     for block in self.blocks:
-      x_BLD = block(x_BLD, positions_BL, segment_ids_BL, self.position)
+      x_BLD = _remat(block, self.cfg.remat)(x_BLD, positions_BL, segment_ids_BL, self.position)
     x_BLD = self.final_norm(x_BLD)
     if self.cfg.tie_embeddings:
       # Scaled so that unit-variance embeddings give unit-variance logits at init.
@@ -155,6 +159,22 @@ class Transformer(nnx.Module):
     else:
       w_DV = self.head[...]
     return project(x_BLD, w_DV).astype(jnp.float32)
+
+
+REMAT_POLICIES = {
+    "none": None,  # keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each block's input
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+def _remat(block, policy: str):
+  """The block's call, recomputed in the backward pass as far as the policy says."""
+  if policy == "none":
+    return block
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"model.remat={policy!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
+  return nnx.remat(block, policy=REMAT_POLICIES[policy])
 
 
 def token_losses(logits_BLV, targets_BL):

@@ -3,8 +3,8 @@
 A new scheme subclasses PositionScheme, overrides the hooks it needs and registers itself with
 @register("name"); the model never changes.
 """
-from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, available, make,
-                                register)
+from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, available, has_bias,
+                                make, register)
 from lcx.positions.absolute import sinusoidal_table
 from lcx.positions.alibi import alibi_bias, alibi_slopes
 from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, apply_rope, dynamic_factor, ntk_base,
@@ -12,7 +12,7 @@ from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, apply_rope, dynamic_f
                                 yarn_ramp, yarn_temperature)
 
 __all__ = [
-    "PositionConfig", "PositionScheme", "RopeConfig", "available", "make", "register",
+    "PositionConfig", "PositionScheme", "RopeConfig", "available", "has_bias", "make", "register",
     "sinusoidal_table", "alibi_bias", "alibi_slopes", "apply_rope", "rope_inverse_frequencies",
     "rotary_dim", "ROPE_SCALINGS", "dynamic_factor", "ntk_base", "scaled_frequencies",
     "yarn_ramp", "yarn_temperature",

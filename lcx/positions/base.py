@@ -79,6 +79,11 @@ def available() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
+def has_bias(name: str) -> bool:
+  """Whether the registered scheme adds an attention-logit bias (a kernel must take it)."""
+  return _REGISTRY[name].bias is not PositionScheme.bias
+
+
 def make(name: str, cfg: PositionConfig, *, rngs: nnx.Rngs) -> PositionScheme:
   if name not in _REGISTRY:
     raise ValueError(f"model.position={name!r} is unknown; allowed: {', '.join(available())}")

@@ -1,0 +1,200 @@
+"""Blockwise (flash-style) attention in plain JAX: memory linear in length, forward and backward.
+
+Queries and keys are cut into tiles; each query tile keeps a running max, normalizer and output
+(online softmax) while it meets the key tiles it can see. Tiles wholly above the causal diagonal
+are never visited: the list of tiles is built from the shapes, so they cost nothing. The position
+bias is computed per tile from the tile's positions (never a T x T array), and the backward pass
+(a custom VJP) recomputes each tile's probabilities from the saved log-normalizer instead of
+storing them. A bias with parameters (T5, FIRE, ...) gets its gradient through the same tiles.
+
+Layout inside: (B*H, L, K), so every tile product is one batched matmul with the batch leading.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Above this many tiles the loops run as XLA while-loops (compile time and code size constant in
+# length); below it they are unrolled, which lets XLA fuse and schedule each tile freely.
+UNROLL_MAX_TILES = 16
+DEFAULT_BLOCK = 512
+
+
+def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                        q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                        block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
+  """Same signature and result as lcx.attention.dense_attention (see there)."""
+  B, Q, H, K = q_BQHK.shape
+  S = k_BKHK.shape[1]
+  bq, bk = min(block_q, Q), min(block_k, S)
+  nq, nk = -(-Q // bq), -(-S // bk)
+  pad_q, pad_k = nq * bq - Q, nk * bk - S
+  if q_segment_ids_BQ is None:
+    q_segment_ids_BQ = jnp.zeros((B, Q), jnp.int32)
+    k_segment_ids_BK = jnp.zeros((B, S), jnp.int32)
+  # Padded keys belong to no query's segment; padded queries see nothing and are cut off.
+  q_seg = jnp.pad(q_segment_ids_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)), constant_values=-2)
+  k_seg = jnp.pad(k_segment_ids_BK.astype(jnp.int32), ((0, 0), (0, pad_k)), constant_values=-1)
+  q_pos = jnp.pad(q_positions_BQ, ((0, 0), (0, pad_q)))
+  k_pos = jnp.pad(k_positions_BK, ((0, 0), (0, pad_k)))
+
+  def heads_first(x, pad):  # (B, L, H, K) -> (B*H, L + pad, K)
+    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    return x.transpose(0, 2, 1, 3).reshape(B * H, x.shape[1], K)
+
+  tiles = _visible_tiles(nq, nk, bq, bk, offset=S - Q if causal else None)
+  bias, bias_params = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
+  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, tiles=tiles, causal_offset=S - Q if causal else None,
+                       scale=float(1.0 / np.sqrt(K)), bias=bias)
+  o = _attention(geometry, heads_first(q_BQHK, pad_q), heads_first(k_BKHK, pad_k),
+                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_params)
+  return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
+
+
+def _visible_tiles(nq, nk, bq, bk, offset):
+  """(i, j) of every tile holding a key some query may see: query q sees key k <= q + offset."""
+  return tuple((i, j) for i in range(nq) for j in range(nk)
+               if offset is None or j * bk <= (i + 1) * bq - 1 + offset)
+
+
+def _closure_converted_bias(bias_fn, q_pos_tile, k_pos_tile):
+  """(pure bias(q_pos, k_pos, params), params): any arrays bias_fn closes over (learned biases)
+  become explicit arguments, so the custom VJP can return their gradient."""
+  if bias_fn is None:
+    return None, ()
+  if jax.eval_shape(bias_fn, q_pos_tile, k_pos_tile) is None:
+    return None, ()
+  pure, params = jax.closure_convert(bias_fn, q_pos_tile, k_pos_tile)
+  return pure, tuple(params)
+
+
+class _Geometry:
+  """The static description of one attention call (hashable: it is a nondiff argument)."""
+
+  def __init__(self, **fields):
+    self.__dict__.update(fields)
+    self._key = tuple(sorted((k, v if k != "bias" else id(v)) for k, v in fields.items()))
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Geometry) and self._key == other._key
+
+
+def _tile_bias(g, i, j, q_pos, k_pos, bias_params):
+  """The position bias of tile (i, j), (B*H, bq, bk) float32, from the tile's positions."""
+  qp = jax.lax.dynamic_slice_in_dim(q_pos, i * g.bq, g.bq, axis=1)
+  kp = jax.lax.dynamic_slice_in_dim(k_pos, j * g.bk, g.bk, axis=1)
+  return g.bias(qp, kp, *bias_params).astype(jnp.float32).reshape(g.B * g.H, g.bq, g.bk)
+
+
+def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, q_seg, k_seg, bias_params):
+  """Scaled scores of tile (i, j) plus bias, float32 (B*H, bq, bk), and the mask of visible keys."""
+  s = jnp.einsum("nqd,nkd->nqk", q_t, k_t, preferred_element_type=jnp.float32) * g.scale
+  if g.bias is not None:
+    s = s + _tile_bias(g, i, j, q_pos, k_pos, bias_params)
+  qs = jax.lax.dynamic_slice_in_dim(q_seg, i * g.bq, g.bq, axis=1)
+  ks = jax.lax.dynamic_slice_in_dim(k_seg, j * g.bk, g.bk, axis=1)
+  mask = qs[:, :, None] == ks[:, None, :]  # (B, bq, bk)
+  if g.causal_offset is not None:
+    q_index = i * g.bq + jnp.arange(g.bq)[:, None]
+    k_index = j * g.bk + jnp.arange(g.bk)[None, :]
+    mask = mask & (k_index <= q_index + g.causal_offset)[None]
+  mask = jnp.broadcast_to(mask[:, None], (g.B, g.H, g.bq, g.bk)).reshape(s.shape)
+  return s, mask
+
+
+def _rows(x, i, size):
+  return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=1)
+
+
+def _put_rows(x, update, i, size):
+  return jax.lax.dynamic_update_slice_in_dim(x, update.astype(x.dtype), i * size, axis=1)
+
+
+def _for_each_tile(g, body, carry):
+  """Runs body(i, j, carry) over the visible tiles in order: unrolled when there are few."""
+  if len(g.tiles) <= UNROLL_MAX_TILES:
+    for i, j in g.tiles:
+      carry = body(i, j, carry)
+    return carry
+  ii = jnp.asarray([t[0] for t in g.tiles], jnp.int32)
+  jj = jnp.asarray([t[1] for t in g.tiles], jnp.int32)
+  return jax.lax.fori_loop(0, len(g.tiles), lambda t, c: body(ii[t], jj[t], c), carry)
+
+
+def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
+  """(output (B*H, Lq, K) in q's dtype, log-normalizer (B*H, Lq) float32)."""
+  n, lq, d = q.shape
+  m0 = jnp.full((n, lq), -jnp.inf, jnp.float32)
+  l0 = jnp.zeros((n, lq), jnp.float32)
+  acc0 = jnp.zeros((n, lq, d), jnp.float32)
+
+  def body(i, j, carry):
+    m, l, acc = carry
+    s, mask = _tile_scores(g, _rows(q, i, g.bq), _rows(k, j, g.bk), i, j, q_pos, k_pos, q_seg,
+                           k_seg, bias_params)
+    s = jnp.where(mask, s, -jnp.inf)
+    m_old = _rows(m, i, g.bq)
+    m_new = jnp.maximum(m_old, s.max(axis=-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
+    p = jnp.exp(s - m_safe[..., None])
+    correction = jnp.exp(m_old - m_safe)
+    l_new = _rows(l, i, g.bq) * correction + p.sum(axis=-1)
+    pv = jnp.einsum("nqk,nkd->nqd", p.astype(v.dtype), _rows(v, j, g.bk),
+                    preferred_element_type=jnp.float32)
+    acc_new = _rows(acc, i, g.bq) * correction[..., None] + pv
+    return (_put_rows(m, m_new, i, g.bq), _put_rows(l, l_new, i, g.bq),
+            _put_rows(acc, acc_new, i, g.bq))
+
+  m, l, acc = _for_each_tile(g, body, (m0, l0, acc0))
+  l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
+  return (acc / l_safe[..., None]).astype(q.dtype), jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
+  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params)[0]
+
+
+def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
+  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params)
+  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_params)
+
+
+def _attention_bwd(g, residuals, do):
+  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_params = residuals
+  # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
+  delta = jnp.einsum("nqd,nqd->nq", do.astype(jnp.float32), o.astype(jnp.float32))
+  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+  carry0 = (zeros(q), zeros(k), zeros(v), jax.tree.map(zeros, bias_params))
+
+  def body(i, j, carry):
+    dq, dk, dv, dbias = carry
+    q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
+
+    s, mask = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, q_seg, k_seg, bias_params)
+    p = jnp.where(mask, jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
+    dv_t = jnp.einsum("nqk,nqd->nkd", p.astype(do.dtype), do_t, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("nqd,nkd->nqk", do_t, v_t, preferred_element_type=jnp.float32)
+    ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (scaled score + bias)
+    if bias_params:  # a bias with parameters: its gradient is ds through the tile's bias
+      _, bias_vjp = jax.vjp(lambda params: _tile_bias(g, i, j, q_pos, k_pos, params), bias_params)
+      dbias = jax.tree.map(jnp.add, dbias, bias_vjp(ds)[0])
+    ds_in = (ds * g.scale).astype(q.dtype)
+    dq_t = jnp.einsum("nqk,nkd->nqd", ds_in, k_t, preferred_element_type=jnp.float32)
+    dk_t = jnp.einsum("nqk,nqd->nkd", ds_in, q_t, preferred_element_type=jnp.float32)
+    return (_put_rows(dq, _rows(dq, i, g.bq) + dq_t, i, g.bq),
+            _put_rows(dk, _rows(dk, j, g.bk) + dk_t, j, g.bk),
+            _put_rows(dv, _rows(dv, j, g.bk) + dv_t, j, g.bk), dbias)
+
+  dq, dk, dv, dbias = _for_each_tile(g, body, carry0)
+  dbias = jax.tree.map(lambda d, p: d.astype(p.dtype), dbias, bias_params)
+  no_grad = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # integer inputs have no gradient
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), no_grad(q_pos),
+          no_grad(k_pos), no_grad(q_seg), no_grad(k_seg), dbias)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)

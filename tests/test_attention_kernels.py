@@ -1,0 +1,147 @@
+"""Blockwise attention against the dense reference: values and gradients, every scheme, uneven
+lengths, packed documents, learned biases; the implementation switch and its refusals."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lcx import attention, blockwise, positions
+from lcx.attention import dense_attention
+from lcx.blockwise import blockwise_attention
+from lcx.model import ModelConfig, Transformer, token_losses
+
+SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
+
+
+def _inputs(B=2, Q=37, S=37, H=4, K=8, seed=0, packed=True):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  q = jax.random.normal(keys[0], (B, Q, H, K))
+  k, v = (jax.random.normal(kk, (B, S, H, K)) for kk in keys[1:])
+  k_pos = jnp.broadcast_to(jnp.arange(S), (B, S))
+  q_pos = k_pos[:, S - Q:]
+  seg = None
+  if packed:  # two documents per row, split at different places
+    seg = jnp.asarray(np.stack([np.arange(S) >= 20, np.arange(S) >= 9]).astype(np.int32))
+  return q, k, v, q_pos, k_pos, seg
+
+
+def _loss(fn, q, k, v, q_pos, k_pos, seg, bias_fn, **kw):
+  q_seg = None if seg is None else seg[:, k.shape[1] - q.shape[1]:]
+  out = fn(q, k, v, q_positions_BQ=q_pos, k_positions_BK=k_pos, q_segment_ids_BQ=q_seg,
+           k_segment_ids_BK=seg, bias_fn=bias_fn, **kw)
+  weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32)).reshape(out.shape)
+  return (out * weights).sum()
+
+
+def _alibi(H):
+  slopes = positions.alibi_slopes(H)
+  return lambda qp, kp: positions.alibi_bias(qp, kp, slopes)
+
+
+@pytest.mark.parametrize("block", [4, 8, 16, 64])  # 4: 55 tiles, a while-loop; others unrolled
+@pytest.mark.parametrize("bias", ["none", "alibi"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_blockwise_matches_dense_values_and_gradients(block, bias, packed):
+  q, k, v, q_pos, k_pos, seg = _inputs(packed=packed)
+  bias_fn = _alibi(4) if bias == "alibi" else None
+  dense = jax.value_and_grad(lambda *a: _loss(dense_attention, *a, q_pos, k_pos, seg, bias_fn),
+                             argnums=(0, 1, 2))
+  tiled = jax.jit(jax.value_and_grad(
+      lambda *a: _loss(blockwise_attention, *a, q_pos, k_pos, seg, bias_fn, block_q=block,
+                       block_k=block), argnums=(0, 1, 2)))
+  (value, grads), (value_b, grads_b) = dense(q, k, v), tiled(q, k, v)
+  np.testing.assert_allclose(value_b, value, rtol=1e-5)
+  for g, g_b in zip(grads, grads_b):
+    np.testing.assert_allclose(g_b, g, atol=2e-5)
+
+
+def test_blockwise_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles():
+  """A block of queries aligned with the end of the keys (a cache), tiles of different sizes."""
+  q, k, v, q_pos, k_pos, seg = _inputs(Q=13, S=41)
+  bias_fn = _alibi(4)
+  for block_q, block_k in [(4, 16), (16, 4), (5, 7)]:
+    grads = [jax.grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
+                      argnums=(0, 1, 2))(q, k, v)
+             for fn, kw in [(dense_attention, {}),
+                            (blockwise_attention, dict(block_q=block_q, block_k=block_k))]]
+    for g, g_b in zip(*grads):
+      np.testing.assert_allclose(g_b, g, atol=2e-5)
+
+
+def test_tiles_above_the_diagonal_are_skipped():
+  assert blockwise._visible_tiles(4, 4, 8, 8, offset=0) == tuple(
+      (i, j) for i in range(4) for j in range(i + 1))
+  assert len(blockwise._visible_tiles(4, 4, 8, 8, offset=None)) == 16  # not causal: all
+  # A query tile ending at a key tile's first key still visits that tile.
+  assert (0, 1) in blockwise._visible_tiles(2, 4, 8, 4, offset=0)
+
+
+def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles():
+  q, k, v, q_pos, k_pos, seg = _inputs()
+  weights = jnp.linspace(0.1, 0.5, 4)
+
+  def learned_bias(w):  # a KERPLE-like log bias with a learned weight per head
+    return lambda qp, kp: -w[None, :, None, None] * jnp.log1p(
+        jnp.abs(qp[:, :, None] - kp[:, None, :]).astype(jnp.float32))[:, None]
+
+  grad_dense = jax.grad(lambda w: _loss(dense_attention, q, k, v, q_pos, k_pos, seg,
+                                        learned_bias(w)))(weights)
+  grad_tiled = jax.jit(jax.grad(lambda w: _loss(blockwise_attention, q, k, v, q_pos, k_pos, seg,
+                                                learned_bias(w), block_q=8, block_k=8)))(weights)
+  np.testing.assert_allclose(grad_tiled, grad_dense, rtol=1e-4)
+  assert np.abs(grad_dense).min() > 0
+
+
+@pytest.mark.parametrize("position", SCHEMES)
+def test_every_scheme_trains_the_same_through_blockwise(position):
+  """A whole model (two layers, packed documents): loss and every parameter gradient."""
+  def loss_and_grads(implementation):
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=8,
+                                    mlp_dim=64, max_len=48, position=position,
+                                    attention=implementation, attention_block=16),
+                        rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 45), 0, 64)
+    segments = jnp.asarray(np.stack([np.arange(45) >= 30, np.arange(45) >= 7]).astype(np.int32))
+    starts = jnp.asarray([[0] * 30 + [30] * 15, [0] * 7 + [7] * 38])
+    pos = jnp.broadcast_to(jnp.arange(45), (2, 45)) - starts
+
+    def loss(params):
+      logits = nnx.merge(graphdef, params)(tokens[:, :-1], pos[:, :-1], segments[:, :-1])
+      return token_losses(logits, tokens[:, 1:]).mean()
+
+    graphdef, params = nnx.split(model, nnx.Param)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (loss, grads), (loss_b, grads_b) = loss_and_grads("dense"), loss_and_grads("blockwise")
+  np.testing.assert_allclose(loss_b, loss, rtol=1e-5)
+  for g, g_b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(g_b, g, atol=3e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_rematerialization_leaves_the_gradients_unchanged(remat):
+  def grads(policy):
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=8,
+                                    mlp_dim=64, max_len=16, position="alibi", remat=policy),
+                        rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 64)
+    pos = jnp.broadcast_to(jnp.arange(15), (2, 15))
+    loss = lambda p: token_losses(nnx.merge(graphdef, p)(tokens[:, :-1], pos), tokens[:, 1:]).mean()
+    return jax.jit(jax.grad(loss))(params)
+
+  for g, g_r in zip(jax.tree.leaves(grads("none")), jax.tree.leaves(grads(remat))):
+    np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-7)
+
+
+def test_the_switch_refuses_what_cannot_work_and_auto_falls_back():
+  assert attention.select("auto", has_bias=False, backend="cpu") == "blockwise"
+  assert attention.select("auto", has_bias=False, backend="gpu") == "cudnn"
+  assert attention.select("auto", has_bias=True, backend="gpu") == "blockwise"
+  with pytest.raises(ValueError, match="cannot add this position scheme's bias"):
+    attention.select("cudnn", has_bias=True, backend="gpu")
+  with pytest.raises(ValueError, match="runs on gpu, not on cpu"):
+    attention.select("cudnn", has_bias=False, backend="cpu")
+  with pytest.raises(ValueError, match="allowed: dense, blockwise, cudnn, auto"):
+    attention.select("flash3", has_bias=False)
