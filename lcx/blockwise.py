@@ -17,7 +17,7 @@ import numpy as np
 
 # Above this many tiles the loops run as XLA while-loops (compile time and code size constant in
 # length); below it they are unrolled, which lets XLA fuse and schedule each tile freely.
-UNROLL_MAX_TILES = 16
+UNROLL_MAX_TILES = 64
 DEFAULT_BLOCK = 512
 
 
@@ -45,7 +45,7 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
 
   tiles = _visible_tiles(nq, nk, bq, bk, offset=S - Q if causal else None)
   bias, bias_params = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
-  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, tiles=tiles, causal_offset=S - Q if causal else None,
+  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, tiles=tiles, causal_offset=S - Q if causal else None,
                        scale=float(1.0 / np.sqrt(K)), bias=bias)
   o = _attention(geometry, heads_first(q_BQHK, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_params)
@@ -114,44 +114,84 @@ def _put_rows(x, update, i, size):
   return jax.lax.dynamic_update_slice_in_dim(x, update.astype(x.dtype), i * size, axis=1)
 
 
-def _for_each_tile(g, body, carry):
-  """Runs body(i, j, carry) over the visible tiles in order: unrolled when there are few."""
-  if len(g.tiles) <= UNROLL_MAX_TILES:
-    for i, j in g.tiles:
-      carry = body(i, j, carry)
+def _key_tiles_seen(g, i):
+  """How many key tiles (from the first) query tile i visits; i may be traced."""
+  if g.causal_offset is None:
+    return g.nk
+  return jnp.clip(((i + 1) * g.bq - 1 + g.causal_offset) // g.bk + 1, 0, g.nk) if isinstance(
+      i, jax.Array) else min(max(((i + 1) * g.bq - 1 + g.causal_offset) // g.bk + 1, 0), g.nk)
+
+
+def _first_query_tile(g, j):
+  """The first query tile that sees key tile j; j may be traced."""
+  if g.causal_offset is None:
+    return 0
+  first = (j * g.bk - g.causal_offset) // g.bq
+  return jnp.maximum(first, 0) if isinstance(j, jax.Array) else max(first, 0)
+
+
+def _loop(lo, hi, body, carry, unrolled: bool):
+  """body(index, carry) for index in [lo, hi): a Python loop or an XLA while-loop."""
+  if unrolled:
+    for index in range(lo, hi):
+      carry = body(index, carry)
     return carry
-  ii = jnp.asarray([t[0] for t in g.tiles], jnp.int32)
-  jj = jnp.asarray([t[1] for t in g.tiles], jnp.int32)
-  return jax.lax.fori_loop(0, len(g.tiles), lambda t, c: body(ii[t], jj[t], c), carry)
+  return jax.lax.fori_loop(lo, hi, body, carry)
 
 
 def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
-  """(output (B*H, Lq, K) in q's dtype, log-normalizer (B*H, Lq) float32)."""
-  n, lq, d = q.shape
-  m0 = jnp.full((n, lq), -jnp.inf, jnp.float32)
-  l0 = jnp.zeros((n, lq), jnp.float32)
-  acc0 = jnp.zeros((n, lq, d), jnp.float32)
+  """(output (B*H, Lq, K) in q's dtype, log-normalizer (B*H, Lq) float32), one query tile at a
+  time: its running max, normalizer and output stay small and local."""
+  n, _, d = q.shape
+  unrolled = len(g.tiles) <= UNROLL_MAX_TILES
 
-  def body(i, j, carry):
-    m, l, acc = carry
-    s, mask = _tile_scores(g, _rows(q, i, g.bq), _rows(k, j, g.bk), i, j, q_pos, k_pos, q_seg,
-                           k_seg, bias_params)
-    s = jnp.where(mask, s, -jnp.inf)
-    m_old = _rows(m, i, g.bq)
-    m_new = jnp.maximum(m_old, s.max(axis=-1))
-    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
-    p = jnp.exp(s - m_safe[..., None])
-    correction = jnp.exp(m_old - m_safe)
-    l_new = _rows(l, i, g.bq) * correction + p.sum(axis=-1)
-    pv = jnp.einsum("nqk,nkd->nqd", p.astype(v.dtype), _rows(v, j, g.bk),
-                    preferred_element_type=jnp.float32)
-    acc_new = _rows(acc, i, g.bq) * correction[..., None] + pv
-    return (_put_rows(m, m_new, i, g.bq), _put_rows(l, l_new, i, g.bq),
-            _put_rows(acc, acc_new, i, g.bq))
+  def query_tile(i):
+    q_i = _rows(q, i, g.bq)
 
-  m, l, acc = _for_each_tile(g, body, (m0, l0, acc0))
-  l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
-  return (acc / l_safe[..., None]).astype(q.dtype), jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)
+    def visit(j, carry):
+      m, l, acc = carry
+      s, mask = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, q_seg, k_seg,
+                             bias_params)
+      s = jnp.where(mask, s, -jnp.inf)
+      m_new = jnp.maximum(m, s.max(axis=-1))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
+      p = jnp.exp(s - m_safe[..., None])
+      correction = jnp.exp(m - m_safe)
+      pv = jnp.einsum("nqk,nkd->nqd", p.astype(v.dtype), _rows(v, j, g.bk),
+                      preferred_element_type=jnp.float32)
+      return m_new, l * correction + p.sum(axis=-1), acc * correction[..., None] + pv
+
+    start = (jnp.full((n, g.bq), -jnp.inf, jnp.float32), jnp.zeros((n, g.bq), jnp.float32),
+             jnp.zeros((n, g.bq, d), jnp.float32))
+    m, l, acc = _loop(0, _key_tiles_seen(g, i), visit, start, unrolled)
+    l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
+    return ((acc / l_safe[..., None]).astype(q.dtype),
+            jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf))
+
+  if unrolled:
+    outs, lses = zip(*(query_tile(i) for i in range(g.nq)))
+    return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=1)
+  outs, lses = jax.lax.map(query_tile, jnp.arange(g.nq))  # (nq, n, bq, ...)
+  return (outs.transpose(1, 0, 2, 3).reshape(n, g.nq * g.bq, d),
+          lses.transpose(1, 0, 2).reshape(n, g.nq * g.bq))
+
+
+def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bias_params):
+  """(dq, dk, dv, d bias params) of tile (i, j), recomputing its probabilities from lse."""
+  q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
+  s, mask = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, q_seg, k_seg, bias_params)
+  p = jnp.where(mask, jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
+  dv_t = jnp.einsum("nqk,nqd->nkd", p.astype(do.dtype), do_t, preferred_element_type=jnp.float32)
+  dp = jnp.einsum("nqd,nkd->nqk", do_t, v_t, preferred_element_type=jnp.float32)
+  ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (scaled score + bias)
+  d_params = ()
+  if bias_params:  # a bias with parameters: its gradient is ds through the tile's bias
+    _, bias_vjp = jax.vjp(lambda params: _tile_bias(g, i, j, q_pos, k_pos, params), bias_params)
+    d_params = bias_vjp(ds)[0]
+  ds_in = (ds * g.scale).astype(q.dtype)
+  dq_t = jnp.einsum("nqk,nkd->nqd", ds_in, k_t, preferred_element_type=jnp.float32)
+  dk_t = jnp.einsum("nqk,nqd->nkd", ds_in, q_t, preferred_element_type=jnp.float32)
+  return dq_t, dk_t, dv_t, d_params
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -165,33 +205,47 @@ def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
 
 
 def _attention_bwd(g, residuals, do):
+  """One key tile at a time: its dK and dV accumulate locally over the query tiles that see it;
+  dQ accumulates across key tiles."""
   q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_params = residuals
+  n, _, d = q.shape
   # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
   delta = jnp.einsum("nqd,nqd->nq", do.astype(jnp.float32), o.astype(jnp.float32))
+  tile = lambda i, j: _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg,
+                                  bias_params)
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
-  carry0 = (zeros(q), zeros(k), zeros(v), jax.tree.map(zeros, bias_params))
+  key_start = lambda: (jnp.zeros((n, g.bk, d), jnp.float32), jnp.zeros((n, g.bk, d), jnp.float32))
 
-  def body(i, j, carry):
-    dq, dk, dv, dbias = carry
-    q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
+  if len(g.tiles) <= UNROLL_MAX_TILES:
+    dq = [jnp.zeros((n, g.bq, d), jnp.float32) for _ in range(g.nq)]
+    dk, dv, dbias = [], [], jax.tree.map(zeros, bias_params)
+    for j in range(g.nk):
+      dk_j, dv_j = key_start()
+      for i in range(_first_query_tile(g, j), g.nq):
+        if _key_tiles_seen(g, i) <= j:
+          continue
+        dq_t, dk_t, dv_t, d_params = tile(i, j)
+        dq[i], dk_j, dv_j = dq[i] + dq_t, dk_j + dk_t, dv_j + dv_t
+        dbias = jax.tree.map(jnp.add, dbias, d_params)
+      dk.append(dk_j)
+      dv.append(dv_j)
+    dq, dk, dv = (jnp.concatenate(x, axis=1) for x in (dq, dk, dv))
+  else:
+    def key_tile(carry, j):
+      def visit(i, inner):
+        dk_j, dv_j, dq, dbias = inner
+        dq_t, dk_t, dv_t, d_params = tile(i, j)
+        dq = _put_rows(dq, _rows(dq, i, g.bq) + dq_t, i, g.bq)  # in place in the loop
+        return dk_j + dk_t, dv_j + dv_t, dq, jax.tree.map(jnp.add, dbias, d_params)
 
-    s, mask = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, q_seg, k_seg, bias_params)
-    p = jnp.where(mask, jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
-    dv_t = jnp.einsum("nqk,nqd->nkd", p.astype(do.dtype), do_t, preferred_element_type=jnp.float32)
-    dp = jnp.einsum("nqd,nkd->nqk", do_t, v_t, preferred_element_type=jnp.float32)
-    ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (scaled score + bias)
-    if bias_params:  # a bias with parameters: its gradient is ds through the tile's bias
-      _, bias_vjp = jax.vjp(lambda params: _tile_bias(g, i, j, q_pos, k_pos, params), bias_params)
-      dbias = jax.tree.map(jnp.add, dbias, bias_vjp(ds)[0])
-    ds_in = (ds * g.scale).astype(q.dtype)
-    dq_t = jnp.einsum("nqk,nkd->nqd", ds_in, k_t, preferred_element_type=jnp.float32)
-    dk_t = jnp.einsum("nqk,nqd->nkd", ds_in, q_t, preferred_element_type=jnp.float32)
-    return (_put_rows(dq, _rows(dq, i, g.bq) + dq_t, i, g.bq),
-            _put_rows(dk, _rows(dk, j, g.bk) + dk_t, j, g.bk),
-            _put_rows(dv, _rows(dv, j, g.bk) + dv_t, j, g.bk), dbias)
+      dk_j, dv_j, dq, dbias = jax.lax.fori_loop(_first_query_tile(g, j), g.nq, visit,
+                                                (*key_start(), *carry))
+      return (dq, dbias), (dk_j, dv_j)
 
-  dq, dk, dv, dbias = _for_each_tile(g, body, carry0)
-  dbias = jax.tree.map(lambda d, p: d.astype(p.dtype), dbias, bias_params)
+    (dq, dbias), (dk, dv) = jax.lax.scan(key_tile, (zeros(q), jax.tree.map(zeros, bias_params)),
+                                         jnp.arange(g.nk))
+    dk, dv = (x.transpose(1, 0, 2, 3).reshape(n, g.nk * g.bk, d) for x in (dk, dv))
+  dbias = jax.tree.map(lambda d_, p: d_.astype(p.dtype), dbias, bias_params)
   no_grad = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # integer inputs have no gradient
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), no_grad(q_pos),
           no_grad(k_pos), no_grad(q_seg), no_grad(k_seg), dbias)
