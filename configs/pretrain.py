@@ -26,8 +26,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       position="rope", max_len=0,  # max_len: learned-table size; 0 means data.seq_len
       # attention: dense, blockwise, cudnn (GPU), or auto (the fastest that takes the scheme here);
       # attention_block: blockwise tile length; remat: none, full or dots (what blocks keep for
-      # the backward pass).
-      attention="dense", attention_block=512, remat="none",
+      # the backward pass); scan_layers: one lax.scan over the blocks (compile time flat in depth).
+      attention="auto", attention_block=128, remat="none", scan_layers=False,
       param_dtype="float32", compute_dtype="float32", norm_eps=1e-6,
       vocab_size=0,  # 0: the tokenizer's, padded up to a multiple of vocab_multiple
       vocab_multiple=64,  # padding lets the vocabulary shard evenly

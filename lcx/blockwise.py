@@ -18,7 +18,7 @@ import numpy as np
 # Above this many tiles the loops run as XLA while-loops (compile time and code size constant in
 # length); below it they are unrolled, which lets XLA fuse and schedule each tile freely.
 UNROLL_MAX_TILES = 64
-DEFAULT_BLOCK = 512
+DEFAULT_BLOCK = 128
 
 
 def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,

@@ -46,7 +46,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   """A validated copy with derived fields filled in: head_dim, max_len, vocab_size, mesh sizes."""
   c = ml_collections.ConfigDict(config.to_dict())
   m, d, t = c.model, c.data, c.train
-  for name in ("attention_block", "remat"):  # runs saved before these fields existed
+  for name in ("attention_block", "remat", "scan_layers"):  # runs saved before these existed
     if name not in m:
       m[name] = getattr(ModelConfig, name)
   for name in ("model.d_model", "model.n_layers", "model.n_heads", "model.mlp_dim",
@@ -148,7 +148,8 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
       vocab_size=m.vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
       head_dim=m.head_dim, mlp_dim=m.mlp_dim, mlp=m.mlp, tie_embeddings=m.tie_embeddings,
       position=m.position, max_len=m.max_len, attention=m.attention,
-      attention_block=m.attention_block, remat=m.remat, param_dtype=m.param_dtype,
+      attention_block=m.attention_block, remat=m.remat, scan_layers=bool(m.scan_layers),
+      param_dtype=m.param_dtype,
       compute_dtype=m.compute_dtype, norm_eps=m.norm_eps,
       rope=positions.RopeConfig(
           base=float(m.rope.base), fraction=float(m.rope.fraction), layout=m.rope.layout,

@@ -39,7 +39,7 @@ def _alibi(H):
   return lambda qp, kp: positions.alibi_bias(qp, kp, slopes)
 
 
-@pytest.mark.parametrize("block", [4, 8, 16, 64])  # 4: 55 tiles, a while-loop; others unrolled
+@pytest.mark.parametrize("block", [2, 8, 16, 64])  # 2: 190 tiles, while-loops; others unrolled
 @pytest.mark.parametrize("bias", ["none", "alibi"])
 @pytest.mark.parametrize("packed", [False, True])
 def test_blockwise_matches_dense_values_and_gradients(block, bias, packed):
@@ -77,7 +77,10 @@ def test_tiles_above_the_diagonal_are_skipped():
   assert (0, 1) in blockwise._visible_tiles(2, 4, 8, 4, offset=0)
 
 
-def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles():
+@pytest.mark.parametrize("unroll_max_tiles", [0, 64])  # while-loops, and unrolled
+def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(unroll_max_tiles,
+                                                                    monkeypatch):
+  monkeypatch.setattr(blockwise, "UNROLL_MAX_TILES", unroll_max_tiles)
   q, k, v, q_pos, k_pos, seg = _inputs()
   weights = jnp.linspace(0.1, 0.5, 4)
 
@@ -145,3 +148,41 @@ def test_the_switch_refuses_what_cannot_work_and_auto_falls_back():
     attention.select("cudnn", has_bias=False, backend="cpu")
   with pytest.raises(ValueError, match="allowed: dense, blockwise, cudnn, auto"):
     attention.select("flash3", has_bias=False)
+
+
+@pytest.mark.parametrize("position", ["learned", "alibi"])
+def test_scan_over_layers_gives_the_same_loss_gradients_and_parameter_tree(position):
+  def run(scan, remat="none"):
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=4, head_dim=8,
+                                    mlp_dim=64, max_len=16, position=position, scan_layers=scan,
+                                    remat=remat), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 64)
+    pos = jnp.broadcast_to(jnp.arange(15), (2, 15))
+    loss = lambda p: token_losses(nnx.merge(graphdef, p)(tokens[:, :-1], pos), tokens[:, 1:]).mean()
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (loss, grads), (loss_s, grads_s) = run(False), run(True)
+  assert jax.tree.structure(grads) == jax.tree.structure(grads_s)  # checkpoints interchange
+  np.testing.assert_allclose(loss_s, loss, rtol=1e-6)
+  for g, g_s in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_s)):
+    np.testing.assert_allclose(g_s, g, rtol=1e-5, atol=1e-7)
+  _, grads_r = run(True, remat="full")
+  for g, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
+    np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_compute_with_float32_weights_through_blockwise():
+  losses = {}
+  for implementation in ("dense", "blockwise"):
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=8,
+                                    mlp_dim=64, max_len=40, position="alibi",
+                                    attention=implementation, attention_block=16,
+                                    compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 40), 0, 64)
+    pos = jnp.broadcast_to(jnp.arange(39), (2, 39))
+    loss = lambda p: token_losses(nnx.merge(graphdef, p)(tokens[:, :-1], pos), tokens[:, 1:]).mean()
+    losses[implementation], grads = jax.jit(jax.value_and_grad(loss))(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))  # master weights
+  np.testing.assert_allclose(losses["blockwise"], losses["dense"], rtol=1e-2)

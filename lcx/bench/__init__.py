@@ -47,37 +47,49 @@ def compiled_memory(compiled) -> int:
              - m.alias_size_in_bytes)
 
 
-def _time(fn, args, repeats: int, *, donated_state: bool) -> tuple[float, object]:
-  """Fastest wall time of fn(*args) over repeats; a donated first argument is threaded through."""
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    best = min(best, time.perf_counter() - start)
-    if donated_state:
-      args = (out[0], *args[1:])
-  return best, args
-
-
-def time_train_step(model: ModelConfig, batch_size: int, seq_len: int, mesh,
-                    repeats: int = 3) -> Timing:
-  """One AdamW train step on random tokens (packed as one document per row)."""
-  program = TrainProgram(model, OptimizerConfig(learning_rate=1e-3, warmup_steps=10, steps=1000),
-                         mesh, RULES)
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, model.vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
-  batch = program.global_batch({
-      "tokens": tokens[:, :-1], "targets": tokens[:, 1:],
-      "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy(),
-      "segment_ids": np.zeros((batch_size, seq_len), np.int32)})
-  state = program.init()
+def _time_once(fn, args) -> tuple[float, object]:
   start = time.perf_counter()
-  compiled = program.step.lower(state, batch).compile()
-  compile_seconds = time.perf_counter() - start
-  state, _ = compiled(state, batch)  # the first run also pays one-time allocation
-  seconds, _ = _time(compiled, (state, batch), repeats, donated_state=True)
-  return Timing(seconds, compiled_memory(compiled), compile_seconds)
+  out = jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start, out
+
+
+class PreparedStep:
+  """A compiled AdamW train step with its state and a batch of random tokens (one document per
+  row), ready to be timed."""
+
+  def __init__(self, model: ModelConfig, batch_size: int, seq_len: int, mesh):
+    program = TrainProgram(model, OptimizerConfig(learning_rate=1e-3, warmup_steps=10,
+                                                  steps=1000), mesh, RULES)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, model.vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
+    positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len))
+    self.batch = program.global_batch({
+        "tokens": tokens[:, :-1], "targets": tokens[:, 1:], "positions": positions.copy(),
+        "segment_ids": np.zeros((batch_size, seq_len), np.int32)})
+    self.state = program.init()
+    start = time.perf_counter()
+    self.compiled = program.step.lower(self.state, self.batch).compile()
+    self.compile_seconds = time.perf_counter() - start
+    self.memory_bytes = compiled_memory(self.compiled)
+    self.times = []
+    self.run(record=False)  # the first run also pays one-time allocation
+
+  def run(self, record: bool = True) -> None:
+    seconds, (self.state, _) = _time_once(self.compiled, (self.state, self.batch))
+    if record:
+      self.times.append(seconds)
+
+  def timing(self) -> Timing:
+    return Timing(min(self.times), self.memory_bytes, self.compile_seconds)
+
+
+def time_train_steps(steps: dict, repeats: int) -> dict[str, Timing]:
+  """Times prepared steps round-robin, `repeats` rounds, and keeps each one's fastest: a slow
+  spell of the machine then hits every scheme alike, so the ratios between them hold."""
+  for _ in range(repeats):
+    for step in steps.values():
+      step.run()
+  return {name: step.timing() for name, step in steps.items()}
 
 
 def forward_fn(model_cfg: ModelConfig):
@@ -108,7 +120,7 @@ def time_forward(model: ModelConfig, length: int, repeats: int = 2,
   if memory_limit is not None and memory > memory_limit:
     return memory
   jax.block_until_ready(compiled(params, tokens))
-  seconds, _ = _time(compiled, (params, tokens), repeats, donated_state=False)
+  seconds = min(_time_once(compiled, (params, tokens))[0] for _ in range(repeats))
   return Timing(seconds, memory, compile_seconds)
 
 
@@ -136,3 +148,58 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
       continue
     usable.append(name)
   return tuple(usable)
+
+
+def run_train_benchmarks(mesh, peak: float, schemes, lengths, implementations,
+                         tokens_per_step: int, repeats: int, progress) -> list[dict]:
+  """One row per (scheme, length, implementation): speed, MFU and memory, and both relative to
+  `none` with the same implementation and length. The schemes of one length and implementation
+  are timed round-robin (time_train_steps)."""
+  rows = []
+  for length in lengths:
+    batch = max(1, tokens_per_step // length)
+    for implementation in implementations:
+      steps, models = {}, {}
+      for scheme in schemes:
+        if implementation not in implementations_for(scheme, (implementation,)):
+          continue
+        models[scheme] = ModelConfig(**TRAIN_MODEL, position=scheme, max_len=length,
+                                     attention=implementation)
+        progress.set_postfix_str(f"compile {scheme} L={length} {implementation}")
+        steps[scheme] = PreparedStep(models[scheme], batch, length, mesh)
+      progress.set_postfix_str(f"time L={length} {implementation}")
+      for scheme, t in time_train_steps(steps, repeats).items():
+        tokens = batch * length
+        rows.append({"scheme": scheme, "length": length, "batch": batch,
+                     "implementation": implementation, "step_seconds": t.seconds,
+                     "tokens_per_second": tokens / t.seconds,
+                     "mfu": train_flops_per_token(models[scheme], length) * tokens / t.seconds / peak,
+                     "memory_bytes": t.memory_bytes, "compile_seconds": t.compile_seconds})
+        progress.update(1)
+  for row in rows:
+    base = next((r for r in rows if r["scheme"] == "none" and r["length"] == row["length"]
+                 and r["implementation"] == row["implementation"]), None)
+    row["time_vs_none"] = row["step_seconds"] / base["step_seconds"] if base else None
+    row["memory_vs_none"] = row["memory_bytes"] / base["memory_bytes"] if base else None
+  return rows
+
+
+def run_eval_benchmarks(lengths, implementations, memory_limit: int, repeats: int,
+                        progress) -> list[dict]:
+  """Forward loss of the small model on one row of each length, per implementation; a run that
+  would need more than memory_limit bytes is reported with its need and not run."""
+  rows = []
+  for length in lengths:
+    for implementation in implementations:
+      model = ModelConfig(**EVAL_MODEL, position="alibi", max_len=length, attention=implementation)
+      progress.set_postfix_str(f"eval L={length} {implementation}")
+      result = time_forward(model, length, repeats, memory_limit)
+      row = {"length": length, "implementation": implementation}
+      if isinstance(result, Timing):
+        row.update(seconds=result.seconds, memory_bytes=result.memory_bytes,
+                   tokens_per_second=length / result.seconds)
+      else:
+        row.update(seconds=None, memory_bytes=result, tokens_per_second=None)
+      rows.append(row)
+      progress.update(1)
+  return rows

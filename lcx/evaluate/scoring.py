@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lcx import attention, positions
 from lcx.model import token_losses
 from lcx.sharding import activation_sharding, named_sharding
 
@@ -42,13 +43,16 @@ class Scorer:
     return token_losses(logits, targets), jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
   def bytes_per_row(self, length: int) -> int:
-    """Peak activation bytes of one window with dense attention: float32 scores and
-    probabilities per head, plus logits and a few residual-stream copies."""
+    """Peak activation bytes of one window: attention's float32 scores and probabilities per head
+    (all length x length of them for dense, one tile per query tile for blockwise), plus logits
+    and a few residual-stream copies."""
     c = self.cfg
-    attention = 3 * c.n_heads * length * length * 4
+    implementation = attention.select(c.attention, has_bias=positions.has_bias(c.position))
+    side = min(c.attention_block, length) if implementation == "blockwise" else length
+    attention_bytes = 3 * c.n_heads * side * length * 4
     logits = 2 * length * c.vocab_size * 4
     stream = 8 * length * max(c.d_model, c.mlp_dim) * 4
-    return attention + logits + stream
+    return attention_bytes + logits + stream
 
   def batch_rows(self, length: int) -> int:
     """Rows per batch: a multiple of the batch shards, within the token and memory budgets."""
@@ -56,7 +60,7 @@ class Scorer:
     if per_row * self.shards > self.budget:
       raise DoesNotFit(
           f"length {length} needs about {per_row * self.shards / 2**30:.1f} GiB of activations "
-          f"for {self.shards} window(s) with dense attention, more than the "
+          f"for {self.shards} window(s) with model.attention={self.cfg.attention}, more than the "
           f"{self.budget / 2**30:.1f} GiB available; evaluate shorter lengths")
     by_memory = int(self.budget // per_row)
     by_tokens = max(1, self.max_batch_tokens // length)

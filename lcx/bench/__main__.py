@@ -1,0 +1,146 @@
+"""python -m lcx.bench [--lengths 1024,2048,4096] [--eval_lengths 8192,16384,32768] [--out FILE]
+
+Prints markdown tables (train step per scheme and length, long-context evaluation, the targets)
+and writes the numbers as JSON. See lcx/bench/__init__.py for what is measured.
+"""
+import json
+import pathlib
+import platform
+import sys
+
+import jax
+import tqdm
+from absl import app, flags
+
+from lcx import bench
+from lcx.metrics import measure_peak_flops
+
+_LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "Train-step sequence lengths.")
+_EVAL_LENGTHS = flags.DEFINE_list("eval_lengths", ["8192", "16384", "32768"],
+                                  "Forward-only evaluation lengths (one row, the small model).")
+_SCHEMES = flags.DEFINE_list("schemes", list(bench.SCHEMES), "Position schemes.")
+_IMPLEMENTATIONS = flags.DEFINE_list("implementations", ["dense", "blockwise"],
+                                     "Attention implementations to compare.")
+_TOKENS = flags.DEFINE_integer("tokens_per_step", 8192, "Tokens per train step (batch = this / "
+                               "length).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds (each scheme once per round); the "
+                                 "fastest counts.")
+_EVAL_MEMORY = flags.DEFINE_float("eval_memory_gib", 8.0, "Evaluation memory budget: a length "
+                                  "that needs more is reported, not run.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results.json", "Where the JSON goes.")
+
+# The targets of the issue that asked for this benchmark, checked on every run.
+TARGETS = {"rope_overhead": 1.03, "alibi_overhead": 1.01, "alibi_memory": 1.01, "mfu": 0.75,
+           "eval_memory_gib": 8.0}
+
+
+def _gib(n):
+  return f"{n / 2 ** 30:.2f}"
+
+
+def _ratio(x):
+  return "-" if x is None else f"{x:.3f}"
+
+
+def train_table(rows) -> str:
+  lines = ["| scheme | L | batch | attention | step s | tokens/s | MFU | time vs none | "
+           "memory GiB | memory vs none |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | "
+           "---: | ---: | ---: |"]
+  for r in rows:
+    lines.append(f"| {r['scheme']} | {r['length']} | {r['batch']} | {r['implementation']} | "
+                 f"{r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
+                 f"{100 * r['mfu']:.1f}% | {_ratio(r['time_vs_none'])} | "
+                 f"{_gib(r['memory_bytes'])} | {_ratio(r['memory_vs_none'])} |")
+  return "\n".join(lines)
+
+
+def eval_table(rows) -> str:
+  lines = ["| length | attention | seconds | tokens/s | memory GiB |",
+           "| ---: | --- | ---: | ---: | ---: |"]
+  for r in rows:
+    if r["seconds"] is None:  # over the budget: what it would need
+      timing, memory = "not run | -", f"{_gib(r['memory_bytes'])} (needed)"
+    else:
+      timing = f"{r['seconds']:.2f} | {r['tokens_per_second']:,.0f}"
+      memory = _gib(r["memory_bytes"])
+    lines.append(f"| {r['length']} | {r['implementation']} | {timing} | {memory} |")
+  return "\n".join(lines)
+
+
+def target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
+  """(what, met, the measurement) for each target the rows can answer."""
+  checks = []
+  best = "blockwise" if any(r["implementation"] == "blockwise" for r in train_rows) else None
+  for r in train_rows:
+    if r["implementation"] != best:
+      continue
+    if r["scheme"] == "rope":
+      checks.append((f"RoPE step time <= {TARGETS['rope_overhead']}x none at L={r['length']}",
+                     r["time_vs_none"] <= TARGETS["rope_overhead"], _ratio(r["time_vs_none"])))
+    if r["scheme"] == "alibi":
+      checks.append((f"ALiBi step time <= {TARGETS['alibi_overhead']}x none at L={r['length']}",
+                     r["time_vs_none"] <= TARGETS["alibi_overhead"], _ratio(r["time_vs_none"])))
+      checks.append((f"ALiBi memory <= {TARGETS['alibi_memory']}x none at L={r['length']}",
+                     r["memory_vs_none"] <= TARGETS["alibi_memory"], _ratio(r["memory_vs_none"])))
+    if r["scheme"] == "none" and r["length"] == 1024:
+      checks.append((f"MFU >= {100 * TARGETS['mfu']:.0f}% (d512 4L, L=1024, batch "
+                     f"{r['batch']}, none)", r["mfu"] >= TARGETS["mfu"], f"{100 * r['mfu']:.1f}%"))
+  by = {(r["scheme"], r["length"], r["implementation"]): r for r in train_rows}
+  for (scheme, length, implementation), r in by.items():
+    dense = by.get((scheme, length, "dense"))
+    if implementation == "blockwise" and dense and scheme == "none":
+      speedup = dense["step_seconds"] / r["step_seconds"]
+      checks.append((f"blockwise {'no slower than' if length <= 1024 else 'faster than'} dense "
+                     f"at L={length}", speedup >= 1.0 if length <= 1024 else speedup > 1.0,
+                     f"{speedup:.2f}x"))
+  for r in eval_rows:
+    if r["implementation"] == "blockwise" and r["length"] == max(e["length"] for e in eval_rows):
+      checks.append((f"evaluation of {r['length']} tokens within {TARGETS['eval_memory_gib']} "
+                     "GiB", r["seconds"] is not None and r["memory_bytes"] <= TARGETS[
+                         "eval_memory_gib"] * 2 ** 30, f"{_gib(r['memory_bytes'])} GiB"))
+  return checks
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"lcx.bench: unexpected arguments {argv[1:]}")
+  lengths = [int(n) for n in _LENGTHS.value]
+  eval_lengths = [int(n) for n in _EVAL_LENGTHS.value]
+  unknown = sorted(set(_SCHEMES.value) - set(bench.SCHEMES))
+  if unknown:
+    sys.exit(f"lcx.bench: unknown schemes {unknown}; allowed: {', '.join(bench.SCHEMES)}")
+  device = jax.local_devices()[0]
+  mesh = bench.single_device_mesh()
+  peak = measure_peak_flops(mesh)
+  machine = (f"{device.device_kind} ({jax.default_backend()}), {platform.processor() or 'cpu'}, "
+             f"jax {jax.__version__}")
+  total = len(lengths) * len(_SCHEMES.value) * len(_IMPLEMENTATIONS.value) + len(
+      eval_lengths) * len(_IMPLEMENTATIONS.value)
+  progress = tqdm.tqdm(total=total, desc="lcx.bench", unit="config")
+  train_rows = bench.run_train_benchmarks(mesh, peak, _SCHEMES.value, lengths,
+                                          tuple(_IMPLEMENTATIONS.value), _TOKENS.value,
+                                          _REPEATS.value, progress)
+  eval_impls = bench.implementations_for("alibi", tuple(_IMPLEMENTATIONS.value))
+  eval_rows = bench.run_eval_benchmarks(eval_lengths, eval_impls,
+                                        int(_EVAL_MEMORY.value * 2 ** 30), _REPEATS.value,
+                                        progress)
+  progress.close()
+  checks = target_checks(train_rows, eval_rows)
+  print(f"\n## {machine}\n\nmatmul peak measured in this run: {peak / 1e9:,.0f} GFLOP/s "
+        f"(float32)\n\n### Train step (d_model 512, 4 layers, 8 heads, GELU MLP 2048, vocab 256, "
+        f"float32, AdamW; {_TOKENS.value} tokens per step)\n\n{train_table(train_rows)}\n\n"
+        f"### Forward-only evaluation (d_model 64, 2 layers, 4 heads, ALiBi; one row)\n\n"
+        f"{eval_table(eval_rows)}\n\n### Targets\n\n| target | met | measured |\n| --- | --- | "
+        "---: |\n" + "\n".join(f"| {what} | {'yes' if met else '**no**'} | {value} |"
+                                for what, met, value in checks))
+  out = pathlib.Path(_OUT.value)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({"machine": machine, "peak_flops": peak, "train": train_rows,
+                             "eval": eval_rows, "targets": [
+                                 {"target": w, "met": m, "measured": v} for w, m, v in checks]},
+                            indent=2) + "\n")
+  print(f"\nnumbers in {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

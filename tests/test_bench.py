@@ -1,0 +1,48 @@
+"""lcx.bench: memory accounting that shows linear vs quadratic attention, and the CLI's outputs.
+Nothing here is timed: the figures themselves live in benchmarks/README.md."""
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+from lcx import bench
+from lcx.model import ModelConfig
+from tests.conftest import ROOT
+
+
+def _forward_memory(implementation: str, length: int) -> int:
+  model = ModelConfig(**bench.EVAL_MODEL, position="alibi", max_len=length,
+                      attention=implementation)
+  losses, params = bench.forward_fn(model)
+  tokens = jnp.zeros((1, length + 1), jnp.int32)
+  return bench.compiled_memory(losses.lower(params, tokens).compile())
+
+
+def test_blockwise_evaluation_memory_grows_linearly_and_dense_quadratically():
+  dense = [_forward_memory("dense", n) for n in (1024, 4096)]
+  blockwise = [_forward_memory("blockwise", n) for n in (1024, 4096)]
+  assert dense[1] / dense[0] > 10  # 16x the scores
+  assert blockwise[1] / blockwise[0] < 5  # 4x the tokens
+  assert blockwise[1] < dense[1] / 10
+
+
+def test_bench_prints_the_tables_and_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "lcx.bench", "--lengths=64", "--eval_lengths=512",
+       "--schemes=none,alibi", "--implementations=blockwise", "--tokens_per_step=128",
+       "--repeats=1", f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "matmul peak measured in this run" in result.stdout
+  assert "| alibi | 64 | 2 | blockwise |" in result.stdout
+  assert "ALiBi memory <= 1.01x none at L=64" in result.stdout
+  numbers = json.loads(out.read_text())
+  alibi = next(r for r in numbers["train"] if r["scheme"] == "alibi")
+  assert alibi["memory_vs_none"] < 1.001  # no (L, L) bias buffer: it is made per tile
+  assert 0 < alibi["mfu"] < 1 and alibi["tokens_per_second"] > 0
+  assert numbers["eval"][0]["memory_bytes"] > 0 and numbers["peak_flops"] > 1e9
+  assert np.isclose(alibi["tokens_per_second"] * alibi["step_seconds"], 128)
