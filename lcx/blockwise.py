@@ -87,7 +87,8 @@ def _tile_bias(g, i, j, q_pos, k_pos, bias_params):
   """The position bias of tile (i, j), (B*H, bq, bk) float32, from the tile's positions."""
   qp = jax.lax.dynamic_slice_in_dim(q_pos, i * g.bq, g.bq, axis=1)
   kp = jax.lax.dynamic_slice_in_dim(k_pos, j * g.bk, g.bk, axis=1)
-  return g.bias(qp, kp, *bias_params).astype(jnp.float32).reshape(g.B * g.H, g.bq, g.bk)
+  bias = jnp.broadcast_to(g.bias(qp, kp, *bias_params), (g.B, g.H, g.bq, g.bk))  # may broadcast
+  return bias.astype(jnp.float32).reshape(g.B * g.H, g.bq, g.bk)
 
 
 def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, q_seg, k_seg, bias_params):
