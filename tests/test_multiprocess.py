@@ -108,8 +108,9 @@ def test_a_dead_process_stops_its_peers_within_the_heartbeat_timeout(tiny_config
   # Usually the heartbeat notices first ("another task died"); killed mid-collective, the
   # collective's own transport (gloo) may report the lost connection first.
   log = (tmp_path / "process_0.log").read_text().lower()
-  assert any(reason in log for reason in ("another task died", "gloo", "connection", "peer")), (
-      log[-3000:])
+  reasons = ("another task died", "closed by peer", "reset by peer", "read error", "write error",
+             "socket closed")
+  assert any(reason in log for reason in reasons), log[-3000:]
 
 
 def test_sigterm_on_one_host_gives_one_consistent_checkpoint(tiny_config, tmp_path):
