@@ -43,9 +43,10 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
     return x.transpose(0, 2, 1, 3).reshape(B * H, x.shape[1], K)
 
-  tiles = _visible_tiles(nq, nk, bq, bk, offset=S - Q if causal else None)
+  offset = S - Q if causal else None  # query q sees keys up to q + offset
   bias, bias_params = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
-  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, tiles=tiles, causal_offset=S - Q if causal else None,
+  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, causal_offset=offset,
+                       tiles=_visible_tiles(nq, nk, bq, bk, offset),
                        scale=float(1.0 / np.sqrt(K)), bias=bias)
   o = _attention(geometry, heads_first(q_BQHK, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_params)

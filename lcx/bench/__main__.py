@@ -27,7 +27,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds (each scheme once pe
                                  "fastest counts.")
 _EVAL_MEMORY = flags.DEFINE_float("eval_memory_gib", 8.0, "Evaluation memory budget: a length "
                                   "that needs more is reported, not run.")
-_OUT = flags.DEFINE_string("out", "benchmarks/results.json", "Where the JSON goes.")
+_OUT = flags.DEFINE_string("out", "", "Where the JSON goes; default "
+                           "benchmarks/results-<backend>.json.")
 
 # The targets of the issue that asked for this benchmark, checked on every run.
 TARGETS = {"rope_overhead": 1.03, "alibi_overhead": 1.01, "alibi_memory": 1.01, "mfu": 0.75,
@@ -133,7 +134,7 @@ def main(argv):
         f"{eval_table(eval_rows)}\n\n### Targets\n\n| target | met | measured |\n| --- | --- | "
         "---: |\n" + "\n".join(f"| {what} | {'yes' if met else '**no**'} | {value} |"
                                 for what, met, value in checks))
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(_OUT.value or f"benchmarks/results-{jax.default_backend()}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"machine": machine, "peak_flops": peak, "train": train_rows,
                              "eval": eval_rows, "targets": [
