@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from lcx import attention as attention_lib
-from lcx.metrics import flops_per_token, measure_peak_flops
+from lcx import positions
+from lcx.metrics import flops_per_token
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
@@ -139,7 +140,6 @@ def single_device_mesh():
 
 def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, ...]:
   """The requested implementations that can run this scheme on this backend."""
-  from lcx import positions
   usable = []
   for name in requested:
     try:
