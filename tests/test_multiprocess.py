@@ -109,7 +109,7 @@ def test_a_dead_process_stops_its_peers_within_the_heartbeat_timeout(tiny_config
   # collective's own transport (gloo) may report the lost connection first.
   log = (tmp_path / "process_0.log").read_text().lower()
   reasons = ("another task died", "closed by peer", "reset by peer", "read error", "write error",
-             "socket closed")
+             "socket closed", "enforce fail at")  # the last: gloo's check on a cut-off message
   assert any(reason in log for reason in reasons), log[-3000:]
 
 
