@@ -7,7 +7,11 @@ bias is computed per tile from the tile's positions (never a T x T array), and t
 (a custom VJP) recomputes each tile's probabilities from the saved log-normalizer instead of
 storing them. A bias with parameters (T5, FIRE, ...) gets its gradient through the same tiles.
 
-Layout inside: (B*H, L, K), so every tile product is one batched matmul with the batch leading.
+Layout inside: (B*H, L, K), so every tile product is one batched matmul with the batch leading;
+elementwise work on a tile views it as (B, H, bq, bk), so a mask or bias shared by heads or rows
+is broadcast inside the fused loop instead of being written out per head. Queries come scaled by
+1/sqrt(K) (once, not per tile), and a tile wholly below the causal diagonal without padded keys or
+packed documents is not masked at all.
 """
 import functools
 
@@ -30,12 +34,10 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
   bq, bk = min(block_q, Q), min(block_k, S)
   nq, nk = -(-Q // bq), -(-S // bk)
   pad_q, pad_k = nq * bq - Q, nk * bk - S
-  if q_segment_ids_BQ is None:
-    q_segment_ids_BQ = jnp.zeros((B, Q), jnp.int32)
-    k_segment_ids_BK = jnp.zeros((B, S), jnp.int32)
-  # Padded keys belong to no query's segment; padded queries see nothing and are cut off.
-  q_seg = jnp.pad(q_segment_ids_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)), constant_values=-2)
-  k_seg = jnp.pad(k_segment_ids_BK.astype(jnp.int32), ((0, 0), (0, pad_k)), constant_values=-1)
+  q_seg = k_seg = None
+  if q_segment_ids_BQ is not None:  # padded keys are masked by index, whatever their segment
+    q_seg = jnp.pad(q_segment_ids_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)))
+    k_seg = jnp.pad(k_segment_ids_BK.astype(jnp.int32), ((0, 0), (0, pad_k)))
   q_pos = jnp.pad(q_positions_BQ, ((0, 0), (0, pad_q)))
   k_pos = jnp.pad(k_positions_BK, ((0, 0), (0, pad_k)))
 
@@ -45,10 +47,10 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
 
   offset = S - Q if causal else None  # query q sees keys up to q + offset
   bias, bias_params = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
-  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, causal_offset=offset,
-                       tiles=_visible_tiles(nq, nk, bq, bk, offset),
-                       scale=float(1.0 / np.sqrt(K)), bias=bias)
-  o = _attention(geometry, heads_first(q_BQHK, pad_q), heads_first(k_BKHK, pad_k),
+  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, keys=S, causal_offset=offset,
+                       tiles=_visible_tiles(nq, nk, bq, bk, offset), bias=bias)
+  q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
+  o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_params)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
 
@@ -84,28 +86,51 @@ class _Geometry:
     return isinstance(other, _Geometry) and self._key == other._key
 
 
+def _per_head(g, x):
+  """A (B*H, bq, bk) tile viewed as (B, H, bq, bk), and back."""
+  return x.reshape(g.B, g.H, g.bq, g.bk) if x.ndim == 3 else x.reshape(-1, g.bq, g.bk)
+
+
 def _tile_bias(g, i, j, q_pos, k_pos, bias_params):
-  """The position bias of tile (i, j), (B*H, bq, bk) float32, from the tile's positions."""
+  """The position bias of tile (i, j) from the tile's positions, float32, in whatever shape the
+  scheme returns that broadcasts against (B, H, bq, bk)."""
   qp = jax.lax.dynamic_slice_in_dim(q_pos, i * g.bq, g.bq, axis=1)
   kp = jax.lax.dynamic_slice_in_dim(k_pos, j * g.bk, g.bk, axis=1)
-  bias = jnp.broadcast_to(g.bias(qp, kp, *bias_params), (g.B, g.H, g.bq, g.bk))  # may broadcast
-  return bias.astype(jnp.float32).reshape(g.B * g.H, g.bq, g.bk)
+  return g.bias(qp, kp, *bias_params).astype(jnp.float32)
 
 
-def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, q_seg, k_seg, bias_params):
-  """Scaled scores of tile (i, j) plus bias, float32 (B*H, bq, bk), and the mask of visible keys."""
-  s = jnp.einsum("nqd,nkd->nqk", q_t, k_t, preferred_element_type=jnp.float32) * g.scale
-  if g.bias is not None:
-    s = s + _tile_bias(g, i, j, q_pos, k_pos, bias_params)
-  qs = jax.lax.dynamic_slice_in_dim(q_seg, i * g.bq, g.bq, axis=1)
-  ks = jax.lax.dynamic_slice_in_dim(k_seg, j * g.bk, g.bk, axis=1)
-  mask = qs[:, :, None] == ks[:, None, :]  # (B, bq, bk)
+def _tile_mask(g, i, j, q_seg, k_seg):
+  """Which keys of tile (i, j) each query sees, (1 or B, bq, bk), or None where every query sees
+  every key: a tile wholly below the causal diagonal, with no padded key and no packed documents.
+  i and j may be traced (in a while-loop); the mask is then always built."""
+  xp = jnp if isinstance(i, jax.Array) or isinstance(j, jax.Array) else np
+  q_index = i * g.bq + xp.arange(g.bq)[:, None]
+  k_index = j * g.bk + xp.arange(g.bk)[None, :]
+  mask = k_index < g.keys  # padded keys
   if g.causal_offset is not None:
-    q_index = i * g.bq + jnp.arange(g.bq)[:, None]
-    k_index = j * g.bk + jnp.arange(g.bk)[None, :]
-    mask = mask & (k_index <= q_index + g.causal_offset)[None]
-  mask = jnp.broadcast_to(mask[:, None], (g.B, g.H, g.bq, g.bk)).reshape(s.shape)
-  return s, mask
+    mask = mask & (k_index <= q_index + g.causal_offset)
+  mask = None if xp is np and mask.all() else jnp.asarray(mask)[None]
+  if q_seg is not None:
+    qs = jax.lax.dynamic_slice_in_dim(q_seg, i * g.bq, g.bq, axis=1)
+    ks = jax.lax.dynamic_slice_in_dim(k_seg, j * g.bk, g.bk, axis=1)
+    same = qs[:, :, None] == ks[:, None, :]  # (B, bq, bk)
+    mask = same if mask is None else mask & same
+  return mask
+
+
+def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_params):
+  """Scores of tile (i, j) plus bias, float32 (B*H, bq, bk); q comes scaled."""
+  s = jnp.einsum("nqd,nkd->nqk", q_t, k_t, preferred_element_type=jnp.float32)
+  if g.bias is None:
+    return s
+  return _per_head(g, _per_head(g, s) + _tile_bias(g, i, j, q_pos, k_pos, bias_params))
+
+
+def _where(g, mask, x, fill):
+  """x (B*H, bq, bk) where mask (1 or B, bq, bk) holds, else fill; None masks nothing."""
+  if mask is None:
+    return x
+  return _per_head(g, jnp.where(mask[:, None], _per_head(g, x), fill))
 
 
 def _rows(x, i, size):
@@ -152,9 +177,8 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
 
     def visit(j, carry):
       m, l, acc = carry
-      s, mask = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, q_seg, k_seg,
-                             bias_params)
-      s = jnp.where(mask, s, -jnp.inf)
+      s = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, bias_params)
+      s = _where(g, _tile_mask(g, i, j, q_seg, k_seg), s, -jnp.inf)
       m_new = jnp.maximum(m, s.max(axis=-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
       p = jnp.exp(s - m_safe[..., None])
@@ -179,21 +203,29 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
 
 
 def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bias_params):
-  """(dq, dk, dv, d bias params) of tile (i, j), recomputing its probabilities from lse."""
+  """(dq, dk, dv, d bias params) of tile (i, j), recomputing its probabilities from lse. dq comes
+  for the scaled queries (the scaling outside the kernel carries it to q)."""
   q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
-  s, mask = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, q_seg, k_seg, bias_params)
-  p = jnp.where(mask, jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
+  s = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_params)
+  p = _where(g, _tile_mask(g, i, j, q_seg, k_seg), jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
   dv_t = jnp.einsum("nqk,nqd->nkd", p.astype(do.dtype), do_t, preferred_element_type=jnp.float32)
   dp = jnp.einsum("nqd,nkd->nqk", do_t, v_t, preferred_element_type=jnp.float32)
-  ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (scaled score + bias)
+  ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (score + bias)
   d_params = ()
   if bias_params:  # a bias with parameters: its gradient is ds through the tile's bias
-    _, bias_vjp = jax.vjp(lambda params: _tile_bias(g, i, j, q_pos, k_pos, params), bias_params)
-    d_params = bias_vjp(ds)[0]
-  ds_in = (ds * g.scale).astype(q.dtype)
-  dq_t = jnp.einsum("nqk,nkd->nqd", ds_in, k_t, preferred_element_type=jnp.float32)
-  dk_t = jnp.einsum("nqk,nqd->nkd", ds_in, q_t, preferred_element_type=jnp.float32)
+    bias, bias_vjp = jax.vjp(lambda params: _tile_bias(g, i, j, q_pos, k_pos, params), bias_params)
+    d_params = bias_vjp(_sum_to(_per_head(g, ds), bias.shape))[0]
+  ds = ds.astype(q.dtype)
+  dq_t = jnp.einsum("nqk,nkd->nqd", ds, k_t, preferred_element_type=jnp.float32)
+  dk_t = jnp.einsum("nqk,nqd->nkd", ds, q_t, preferred_element_type=jnp.float32)
   return dq_t, dk_t, dv_t, d_params
+
+
+def _sum_to(x, shape):
+  """x summed over the axes that broadcasting `shape` to x's shape added or stretched."""
+  x = x.sum(axis=tuple(range(x.ndim - len(shape)))) if x.ndim > len(shape) else x
+  axes = tuple(a for a, (n, m) in enumerate(zip(shape, x.shape)) if n == 1 and m != 1)
+  return x.sum(axis=axes, keepdims=True) if axes else x
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -248,7 +280,8 @@ def _attention_bwd(g, residuals, do):
                                          jnp.arange(g.nk))
     dk, dv = (x.transpose(1, 0, 2, 3).reshape(n, g.nk * g.bk, d) for x in (dk, dv))
   dbias = jax.tree.map(lambda d_, p: d_.astype(p.dtype), dbias, bias_params)
-  no_grad = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # integer inputs have no gradient
+  # Integer inputs have no gradient (segment ids may be None: no packed documents).
+  no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), no_grad(q_pos),
           no_grad(k_pos), no_grad(q_seg), no_grad(k_seg), dbias)
 

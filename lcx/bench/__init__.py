@@ -2,9 +2,11 @@
 
   python -m lcx.bench [--lengths 1024,2048,4096] [--eval_lengths 8192,16384,32768] [--out FILE]
 
-Everything is measured in one process on the first local device: the matmul peak of that device,
-then one jitted train step (AdamW included) per scheme, length and attention implementation, and a
-forward pass of a small model at long lengths. Memory is what XLA's buffer assignment needs for the
+Everything is measured in one process on the first local device: the matmul peak of that device
+(sampled again in every timing round, the best kept, so that a slow spell of a shared machine
+cannot flatter the utilization), one jitted train step (AdamW included) per scheme, length and
+attention implementation, a forward pass of a small model at long lengths, and where the attention
+time goes: the blockwise kernel alone and the tile-shaped matmuls it is made of. Memory is what XLA's buffer assignment needs for the
 compiled step (arguments + outputs + temporaries - donated), the same on every backend and
 independent of what ran before in the process.
 """
@@ -18,7 +20,8 @@ from flax import nnx
 
 from lcx import attention as attention_lib
 from lcx import positions
-from lcx.metrics import flops_per_token
+from lcx.blockwise import DEFAULT_BLOCK, blockwise_attention
+from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
@@ -84,10 +87,24 @@ class PreparedStep:
     return Timing(min(self.times), self.memory_bytes, self.compile_seconds)
 
 
-def time_train_steps(steps: dict, repeats: int) -> dict[str, Timing]:
+class PeakMeter:
+  """The device's float32 matmul peak, sampled whenever asked; the best sample counts."""
+
+  def __init__(self, mesh):
+    self.mesh = mesh
+    self.best = measure_peak_flops(mesh)
+
+  def sample(self) -> None:
+    self.best = max(self.best, measure_peak_flops(self.mesh, iters=1))
+
+
+def time_train_steps(steps: dict, repeats: int, peak: PeakMeter | None = None) -> dict[str, Timing]:
   """Times prepared steps round-robin, `repeats` rounds, and keeps each one's fastest: a slow
-  spell of the machine then hits every scheme alike, so the ratios between them hold."""
+  spell of the machine then hits every scheme alike, so the ratios between them hold. The peak is
+  sampled once per round, under the same conditions."""
   for _ in range(repeats):
+    if peak is not None:
+      peak.sample()
     for step in steps.values():
       step.run()
   return {name: step.timing() for name, step in steps.items()}
@@ -150,11 +167,11 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
   return tuple(usable)
 
 
-def run_train_benchmarks(mesh, peak: float, schemes, lengths, implementations,
+def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementations,
                          tokens_per_step: int, repeats: int, progress) -> list[dict]:
   """One row per (scheme, length, implementation): speed, MFU and memory, and both relative to
   `none` with the same implementation and length. The schemes of one length and implementation
-  are timed round-robin (time_train_steps)."""
+  are timed round-robin (time_train_steps); MFU is over the best peak of the whole run."""
   rows = []
   for length in lengths:
     batch = max(1, tokens_per_step // length)
@@ -168,15 +185,16 @@ def run_train_benchmarks(mesh, peak: float, schemes, lengths, implementations,
         progress.set_postfix_str(f"compile {scheme} L={length} {implementation}")
         steps[scheme] = PreparedStep(models[scheme], batch, length, mesh)
       progress.set_postfix_str(f"time L={length} {implementation}")
-      for scheme, t in time_train_steps(steps, repeats).items():
+      for scheme, t in time_train_steps(steps, repeats, peak).items():
         tokens = batch * length
         rows.append({"scheme": scheme, "length": length, "batch": batch,
                      "implementation": implementation, "step_seconds": t.seconds,
                      "tokens_per_second": tokens / t.seconds,
-                     "mfu": train_flops_per_token(models[scheme], length) * tokens / t.seconds / peak,
+                     "model_flops": train_flops_per_token(models[scheme], length) * tokens,
                      "memory_bytes": t.memory_bytes, "compile_seconds": t.compile_seconds})
         progress.update(1)
   for row in rows:
+    row["mfu"] = row["model_flops"] / row["step_seconds"] / peak.best
     base = next((r for r in rows if r["scheme"] == "none" and r["length"] == row["length"]
                  and r["implementation"] == row["implementation"]), None)
     row["time_vs_none"] = row["step_seconds"] / base["step_seconds"] if base else None
@@ -203,3 +221,36 @@ def run_eval_benchmarks(lengths, implementations, memory_limit: int, repeats: in
       rows.append(row)
       progress.update(1)
   return rows
+
+
+def _best_seconds(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  return min(_time_once(fn, args)[0] for _ in range(repeats))
+
+
+def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
+                      block: int = DEFAULT_BLOCK) -> dict:
+  """Where one layer's attention time goes: the blockwise kernel (forward, and forward +
+  backward) on the train model's shapes, no bias, with the matmul FLOPs it does (the visible
+  tiles only: 2 products forward, 5 backward, one of them recomputing the scores), and the
+  speed of one tile product (all heads of the batch, block x head_dim x block) alone."""
+  H, K = model.n_heads, model.head_dim
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  q, k, v = (jax.random.normal(key, (batch, length, H, K), jnp.float32) for key in keys)
+  pos = jnp.broadcast_to(jnp.arange(length), (batch, length))
+  attend = lambda q, k, v: blockwise_attention(q, k, v, q_positions_BQ=pos, k_positions_BK=pos,
+                                               block_q=block, block_k=block)
+  forward = jax.jit(attend)
+  forward_backward = jax.jit(jax.grad(lambda *a: attend(*a).sum(), argnums=(0, 1, 2)))
+  n_tiles = sum(1 for i in range(length // block) for j in range(i + 1))  # causal, aligned
+  tile_flops = 2 * batch * H * block * block * K
+  a = jax.random.normal(keys[0], (batch * H, block, K), jnp.float32)
+  b = jax.random.normal(keys[1], (batch * H, K, block), jnp.float32)
+  tile_product = jax.jit(lambda a, b: jnp.einsum("nqd,ndk->nqk", a, b))
+  return {"batch": batch, "length": length, "heads": H, "head_dim": K, "block": block,
+          "tiles": n_tiles,
+          "forward_seconds": _best_seconds(forward, (q, k, v), repeats),
+          "forward_backward_seconds": _best_seconds(forward_backward, (q, k, v), repeats),
+          "forward_backward_matmul_flops": 7 * n_tiles * tile_flops,
+          "tile_matmul_flops_per_second": tile_flops / _best_seconds(tile_product, (a, b),
+                                                                     4 * repeats)}

@@ -13,7 +13,7 @@ import tqdm
 from absl import app, flags
 
 from lcx import bench
-from lcx.metrics import measure_peak_flops
+from lcx.model import ModelConfig
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "Train-step sequence lengths.")
 _EVAL_LENGTHS = flags.DEFINE_list("eval_lengths", ["8192", "16384", "32768"],
@@ -27,10 +27,13 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds (each scheme once pe
                                  "fastest counts.")
 _EVAL_MEMORY = flags.DEFINE_float("eval_memory_gib", 8.0, "Evaluation memory budget: a length "
                                   "that needs more is reported, not run.")
+_PROFILE_LENGTH = flags.DEFINE_integer("profile_length", 1024, "Length at which the attention "
+                                      "kernel is timed alone (0: not at all).")
 _OUT = flags.DEFINE_string("out", "", "Where the JSON goes; default "
                            "benchmarks/results-<backend>.json.")
 
 # The targets of the issue that asked for this benchmark, checked on every run.
+TRAIN_LAYERS = bench.TRAIN_MODEL["n_layers"]
 TARGETS = {"rope_overhead": 1.03, "alibi_overhead": 1.01, "alibi_memory": 1.01, "mfu": 0.75,
            "eval_memory_gib": 8.0}
 
@@ -66,6 +69,28 @@ def eval_table(rows) -> str:
       memory = _gib(r["memory_bytes"])
     lines.append(f"| {r['length']} | {r['implementation']} | {timing} | {memory} |")
   return "\n".join(lines)
+
+
+def profile_table(profile, peak: float, train_rows) -> str:
+  """Where one layer's attention time goes, against the matmul peak and the train step."""
+  p = profile
+  rate = p["forward_backward_matmul_flops"] / p["forward_backward_seconds"]
+  rows = [("forward", f"{1e3 * p['forward_seconds']:.0f} ms"),
+          ("forward + backward", f"{1e3 * p['forward_backward_seconds']:.0f} ms"),
+          (f"matmul work in it ({p['tiles']} visible {p['block']}x{p['block']} tiles, 7 products "
+           "each)", f"{p['forward_backward_matmul_flops'] / 1e9:.1f} GFLOP"),
+          ("its matmul rate", f"{rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of peak"),
+          (f"one tile product alone ({p['batch'] * p['heads']} x {p['block']}x{p['head_dim']} @ "
+           f"{p['head_dim']}x{p['block']})", f"{p['tile_matmul_flops_per_second'] / 1e9:.0f} "
+           f"GFLOP/s = {100 * p['tile_matmul_flops_per_second'] / peak:.0f}% of peak")]
+  step = next((r for r in train_rows if r["scheme"] == "none" and r["length"] == p["length"]
+               and r["implementation"] == "blockwise"), None)
+  if step:
+    layers = TRAIN_LAYERS
+    rows.append((f"{layers} layers of it in the `none` train step",
+                 f"{100 * layers * p['forward_backward_seconds'] / step['step_seconds']:.0f}% of "
+                 f"{step['step_seconds']:.2f} s"))
+  return "| what | measured |\n| --- | ---: |\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 
 
 def target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
@@ -112,7 +137,7 @@ def main(argv):
     sys.exit(f"lcx.bench: unknown schemes {unknown}; allowed: {', '.join(bench.SCHEMES)}")
   device = jax.local_devices()[0]
   mesh = bench.single_device_mesh()
-  peak = measure_peak_flops(mesh)
+  peak = bench.PeakMeter(mesh)
   machine = (f"{device.device_kind} ({jax.default_backend()}), {platform.processor() or 'cpu'}, "
              f"jax {jax.__version__}")
   total = len(lengths) * len(_SCHEMES.value) * len(_IMPLEMENTATIONS.value) + len(
@@ -125,19 +150,29 @@ def main(argv):
   eval_rows = bench.run_eval_benchmarks(eval_lengths, eval_impls,
                                         int(_EVAL_MEMORY.value * 2 ** 30), _REPEATS.value,
                                         progress)
+  profile = None
+  if _PROFILE_LENGTH.value and "blockwise" in _IMPLEMENTATIONS.value:
+    progress.set_postfix_str("attention profile")
+    profile = bench.attention_profile(
+        ModelConfig(**bench.TRAIN_MODEL), max(1, _TOKENS.value // _PROFILE_LENGTH.value),
+        _PROFILE_LENGTH.value, _REPEATS.value)
   progress.close()
   checks = target_checks(train_rows, eval_rows)
-  print(f"\n## {machine}\n\nmatmul peak measured in this run: {peak / 1e9:,.0f} GFLOP/s "
-        f"(float32)\n\n### Train step (d_model 512, 4 layers, 8 heads, GELU MLP 2048, vocab 256, "
+  profile_text = "" if profile is None else (
+      f"\n\n### Where the attention time goes (one layer, blockwise, L={profile['length']}, "
+      f"batch {profile['batch']}, {profile['heads']} heads x {profile['head_dim']})\n\n"
+      + profile_table(profile, peak.best, train_rows))
+  print(f"\n## {machine}\n\nmatmul peak in this run (best of the samples taken with every "
+        f"timing round): {peak.best / 1e9:,.0f} GFLOP/s (float32)\n\n### Train step (d_model 512, 4 layers, 8 heads, GELU MLP 2048, vocab 256, "
         f"float32, AdamW; {_TOKENS.value} tokens per step)\n\n{train_table(train_rows)}\n\n"
         f"### Forward-only evaluation (d_model 64, 2 layers, 4 heads, ALiBi; one row)\n\n"
-        f"{eval_table(eval_rows)}\n\n### Targets\n\n| target | met | measured |\n| --- | --- | "
+        f"{eval_table(eval_rows)}{profile_text}\n\n### Targets\n\n| target | met | measured |\n| --- | --- | "
         "---: |\n" + "\n".join(f"| {what} | {'yes' if met else '**no**'} | {value} |"
                                 for what, met, value in checks))
   out = pathlib.Path(_OUT.value or f"benchmarks/results-{jax.default_backend()}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"machine": machine, "peak_flops": peak, "train": train_rows,
-                             "eval": eval_rows, "targets": [
+  out.write_text(json.dumps({"machine": machine, "peak_flops": peak.best, "train": train_rows,
+                             "eval": eval_rows, "attention_profile": profile, "targets": [
                                  {"target": w, "met": m, "measured": v} for w, m, v in checks]},
                             indent=2) + "\n")
   print(f"\nnumbers in {out}")
