@@ -48,14 +48,14 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
   offset = S - Q if causal else None  # query q sees keys up to q + offset
   bias, bias_params = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
   geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, keys=S, causal_offset=offset,
-                       tiles=_visible_tiles(nq, nk, bq, bk, offset), bias=bias)
+                       tiles=visible_tiles(nq, nk, bq, bk, offset), bias=bias)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_params)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
 
 
-def _visible_tiles(nq, nk, bq, bk, offset):
+def visible_tiles(nq, nk, bq, bk, offset):
   """(i, j) of every tile holding a key some query may see: query q sees key k <= q + offset."""
   return tuple((i, j) for i in range(nq) for j in range(nk)
                if offset is None or j * bk <= (i + 1) * bq - 1 + offset)

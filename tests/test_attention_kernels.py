@@ -70,11 +70,11 @@ def test_blockwise_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles():
 
 
 def test_tiles_above_the_diagonal_are_skipped():
-  assert blockwise._visible_tiles(4, 4, 8, 8, offset=0) == tuple(
+  assert blockwise.visible_tiles(4, 4, 8, 8, offset=0) == tuple(
       (i, j) for i in range(4) for j in range(i + 1))
-  assert len(blockwise._visible_tiles(4, 4, 8, 8, offset=None)) == 16  # not causal: all
+  assert len(blockwise.visible_tiles(4, 4, 8, 8, offset=None)) == 16  # not causal: all
   # A query tile ending at a key tile's first key still visits that tile.
-  assert (0, 1) in blockwise._visible_tiles(2, 4, 8, 4, offset=0)
+  assert (0, 1) in blockwise.visible_tiles(2, 4, 8, 4, offset=0)
 
 
 @pytest.mark.parametrize("unroll_max_tiles", [0, 64])  # while-loops, and unrolled

@@ -20,7 +20,7 @@ from flax import nnx
 
 from lcx import attention as attention_lib
 from lcx import positions
-from lcx.blockwise import DEFAULT_BLOCK, blockwise_attention
+from lcx.blockwise import DEFAULT_BLOCK, visible_tiles, blockwise_attention
 from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.sharding import make_mesh
@@ -242,7 +242,9 @@ def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
                                                block_q=block, block_k=block)
   forward = jax.jit(attend)
   forward_backward = jax.jit(jax.grad(lambda *a: attend(*a).sum(), argnums=(0, 1, 2)))
-  n_tiles = sum(1 for i in range(length // block) for j in range(i + 1))  # causal, aligned
+  block = min(block, length)
+  n = -(-length // block)
+  n_tiles = len(visible_tiles(n, n, block, block, offset=0))  # causal
   tile_flops = 2 * batch * H * block * block * K
   a = jax.random.normal(keys[0], (batch * H, block, K), jnp.float32)
   b = jax.random.normal(keys[1], (batch * H, K, block), jnp.float32)
