@@ -6,7 +6,8 @@
 Causality is by index: query i sees keys j <= i + (K - Q), so a query block aligned with the end
 of the keys (a cache) is handled too. Segment ids, when given, keep packed documents apart.
 `bias_fn(q_positions, k_positions) -> (B, H, Q, K)` is the position scheme's bias; a blockwise
-kernel calls it per tile, the dense reference once.
+kernel calls it per tile, the dense reference once. The library kernels (cuDNN on GPU, splash on
+TPU) take no bias: schemes with one run blockwise there.
 """
 import functools
 import logging
@@ -57,14 +58,56 @@ def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                                       implementation="cudnn")
 
 
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, block_q: int, block_k: int,
+                   interpret: bool):
+  """A splash kernel for one shape (built once: its tile map of the mask is worked out in numpy)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # TPU-only; imported on use
+      splash_attention_kernel as splash, splash_attention_mask as masks)
+  mask = (masks.CausalMask((q_len, k_len), offset=k_len - q_len) if causal
+          else masks.FullMask((q_len, k_len)))
+  blocks = splash.BlockSizes(block_q=block_q, block_kv=block_k, block_kv_compute=block_k,
+                             block_q_dkv=block_q, block_kv_dkv=block_k,
+                             block_kv_dkv_compute=block_k, block_q_dq=block_q, block_kv_dq=block_k)
+  kernel = splash.make_splash_mha(masks.MultiHeadMask([mask] * heads), block_sizes=blocks,
+                                  head_shards=1, q_seq_shards=1, interpret=interpret)
+  return kernel, splash.SegmentIds
+
+
+def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                     block: int = DEFAULT_BLOCK, interpret: bool = False):
+  """TPU splash attention (a Pallas kernel in jax.experimental that skips fully masked tiles),
+  one batch row at a time. It takes no positional bias; `interpret` runs it on CPU (tests)."""
+  del q_positions_BQ, k_positions_BK
+  if bias_fn is not None:
+    raise ValueError("splash attention takes no position bias")
+  B, Q, H, K = q_BQHK.shape
+  S = k_BKHK.shape[1]
+  if block % 128 or Q % block or S % block:
+    raise ValueError(f"splash attention needs lengths that are multiples of the tile length "
+                     f"(model.attention_block={block}, itself a multiple of 128); got {Q} queries "
+                     f"and {S} keys. Use model.attention=blockwise")
+  kernel, segment_ids = _splash_kernel(H, Q, S, causal, block, block, interpret)
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)  # splash wants (heads, length, head_dim)
+  q = heads_first(q_BQHK * jnp.asarray(K ** -0.5, q_BQHK.dtype))  # splash does not scale
+  if q_segment_ids_BQ is None:
+    o = jax.vmap(kernel)(q, heads_first(k_BKHK), heads_first(v_BKHK))
+  else:
+    o = jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=segment_ids(qs, ks)))(
+        q, heads_first(k_BKHK), heads_first(v_BKHK), q_segment_ids_BQ, k_segment_ids_BK)
+  return o.transpose(0, 2, 1, 3)
+
+
 IMPLEMENTATIONS = {"dense": dense_attention, "blockwise": blockwise_attention,
-                   "cudnn": cudnn_attention}
+                   "cudnn": cudnn_attention, "splash": splash_attention}
 CHOICES = (*IMPLEMENTATIONS, "auto")
 # What each implementation can do: the backends it runs on, and whether it takes a position bias.
-_BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",)}
-_TAKES_BIAS = {"dense": True, "blockwise": True, "cudnn": False}
+_BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",),
+             "splash": ("tpu",)}
+_TAKES_BIAS = {"dense": True, "blockwise": True, "cudnn": False, "splash": False}
 # auto's order of preference on each backend, fastest first (see benchmarks/README.md).
-_PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("blockwise",), "cpu": ("blockwise",)}
+_PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("splash", "blockwise"), "cpu": ("blockwise",)}
 
 
 def select(name: str, *, has_bias: bool, backend: str | None = None) -> str:
@@ -97,4 +140,6 @@ def make(name: str, *, has_bias: bool, block: int = DEFAULT_BLOCK):
   chosen = select(name, has_bias=has_bias)
   if chosen == "blockwise":
     return functools.partial(blockwise_attention, block_q=block, block_k=block)
+  if chosen == "splash":
+    return functools.partial(splash_attention, block=block)
   return IMPLEMENTATIONS[chosen]

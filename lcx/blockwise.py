@@ -8,10 +8,9 @@ bias is computed per tile from the tile's positions (never a T x T array), and t
 storing them. A bias with parameters (T5, FIRE, ...) gets its gradient through the same tiles.
 
 Layout inside: (B*H, L, K), so every tile product is one batched matmul with the batch leading;
-elementwise work on a tile views it as (B, H, bq, bk), so a mask or bias shared by heads or rows
-is broadcast inside the fused loop instead of being written out per head. Queries come scaled by
-1/sqrt(K) (once, not per tile), and a tile wholly below the causal diagonal without padded keys or
-packed documents is not masked at all.
+a bias is added to the tile viewed as (B, H, bq, bk), in whatever shape the scheme makes it.
+Queries come scaled by 1/sqrt(K) (once, not per tile), and a tile wholly below the causal diagonal
+without padded keys or packed documents is not masked at all.
 """
 import functools
 
@@ -127,10 +126,13 @@ def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_params):
 
 
 def _where(g, mask, x, fill):
-  """x (B*H, bq, bk) where mask (1 or B, bq, bk) holds, else fill; None masks nothing."""
+  """x (B*H, bq, bk) where mask (1 or B, bq, bk) holds, else fill; None masks nothing. (A 4-D
+  view here, as for the bias, made XLA keep more tiles alive: +25% step memory at L=1024.)"""
   if mask is None:
     return x
-  return _per_head(g, jnp.where(mask[:, None], _per_head(g, x), fill))
+  if mask.shape[0] > 1:  # one mask per row, the same for every head
+    mask = jnp.broadcast_to(mask[:, None], (g.B, g.H, g.bq, g.bk)).reshape(x.shape)
+  return jnp.where(mask, x, fill)
 
 
 def _rows(x, i, size):

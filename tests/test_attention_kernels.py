@@ -142,12 +142,34 @@ def test_the_switch_refuses_what_cannot_work_and_auto_falls_back():
   assert attention.select("auto", has_bias=False, backend="cpu") == "blockwise"
   assert attention.select("auto", has_bias=False, backend="gpu") == "cudnn"
   assert attention.select("auto", has_bias=True, backend="gpu") == "blockwise"
+  assert attention.select("auto", has_bias=False, backend="tpu") == "splash"
+  assert attention.select("auto", has_bias=True, backend="tpu") == "blockwise"
   with pytest.raises(ValueError, match="cannot add this position scheme's bias"):
     attention.select("cudnn", has_bias=True, backend="gpu")
+  with pytest.raises(ValueError, match="'splash' cannot add this position scheme's bias"):
+    attention.select("splash", has_bias=True, backend="tpu")
   with pytest.raises(ValueError, match="runs on gpu, not on cpu"):
     attention.select("cudnn", has_bias=False, backend="cpu")
-  with pytest.raises(ValueError, match="allowed: dense, blockwise, cudnn, auto"):
+  with pytest.raises(ValueError, match="allowed: dense, blockwise, cudnn, splash, auto"):
     attention.select("flash3", has_bias=False)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_splash_kernel_matches_dense_in_interpret_mode(packed):
+  """The TPU splash kernel run by Pallas' interpreter on CPU: the adapter's layout, scaling,
+  causal offset and packed documents, values and gradients."""
+  q, k, v, q_pos, k_pos, seg = _inputs(B=2, Q=256, S=256, H=2, K=16, packed=packed)
+  dense = jax.value_and_grad(lambda *a: _loss(dense_attention, *a, q_pos, k_pos, seg, None),
+                             argnums=(0, 1, 2))(q, k, v)
+  splash = jax.value_and_grad(
+      lambda *a: _loss(attention.splash_attention, *a, q_pos, k_pos, seg, None, block=128,
+                       interpret=True), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(splash[0], dense[0], rtol=1e-4)
+  for got, want in zip(splash[1], dense[1]):
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+  with pytest.raises(ValueError, match="multiples of the tile length"):
+    attention.splash_attention(q[:, :100], k[:, :100], v[:, :100], q_positions_BQ=q_pos[:, :100],
+                               k_positions_BK=k_pos[:, :100], block=128, interpret=True)
 
 
 @pytest.mark.parametrize("position", ["learned", "alibi"])
