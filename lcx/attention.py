@@ -58,6 +58,11 @@ def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                                       implementation="cudnn")
 
 
+def _splash_fits(block: int, q_len: int, k_len: int) -> bool:
+  """Splash tiles are multiples of 128 (the TPU's lanes) and must divide both lengths."""
+  return block % 128 == 0 and q_len % block == 0 and k_len % block == 0
+
+
 @functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, block_q: int, block_k: int,
                    interpret: bool):
@@ -84,7 +89,7 @@ def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     raise ValueError("splash attention takes no position bias")
   B, Q, H, K = q_BQHK.shape
   S = k_BKHK.shape[1]
-  if block % 128 or Q % block or S % block:
+  if not _splash_fits(block, Q, S):
     raise ValueError(f"splash attention needs lengths that are multiples of the tile length "
                      f"(model.attention_block={block}, itself a multiple of 128); got {Q} queries "
                      f"and {S} keys. Use model.attention=blockwise")
@@ -106,7 +111,8 @@ CHOICES = (*IMPLEMENTATIONS, "auto")
 _BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",),
              "splash": ("tpu",)}
 _TAKES_BIAS = {"dense": True, "blockwise": True, "cudnn": False, "splash": False}
-# auto's order of preference on each backend, fastest first (see benchmarks/README.md).
+# auto's order of preference on each backend: the library kernels first where they exist,
+# blockwise the fastest on CPU (see benchmarks/README.md).
 _PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("splash", "blockwise"), "cpu": ("blockwise",)}
 
 
@@ -135,11 +141,27 @@ def select(name: str, *, has_bias: bool, backend: str | None = None) -> str:
   return "blockwise"
 
 
+def _splash_where_it_fits(splash, block: int):
+  """auto on TPU: splash for lengths it takes (multiples of its tile), blockwise for others."""
+  blockwise = functools.partial(blockwise_attention, block_q=block, block_k=block)
+
+  def attend(q_BQHK, k_BKHK, v_BKHK, **kw):
+    if _splash_fits(block, q_BQHK.shape[1], k_BKHK.shape[1]):
+      return splash(q_BQHK, k_BKHK, v_BKHK, **kw)
+    logging.getLogger("lcx").warning(
+        "attention=auto: splash takes lengths that are multiples of %d; %d runs blockwise",
+        block, q_BQHK.shape[1])
+    return blockwise(q_BQHK, k_BKHK, v_BKHK, **kw)
+
+  return attend
+
+
 def make(name: str, *, has_bias: bool, block: int = DEFAULT_BLOCK):
   """The attention function for model.attention=name and a scheme with or without a bias."""
   chosen = select(name, has_bias=has_bias)
   if chosen == "blockwise":
     return functools.partial(blockwise_attention, block_q=block, block_k=block)
   if chosen == "splash":
-    return functools.partial(splash_attention, block=block)
+    splash = functools.partial(splash_attention, block=block)
+    return splash if name == "splash" else _splash_where_it_fits(splash, block)
   return IMPLEMENTATIONS[chosen]

@@ -1,5 +1,7 @@
 """Blockwise attention against the dense reference: values and gradients, every scheme, uneven
 lengths, packed documents, learned biases; the implementation switch and its refusals."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,6 +172,14 @@ def test_splash_kernel_matches_dense_in_interpret_mode(packed):
   with pytest.raises(ValueError, match="multiples of the tile length"):
     attention.splash_attention(q[:, :100], k[:, :100], v[:, :100], q_positions_BQ=q_pos[:, :100],
                                k_positions_BK=k_pos[:, :100], block=128, interpret=True)
+  # auto on TPU takes splash where the lengths fit its tiles and blockwise where they do not.
+  auto = attention._splash_where_it_fits(
+      functools.partial(attention.splash_attention, block=128, interpret=True), block=128)
+  for n in (256, 100):
+    kw = dict(q_positions_BQ=q_pos[:, :n], k_positions_BK=k_pos[:, :n])
+    np.testing.assert_allclose(auto(q[:, :n], k[:, :n], v[:, :n], **kw),
+                               dense_attention(q[:, :n], k[:, :n], v[:, :n], **kw),
+                               rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("position", ["learned", "alibi"])
