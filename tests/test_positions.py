@@ -16,6 +16,18 @@ def _rotate_one(x, position, inv_freq, layout):
                               layout)[0, 0, 0]
 
 
+@pytest.mark.parametrize("offset", [0, 5000, -3])
+def test_rotary_angles_for_packed_rows_and_positions_past_the_row(offset):
+  # Packed rows restart at 0 (within the row's table of L positions); offsets move positions out
+  # of it, onto the direct formula. Both must give cos and sin of position * theta.
+  inv_freq = positions.rope_inverse_frequencies(8, 10000.0)
+  pos = np.array([[0, 1, 2, 3, 0, 1, 2, 0], [7, 6, 5, 4, 3, 2, 1, 0]]) + offset
+  cos, sin = jax.jit(positions.rotary_cos_sin)(jnp.asarray(pos, jnp.int32), inv_freq)
+  angles = pos[..., None] * np.asarray(inv_freq, np.float64)
+  np.testing.assert_allclose(cos, np.cos(angles), atol=2e-4)
+  np.testing.assert_allclose(sin, np.sin(angles), atol=2e-4)
+
+
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
 def test_rope_scores_depend_only_on_distance(layout, fraction):

@@ -37,18 +37,44 @@ def rotary_dim(head_dim: int, fraction: float) -> int:
   return int(head_dim * fraction) // 2 * 2
 
 
-def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array,
-               layout: str = "half", scale: float = 1.0) -> jax.Array:
-  """Rotates the first 2 * len(inv_freq) dims of each head by angle position * inv_freq.
+def rotary_cos_sin(positions_BL: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos and sin of position * inv_freq, each (B, L, len(inv_freq))."""
+  if jax.default_backend() == "cpu" and jnp.issubdtype(positions_BL.dtype, jnp.integer):
+    return _cos_sin_from_table(positions_BL, inv_freq)
+  return _cos_sin(positions_BL, inv_freq)
 
-  layout "half" pairs dim i with i + r/2 (GPT-NeoX, Llama); "interleaved" pairs 2i with 2i + 1
+
+def _cos_sin(positions_BL, inv_freq):
+  angles_BLF = positions_BL.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.cos(angles_BLF), jnp.sin(angles_BLF)
+
+
+def _cos_sin_from_table(positions_BL, inv_freq):
+  # XLA on CPU fuses cos and sin into each (B, L, H, K) loop that rotates q or k, so they are
+  # recomputed for every head in the forward and again in the backward pass: about 4% of a train
+  # step at L=1024 (benchmarks/README.md). A row of L tokens holds positions 0..L-1, so the values
+  # come from a table of L rows, a load per element instead. Positions outside it (offsets chosen
+  # by the caller) take the direct formula: cond runs one branch, where would run both.
+  length = positions_BL.shape[1]
+
+  def lookup(p_BL):
+    cos_LF, sin_LF = _cos_sin(jnp.arange(length), inv_freq)
+    return jnp.take(cos_LF, p_BL, axis=0), jnp.take(sin_LF, p_BL, axis=0)
+
+  in_table = (jnp.min(positions_BL) >= 0) & (jnp.max(positions_BL) < length)
+  return jax.lax.cond(in_table, lookup, lambda p_BL: _cos_sin(p_BL, inv_freq), positions_BL)
+
+
+def rotate_by(x_BLHK: jax.Array, cos_BLF: jax.Array, sin_BLF: jax.Array, layout: str = "half",
+              scale: float = 1.0) -> jax.Array:
+  """Rotates the first 2F dims of each head by the angles whose cos and sin are given.
+
+  layout "half" pairs dim i with i + F (GPT-NeoX, Llama); "interleaved" pairs 2i with 2i + 1
   (the original RoFormer / GPT-J). Dims past the rotary part pass through unchanged; `scale`
   multiplies the rotated ones (YaRN's attention temperature).
   """
-  r = 2 * inv_freq.shape[0]
-  angles_BLF = positions_BL.astype(jnp.float32)[..., None] * inv_freq
-  cos = jnp.cos(angles_BLF)[:, :, None, :]
-  sin = jnp.sin(angles_BLF)[:, :, None, :]
+  r = 2 * cos_BLF.shape[-1]
+  cos, sin = cos_BLF[:, :, None, :], sin_BLF[:, :, None, :]
   rot, rest = x_BLHK[..., :r].astype(jnp.float32), x_BLHK[..., r:]
   if layout == "half":
     a, b = rot[..., : r // 2], rot[..., r // 2:]
@@ -61,6 +87,13 @@ def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array,
   if scale != 1.0:
     out = out * scale
   return jnp.concatenate([out.astype(x_BLHK.dtype), rest], axis=-1)
+
+
+def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array,
+               layout: str = "half", scale: float = 1.0) -> jax.Array:
+  """Rotates the first 2 * len(inv_freq) dims of each head by angle position * inv_freq (see
+  rotate_by for the layouts and the scale)."""
+  return rotate_by(x_BLHK, *rotary_cos_sin(positions_BL, inv_freq), layout, scale)
 
 
 def _none(dim, cfg, length):
@@ -135,5 +168,6 @@ class Rope(PositionScheme):
 
   def rotate(self, q_BLHK, k_BLHK, positions_BL):
     inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope, positions_BL.shape[1])
-    return (apply_rope(q_BLHK, positions_BL, inv_freq, self.rope.layout, scale),
-            apply_rope(k_BLHK, positions_BL, inv_freq, self.rope.layout, scale))
+    cos_sin = rotary_cos_sin(positions_BL, inv_freq)  # once for q and k
+    return (rotate_by(q_BLHK, *cos_sin, self.rope.layout, scale),
+            rotate_by(k_BLHK, *cos_sin, self.rope.layout, scale))
