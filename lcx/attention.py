@@ -7,7 +7,8 @@ Causality is by index: query i sees keys j <= i + (K - Q), so a query block alig
 of the keys (a cache) is handled too. Segment ids, when given, keep packed documents apart.
 `bias_fn(q_positions, k_positions) -> (B, H, Q, K)` is the position scheme's bias; a blockwise
 kernel calls it per tile, the dense reference once. The library kernels (cuDNN on GPU, splash on
-TPU) take no bias: schemes with one run blockwise there.
+TPU) take no bias: schemes with one run blockwise there. The native CPU kernel (lcx.native) takes
+one bias, ALiBi's, which it computes itself from the slopes.
 """
 import functools
 import logging
@@ -15,6 +16,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from lcx import native
 from lcx.blockwise import DEFAULT_BLOCK, blockwise_attention
 
 _MASKED = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
@@ -105,21 +107,32 @@ def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
 
 
 IMPLEMENTATIONS = {"dense": dense_attention, "blockwise": blockwise_attention,
-                   "cudnn": cudnn_attention, "splash": splash_attention}
+                   "native": native.native_attention, "cudnn": cudnn_attention,
+                   "splash": splash_attention}
 CHOICES = (*IMPLEMENTATIONS, "auto")
-# What each implementation can do: the backends it runs on, and whether it takes a position bias.
-_BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",),
-             "splash": ("tpu",)}
-_TAKES_BIAS = {"dense": True, "blockwise": True, "cudnn": False, "splash": False}
-# auto's order of preference on each backend: the library kernels first where they exist,
-# blockwise the fastest on CPU (see benchmarks/README.md).
-_PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("splash", "blockwise"), "cpu": ("blockwise",)}
+# What each implementation can do: the backends it runs on, and the bias forms it takes (a scheme's
+# lcx.positions.bias_form: "alibi" for ALiBi's slopes, "function" for any other bias).
+_BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "native": ("cpu",),
+             "cudnn": ("gpu",), "splash": ("tpu",)}
+_BIAS_FORMS = {"dense": ("alibi", "function"), "blockwise": ("alibi", "function"),
+               "native": ("alibi",), "cudnn": (), "splash": ()}
+# auto's order of preference on each backend: the fused kernels first where they exist (see
+# benchmarks/README.md for the CPU figures).
+_PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("splash", "blockwise"),
+               "cpu": ("native", "blockwise")}
 
 
-def select(name: str, *, has_bias: bool, backend: str | None = None) -> str:
-  """The implementation to run for model.attention=name: `auto` picks the fastest one that takes
-  the scheme on this backend (logging why it passed over a faster one); a named one that cannot
-  work here is refused with the reason."""
+def _cannot_run(name: str, backend: str) -> str | None:
+  """Why `name` cannot run in this process (the native kernel needs a working C++ compiler)."""
+  if name == "native" and backend == jax.default_backend():
+    return native.unavailable_reason()
+  return None
+
+
+def select(name: str, *, bias_form: str | None, backend: str | None = None) -> str:
+  """The implementation to run for model.attention=name and a scheme whose bias has `bias_form`
+  (None: no bias): `auto` picks the fastest one that takes the scheme on this backend (logging
+  why it passed over a faster one); a named one that cannot work here is refused with the reason."""
   backend = backend or jax.default_backend()
   if name not in CHOICES:
     raise ValueError(f"model.attention={name!r} is unknown; allowed: {', '.join(CHOICES)}")
@@ -127,15 +140,21 @@ def select(name: str, *, has_bias: bool, backend: str | None = None) -> str:
     if backend not in _BACKENDS[name]:
       raise ValueError(f"model.attention={name!r} runs on {'/'.join(_BACKENDS[name])}, not on "
                        f"{backend}; use auto, dense or blockwise")
-    if has_bias and not _TAKES_BIAS[name]:
+    if bias_form is not None and bias_form not in _BIAS_FORMS[name]:
       raise ValueError(f"model.attention={name!r} cannot add this position scheme's bias in its "
                        f"kernel; use blockwise (or dense, or auto)")
+    if reason := _cannot_run(name, backend):
+      raise ValueError(f"model.attention={name!r} cannot run here: {reason}; use auto or blockwise")
     return name
+  log = logging.getLogger("lcx")
   for candidate in _PREFERENCE.get(backend, ("blockwise",)):
-    if has_bias and not _TAKES_BIAS[candidate]:
-      logging.getLogger("lcx").warning(
-          "attention=auto: %s takes no position bias, so this scheme runs on the next choice",
-          candidate)
+    if bias_form is not None and bias_form not in _BIAS_FORMS[candidate]:
+      log.warning("attention=auto: %s takes no such position bias, so this scheme runs on the "
+                  "next choice", candidate)
+      continue
+    if reason := _cannot_run(candidate, backend):
+      log.warning("attention=auto: %s cannot run here (%s); the next choice runs", candidate,
+                  reason)
       continue
     return candidate
   return "blockwise"
@@ -156,11 +175,11 @@ def _splash_where_it_fits(splash, block: int):
   return attend
 
 
-def make(name: str, *, has_bias: bool, block: int = DEFAULT_BLOCK):
-  """The attention function for model.attention=name and a scheme with or without a bias."""
-  chosen = select(name, has_bias=has_bias)
-  if chosen == "blockwise":
-    return functools.partial(blockwise_attention, block_q=block, block_k=block)
+def make(name: str, *, bias_form: str | None, block: int = DEFAULT_BLOCK):
+  """The attention function for model.attention=name and a scheme whose bias has `bias_form`."""
+  chosen = select(name, bias_form=bias_form)
+  if chosen in ("blockwise", "native"):
+    return functools.partial(IMPLEMENTATIONS[chosen], block_q=block, block_k=block)
   if chosen == "splash":
     splash = functools.partial(splash_attention, block=block)
     return splash if name == "splash" else _splash_where_it_fits(splash, block)

@@ -60,7 +60,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _choice(c, "model.remat", tuple(REMAT_POLICIES))
   _positive(c, "model.attention_block")
   try:  # a kernel that cannot run here or cannot take the scheme's bias: refused at start
-    attention.select(m.attention, has_bias=positions.has_bias(m.position))
+    attention.select(m.attention, bias_form=positions.bias_form(m.position))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)

@@ -90,7 +90,7 @@ class Attention(nnx.Module):
     o_BLHK = self.attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
                          k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
                          k_segment_ids_BK=segment_ids_BL,
-                         bias_fn=scheme.bias if scheme.has_bias() else None)
+                         bias_fn=scheme.bias_fn())
     return project(o_BLHK, self.wo[...], in_dims=2)
 
 
@@ -137,7 +137,7 @@ class Transformer(nnx.Module):
     self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0,
                             cfg.param_dtype)
     self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
-    attend = attention.make(cfg.attention, has_bias=self.position.has_bias(),
+    attend = attention.make(cfg.attention, bias_form=positions.bias_form(cfg.position),
                             block=cfg.attention_block)
     self.blocks = nnx.List([Block(cfg, attend, rngs) for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)

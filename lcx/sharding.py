@@ -73,6 +73,11 @@ def activation_sharding(mesh: Mesh, rules: Rules):
     _ACTIVE.reset(token)
 
 
+def active() -> tuple[Mesh, Rules] | None:
+  """The (mesh, rules) of the enclosing activation_sharding context, or None."""
+  return _ACTIVE.get()
+
+
 def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   active = _ACTIVE.get()
   if active is None:

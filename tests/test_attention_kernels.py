@@ -1,6 +1,10 @@
-"""Blockwise attention against the dense reference: values and gradients, every scheme, uneven
-lengths, packed documents, learned biases; the implementation switch and its refusals."""
+"""Blockwise and native attention against the dense reference: values and gradients, every
+scheme, uneven lengths, packed documents, learned biases, a sharded mesh; the implementation
+switch and its refusals."""
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lcx import attention, blockwise, positions
+from lcx import attention, blockwise, native, positions, sharding
 from lcx.attention import dense_attention
 from lcx.blockwise import blockwise_attention
 from lcx.model import ModelConfig, Transformer, token_losses
+from lcx.positions.alibi import AlibiBias
 
 SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
 
@@ -58,6 +63,91 @@ def test_blockwise_matches_dense_values_and_gradients(block, bias, packed):
     np.testing.assert_allclose(g_b, g, atol=2e-5)
 
 
+@pytest.mark.parametrize("block", [8, 16, 64])
+@pytest.mark.parametrize("bias", ["none", "alibi"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_native_matches_dense_values_and_gradients(block, bias, packed):
+  q, k, v, q_pos, k_pos, seg = _inputs(packed=packed)
+  bias_fn = AlibiBias(positions.alibi_slopes(4)) if bias == "alibi" else None
+  grads = [jax.value_and_grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
+                              argnums=(0, 1, 2))(q, k, v)
+           for fn, kw in [(dense_attention, {}),
+                          (native.native_attention, dict(block_q=block, block_k=block))]]
+  (value, grads), (value_n, grads_n) = grads
+  np.testing.assert_allclose(value_n, value, rtol=1e-5)
+  for g, g_n in zip(grads, grads_n):
+    np.testing.assert_allclose(g_n, g, atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_native_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles(causal):
+  """A cache-like block of queries, tiles of different and uneven sizes, a head dim (20) that is
+  not a whole number of vectors, a bias in bfloat16 inputs' place: float32 inside, cast back."""
+  q, k, v, q_pos, k_pos, seg = _inputs(Q=13, S=41, K=20)
+  bias_fn = AlibiBias(positions.alibi_slopes(4))
+  for block_q, block_k in [(4, 16), (16, 4), (5, 7)]:
+    grads = [jax.grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, causal=causal, **kw),
+                      argnums=(0, 1, 2))(q, k, v)
+             for fn, kw in [(dense_attention, {}),
+                            (native.native_attention, dict(block_q=block_q, block_k=block_k))]]
+    for g, g_n in zip(*grads):
+      np.testing.assert_allclose(g_n, g, atol=2e-5)
+  out = native.native_attention(q.astype(jnp.bfloat16), k, v, q_positions_BQ=q_pos,
+                                k_positions_BK=k_pos)
+  assert out.dtype == jnp.bfloat16
+
+
+def test_native_runs_one_kernel_per_shard_on_a_mesh():
+  """Under the model's activation sharding (rows over data x fsdp, heads over tensor) each shard
+  runs its own kernel call: same result and gradients, and no shard gathers another's rows."""
+  q, k, v, q_pos, k_pos, seg = _inputs(B=4, Q=24, S=24, H=4, K=8, packed=False)
+  bias_fn = AlibiBias(positions.alibi_slopes(4))
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rules = (("batch", ("data", "fsdp")), ("heads", "tensor"))
+  grad = jax.value_and_grad(lambda *a: _loss(native.native_attention, *a, q_pos, k_pos, None,
+                                             bias_fn), argnums=(0, 1, 2))
+  spec = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch", None, "heads"),
+                                                                     rules))
+  with sharding.activation_sharding(mesh, rules):
+    sharded = jax.jit(grad).lower(*(jax.device_put(x, spec) for x in (q, k, v))).compile()
+    value_s, grads_s = sharded(*(jax.device_put(x, spec) for x in (q, k, v)))
+  value, grads = grad(q, k, v)
+  assert "all-gather" not in sharded.as_text()
+  np.testing.assert_allclose(value_s, value, rtol=1e-5)
+  for g, g_s in zip(grads, grads_s):
+    np.testing.assert_allclose(g_s, g, atol=2e-5)
+
+
+def test_native_refuses_a_bias_it_cannot_compute():
+  q, k, v, q_pos, k_pos, _ = _inputs(packed=False)
+  with pytest.raises(ValueError, match="no position bias but ALiBi's"):
+    native.native_attention(q, k, v, q_positions_BQ=q_pos, k_positions_BK=k_pos,
+                            bias_fn=_alibi(4))  # the same numbers, but only as a function
+  with pytest.raises(ValueError, match="'native' cannot add this position scheme's bias"):
+    attention.select("native", bias_form="function", backend="cpu")
+  assert attention.select("auto", bias_form="function", backend="cpu") == "blockwise"
+
+
+def test_without_a_compiler_auto_keeps_blockwise_and_native_says_why(tmp_path):
+  """No C++ compiler (CXX=false) and nothing cached: auto logs why and runs blockwise; asking for
+  native by name is refused at start with the compiler's failure."""
+  script = (
+      "import logging; logging.basicConfig()\n"
+      "from lcx import attention\n"
+      "print('auto ->', attention.select('auto', bias_form='alibi'))\n"
+      "try:\n  attention.select('native', bias_form=None)\n"
+      "except ValueError as e:\n  print('refused:', e)\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, CXX="false",
+                                                LCX_NATIVE_CACHE=str(tmp_path)))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "auto -> blockwise" in result.stdout
+  assert "refused: model.attention='native' cannot run here: building attention.cc failed" in (
+      result.stdout)
+  assert "native cannot run here" in result.stderr  # auto's logged warning
+  assert list(tmp_path.iterdir()) == []  # the failed build left no partial library
+
+
 def test_blockwise_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles():
   """A block of queries aligned with the end of the keys (a cache), tiles of different sizes."""
   q, k, v, q_pos, k_pos, seg = _inputs(Q=13, S=41)
@@ -98,8 +188,9 @@ def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(unroll_max_t
   assert np.abs(grad_dense).min() > 0
 
 
+@pytest.mark.parametrize("implementation", ["blockwise", "native"])
 @pytest.mark.parametrize("position", SCHEMES)
-def test_every_scheme_trains_the_same_through_blockwise(position):
+def test_every_scheme_trains_the_same_through_the_tiled_kernels(position, implementation):
   """A whole model (two layers, packed documents): loss and every parameter gradient."""
   def loss_and_grads(implementation):
     model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=8,
@@ -118,7 +209,7 @@ def test_every_scheme_trains_the_same_through_blockwise(position):
     graphdef, params = nnx.split(model, nnx.Param)
     return jax.jit(jax.value_and_grad(loss))(params)
 
-  (loss, grads), (loss_b, grads_b) = loss_and_grads("dense"), loss_and_grads("blockwise")
+  (loss, grads), (loss_b, grads_b) = loss_and_grads("dense"), loss_and_grads(implementation)
   np.testing.assert_allclose(loss_b, loss, rtol=1e-5)
   for g, g_b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_b)):
     np.testing.assert_allclose(g_b, g, atol=3e-6, rtol=1e-4)
@@ -141,19 +232,22 @@ def test_rematerialization_leaves_the_gradients_unchanged(remat):
 
 
 def test_the_switch_refuses_what_cannot_work_and_auto_falls_back():
-  assert attention.select("auto", has_bias=False, backend="cpu") == "blockwise"
-  assert attention.select("auto", has_bias=False, backend="gpu") == "cudnn"
-  assert attention.select("auto", has_bias=True, backend="gpu") == "blockwise"
-  assert attention.select("auto", has_bias=False, backend="tpu") == "splash"
-  assert attention.select("auto", has_bias=True, backend="tpu") == "blockwise"
+  assert attention.select("auto", bias_form=None, backend="cpu") == "native"
+  assert attention.select("auto", bias_form="alibi", backend="cpu") == "native"
+  assert attention.select("auto", bias_form=None, backend="gpu") == "cudnn"
+  assert attention.select("auto", bias_form="alibi", backend="gpu") == "blockwise"
+  assert attention.select("auto", bias_form=None, backend="tpu") == "splash"
+  assert attention.select("auto", bias_form="function", backend="tpu") == "blockwise"
   with pytest.raises(ValueError, match="cannot add this position scheme's bias"):
-    attention.select("cudnn", has_bias=True, backend="gpu")
+    attention.select("cudnn", bias_form="alibi", backend="gpu")
   with pytest.raises(ValueError, match="'splash' cannot add this position scheme's bias"):
-    attention.select("splash", has_bias=True, backend="tpu")
+    attention.select("splash", bias_form="alibi", backend="tpu")
   with pytest.raises(ValueError, match="runs on gpu, not on cpu"):
-    attention.select("cudnn", has_bias=False, backend="cpu")
-  with pytest.raises(ValueError, match="allowed: dense, blockwise, cudnn, splash, auto"):
-    attention.select("flash3", has_bias=False)
+    attention.select("cudnn", bias_form=None, backend="cpu")
+  with pytest.raises(ValueError, match="runs on cpu, not on gpu"):
+    attention.select("native", bias_form=None, backend="gpu")
+  with pytest.raises(ValueError, match="allowed: dense, blockwise, native, cudnn, splash, auto"):
+    attention.select("flash3", bias_form=None)
 
 
 @pytest.mark.parametrize("packed", [False, True])

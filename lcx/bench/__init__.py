@@ -20,7 +20,7 @@ from flax import nnx
 
 from lcx import attention as attention_lib
 from lcx import positions
-from lcx.blockwise import DEFAULT_BLOCK, visible_tiles, blockwise_attention
+from lcx.blockwise import DEFAULT_BLOCK, visible_tiles
 from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.sharding import make_mesh
@@ -160,7 +160,7 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
   usable = []
   for name in requested:
     try:
-      attention_lib.select(name, has_bias=positions.has_bias(scheme))
+      attention_lib.select(name, bias_form=positions.bias_form(scheme))
     except ValueError:
       continue
     usable.append(name)
@@ -168,9 +168,11 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
 
 
 def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementations,
-                         tokens_per_step: int, repeats: int, progress) -> list[dict]:
+                         tokens_per_step: int, repeats: int, progress,
+                         dense_schemes=SCHEMES) -> list[dict]:
   """One row per (scheme, length, implementation): speed, MFU and memory, and both relative to
-  `none` with the same implementation and length. The schemes of one length and implementation
+  `none` with the same implementation and length (dense runs only `dense_schemes`: it is the
+  slow reference). The schemes of one length and implementation
   are timed round-robin (time_train_steps); MFU is over the best peak of the whole run."""
   rows = []
   for length in lengths:
@@ -178,7 +180,8 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
     for implementation in implementations:
       steps, models = {}, {}
       for scheme in schemes:
-        if implementation not in implementations_for(scheme, (implementation,)):
+        if (implementation not in implementations_for(scheme, (implementation,))
+            or (implementation == "dense" and scheme not in dense_schemes)):
           continue
         models[scheme] = ModelConfig(**TRAIN_MODEL, position=scheme, max_len=length,
                                      attention=implementation)
@@ -229,17 +232,18 @@ def _best_seconds(fn, args, repeats: int) -> float:
 
 
 def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
-                      block: int = DEFAULT_BLOCK) -> dict:
-  """Where one layer's attention time goes: the blockwise kernel (forward, and forward +
-  backward) on the train model's shapes, no bias, with the matmul FLOPs it does (the visible
-  tiles only: 2 products forward, 5 backward, one of them recomputing the scores), and the
-  speed of one tile product (all heads of the batch, block x head_dim x block) alone."""
+                      implementation: str = "blockwise", block: int = DEFAULT_BLOCK) -> dict:
+  """Where one layer's attention time goes: a tiled kernel (blockwise or native; forward, and
+  forward + backward) on the train model's shapes, no bias, with the matmul FLOPs it does (the
+  visible tiles only: 2 products forward, 5 backward, one of them recomputing the scores), and
+  the speed of one XLA tile product (all heads of the batch, block x head_dim x block) alone."""
   H, K = model.n_heads, model.head_dim
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   q, k, v = (jax.random.normal(key, (batch, length, H, K), jnp.float32) for key in keys)
   pos = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  attend = lambda q, k, v: blockwise_attention(q, k, v, q_positions_BQ=pos, k_positions_BK=pos,
-                                               block_q=block, block_k=block)
+  kernel = attention_lib.IMPLEMENTATIONS[implementation]
+  attend = lambda q, k, v: kernel(q, k, v, q_positions_BQ=pos, k_positions_BK=pos,
+                                  block_q=block, block_k=block)
   forward = jax.jit(attend)
   forward_backward = jax.jit(jax.grad(lambda *a: attend(*a).sum(), argnums=(0, 1, 2)))
   block = min(block, length)
@@ -249,7 +253,7 @@ def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
   a = jax.random.normal(keys[0], (batch * H, block, K), jnp.float32)
   b = jax.random.normal(keys[1], (batch * H, K, block), jnp.float32)
   tile_product = jax.jit(lambda a, b: jnp.einsum("nqd,ndk->nqk", a, b))
-  return {"batch": batch, "length": length, "heads": H, "head_dim": K, "block": block,
+  return {"implementation": implementation, "batch": batch, "length": length, "heads": H, "head_dim": K, "block": block,
           "tiles": n_tiles,
           "forward_seconds": _best_seconds(forward, (q, k, v), repeats),
           "forward_backward_seconds": _best_seconds(forward_backward, (q, k, v), repeats),

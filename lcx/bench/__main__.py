@@ -19,8 +19,11 @@ _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "Train-step se
 _EVAL_LENGTHS = flags.DEFINE_list("eval_lengths", ["8192", "16384", "32768"],
                                   "Forward-only evaluation lengths (one row, the small model).")
 _SCHEMES = flags.DEFINE_list("schemes", list(bench.SCHEMES), "Position schemes.")
-_IMPLEMENTATIONS = flags.DEFINE_list("implementations", ["dense", "blockwise"],
-                                     "Attention implementations to compare.")
+_IMPLEMENTATIONS = flags.DEFINE_list("implementations", ["dense", "blockwise", "native"],
+                                     "Attention implementations to compare (one that cannot run "
+                                     "here is left out).")
+_DENSE_SCHEMES = flags.DEFINE_list("dense_schemes", ["none"], "Schemes the dense reference runs "
+                                   "(it is slow, and only its `none` rows are compared).")
 _TOKENS = flags.DEFINE_integer("tokens_per_step", 8192, "Tokens per train step (batch = this / "
                                "length).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds (each scheme once per round); the "
@@ -71,32 +74,40 @@ def eval_table(rows) -> str:
   return "\n".join(lines)
 
 
-def profile_table(profile, peak: float, train_rows) -> str:
-  """Where one layer's attention time goes, against the matmul peak and the train step."""
-  p = profile
-  rate = p["forward_backward_matmul_flops"] / p["forward_backward_seconds"]
-  rows = [("forward", f"{1e3 * p['forward_seconds']:.0f} ms"),
-          ("forward + backward", f"{1e3 * p['forward_backward_seconds']:.0f} ms"),
-          (f"matmul work in it ({p['tiles']} visible {p['block']}x{p['block']} tiles, 7 products "
-           "each)", f"{p['forward_backward_matmul_flops'] / 1e9:.1f} GFLOP"),
-          ("its matmul rate", f"{rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of peak"),
-          (f"one tile product alone ({p['batch'] * p['heads']} x {p['block']}x{p['head_dim']} @ "
-           f"{p['head_dim']}x{p['block']})", f"{p['tile_matmul_flops_per_second'] / 1e9:.0f} "
-           f"GFLOP/s = {100 * p['tile_matmul_flops_per_second'] / peak:.0f}% of peak")]
-  step = next((r for r in train_rows if r["scheme"] == "none" and r["length"] == p["length"]
-               and r["implementation"] == "blockwise"), None)
-  if step:
-    layers = TRAIN_LAYERS
-    rows.append((f"{layers} layers of it in the `none` train step",
-                 f"{100 * layers * p['forward_backward_seconds'] / step['step_seconds']:.0f}% of "
-                 f"{step['step_seconds']:.2f} s"))
-  return "| what | measured |\n| --- | ---: |\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+def profile_table(profiles, peak: float, train_rows) -> str:
+  """Where one layer's attention time goes, one column per kernel, against the matmul peak and
+  the train step with that kernel."""
+  def column(p):
+    rate = p["forward_backward_matmul_flops"] / p["forward_backward_seconds"]
+    step = next((r for r in train_rows if r["scheme"] == "none" and r["length"] == p["length"]
+                 and r["implementation"] == p["implementation"]), None)
+    share = "-" if step is None else (
+        f"{100 * TRAIN_LAYERS * p['forward_backward_seconds'] / step['step_seconds']:.0f}% of "
+        f"{step['step_seconds']:.2f} s")
+    return [f"{1e3 * p['forward_seconds']:.0f} ms", f"{1e3 * p['forward_backward_seconds']:.0f} ms",
+            f"{p['forward_backward_matmul_flops'] / 1e9:.1f} GFLOP",
+            f"{rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of peak", share]
+
+  p = profiles[0]
+  tile = p["tile_matmul_flops_per_second"]
+  what = ["forward", "forward + backward",
+          f"matmul work in it ({p['tiles']} visible {p['block']}x{p['block']} tiles, 7 products "
+          "each)", "its matmul rate", f"{TRAIN_LAYERS} layers of it in the `none` train step"]
+  columns = [column(p) for p in profiles]
+  lines = ["| what | " + " | ".join(p["implementation"] for p in profiles) + " |",
+           "| --- |" + " ---: |" * len(profiles)]
+  lines += [f"| {w} | " + " | ".join(c[i] for c in columns) + " |" for i, w in enumerate(what)]
+  lines.append(f"\nOne XLA tile product alone ({p['batch'] * p['heads']} x {p['block']}x"
+               f"{p['head_dim']} @ {p['head_dim']}x{p['block']}, what the blockwise kernel is made "
+               f"of): {tile / 1e9:.0f} GFLOP/s = {100 * tile / peak:.0f}% of peak.")
+  return "\n".join(lines)
 
 
 def target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
   """(what, met, the measurement) for each target the rows can answer."""
   checks = []
-  best = "blockwise" if any(r["implementation"] == "blockwise" for r in train_rows) else None
+  ran = {r["implementation"] for r in train_rows}
+  best = next((name for name in ("native", "blockwise") if name in ran), None)
   for r in train_rows:
     if r["implementation"] != best:
       continue
@@ -114,13 +125,13 @@ def target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
   by = {(r["scheme"], r["length"], r["implementation"]): r for r in train_rows}
   for (scheme, length, implementation), r in by.items():
     dense = by.get((scheme, length, "dense"))
-    if implementation == "blockwise" and dense and scheme == "none":
+    if implementation in ("blockwise", "native") and dense and scheme == "none":
       speedup = dense["step_seconds"] / r["step_seconds"]
-      checks.append((f"blockwise {'no slower than' if length <= 1024 else 'faster than'} dense "
-                     f"at L={length}", speedup >= 1.0 if length <= 1024 else speedup > 1.0,
+      checks.append((f"{implementation} {'no slower than' if length <= 1024 else 'faster than'} "
+                     f"dense at L={length}", speedup >= 1.0 if length <= 1024 else speedup > 1.0,
                      f"{speedup:.2f}x"))
   for r in eval_rows:
-    if r["implementation"] == "blockwise" and r["length"] == max(e["length"] for e in eval_rows):
+    if r["implementation"] == best and r["length"] == max(e["length"] for e in eval_rows):
       checks.append((f"evaluation of {r['length']} tokens within {TARGETS['eval_memory_gib']} "
                      "GiB", r["seconds"] is not None and r["memory_bytes"] <= TARGETS[
                          "eval_memory_gib"] * 2 ** 30, f"{_gib(r['memory_bytes'])} GiB"))
@@ -140,28 +151,31 @@ def main(argv):
   peak = bench.PeakMeter(mesh)
   machine = (f"{device.device_kind} ({jax.default_backend()}), {platform.processor() or 'cpu'}, "
              f"jax {jax.__version__}")
-  total = len(lengths) * len(_SCHEMES.value) * len(_IMPLEMENTATIONS.value) + len(
-      eval_lengths) * len(_IMPLEMENTATIONS.value)
+  runnable = bench.implementations_for("none", tuple(_IMPLEMENTATIONS.value))
+  per_length = sum(len(set(_SCHEMES.value) & set(_DENSE_SCHEMES.value)) if name == "dense"
+                   else len(_SCHEMES.value) for name in runnable)
+  total = len(lengths) * per_length + len(eval_lengths) * len(runnable)
   progress = tqdm.tqdm(total=total, desc="lcx.bench", unit="config")
   train_rows = bench.run_train_benchmarks(mesh, peak, _SCHEMES.value, lengths,
                                           tuple(_IMPLEMENTATIONS.value), _TOKENS.value,
-                                          _REPEATS.value, progress)
+                                          _REPEATS.value, progress, tuple(_DENSE_SCHEMES.value))
   eval_impls = bench.implementations_for("alibi", tuple(_IMPLEMENTATIONS.value))
   eval_rows = bench.run_eval_benchmarks(eval_lengths, eval_impls,
                                         int(_EVAL_MEMORY.value * 2 ** 30), _REPEATS.value,
                                         progress)
-  profile = None
-  if _PROFILE_LENGTH.value and "blockwise" in _IMPLEMENTATIONS.value:
-    progress.set_postfix_str("attention profile")
-    profile = bench.attention_profile(
-        ModelConfig(**bench.TRAIN_MODEL), max(1, _TOKENS.value // _PROFILE_LENGTH.value),
-        _PROFILE_LENGTH.value, _REPEATS.value)
+  profiles = []
+  for implementation in bench.implementations_for("none", ("blockwise", "native")):
+    if _PROFILE_LENGTH.value and implementation in _IMPLEMENTATIONS.value:
+      progress.set_postfix_str(f"attention profile {implementation}")
+      profiles.append(bench.attention_profile(
+          ModelConfig(**bench.TRAIN_MODEL), max(1, _TOKENS.value // _PROFILE_LENGTH.value),
+          _PROFILE_LENGTH.value, _REPEATS.value, implementation))
   progress.close()
   checks = target_checks(train_rows, eval_rows)
-  profile_text = "" if profile is None else (
-      f"\n\n### Where the attention time goes (one layer, blockwise, L={profile['length']}, "
-      f"batch {profile['batch']}, {profile['heads']} heads x {profile['head_dim']})\n\n"
-      + profile_table(profile, peak.best, train_rows))
+  profile_text = "" if not profiles else (
+      f"\n\n### Where the attention time goes (one layer, L={profiles[0]['length']}, "
+      f"batch {profiles[0]['batch']}, {profiles[0]['heads']} heads x {profiles[0]['head_dim']})"
+      "\n\n" + profile_table(profiles, peak.best, train_rows))
   print(f"\n## {machine}\n\nmatmul peak in this run (best of the samples taken with every "
         f"timing round): {peak.best / 1e9:,.0f} GFLOP/s (float32)\n\n### Train step (d_model 512, 4 layers, 8 heads, GELU MLP 2048, vocab 256, "
         f"float32, AdamW; {_TOKENS.value} tokens per step)\n\n{train_table(train_rows)}\n\n"
@@ -172,7 +186,7 @@ def main(argv):
   out = pathlib.Path(_OUT.value or f"benchmarks/results-{jax.default_backend()}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"machine": machine, "peak_flops": peak.best, "train": train_rows,
-                             "eval": eval_rows, "attention_profile": profile, "targets": [
+                             "eval": eval_rows, "attention_profiles": profiles, "targets": [
                                  {"target": w, "met": m, "measured": v} for w, m, v in checks]},
                             indent=2) + "\n")
   print(f"\nnumbers in {out}")

@@ -44,11 +44,12 @@ class Scorer:
 
   def bytes_per_row(self, length: int) -> int:
     """Peak activation bytes of one window: attention's float32 scores and probabilities per head
-    (all length x length of them for dense, one tile per query tile for blockwise), plus logits
-    and a few residual-stream copies."""
+    (all length x length of them for dense, one tile per query tile for the tiled kernels), plus
+    logits and a few residual-stream copies."""
     c = self.cfg
-    implementation = attention.select(c.attention, has_bias=positions.has_bias(c.position))
-    side = min(c.attention_block, length) if implementation == "blockwise" else length
+    implementation = attention.select(c.attention, bias_form=positions.bias_form(c.position))
+    side = (min(c.attention_block, length) if implementation in ("blockwise", "native")
+            else length)
     attention_bytes = 3 * c.n_heads * side * length * 4
     logits = 2 * length * c.vocab_size * 4
     stream = 8 * length * max(c.d_model, c.mlp_dim) * 4

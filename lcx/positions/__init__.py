@@ -3,7 +3,7 @@
 A new scheme subclasses PositionScheme, overrides the hooks it needs and registers itself with
 @register("name"); the model never changes.
 """
-from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, available, has_bias,
+from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, available, bias_form,
                                 make, register)
 from lcx.positions.absolute import sinusoidal_table
 from lcx.positions.alibi import alibi_bias, alibi_slopes
@@ -12,7 +12,7 @@ from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, apply_rope, dynamic_f
                                 scaled_frequencies, yarn_ramp, yarn_temperature)
 
 __all__ = [
-    "PositionConfig", "PositionScheme", "RopeConfig", "available", "has_bias", "make", "register",
+    "PositionConfig", "PositionScheme", "RopeConfig", "available", "bias_form", "make", "register",
     "sinusoidal_table", "alibi_bias", "alibi_slopes", "apply_rope", "rope_inverse_frequencies",
     "rotary_cos_sin", "rotate_by", "rotary_dim", "ROPE_SCALINGS", "dynamic_factor", "ntk_base",
     "scaled_frequencies", "yarn_ramp", "yarn_temperature",

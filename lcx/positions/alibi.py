@@ -1,4 +1,5 @@
 """ALiBi (Press et al., 2022): a per-head linear penalty on query-key distance."""
+import dataclasses
 import math
 
 import jax
@@ -33,12 +34,26 @@ def alibi_bias(q_positions_BQ, k_positions_BK, slopes_H) -> jax.Array:
   return -slopes_H[None, :, None, None] * distance[:, None, :, :]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class AlibiBias:
+  """ALiBi's bias as the attention kernels take it: callable like any scheme's bias, and with its
+  slopes in the open, so a kernel that knows the form (lcx.native) computes it in registers."""
+  slopes_H: jax.Array
+
+  def __call__(self, q_positions_BQ, k_positions_BK):
+    return alibi_bias(q_positions_BQ, k_positions_BK, self.slopes_H)
+
+
 @register("alibi")
 class Alibi(PositionScheme):
+  BIAS_FORM = "alibi"  # see lcx.positions.bias_form
 
   def __init__(self, cfg: PositionConfig, *, rngs):
     del rngs
     self.n_heads = cfg.n_heads
 
   def bias(self, q_positions_BQ, k_positions_BK):
-    return alibi_bias(q_positions_BQ, k_positions_BK, alibi_slopes(self.n_heads))
+    return self.bias_fn()(q_positions_BQ, k_positions_BK)
+
+  def bias_fn(self):
+    return AlibiBias(alibi_slopes(self.n_heads))

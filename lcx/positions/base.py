@@ -55,6 +55,11 @@ class PositionScheme(nnx.Module):
     del q_positions_BQ, k_positions_BK
     return None
 
+  def bias_fn(self):
+    """What the attention kernels are handed: `bias`, or None for a scheme without one. A scheme
+    whose bias has a form some kernel computes itself returns an object that says so (ALiBi)."""
+    return self.bias if self.has_bias() else None
+
   def has_bias(self) -> bool:
     return type(self).bias is not PositionScheme.bias
 
@@ -79,9 +84,11 @@ def available() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
-def has_bias(name: str) -> bool:
-  """Whether the registered scheme adds an attention-logit bias (a kernel must take it)."""
-  return _REGISTRY[name].bias is not PositionScheme.bias
+def bias_form(name: str) -> str | None:
+  """The form of the registered scheme's attention-logit bias, which a kernel must take: None (no
+  bias), "alibi" (a kernel may compute it from the slopes) or "function" (only the function)."""
+  cls = _REGISTRY[name]
+  return None if cls.bias is PositionScheme.bias else getattr(cls, "BIAS_FORM", "function")
 
 
 def make(name: str, cfg: PositionConfig, *, rngs: nnx.Rngs) -> PositionScheme:
