@@ -23,6 +23,7 @@ from lcx import positions
 from lcx.blockwise import DEFAULT_BLOCK, visible_tiles
 from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
+from lcx.positions.alibi import AlibiBias
 from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
 
@@ -236,16 +237,25 @@ def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
   """Where one layer's attention time goes: a tiled kernel (blockwise or native; forward, and
   forward + backward) on the train model's shapes, no bias, with the matmul FLOPs it does (the
   visible tiles only: 2 products forward, 5 backward, one of them recomputing the scores), and
-  the speed of one XLA tile product (all heads of the batch, block x head_dim x block) alone."""
+  the speed of one XLA tile product (all heads of the batch, block x head_dim x block) alone.
+  Forward + backward is timed with and without ALiBi's bias in alternation, so the kernel's own
+  cost of the bias shows free of the train step's noise."""
   H, K = model.n_heads, model.head_dim
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   q, k, v = (jax.random.normal(key, (batch, length, H, K), jnp.float32) for key in keys)
   pos = jnp.broadcast_to(jnp.arange(length), (batch, length))
   kernel = attention_lib.IMPLEMENTATIONS[implementation]
-  attend = lambda q, k, v: kernel(q, k, v, q_positions_BQ=pos, k_positions_BK=pos,
-                                  block_q=block, block_k=block)
+  attend = lambda q, k, v, bias_fn=None: kernel(q, k, v, q_positions_BQ=pos, k_positions_BK=pos,
+                                                bias_fn=bias_fn, block_q=block, block_k=block)
   forward = jax.jit(attend)
-  forward_backward = jax.jit(jax.grad(lambda *a: attend(*a).sum(), argnums=(0, 1, 2)))
+  alibi = AlibiBias(positions.alibi_slopes(H))
+  forward_backward = {
+      bias: jax.jit(jax.grad(lambda *a, b=fn: attend(*a, bias_fn=b).sum(), argnums=(0, 1, 2)))
+      for bias, fn in (("none", None), ("alibi", alibi))}
+  for fn in forward_backward.values():
+    jax.block_until_ready(fn(q, k, v))
+  rounds = [{bias: _time_once(fn, (q, k, v))[0] for bias, fn in forward_backward.items()}
+            for _ in range(repeats)]
   block = min(block, length)
   n = -(-length // block)
   n_tiles = len(visible_tiles(n, n, block, block, offset=0))  # causal
@@ -253,10 +263,11 @@ def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
   a = jax.random.normal(keys[0], (batch * H, block, K), jnp.float32)
   b = jax.random.normal(keys[1], (batch * H, K, block), jnp.float32)
   tile_product = jax.jit(lambda a, b: jnp.einsum("nqd,ndk->nqk", a, b))
-  return {"implementation": implementation, "batch": batch, "length": length, "heads": H, "head_dim": K, "block": block,
-          "tiles": n_tiles,
+  return {"implementation": implementation, "batch": batch, "length": length, "heads": H,
+          "head_dim": K, "block": block, "tiles": n_tiles,
           "forward_seconds": _best_seconds(forward, (q, k, v), repeats),
-          "forward_backward_seconds": _best_seconds(forward_backward, (q, k, v), repeats),
+          "forward_backward_seconds": min(r["none"] for r in rounds),
+          "forward_backward_alibi_seconds": min(r["alibi"] for r in rounds),
           "forward_backward_matmul_flops": 7 * n_tiles * tile_flops,
           "tile_matmul_flops_per_second": tile_flops / _best_seconds(tile_product, (a, b),
                                                                      4 * repeats)}
