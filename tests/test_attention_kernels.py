@@ -79,6 +79,27 @@ def test_native_matches_dense_values_and_gradients(block, bias, packed):
     np.testing.assert_allclose(g_n, g, atol=2e-5)
 
 
+def test_native_alibi_holds_for_far_and_restarting_positions():
+  """Row 0 sits 30,000 tokens in (as in a long evaluation): the bias must come from position
+  differences, not from products of large positions with slopes, which round (12 heads: slopes
+  that are not powers of two). Row 1 restarts its positions at its second document, so some
+  queries sit before the keys of their tile."""
+  q, k, v, _, _, seg = _inputs(H=12, packed=True)
+  S = k.shape[1]
+  idx = np.arange(S)
+  pos = jnp.asarray(np.stack([30_000 + idx, np.where(idx >= 9, idx - 9, idx)]).astype(np.int32))
+  bias_fn = AlibiBias(positions.alibi_slopes(12))
+  for block in (8, 16):
+    grads = [jax.value_and_grad(lambda *a: _loss(fn, *a, pos, pos, seg, bias_fn, **kw),
+                                argnums=(0, 1, 2))(q, k, v)
+             for fn, kw in [(dense_attention, {}),
+                            (native.native_attention, dict(block_q=block, block_k=block))]]
+    (value, grads), (value_n, grads_n) = grads
+    np.testing.assert_allclose(value_n, value, rtol=1e-5)
+    for g, g_n in zip(grads, grads_n):
+      np.testing.assert_allclose(g_n, g, atol=2e-5)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_native_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles(causal):
   """A cache-like block of queries, tiles of different and uneven sizes, a head dim (20) that is

@@ -34,13 +34,13 @@ def test_bench_prints_the_tables_and_writes_json(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "lcx.bench", "--lengths=256", "--eval_lengths=512",
        "--schemes=none,alibi", "--implementations=blockwise,native", "--tokens_per_step=256",
-       "--repeats=1", "--profile_length=256", f"--out={out}"], cwd=ROOT, capture_output=True,
+       "--repeats=1", "--profile_lengths=256", f"--out={out}"], cwd=ROOT, capture_output=True,
       text=True, timeout=300,
       env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "matmul peak in this run" in result.stdout
-  assert "Where the attention time goes (one layer, L=256" in result.stdout
-  assert "| what | blockwise | native |" in result.stdout
+  assert "Where the attention time goes (one layer of the train model" in result.stdout
+  assert "| what | blockwise L=256 | native L=256 |" in result.stdout
   assert "ALiBi step time <= 1.01x none at L=256, from the native kernel timed alone" in (
       result.stdout)
   assert "| alibi | 256 | 1 | blockwise |" in result.stdout
@@ -52,9 +52,20 @@ def test_bench_prints_the_tables_and_writes_json(tmp_path):
   assert 0 < alibi["mfu"] < 1 and alibi["tokens_per_second"] > 0
   assert numbers["eval"][0]["memory_bytes"] > 0 and numbers["peak_flops"] > 1e9
   assert np.isclose(alibi["tokens_per_second"] * alibi["step_seconds"], 256)
+  none = next(r for r in numbers["train"] if r["scheme"] == "none" and
+              r["implementation"] == alibi["implementation"])
+  assert np.isclose(alibi["time_vs_none"], alibi["round_seconds"][0] / none["round_seconds"][0])
   assert [p["implementation"] for p in numbers["attention_profiles"]] == ["blockwise", "native"]
   for profile in numbers["attention_profiles"]:
     assert profile["tiles"] == 3  # 2 x 2 tiles of 128, the one above the diagonal skipped
     assert 0 < profile["forward_seconds"] < profile["forward_backward_seconds"]
-    assert profile["forward_backward_alibi_seconds"] > 0
+    assert profile["forward_backward_alibi_seconds"] > 0 and profile["alibi_vs_none"] > 0
     assert 0 < profile["tile_matmul_flops_per_second"] < 10 * numbers["peak_flops"]
+
+
+def test_time_vs_none_pairs_the_rounds():
+  # One lucky fast round of the base moves the ratio of the fastest times, not the paired median.
+  base = [1.0, 1.0, 0.9]
+  scheme = [1.01, 1.01, 1.0]
+  assert min(scheme) / min(base) > 1.1
+  assert np.isclose(bench.paired_ratio(scheme, base), 1.01)

@@ -6,9 +6,10 @@ Everything is measured in one process on the first local device: the matmul peak
 (sampled again in every timing round, the best kept, so that a slow spell of a shared machine
 cannot flatter the utilization), one jitted train step (AdamW included) per scheme, length and
 attention implementation, a forward pass of a small model at long lengths, and where the attention
-time goes: the blockwise kernel alone and the tile-shaped matmuls it is made of. Memory is what XLA's buffer assignment needs for the
-compiled step (arguments + outputs + temporaries - donated), the same on every backend and
-independent of what ran before in the process.
+time goes: the tiled kernels alone, with and without ALiBi's bias, and the tile-shaped matmuls the
+blockwise one is made of. Memory is what XLA's buffer assignment needs for the compiled step
+(arguments + outputs + temporaries - donated), the same on every backend and independent of what
+ran before in the process.
 """
 import dataclasses
 import time
@@ -42,6 +43,7 @@ class Timing:
   seconds: float  # the fastest of the timed repetitions
   memory_bytes: int  # XLA's buffer assignment of the compiled function
   compile_seconds: float
+  round_seconds: tuple[float, ...] = ()  # every timed repetition, in order (one per round)
 
 
 def compiled_memory(compiled) -> int:
@@ -85,7 +87,7 @@ class PreparedStep:
       self.times.append(seconds)
 
   def timing(self) -> Timing:
-    return Timing(min(self.times), self.memory_bytes, self.compile_seconds)
+    return Timing(min(self.times), self.memory_bytes, self.compile_seconds, tuple(self.times))
 
 
 class PeakMeter:
@@ -109,6 +111,13 @@ def time_train_steps(steps: dict, repeats: int, peak: PeakMeter | None = None) -
     for step in steps.values():
       step.run()
   return {name: step.timing() for name, step in steps.items()}
+
+
+def paired_ratio(seconds, base_seconds) -> float:
+  """The median over rounds of a step's time over the base step's time in the same round. A
+  ratio of the two fastest times would move every scheme's ratio with one lucky sample of the
+  base; pairing within a round also cancels a slow spell that spans the round."""
+  return float(np.median(np.asarray(seconds) / np.asarray(base_seconds)))
 
 
 def forward_fn(model_cfg: ModelConfig):
@@ -174,7 +183,8 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
   """One row per (scheme, length, implementation): speed, MFU and memory, and both relative to
   `none` with the same implementation and length (dense runs only `dense_schemes`: it is the
   slow reference). The schemes of one length and implementation
-  are timed round-robin (time_train_steps); MFU is over the best peak of the whole run."""
+  are timed round-robin (time_train_steps) and compared round by round (paired_ratio); MFU is over
+  the best peak of the whole run."""
   rows = []
   for length in lengths:
     batch = max(1, tokens_per_step // length)
@@ -195,14 +205,18 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
                      "implementation": implementation, "step_seconds": t.seconds,
                      "tokens_per_second": tokens / t.seconds,
                      "model_flops": train_flops_per_token(models[scheme], length) * tokens,
-                     "memory_bytes": t.memory_bytes, "compile_seconds": t.compile_seconds})
+                     "memory_bytes": t.memory_bytes, "compile_seconds": t.compile_seconds,
+                     "round_seconds": list(t.round_seconds)})
         progress.update(1)
   for row in rows:
     row["mfu"] = row["model_flops"] / row["step_seconds"] / peak.best
     base = next((r for r in rows if r["scheme"] == "none" and r["length"] == row["length"]
                  and r["implementation"] == row["implementation"]), None)
-    row["time_vs_none"] = row["step_seconds"] / base["step_seconds"] if base else None
-    row["memory_vs_none"] = row["memory_bytes"] / base["memory_bytes"] if base else None
+    if base is None:
+      row["time_vs_none"] = row["memory_vs_none"] = None
+      continue
+    row["time_vs_none"] = paired_ratio(row["round_seconds"], base["round_seconds"])
+    row["memory_vs_none"] = row["memory_bytes"] / base["memory_bytes"]
   return rows
 
 
@@ -268,6 +282,7 @@ def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
           "forward_seconds": _best_seconds(forward, (q, k, v), repeats),
           "forward_backward_seconds": min(r["none"] for r in rounds),
           "forward_backward_alibi_seconds": min(r["alibi"] for r in rounds),
+          "alibi_vs_none": paired_ratio([r["alibi"] for r in rounds], [r["none"] for r in rounds]),
           "forward_backward_matmul_flops": 7 * n_tiles * tile_flops,
           "tile_matmul_flops_per_second": tile_flops / _best_seconds(tile_product, (a, b),
                                                                      4 * repeats)}

@@ -399,7 +399,8 @@ ffi::Error Backward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
     std::vector<float> delta(g.Q);  // D_q = sum_d dO_qd O_qd, the softmax backward's row term
     for (int t = 0; t < g.Q; ++t) {
       float sum = 0.f;
-      for (int d = 0; d < g.K; ++d) sum += d_o_rows[size_t(t) * g.Kp + d] * o_rows[size_t(t) * g.Kp + d];
+      const float *a = d_o_rows.data() + size_t(t) * g.Kp, *b = o_rows.data() + size_t(t) * g.Kp;
+      for (int d = 0; d < g.K; ++d) sum += a[d] * b[d];
       delta[t] = sum;
     }
     std::vector<float> dq_rows(size_t(g.Q) * g.Kp, 0.f), dk_tile(size_t(g.bk) * g.Kp),
@@ -419,7 +420,7 @@ ffi::Error Backward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
         const Tile tile(head, q0, k0, nk);
         for (int r = 0; r < nq; ++r) {  // P = exp(S - lse), from the forward pass's lse
           float* row = p.data() + size_t(r) * g.bkp;
-          tile.finish(row, r);
+          if (!tile.full || g.bias) tile.finish(row, r);  // its max is not needed here
           vf shift = splat(row_lse[q0 + r]);
           for (int c = 0; c < g.bkp; c += W) store(row + c, vexp(load(row + c) - shift));
         }
