@@ -69,6 +69,10 @@ def test_blockwise_matches_dense_values_and_gradients(block, bias, packed):
 def test_native_matches_dense_values_and_gradients(block, bias, packed):
   q, k, v, q_pos, k_pos, seg = _inputs(packed=packed)
   bias_fn = AlibiBias(positions.alibi_slopes(4)) if bias == "alibi" else None
+  _assert_native_matches_dense(q, k, v, q_pos, k_pos, seg, bias_fn, block)
+
+
+def _assert_native_matches_dense(q, k, v, q_pos, k_pos, seg, bias_fn, block):
   grads = [jax.value_and_grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
                               argnums=(0, 1, 2))(q, k, v)
            for fn, kw in [(dense_attention, {}),
@@ -90,14 +94,7 @@ def test_native_alibi_holds_for_far_and_restarting_positions():
   pos = jnp.asarray(np.stack([30_000 + idx, np.where(idx >= 9, idx - 9, idx)]).astype(np.int32))
   bias_fn = AlibiBias(positions.alibi_slopes(12))
   for block in (8, 16):
-    grads = [jax.value_and_grad(lambda *a: _loss(fn, *a, pos, pos, seg, bias_fn, **kw),
-                                argnums=(0, 1, 2))(q, k, v)
-             for fn, kw in [(dense_attention, {}),
-                            (native.native_attention, dict(block_q=block, block_k=block))]]
-    (value, grads), (value_n, grads_n) = grads
-    np.testing.assert_allclose(value_n, value, rtol=1e-5)
-    for g, g_n in zip(grads, grads_n):
-      np.testing.assert_allclose(g_n, g, atol=2e-5)
+    _assert_native_matches_dense(q, k, v, pos, pos, seg, bias_fn, block)
 
 
 @pytest.mark.parametrize("causal", [True, False])
