@@ -110,6 +110,8 @@ IMPLEMENTATIONS = {"dense": dense_attention, "blockwise": blockwise_attention,
                    "native": native.native_attention, "cudnn": cudnn_attention,
                    "splash": splash_attention}
 CHOICES = (*IMPLEMENTATIONS, "auto")
+# The tiled kernels: they take tile lengths (block_q, block_k) and hold one tile of scores at once.
+TILED = ("blockwise", "native")
 # What each implementation can do: the backends it runs on, and the bias forms it takes (a scheme's
 # lcx.positions.bias_form: "alibi" for ALiBi's slopes, "function" for any other bias).
 _BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "native": ("cpu",),
@@ -178,7 +180,7 @@ def _splash_where_it_fits(splash, block: int):
 def make(name: str, *, bias_form: str | None, block: int = DEFAULT_BLOCK):
   """The attention function for model.attention=name and a scheme whose bias has `bias_form`."""
   chosen = select(name, bias_form=bias_form)
-  if chosen in ("blockwise", "native"):
+  if chosen in TILED:
     return functools.partial(IMPLEMENTATIONS[chosen], block_q=block, block_k=block)
   if chosen == "splash":
     splash = functools.partial(splash_attention, block=block)

@@ -12,6 +12,7 @@ import jax
 import tqdm
 from absl import app, flags
 
+from lcx import attention as attention_lib
 from lcx import bench
 from lcx.model import ModelConfig
 
@@ -145,7 +146,7 @@ def target_checks(train_rows, eval_rows, profiles=()) -> list[tuple[str, bool, s
   by = {(r["scheme"], r["length"], r["implementation"]): r for r in train_rows}
   for (scheme, length, implementation), r in by.items():
     dense = by.get((scheme, length, "dense"))
-    if implementation in ("blockwise", "native") and dense and scheme == "none":
+    if implementation in attention_lib.TILED and dense and scheme == "none":
       speedup = dense["step_seconds"] / r["step_seconds"]
       checks.append((f"{implementation} {'no slower than' if length <= 1024 else 'faster than'} "
                      f"dense at L={length}", speedup >= 1.0 if length <= 1024 else speedup > 1.0,
@@ -185,7 +186,7 @@ def main(argv):
                                         progress)
   profiles = []
   for length in (int(n) for n in _PROFILE_LENGTHS.value):
-    for implementation in bench.implementations_for("none", ("blockwise", "native")):
+    for implementation in bench.implementations_for("none", attention_lib.TILED):
       if implementation in _IMPLEMENTATIONS.value:
         progress.set_postfix_str(f"attention profile {implementation} L={length}")
         profiles.append(bench.attention_profile(

@@ -48,8 +48,7 @@ class Scorer:
     logits and a few residual-stream copies."""
     c = self.cfg
     implementation = attention.select(c.attention, bias_form=positions.bias_form(c.position))
-    side = (min(c.attention_block, length) if implementation in ("blockwise", "native")
-            else length)
+    side = min(c.attention_block, length) if implementation in attention.TILED else length
     attention_bytes = 3 * c.n_heads * side * length * 4
     logits = 2 * length * c.vocab_size * 4
     stream = 8 * length * max(c.d_model, c.mlp_dim) * 4
