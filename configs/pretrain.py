@@ -19,6 +19,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # architecture is kept, with this config's seq_len, RoPE scaling and training settings.
   c.init_from = ""
   c.init_optimizer = False  # with init_from: also continue its AdamW moments (the schedule restarts)
+  # Resuming a workdir whose saved config has another architecture or data: refuse (list the
+  # differences) or allow (continue with the changes; the old config is kept beside the new).
+  c.resume_changes = "refuse"
 
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, n_layers=2, n_heads=4, head_dim=0,  # 0: d_model // n_heads

@@ -49,6 +49,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   for name in ("attention_block", "remat", "scan_layers"):  # runs saved before these existed
     if name not in m:
       m[name] = getattr(ModelConfig, name)
+  if "resume_changes" not in c:
+    c.resume_changes = "refuse"
+  _require(isinstance(c.seed, int) and not isinstance(c.seed, bool) and 0 <= c.seed < 2 ** 32,
+           f"config.seed={c.seed!r} must be an integer in [0, 2^32)")
+  _choice(c, "resume_changes", ("refuse", "allow"))
   for name in ("model.d_model", "model.n_layers", "model.n_heads", "model.mlp_dim",
                "model.vocab_multiple", "data.seq_len", "data.batch_size", "train.steps",
                "train.log_every", "train.grad_accum_steps", "checkpoint.every_steps",

@@ -1,5 +1,6 @@
 """FLOPs and MFU accounting, and the writers for logged metrics (jsonl, W&B, terminal)."""
 import json
+import logging
 import os
 import pathlib
 import resource
@@ -10,6 +11,10 @@ import jax
 import jax.numpy as jnp
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lcx.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def flops_per_token(non_embedding_params: int, n_layers: int, attention_width: int,
@@ -48,28 +53,68 @@ def peak_memory_bytes() -> int:
 
 
 class JsonlWriter:
-  """workdir/metrics.jsonl: one JSON object per logged step."""
+  """workdir/metrics.jsonl: one JSON object per logged step, appended as the run goes.
+
+  On resume, rows after the step resumed from (they will be logged again) move to
+  <name>.superseded.jsonl, and a line cut off by a crash is dropped with a warning. A file
+  deleted or replaced while the run writes it is written again with every row it held.
+  """
 
   def __init__(self, path: pathlib.Path, resume_step: int):
     self.path = path
-    if path.exists():
-      # Steps after the checkpoint we resume from will be logged again, identically.
-      kept = [line for line in path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= resume_step]
-      tmp = path.with_suffix(".tmp")
-      tmp.write_text("".join(line + "\n" for line in kept))
-      os.replace(tmp, path)
-    self.file = open(path, "a", buffering=1)
+    self.lines, superseded = [], []
+    for line in _lines(path):
+      row = _parse(line, path)
+      if row is not None:
+        (self.lines if row.get("step", 0) <= resume_step else superseded).append(line)
+    if superseded:
+      with open(path.with_suffix(".superseded.jsonl"), "a") as f:
+        f.writelines(line + "\n" for line in superseded)
+      log.info("%s: %d rows after step %d moved to %s; they are logged again", path,
+               len(superseded), resume_step, path.with_suffix(".superseded.jsonl"))
+    self._rewrite()
+
+  def _rewrite(self) -> None:
+    write_atomic(self.path, "".join(line + "\n" for line in self.lines))
+    self.file = open(self.path, "a", buffering=1)
+
+  def _replaced(self) -> bool:
+    try:
+      return os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
+    except FileNotFoundError:
+      return True
 
   def write(self, record: dict) -> None:
-    self.file.write(json.dumps(record) + "\n")
+    if self._replaced():
+      log.warning("%s was deleted or replaced during the run; writing it again with its %d rows",
+                  self.path, len(self.lines))
+      self.file.close()
+      self._rewrite()
+    line = json.dumps(record)
+    self.file.write(line + "\n")
+    self.lines.append(line)
 
   def close(self) -> None:
     self.file.close()
 
 
+def _lines(path: pathlib.Path) -> list[str]:
+  return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _parse(line: str, path) -> dict | None:
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    log.warning("%s: dropped a line that is not complete JSON (cut off by a crash?): %.80s", path,
+                line)
+    return None
+
+
 def read_jsonl(path) -> list[dict]:
-  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+  """The rows of a JSON-lines file; a line cut off by a crash is skipped with a warning."""
+  path = pathlib.Path(path)
+  return [row for row in (_parse(line, path) for line in _lines(path)) if row is not None]
 
 
 class WandbWriter:
@@ -81,12 +126,11 @@ class WandbWriter:
     self.directory = None  # where W&B writes this run, None when disabled
     if mode == "disabled":
       return
-    import wandb  # imported only when used: it is slow to import
     id_file = workdir / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     id_file.write_text(run_id)
-    self.run = wandb.init(
-        mode=mode, dir=str(workdir), id=run_id, resume="allow", config=resolved_config,
+    self.run = init_wandb(
+        mode, dir=str(workdir), id=run_id, resume="allow", config=resolved_config,
         project=wandb_config.project, entity=wandb_config.entity or None,
         name=wandb_config.name or run_name, group=wandb_config.group or None,
         job_type=wandb_config.job_type, tags=list(wandb_config.tags))
@@ -99,6 +143,20 @@ class WandbWriter:
   def close(self) -> None:
     if self.run is not None:
       self.run.finish()
+
+
+def init_wandb(mode: str, **kwargs):
+  """wandb.init; an online run that cannot reach the server falls back to offline with a warning
+  (`wandb sync` uploads it later) instead of losing the run."""
+  import wandb  # imported only when used: it is slow to import
+  try:
+    return wandb.init(mode=mode, **kwargs)
+  except Exception as e:  # wandb raises CommError, UsageError, timeouts, ...
+    if mode != "online":
+      raise
+    log.warning("W&B online logging failed (%s: %s); logging offline instead, upload later with "
+                "`wandb sync`", type(e).__name__, str(e).splitlines()[0][:200])
+    return wandb.init(mode="offline", **kwargs)
 
 
 def wandb_mode(wandb_config) -> str:
@@ -116,8 +174,8 @@ def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
   if mode == "disabled":
     return
   import wandb
-  run = wandb.init(
-      mode=mode, dir=str(workdir / "eval"), project=wandb_config.project,
+  run = init_wandb(
+      mode, dir=str(workdir / "eval"), project=wandb_config.project,
       entity=wandb_config.entity or None, group=wandb_config.group or workdir.name,
       job_type="evaluate", name=f"{wandb_config.name or workdir.name}/{results['name']}",
       tags=list(wandb_config.tags) + [results["scheme"]],

@@ -14,13 +14,16 @@ def saved_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir).expanduser() / "config.json"
   if not path.exists():
     raise config_lib.ConfigError(f"{workdir} is not an lcx run: it has no config.json")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except json.JSONDecodeError as e:
+    raise config_lib.ConfigError(f"{path} is not valid JSON ({e})") from None
 
 
 def restore_state(workdir, abstract_state: dict) -> tuple[dict, dict]:
   """(the whole train state, meta) from the run's latest good checkpoint: a fine-tune that
   continues the optimizer. Its optimizer settings must match the run's."""
-  checkpointer = Checkpointer(pathlib.Path(workdir).expanduser(), keep=10 ** 6)
+  checkpointer = Checkpointer(pathlib.Path(workdir).expanduser(), read_only=True)
   try:
     restored = checkpointer.restore_latest(abstract_state)
   finally:
@@ -39,7 +42,7 @@ def restore_params(workdir, config: ml_collections.ConfigDict, mesh):
   shardings = param_shardings(abstract, mesh, tuple(map(tuple, config.mesh.rules)))
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
-  checkpointer = Checkpointer(pathlib.Path(workdir).expanduser(), keep=10 ** 6)
+  checkpointer = Checkpointer(pathlib.Path(workdir).expanduser(), read_only=True)
   try:
     restored = checkpointer.restore_latest({"params": target}, params_only=True)
   finally:

@@ -2,6 +2,7 @@
 
 `train_and_evaluate(config, workdir)` is the loop; everything it uses is importable on its own.
 """
+import contextlib
 import json
 import logging
 import pathlib
@@ -17,13 +18,15 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from lcx import config as config_lib
-from lcx import distributed, runs
-from lcx.checkpoint import Checkpointer
+from lcx import cli, distributed, runs
+from lcx import workdir as workdir_lib
+from lcx.checkpoint import Checkpointer, SaveFailed
 from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import make_tokenizer
 from lcx.evaluate.during_training import TrainingEval
 from lcx.exit_codes import PREEMPTED_EXIT_CODE
+from lcx.files import write_atomic
 from lcx.metrics import (JsonlWriter, ProgressBar, WandbWriter, flops_per_token,
                          measure_peak_flops, peak_memory_bytes)
 from lcx.model import count_params
@@ -73,14 +76,18 @@ class _StopFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _setup(config, devices):
-  """Resolved config, mesh, data stream and program; bad input becomes one ConfigError line."""
+def _resolve(config, devices):
+  """(resolved config, devices); bad input becomes one ConfigError line. Builds nothing."""
   devices = list(jax.devices() if devices is None else devices)
+  if config.init_from:
+    config = config_lib.inherit_architecture(config, runs.saved_config(config.init_from))
+    config.init_from = str(pathlib.Path(config.init_from).expanduser().resolve())
+  return config_lib.resolve(config, len(devices)), devices
+
+
+def _build(c, devices):
+  """Mesh, data stream and program of a resolved config."""
   try:
-    if config.init_from:
-      config = config_lib.inherit_architecture(config, runs.saved_config(config.init_from))
-      config.init_from = str(pathlib.Path(config.init_from).expanduser().resolve())
-    c = config_lib.resolve(config, len(devices))
     mesh = make_mesh(c.mesh, devices)
     tokenizer = make_tokenizer(c.data.tokenizer)
     docs = Documents(c.data.name, "train", data_dir=c.data.data_dir, text_dir=c.data.text_dir,
@@ -102,7 +109,13 @@ def _setup(config, devices):
     raise
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  return c, mesh, stream, program
+  return mesh, stream, program
+
+
+def _setup(config, devices):
+  """Resolved config, mesh, data stream and program."""
+  c, devices = _resolve(config, devices)
+  return (c, *_build(c, devices))
 
 
 class _Recorder:
@@ -159,12 +172,18 @@ class _TrainClock:
 def _starting_state(c, program: TrainProgram, checkpointer: Checkpointer, mesh):
   """(state, step, train seconds so far, the run a fine-tune starts from or None): the latest
   checkpoint of this run, else the parameters (and optionally the optimizer) of config.init_from,
-  else a fresh initialization."""
+  else a fresh initialization. Never a fresh start over checkpoints that were set aside."""
   restored = checkpointer.restore_latest(program.abstract_state_with_shardings())
   if restored is not None:
     state, meta = restored
     log.info("resumed from %s at step %d", checkpointer.directory, meta["step"])
     return state, int(meta["step"]), float(meta["train_seconds"]), None
+  set_aside = checkpointer.set_aside()
+  if set_aside:
+    raise workdir_lib.WorkdirError(
+        f"every checkpoint of this run was set aside as damaged ({checkpointer.quarantine}: "
+        f"{', '.join(set_aside)}); lcx does not start it over from step 0. To start over, move "
+        f"{checkpointer.quarantine} away, or pass a new --workdir")
   if not c.init_from:
     return program.init(), 0, 0.0, None
   if c.init_optimizer:
@@ -178,14 +197,32 @@ def _starting_state(c, program: TrainProgram, checkpointer: Checkpointer, mesh):
   return state, 0, 0.0, {"workdir": c.init_from, **meta}
 
 
+def _check_savable(program: TrainProgram, state, batch, step: int, last_saved) -> None:
+  """TrainingDiverged unless the state about to be saved is finite and gives a finite loss."""
+  health = jax.device_get(program.health(state, batch))
+  if not health["finite"]:
+    raise TrainingDiverged(
+        f"the state after step {step} is not finite (its loss {float(health['loss'])}, gradient "
+        f"norm {float(health['grad_norm'])}); stopped without checkpointing it (last checkpoint: "
+        f"{last_saved or 'none'}; lower train.learning_rate or raise train.warmup_steps)")
+
+
 def train_and_evaluate(config, workdir, devices=None) -> dict:
   """Trains (or resumes) the run in workdir; returns a summary of where it ended."""
-  workdir = pathlib.Path(workdir).expanduser()
-  c, mesh, stream, program = _setup(config, devices)
+  workdir = workdir_lib.prepare(workdir)  # before anything is built
   is_main = jax.process_index() == 0
-  workdir.mkdir(parents=True, exist_ok=True)
+  with contextlib.ExitStack() as stack:
+    if is_main:
+      stack.enter_context(workdir_lib.TrainingLock(workdir))
+    c, devices = _resolve(config, devices)
+    workdir_lib.check_resume(workdir, c)
+    return _train(c, devices, workdir, is_main)
+
+
+def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
+  mesh, stream, program = _build(c, devices)
   if is_main:
-    (workdir / "config.json").write_text(c.to_json_best_effort(indent=2) + "\n")
+    write_atomic(workdir / "config.json", c.to_json_best_effort(indent=2) + "\n")
     log.info("resolved config:\n%s", c)
 
   counts = count_params(program.abstract_state["params"])
@@ -193,41 +230,50 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
   peak = c.train.peak_flops or measure_peak_flops(mesh, c.model.compute_dtype)
 
   checkpointer = Checkpointer(workdir, c.checkpoint.keep)
-  state, step, seconds_before, source = _starting_state(c, program, checkpointer, mesh)
-
-  writers, eval_writers = [], []
-  if is_main:
-    wandb_writer = WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)
-    writers = [JsonlWriter(workdir / "metrics.jsonl", step), wandb_writer]
-    eval_writers = [JsonlWriter(workdir / "eval_metrics.jsonl", step), wandb_writer]
-  evaluator = (TrainingEval(c, program.model_cfg, mesh, program.rules)
-               if c.eval.every_steps else None)
-  progress = ProgressBar(c.train.steps, step, enabled=is_main)
-  clock = _TrainClock(seconds_before)
-  flops_token = flops_per_token(counts["non_embedding"], c.model.n_layers,
-                                c.model.n_heads * c.model.head_dim, c.data.seq_len)
-  record = _Recorder(writers, progress, log_every=c.train.log_every, last_step=c.train.steps,
-                     tokens_per_step=tokens_per_step, peak_flops=peak,
-                     train_seconds=clock.total, flops_per_token=flops_token)
-  batches = stream.iterate(step)
-  preempted = False
-  try:
+  cleanup = contextlib.ExitStack()
+  cleanup.callback(checkpointer.close)  # runs last: waits for the last save
+  with cleanup:
+    state, step, seconds_before, source = _starting_state(c, program, checkpointer, mesh)
+    writers, eval_writers = [], []
+    if is_main:
+      wandb_writer = WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)
+      cleanup.callback(wandb_writer.close)
+      writers = [JsonlWriter(workdir / "metrics.jsonl", step), wandb_writer]
+      eval_writers = [JsonlWriter(workdir / "eval_metrics.jsonl", step), wandb_writer]
+      for writer in (writers[0], eval_writers[0]):
+        cleanup.callback(writer.close)
+    evaluator = (TrainingEval(c, program.model_cfg, mesh, program.rules)
+                 if c.eval.every_steps else None)
+    progress = cleanup.enter_context(contextlib.closing(
+        ProgressBar(c.train.steps, step, enabled=is_main)))
+    clock = _TrainClock(seconds_before)
+    flops_token = flops_per_token(counts["non_embedding"], c.model.n_layers,
+                                  c.model.n_heads * c.model.head_dim, c.data.seq_len)
+    record = _Recorder(writers, progress, log_every=c.train.log_every, last_step=c.train.steps,
+                       tokens_per_step=tokens_per_step, peak_flops=peak,
+                       train_seconds=clock.total, flops_per_token=flops_token)
+    batches = cleanup.enter_context(contextlib.closing(stream.iterate(step)))
+    preempted, last_saved = False, None
     with _StopFlag() as stop:
       pending = None
       while step < c.train.steps:
-        state, metrics = program.step(state, program.global_batch(next(batches)))
+        checkpointer.raise_if_failed()  # a save that failed in the background stops the run
+        batch = program.global_batch(next(batches))
+        state, metrics = program.step(state, batch)
         step += 1
         if pending is not None:
           record(*pending)
         pending = (step, metrics)
         preempted = stop.reached(step)
         if step % c.checkpoint.every_steps == 0 or step == c.train.steps or preempted:
-          record(*pending)  # never checkpoint a state whose step was not finite
+          record(*pending)
           pending = None
+          _check_savable(program, state, batch, step, last_saved)
           checkpointer.save(step, state, {
               "step": step, "tokens_seen": step * tokens_per_step,
               "flops_seen": step * tokens_per_step * flops_token,
               "train_seconds": clock.total(), "data_position": step * c.data.batch_size})
+          last_saved = step
         if evaluator is not None and (step % c.eval.every_steps == 0 or step == c.train.steps):
           eval_record = evaluator(step, state["params"])
           for writer in eval_writers:
@@ -236,12 +282,6 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
           log.warning("SIGTERM: saved a checkpoint at step %d in %s; exiting", step,
                       checkpointer.directory)
           break
-  finally:
-    batches.close()
-    progress.close()
-    checkpointer.close()
-    for writer in {id(w): w for w in writers + eval_writers}.values():
-      writer.close()
 
   last = record.last or {}
   summary = {"workdir": str(workdir), "step": step, "preempted": preempted,
@@ -256,7 +296,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
              "config": str(workdir / "config.json"),
              "wandb": wandb_writer.directory if is_main else None}
   if is_main:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
 
 
@@ -273,9 +313,7 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 60, "A multi-process ru
 
 def main(argv):
   del argv
-  # Orbax and TFDS log every file operation through absl at INFO; keep the terminal for lcx.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("lcx").setLevel(logging.INFO)
+  cli.quiet_library_logs()
   if _CONFIG.value is None or not _WORKDIR.value:
     sys.exit("lcx.train: --config and --workdir are required, e.g. "
              "--config configs/pretrain.py:tiny --workdir /tmp/run")
@@ -286,8 +324,11 @@ def main(argv):
     sys.exit(f"lcx.train: {e}")
   try:
     summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, TrainingDiverged) as e:
+  except (config_lib.ConfigError, TrainingDiverged, SaveFailed) as e:
     sys.exit(f"lcx.train: {e}")
+  except OSError as e:  # writing metrics or the config: a full disk, a lost mount
+    sys.exit(f"lcx.train: writing {e.filename or 'to the workdir'} failed ({e.strerror or e}); "
+             "the checkpoints written so far are kept")
   if summary["final_loss"] is None:
     print(f"\nnothing to train: {summary['workdir']} is already at step {summary['step']}")
   else:

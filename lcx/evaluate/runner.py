@@ -11,6 +11,7 @@ import tqdm
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import make_tokenizer
 from lcx.evaluate import passkey as passkey_lib
+from lcx.files import write_atomic
 from lcx.evaluate import perplexity as ppl
 from lcx.evaluate import plots
 from lcx.evaluate.loading import LoadedRun, load_run
@@ -137,9 +138,7 @@ def write_outputs(results: dict, workdir: pathlib.Path) -> dict[str, pathlib.Pat
   out.mkdir(parents=True, exist_ok=True)
   name = results["name"]
   paths = {"json": out / f"{name}.json"}
-  tmp = paths["json"].with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(results, indent=2) + "\n")
-  tmp.replace(paths["json"])
+  write_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
   paths["perplexity_png"] = plots.perplexity_vs_length(results, out / f"{name}-perplexity.png")
   paths["by_position_png"] = plots.loss_by_position(results, out / f"{name}-loss_by_position.png")
   for style, grid in results["passkey"].items():

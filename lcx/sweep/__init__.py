@@ -24,6 +24,7 @@ import time
 import tqdm
 
 from lcx.exit_codes import PREEMPTED_EXIT_CODE
+from lcx.files import write_atomic
 from lcx.sweep import launchers
 
 
@@ -135,9 +136,7 @@ class Status:
 
   def set(self, run: str, stage: str, state: str) -> None:
     self.states[run][stage] = state
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(self.states, indent=2) + "\n")
-    os.replace(tmp, self.path)
+    write_atomic(self.path, json.dumps(self.states, indent=2) + "\n")
 
 
 def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "", progress: bool = True,

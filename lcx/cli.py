@@ -1,0 +1,27 @@
+"""What the command-line entry points share: quiet library logs, one line per failure."""
+import logging
+import sys
+
+from absl import logging as absl_logging
+
+
+def quiet_library_logs() -> None:
+  """Library logs show only what is fatal; lcx's own logger speaks at INFO.
+
+  Orbax logs each failure of its background threads with a traceback (dozens for one full disk);
+  lcx catches those failures itself and reports each in one line.
+  """
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).setLevel(logging.CRITICAL)
+  logging.getLogger("lcx").setLevel(logging.INFO)
+  sys.unraisablehook = _unraisable
+
+
+
+def _unraisable(info) -> None:
+  # Tensorstore calls back into asyncio loops that orbax has already closed after a failed save;
+  # the RuntimeError it reports for each is noise once lcx has reported the failure.
+  if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(info)

@@ -1,0 +1,12 @@
+"""Files that are never seen half-written."""
+import os
+import pathlib
+
+
+def write_atomic(path, text: str) -> None:
+  """Writes text to a temporary file beside path and renames it over path: a reader (or a crash)
+  sees the old file or the new one, never a part."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
