@@ -121,8 +121,9 @@ class Checkpointer:
 
   def save(self, step: int, state: dict, meta: dict) -> None:
     """Starts an asynchronous save; the train loop goes on while it is written. The meta records
-    a checksum of every array, checked on restore."""
-    self.raise_if_failed()
+    a checksum of every array, checked on restore. The previous save is finished first (orbax
+    would wait for it too), so that its failure is reported as its own."""
+    self.raise_if_failed(wait=True)
     meta = {**meta, "fingerprints": fingerprints(state)}
     try:
       self.manager.save(step, args=ocp.args.Composite(

@@ -2,7 +2,10 @@
 import logging
 import sys
 
+from absl import app
 from absl import logging as absl_logging
+
+from lcx import overrides as overrides_lib
 
 
 def quiet_library_logs() -> None:
@@ -25,3 +28,11 @@ def _unraisable(info) -> None:
   if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
     return
   sys.__unraisablehook__(info)
+
+
+def run(main) -> None:
+  """absl's app.run for an entry point taking `--config.a.b=v` overrides: they are taken out of
+  the arguments before absl parses them (it would refuse them as unknown flags) and passed to
+  main(argv, overrides)."""
+  rest, overrides = overrides_lib.split_argv(sys.argv[1:])
+  app.run(lambda argv: main(argv, overrides), argv=[sys.argv[0]] + rest)

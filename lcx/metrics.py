@@ -75,24 +75,29 @@ class JsonlWriter:
     self._rewrite()
 
   def _rewrite(self) -> None:
-    write_atomic(self.path, "".join(line + "\n" for line in self.lines))
+    text = "".join(line + "\n" for line in self.lines)
+    write_atomic(self.path, text)
     self.file = open(self.path, "a", buffering=1)
+    self.size = len(text.encode())
 
-  def _replaced(self) -> bool:
+  def _changed(self) -> bool:
+    """Whether the file is no longer what this writer wrote: deleted, replaced or truncated."""
     try:
-      return os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
+      stat = os.stat(self.path)
     except FileNotFoundError:
       return True
+    return stat.st_ino != os.fstat(self.file.fileno()).st_ino or stat.st_size != self.size
 
   def write(self, record: dict) -> None:
-    if self._replaced():
-      log.warning("%s was deleted or replaced during the run; writing it again with its %d rows",
+    if self._changed():
+      log.warning("%s was deleted or changed during the run; writing it again with its %d rows",
                   self.path, len(self.lines))
       self.file.close()
       self._rewrite()
-    line = json.dumps(record)
-    self.file.write(line + "\n")
-    self.lines.append(line)
+    line = json.dumps(record) + "\n"
+    self.file.write(line)
+    self.size += len(line.encode())
+    self.lines.append(line[:-1])
 
   def close(self) -> None:
     self.file.close()
@@ -156,6 +161,7 @@ def init_wandb(mode: str, **kwargs):
       raise
     log.warning("W&B online logging failed (%s: %s); logging offline instead, upload later with "
                 "`wandb sync`", type(e).__name__, str(e).splitlines()[0][:200])
+    wandb.teardown()  # the failed run still holds its id in W&B's service process
     return wandb.init(mode="offline", **kwargs)
 
 

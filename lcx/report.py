@@ -22,6 +22,7 @@ plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.cm.tab20.colors)
 import numpy as np  # noqa: E402
 
 from lcx.evaluate.plots import log_scale_length_axis, passkey_heatmap  # noqa: E402
+from lcx.runs import source_dir  # noqa: E402
 
 MULTIPLES = (1, 2, 4, 8, 16)
 
@@ -48,8 +49,17 @@ class Variant:
     return self.pretrain["flops_seen"] + (self.finetune["flops_seen"] if self.finetune else 0.0)
 
 
+class Unreadable(ValueError):
+  """A file of the study that is missing or not valid JSON."""
+
+
 def _read(path: pathlib.Path) -> dict:
-  return json.loads(path.read_text())
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    raise Unreadable(f"{path} is missing") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise Unreadable(f"{path} is not valid JSON ({e}); rerun the stage that writes it") from None
 
 
 def _label(results: dict, finetuned: bool) -> str:
@@ -62,23 +72,52 @@ def _label(results: dict, finetuned: bool) -> str:
   return label
 
 
-def collect(directory: pathlib.Path) -> list[Variant]:
-  """Every evaluation under directory, with the training summaries behind it."""
-  variants = []
-  for path in directory.glob("**/eval/*.json"):
-    results = _read(path)
-    run_dir = pathlib.Path(results["run"])
-    if not (run_dir / "summary.json").exists():
-      continue
-    summary = _read(run_dir / "summary.json")
-    source = summary.get("init_from")
-    if source:
-      pretrain = _read(pathlib.Path(source["workdir"]) / "summary.json")
-      variants.append(Variant(_label(results, True), results, pretrain, summary))
-    else:
-      variants.append(Variant(_label(results, False), results, summary, None))
+def collect(directory: pathlib.Path) -> tuple[list[Variant], list[str]]:
+  """(every evaluation under directory with the training summaries behind it, a line for each
+  evaluation that could not be read or lacks the training behind it)."""
+  variants, problems = [], []
+  for path in sorted(directory.glob("**/eval/*.json")):
+    run_dir = path.parent.parent  # not the path recorded inside: the study may have moved
+    try:
+      results = _read(path)
+      summary = _read(run_dir / "summary.json")
+      source = summary.get("init_from")
+      if source:
+        pretrain = _read(source_dir(source["workdir"], run_dir) / "summary.json")
+        variants.append(Variant(_label(results, True), results, pretrain, summary))
+      else:
+        variants.append(Variant(_label(results, False), results, summary, None))
+    except Unreadable as e:
+      problems.append(f"{path.relative_to(directory)}: left out, {e}")
   # Scheme by scheme: the plain run, then its zero-shot variants, then its fine-tunes.
-  return sorted(variants, key=lambda v: (v.results["scheme"], v.finetune is not None, v.label))
+  variants.sort(key=lambda v: (v.results["scheme"], v.finetune is not None, v.label))
+  return variants, problems
+
+
+def unfinished_stages(directory: pathlib.Path) -> list[str]:
+  """Stages of the study (DIR/status.json, written by the sweep) whose outputs are not there."""
+  status = directory / "status.json"
+  if not status.exists():
+    return []
+  try:
+    states = _read(status)
+  except Unreadable as e:
+    return [str(e)]
+  missing = []
+  for run, stages in states.items():
+    for stage, state in stages.items():
+      done = (any((directory / run).glob(f"*/eval/{stage}.json"))  # an evaluation
+              or _finished_training(directory / run / stage))
+      if not done:
+        missing.append(f"{run}/{stage}: not finished, no outputs yet (sweep status: {state})")
+  return missing
+
+
+def _finished_training(stage_dir: pathlib.Path) -> bool:
+  try:
+    return not _read(stage_dir / "summary.json").get("preempted", True)
+  except Unreadable:
+    return False
 
 
 def _fmt(value, spec=".2f") -> str:
@@ -181,12 +220,18 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
 def write_report(directory) -> tuple[pathlib.Path, str]:
   """DIR/report.md and DIR/figures/*.png; returns the report's path and its tables."""
   directory = pathlib.Path(directory).expanduser()
-  variants = collect(directory)
+  if not directory.is_dir():
+    raise ValueError(f"{directory} is not a directory; pass a study directory (the sweep's --out)")
+  variants, problems = collect(directory)
+  missing = unfinished_stages(directory)
   if not variants:
     raise ValueError(f"{directory} holds no evaluated lcx runs (no <run>/eval/*.json with a "
-                     "summary.json beside it)")
+                     "summary.json beside it)" + "".join(f"; {p}" for p in problems + missing))
   paths = figures(variants, directory / "figures")
   table = tables(variants)
+  if missing or problems:
+    table += "\n\nNot in this report:\n" + "\n".join(
+        f"- {line}" for line in missing + problems)
   body = [f"# Study report: {directory.name}", "", table, "", "## Figures", ""]
   body += [f"![{name}](figures/{path.name})" for name, path in paths.items()]
   report = directory / "report.md"

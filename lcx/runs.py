@@ -10,6 +10,15 @@ from lcx.checkpoint import Checkpointer
 from lcx.train_step import abstract_model, param_shardings
 
 
+def source_dir(recorded, run_dir) -> pathlib.Path:
+  """The run a fine-tune started from: where it was recorded, or, for a study moved or copied
+  since, the folder of that name beside the fine-tune (the sweep lays out a run's stages side by
+  side)."""
+  recorded = pathlib.Path(recorded)
+  beside = pathlib.Path(run_dir).parent / recorded.name
+  return recorded if recorded.exists() or not beside.exists() else beside
+
+
 def saved_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir).expanduser() / "config.json"
   if not path.exists():

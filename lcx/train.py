@@ -13,12 +13,11 @@ import time
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+from absl import flags
 
 from lcx import config as config_lib
 from lcx import cli, distributed, runs
+from lcx import overrides as overrides_lib
 from lcx import workdir as workdir_lib
 from lcx.checkpoint import Checkpointer, SaveFailed
 from lcx.data.sources import Documents
@@ -86,7 +85,8 @@ def _resolve(config, devices):
 
 
 def _build(c, devices):
-  """Mesh, data stream and program of a resolved config."""
+  """Mesh, data stream, program and the evaluation during training (or None) of a resolved
+  config."""
   try:
     mesh = make_mesh(c.mesh, devices)
     tokenizer = make_tokenizer(c.data.tokenizer)
@@ -109,13 +109,20 @@ def _build(c, devices):
     raise
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  return mesh, stream, program
+  evaluator = None
+  if c.eval.every_steps:
+    try:
+      evaluator = TrainingEval(c, program.model_cfg, mesh, program.rules)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"config.eval.every_steps={c.eval.every_steps} needs a "
+                                   f"validation split to score ({e}); set it to 0") from None
+  return mesh, stream, program, evaluator
 
 
 def _setup(config, devices):
   """Resolved config, mesh, data stream and program."""
   c, devices = _resolve(config, devices)
-  return (c, *_build(c, devices))
+  return (c, *_build(c, devices)[:3])
 
 
 class _Recorder:
@@ -220,7 +227,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
 
 
 def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
-  mesh, stream, program = _build(c, devices)
+  mesh, stream, program, evaluator = _build(c, devices)
   if is_main:
     write_atomic(workdir / "config.json", c.to_json_best_effort(indent=2) + "\n")
     log.info("resolved config:\n%s", c)
@@ -242,8 +249,6 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
       eval_writers = [JsonlWriter(workdir / "eval_metrics.jsonl", step), wandb_writer]
       for writer in (writers[0], eval_writers[0]):
         cleanup.callback(writer.close)
-    evaluator = (TrainingEval(c, program.model_cfg, mesh, program.rules)
-                 if c.eval.every_steps else None)
     progress = cleanup.enter_context(contextlib.closing(
         ProgressBar(c.train.steps, step, enabled=is_main)))
     clock = _TrainClock(seconds_before)
@@ -300,7 +305,8 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
   return summary
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:tiny")
+_CONFIG = flags.DEFINE_string("config", None, "Config file and preset, e.g. "
+                              "configs/pretrain.py:tiny; fields are set with --config.a.b=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "host:port of process 0, for a multi-process run outside a "
@@ -311,19 +317,24 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 60, "A multi-process ru
                                   "seconds after a peer process stops answering.")
 
 
-def main(argv):
-  del argv
+def main(argv, overrides):
   cli.quiet_library_logs()
-  if _CONFIG.value is None or not _WORKDIR.value:
+  if len(argv) > 1:
+    sys.exit(f"lcx.train: unexpected arguments {argv[1:]}")
+  if not _CONFIG.value or not _WORKDIR.value:
     sys.exit("lcx.train: --config and --workdir are required, e.g. "
              "--config configs/pretrain.py:tiny --workdir /tmp/run")
+  try:
+    config = overrides_lib.load_config(_CONFIG.value, overrides)
+  except ValueError as e:
+    sys.exit(f"lcx.train: {e}")
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            heartbeat_timeout_s=_HEARTBEAT.value)
   except ValueError as e:
     sys.exit(f"lcx.train: {e}")
   try:
-    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    summary = train_and_evaluate(config, _WORKDIR.value)
   except (config_lib.ConfigError, TrainingDiverged, SaveFailed) as e:
     sys.exit(f"lcx.train: {e}")
   except OSError as e:  # writing metrics or the config: a full disk, a lost mount
@@ -344,4 +355,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

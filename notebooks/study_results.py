@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 from lcx import report
 
 study = pathlib.Path(os.environ.get("LCX_STUDY_DIR", "runs/extrapolation-cpu"))
-variants = report.collect(study)
+variants, _ = report.collect(study)
 print(f"{len(variants)} evaluated variants in {study}")
 
 # %% [markdown]

@@ -24,6 +24,19 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_config(data_dir):
   """The tiny preset made smaller still, with nothing measured or uploaded."""
+  return make_tiny_config(data_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_dir):
+  """A tiny run trained once to step 6 (checkpoints 3 and 6); tests copy it before changing it."""
+  from lcx.train import train_and_evaluate
+  workdir = tmp_path_factory.mktemp("trained") / "run"
+  train_and_evaluate(make_tiny_config(data_dir), workdir)
+  return workdir
+
+
+def make_tiny_config(data_dir):
   c = pretrain.get_config("tiny")
   c.data.data_dir = data_dir
   c.data.seq_len = 32

@@ -99,8 +99,33 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
   for name in ("perplexity_vs_length", "loss_by_position", "quality_vs_compute"):
     assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert f"figures/{name}.png" in text
+  (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="holds no evaluated lcx runs"):
     write_report(tmp_path / "empty")
+  with pytest.raises(ValueError, match="is not a directory"):
+    write_report(tmp_path / "missing")
+
+
+def test_report_of_a_moved_half_finished_study_lists_what_is_missing(tiny_study, tmp_path):
+  _, out, _ = tiny_study
+  # The study as if it had been run in `produced` (the paths recorded inside point there), then
+  # moved to `moved`: nothing at the recorded paths exists any more.
+  produced, moved = tmp_path / "produced", tmp_path / "moved"
+  shutil.copytree(out, produced, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+  for path in produced.rglob("*.json"):
+    path.write_text(path.read_text().replace(str(out), str(produced)))
+  produced.rename(moved)
+  (moved / "rope" / "finetune-yarn" / "eval" / "eval-finetune-yarn.json").unlink()  # not run yet
+  cut = moved / "alibi" / "pretrain" / "eval" / "eval.json"
+  cut.write_text(cut.read_text()[:200])  # a crash mid-write
+  report, table = write_report(moved)
+  assert "| rope |" in table and "| rope FT yarn x4 |" not in table
+  assert "- rope/eval-finetune-yarn: not finished, no outputs yet (sweep status: done)" in table
+  assert "- alibi/pretrain/eval/eval.json: left out" in table and "not valid JSON" in table
+  assert "Not in this report" in report.read_text()
+  (moved / "rope" / "pretrain" / "eval" / "eval.json").unlink()
+  with pytest.raises(ValueError, match="holds no evaluated lcx runs.*eval.json is not valid JSON"):
+    write_report(moved)
 
 
 def test_dry_run_prints_one_command_per_stage(capsys, tmp_path):

@@ -26,6 +26,11 @@ def split_of(relative_path: str) -> str:
   return "train" if bucket < 98 else "validation" if bucket == 98 else "test"
 
 
+def _is_text(path: pathlib.Path) -> bool:
+  with open(path, "rb") as f:
+    return b"\0" not in f.read(8192)
+
+
 def _examples(files: list[tuple[str, pathlib.Path]], split: str):
   for rel, path in files:
     if split_of(rel) != split:
@@ -37,9 +42,13 @@ def _examples(files: list[tuple[str, pathlib.Path]], split: str):
 
 
 def _split_generators(files):
-  """Generators for the splits that get files: a small folder may leave validation empty."""
-  present = {split_of(rel) for rel, _ in files}
-  return {split: _examples(files, split) for split in SPLITS if split in present}
+  """Generators for the splits that get text files: a small folder may leave validation empty."""
+  text = [(rel, path) for rel, path in files if _is_text(path)]
+  if not text:
+    raise ValueError(f"the {len(files)} files found are all binary (they hold NUL bytes); "
+                     "data.text_dir needs text files (data.text_glob selects them)")
+  present = {split_of(rel) for rel, _ in text}
+  return {split: _examples(text, split) for split in SPLITS if split in present}
 
 
 def stdlib_files() -> list[tuple[str, pathlib.Path]]:

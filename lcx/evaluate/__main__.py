@@ -4,13 +4,11 @@ Loads the latest checkpoint of RUN with its saved config plus overrides (for exa
 --config.model.rope.scaling=yarn --config.model.rope.factor=4, zero-shot) and writes
 RUN/eval/<name>.json with PNG plots beside it.
 """
-import logging
 import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
-from lcx import overrides as overrides_lib
+from lcx import cli
 from lcx.config import ConfigError
 from lcx.evaluate.runner import EvalOptions, evaluate_run
 
@@ -25,24 +23,30 @@ _DEPTHS = flags.DEFINE_list("passkey_depths", ["0", "0.25", "0.5", "0.75", "1"],
 _NAME = flags.DEFINE_string("name", "", "Output name; default from the overrides ('base' if none).")
 
 
-def main(argv):
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("lcx").setLevel(logging.INFO)
-  rest, overrides = overrides_lib.split_argv(argv[1:])
-  if rest:
-    sys.exit(f"lcx.evaluate: unexpected arguments {rest}")
+def main(argv, overrides):
+  cli.quiet_library_logs()
+  if len(argv) > 1:
+    sys.exit(f"lcx.evaluate: unexpected arguments {argv[1:]}")
   if not _WORKDIR.value:
     sys.exit("lcx.evaluate: --workdir RUN is required")
   try:
     options = EvalOptions(
-        lengths=tuple(int(n) for n in _LENGTHS.value), split=_SPLIT.value,
+        lengths=_numbers("lengths", _LENGTHS.value, int), split=_SPLIT.value,
         max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, passkey_trials=_TRIALS.value,
-        passkey_depths=tuple(float(d) for d in _DEPTHS.value), name=_NAME.value)
+        passkey_depths=_numbers("passkey_depths", _DEPTHS.value, float), name=_NAME.value)
     results, paths = evaluate_run(_WORKDIR.value, overrides, options)
   except (ConfigError, ValueError) as e:
     sys.exit(f"lcx.evaluate: {e}")
   print(format_table(results))
   print("\noutputs:\n" + "\n".join(f"  {key:20s} {path}" for key, path in paths.items()))
+
+
+def _numbers(flag: str, values: list[str], kind) -> tuple:
+  try:
+    return tuple(kind(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--{flag}={','.join(values)}: expected comma-separated "
+                     f"{'integers' if kind is int else 'numbers'}") from None
 
 
 def format_table(results: dict) -> str:
@@ -65,12 +69,5 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-# absl would reject --config.a.b=v as unknown flags: take them out before it parses.
-def run():
-  rest, overrides = overrides_lib.split_argv(sys.argv[1:])
-  app.run(lambda argv: main(argv + [overrides_lib.PREFIX + o for o in overrides]),
-          argv=[sys.argv[0]] + rest)
-
-
 if __name__ == "__main__":
-  run()
+  cli.run(main)

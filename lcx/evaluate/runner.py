@@ -17,7 +17,7 @@ from lcx.evaluate import plots
 from lcx.evaluate.loading import LoadedRun, load_run
 from lcx.evaluate.scoring import DoesNotFit, Scorer
 from lcx.metrics import log_evaluation_to_wandb
-from lcx.runs import saved_config
+from lcx.runs import saved_config, source_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,27 @@ class EvalOptions:
   name: str = ""  # output name; empty: derived from the config overrides
   max_batch_tokens: int = 32768
   seed: int = 0
+
+  def __post_init__(self):
+    """Arguments that would give wrong numbers are refused, one line naming the flag."""
+    bad = [n for n in self.lengths if isinstance(n, bool) or not isinstance(n, int) or n <= 0]
+    if bad:
+      raise ValueError(f"--lengths={','.join(map(str, self.lengths))}: lengths must be positive "
+                       f"integers (not {', '.join(map(str, bad))})")
+    bad = [d for d in self.passkey_depths if not 0 <= d <= 1]
+    if bad or not self.passkey_depths:
+      raise ValueError(f"--passkey_depths={','.join(map(str, self.passkey_depths))}: depths are "
+                       "fractions of the prompt in [0, 1], e.g. 0,0.5,1")
+    if self.passkey_trials < 0:
+      raise ValueError(f"--passkey_trials={self.passkey_trials} must be >= 0 (0 skips passkey)")
+    if self.stride < -1:
+      raise ValueError(f"--stride={self.stride}: allowed are a positive stride, 0 (the "
+                       "pretraining length) or -1 (no sliding window)")
+    if self.max_tokens <= 0:
+      raise ValueError(f"--max_tokens={self.max_tokens} must be a positive integer")
+    if "/" in self.name or self.name.startswith("."):
+      raise ValueError(f"--name={self.name!r}: a file name inside RUN/eval/, without '/' or a "
+                       "leading '.'")
 
 
 def default_name(overrides) -> str:
@@ -59,7 +80,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   c = run.config
   train_length = int(c.data.seq_len)
   # Multiples are of the pretraining length, also for a fine-tune, so that runs compare.
-  base_length = int(saved_config(c.init_from).data.seq_len) if c.init_from else train_length
+  base_length = (int(saved_config(source_dir(c.init_from, run.workdir)).data.seq_len)
+                 if c.init_from else train_length)
   lengths = tuple(options.lengths) or tuple(m * base_length for m in (1, 2, 4, 8, 16))
   stride = options.stride or base_length
   tokenizer = make_tokenizer(c.data.tokenizer)

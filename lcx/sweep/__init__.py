@@ -11,7 +11,6 @@ DIR/status.json records each stage's state.
 """
 import collections
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ import tqdm
 
 from lcx.exit_codes import PREEMPTED_EXIT_CODE
 from lcx.files import write_atomic
+from lcx.overrides import load_module
 from lcx.sweep import launchers
 
 
@@ -67,14 +67,16 @@ def load_sweep(spec: str) -> tuple[str, list[Run]]:
   """('study-arg', runs) from 'path/to/study.py:arg', checked for unique names and valid stages."""
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path)
-  if not file.is_file():
-    raise ValueError(f"study file {path!r} does not exist (expected experiments/<study>.py:arg)")
-  module_spec = importlib.util.spec_from_file_location(f"lcx_study_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  runs = module.get_sweep(arg) if arg else module.get_sweep()
-  check_runs(runs)
-  return f"{file.stem}-{arg}" if arg else file.stem, runs
+  module = load_module(path, "study file", "get_sweep")
+  try:
+    runs = module.get_sweep(arg) if arg else module.get_sweep()
+  except ValueError as e:  # the study's own message, e.g. an unknown scale
+    raise ValueError(f"study file {path}: {e}") from None
+  if not isinstance(runs, (list, tuple)) or not all(isinstance(r, Run) for r in runs):
+    raise ValueError(f"study file {path}: get_sweep({arg!r}) must return a list of "
+                     f"lcx.sweep.Run, not {type(runs).__name__}")
+  check_runs(list(runs))
+  return f"{file.stem}-{arg}" if arg else file.stem, list(runs)
 
 
 def check_runs(runs: list[Run]) -> None:
