@@ -58,8 +58,7 @@ def _fingerprints(tree):
 def fingerprints(tree) -> dict[str, int]:
   """{key path: checksum} of every array of a state (checkpoint integrity)."""
   values = jax.device_get(_fingerprints(tree))
-  return {jax.tree_util.keystr(path): int(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
+  return {_path_name(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
 
 
 def _path_name(path) -> str:
@@ -143,8 +142,10 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except Exception as e:
       raise self._failure(step, e) from None
-    if not (self.directory / str(step)).is_dir():
-      raise self._failure(step, "orbax did not commit it (see the log above)")
+    # Orbax's primary process may log a failed commit and go on; the folder tells. (Other
+    # processes may return before the primary has renamed it into place.)
+    if jax.process_index() == 0 and not (self.directory / str(step)).is_dir():
+      raise self._failure(step, "orbax did not commit it")
 
   def _failure(self, step: int, error) -> SaveFailed:
     reason = error if isinstance(error, str) else _os_reason(error)
@@ -193,7 +194,7 @@ class Checkpointer:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # orbax raises many types for damaged files
-        self._damaged(step, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        self._damaged(step, _os_reason(e))
         continue
       state = {"params": restored.params}
       if not params_only:

@@ -21,13 +21,17 @@ def quiet_library_logs() -> None:
   sys.unraisablehook = _unraisable
 
 
-
 def _unraisable(info) -> None:
   # Tensorstore calls back into asyncio loops that orbax has already closed after a failed save;
   # the RuntimeError it reports for each is noise once lcx has reported the failure.
   if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
     return
   sys.__unraisablehook__(info)
+
+
+def os_error(e: OSError) -> str:
+  """An OSError as 'path: reason', without its errno tuple."""
+  return f"{e.filename or 'a file'}: {e.strerror or e}"
 
 
 def run(main) -> None:

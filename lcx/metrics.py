@@ -57,7 +57,7 @@ class JsonlWriter:
 
   On resume, rows after the step resumed from (they will be logged again) move to
   <name>.superseded.jsonl, and a line cut off by a crash is dropped with a warning. A file
-  deleted or replaced while the run writes it is written again with every row it held.
+  deleted, replaced or truncated while the run writes it is written again with every row it held.
   """
 
   def __init__(self, path: pathlib.Path, resume_step: int):

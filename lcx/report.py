@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.cm.tab20.colors)
 import numpy as np  # noqa: E402
 
+from lcx import cli  # noqa: E402
 from lcx.evaluate.plots import log_scale_length_axis, passkey_heatmap  # noqa: E402
 from lcx.runs import source_dir  # noqa: E402
 
@@ -247,6 +248,8 @@ def main(argv=None):
     report, table = write_report(argv[0])
   except ValueError as e:
     sys.exit(f"lcx.report: {e}")
+  except OSError as e:  # the study directory not writable
+    sys.exit(f"lcx.report: {cli.os_error(e)}")
   print(table)
   print(f"\nreport: {report}\nfigures: {report.parent / 'figures'}")
 

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 
 from lcx import config as config_lib
-from lcx.checkpoint import Checkpointer
+from lcx.checkpoint import Checkpointer, CheckpointMismatch
 from lcx.train_step import abstract_model, param_shardings
 
 
@@ -35,12 +35,13 @@ def restore_state(workdir, abstract_state: dict) -> tuple[dict, dict]:
   checkpointer = Checkpointer(pathlib.Path(workdir).expanduser(), read_only=True)
   try:
     restored = checkpointer.restore_latest(abstract_state)
+  except CheckpointMismatch as e:
+    raise CheckpointMismatch(f"{e} (init_optimizer needs the optimizer settings of the run, "
+                             "train.grad_clip included)") from None
   finally:
     checkpointer.close()
   if restored is None:
-    raise config_lib.ConfigError(
-        f"{workdir}/checkpoints holds no checkpoint whose optimizer state restores into this "
-        "config (init_optimizer needs the same train.grad_clip setting as the run)")
+    raise config_lib.ConfigError(f"{workdir}/checkpoints holds no checkpoint that restores")
   return restored
 
 

@@ -119,12 +119,6 @@ def _build(c, devices):
   return mesh, stream, program, evaluator
 
 
-def _setup(config, devices):
-  """Resolved config, mesh, data stream and program."""
-  c, devices = _resolve(config, devices)
-  return (c, *_build(c, devices)[:3])
-
-
 class _Recorder:
   """Checks each step's metrics (fetched a step late, so the host never waits on the device) and
   writes a record every log_every steps. Throughput is measured between records; the first
@@ -216,13 +210,13 @@ def _check_savable(program: TrainProgram, state, batch, step: int, last_saved) -
 
 def train_and_evaluate(config, workdir, devices=None) -> dict:
   """Trains (or resumes) the run in workdir; returns a summary of where it ended."""
+  c, devices = _resolve(config, devices)  # a bad config leaves nothing behind
   workdir = workdir_lib.prepare(workdir)  # before anything is built
   is_main = jax.process_index() == 0
   with contextlib.ExitStack() as stack:
     if is_main:
       stack.enter_context(workdir_lib.TrainingLock(workdir))
-    c, devices = _resolve(config, devices)
-    workdir_lib.check_resume(workdir, c)
+    workdir_lib.check_resume(workdir, c, is_main)
     return _train(c, devices, workdir, is_main)
 
 
@@ -337,9 +331,12 @@ def main(argv, overrides):
     summary = train_and_evaluate(config, _WORKDIR.value)
   except (config_lib.ConfigError, TrainingDiverged, SaveFailed) as e:
     sys.exit(f"lcx.train: {e}")
-  except OSError as e:  # writing metrics or the config: a full disk, a lost mount
-    sys.exit(f"lcx.train: writing {e.filename or 'to the workdir'} failed ({e.strerror or e}); "
-             "the checkpoints written so far are kept")
+  except OSError as e:  # a full disk, a lost mount, a data_dir it cannot write
+    sys.exit(f"lcx.train: {cli.os_error(e)}; the checkpoints written "
+             "so far are kept")
+  except KeyboardInterrupt:
+    sys.exit("lcx.train: interrupted; the checkpoints written so far are kept, and the same "
+             "command resumes from the latest")
   if summary["final_loss"] is None:
     print(f"\nnothing to train: {summary['workdir']} is already at step {summary['step']}")
   else:

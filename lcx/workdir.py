@@ -35,7 +35,7 @@ def prepare(workdir) -> pathlib.Path:
   path = pathlib.Path(workdir).expanduser()
   if path.exists() and not path.is_dir():
     raise WorkdirError(f"--workdir {path} is a file, not a directory; pass a directory")
-  probe = path / ".lcx-write-test"
+  probe = path / f".lcx-write-test-{socket.gethostname()}-{os.getpid()}"  # one per process
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe.write_text("ok\n")
@@ -122,17 +122,19 @@ def has_checkpoints(workdir: pathlib.Path) -> bool:
           or any((workdir / QUARANTINE).glob("*")))
 
 
-def check_resume(workdir: pathlib.Path, config) -> None:
+def check_resume(workdir: pathlib.Path, config, is_main: bool = True) -> None:
   """Refuses to resume a run whose architecture or data the config changes; logs schedule changes.
 
-  With config.resume_changes='allow' the changes are logged and the old config is kept as
-  config.before-<time>.json beside the new one.
+  With config.resume_changes='allow' the changes are logged and the main process keeps the old
+  config as config.before-<time>.json beside the new one.
   """
   saved_path = workdir / "config.json"
-  if not saved_path.exists() or not has_checkpoints(workdir):
+  if not has_checkpoints(workdir):
     return
   try:
     saved = json.loads(saved_path.read_text())
+  except FileNotFoundError:  # none saved, or the main process has just moved it aside
+    return
   except json.JSONDecodeError as e:
     raise WorkdirError(f"{saved_path} is not valid JSON ({e}); restore it from a copy, or pass "
                        "another --workdir") from None
@@ -147,6 +149,8 @@ def check_resume(workdir: pathlib.Path, config) -> None:
     raise WorkdirError(
         f"{workdir} holds a run with another architecture or data: {'; '.join(fixed)}. Pass "
         "--config.resume_changes=allow to continue it with these changes, or use a new --workdir")
+  if not is_main:
+    return
   kept = workdir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.json"
   saved_path.replace(kept)
   log.warning("resuming with changed architecture or data (config.resume_changes=allow): %s; the "

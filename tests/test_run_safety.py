@@ -15,6 +15,7 @@ import pytest
 from lcx.checkpoint import CheckpointMismatch
 from lcx.evaluate.runner import EvalOptions, evaluate_run
 from lcx.metrics import JsonlWriter, read_jsonl
+from lcx.overrides import load_config
 from lcx.train import TrainingDiverged, train_and_evaluate
 from lcx.workdir import WorkdirError
 from tests.conftest import ROOT
@@ -204,19 +205,28 @@ def _one_line_error(result, prefix: str) -> str:
   return last
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--config.model.wibble=3"], "config.model.wibble does not exist; allowed fields there: "),
-    (["--config.train=3"], "config.train is a section, not a field"),
-    (["--config.train.steps=many"], "config.train.steps='many'"),
-    (["--config.seed=-1"], "config.seed=-1 must be"),
-    (["--config=configs/nope.py:tiny"], "config file 'configs/nope.py' does not exist"),
-    (["--config=configs/pretrain.py:huge"], "unknown preset 'huge'; allowed: tiny"),
-])
-def test_train_command_line_mistakes_are_one_line(args, expected, tmp_path, data_dir):
+@pytest.mark.parametrize("spec, overrides, expected", [
+    ("configs/pretrain.py:tiny", ["model.wibble=3"],
+     "config.model.wibble does not exist; allowed fields there: "),
+    ("configs/pretrain.py:tiny", ["train=3"], "config.train is a section, not a field"),
+    ("configs/pretrain.py:tiny", ["train.steps=many"], "config.train.steps='many'"),
+    ("configs/nope.py:tiny", [], "config file 'configs/nope.py' does not exist"),
+    ("configs/pretrain.py:huge", [], "unknown preset 'huge'; allowed: tiny")])
+def test_config_mistakes_are_one_line(spec, overrides, expected, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  with pytest.raises(ValueError, match=re.escape(expected)) as error:
+    load_config(spec, overrides)
+  assert "\n" not in str(error.value)
+
+
+def test_train_command_line_mistakes_are_one_line(tmp_path, data_dir):
+  result = _cli("lcx.train", "--config=configs/pretrain.py:huge", f"--workdir={tmp_path / 'run'}",
+                "--config.model.wibble=3", timeout=60)
+  assert "unknown preset 'huge'" in _one_line_error(result, "lcx.train: ")
   result = _cli("lcx.train", "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path / 'run'}",
-                f"--config.data.data_dir={data_dir}", *args, timeout=60)
-  assert expected in _one_line_error(result, "lcx.train: ")
-  assert not (tmp_path / "run" / "config.json").exists()
+                f"--config.data.data_dir={data_dir}", "--config.model.wibble=3", timeout=60)
+  assert "config.model.wibble does not exist" in _one_line_error(result, "lcx.train: ")
+  assert not (tmp_path / "run").exists()
 
 
 def test_data_mistakes_are_one_line(tmp_path, data_dir):
@@ -299,14 +309,15 @@ def test_a_read_only_workdir_is_refused_in_one_line(tmp_path, data_dir):
   assert "is not writable (Read-only file system)" in _one_line_error(result, "lcx.train: ")
 
 
-def test_wandb_online_but_unreachable_falls_back_to_offline(tiny_config, tmp_path, monkeypatch):
-  monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-  monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
-  monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
-  monkeypatch.delenv("WANDB_MODE", raising=False)
-  tiny_config.wandb.mode = "online"
-  tiny_config.train.steps = 1
-  train_and_evaluate(tiny_config, tmp_path / "run")
+def test_wandb_online_but_unreachable_falls_back_to_offline(tmp_path, data_dir):
+  # A fresh process: W&B reads its settings (the init timeout) once per process.
+  env = dict(WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9",  # nothing listens there
+             WANDB_INIT_TIMEOUT="1", WANDB_MODE="online")
+  flags = [f for f in _tiny_flags(data_dir) if "wandb" not in f]
+  result = _cli("lcx.train", f"--workdir={tmp_path / 'run'}", *flags, "--config.wandb.mode=online",
+                "--config.train.steps=1", env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "W&B online logging failed" in result.stderr and "logging offline instead" in result.stderr
   assert _steps(tmp_path / "run") == [1]
   assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 

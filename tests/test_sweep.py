@@ -82,6 +82,7 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
   os.remove(out / "alibi" / "pretrain.done")
   os.remove(pretrain / "summary.json")
   run_sweep(spec, out, only="alibi", progress=False)
+  assert set(json.loads((out / "status.json").read_text())) == {"alibi", "rope"}  # rope's kept
   resumed = read_jsonl(pretrain / "metrics.jsonl")
   assert [r["step"] for r in resumed] == list(range(1, 7))
   assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-6)

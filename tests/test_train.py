@@ -16,7 +16,7 @@ from lcx.data.sources import Documents
 from lcx.exit_codes import PREEMPTED_EXIT_CODE
 from lcx.data.tokenizers import ByteTokenizer
 from lcx.metrics import read_jsonl
-from lcx.train import TrainingDiverged, train_and_evaluate
+from lcx.train import train_and_evaluate
 from tests.conftest import ROOT
 
 SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
@@ -53,9 +53,9 @@ def test_data_and_fsdp_meshes_match_single_device(tiny_config, tmp_path, mesh):
 
 
 def test_parameters_are_sharded_by_the_rules(tiny_config):
-  from lcx.train import _setup
+  from lcx.train import _build, _resolve
   tiny_config.mesh.update(data=1, fsdp=4, tensor=2)
-  _, _, _, program = _setup(tiny_config, None)
+  _, _, program, _ = _build(*_resolve(tiny_config, None))
   state = program.init()
   wq = state["params"]["blocks"][0]["attn"]["wq"][...]  # (D, H, K): embed->fsdp, heads->tensor
   assert wq.addressable_shards[0].data.shape == (32 // 4, 4 // 2, 8)
@@ -102,18 +102,6 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path,
   assert sorted(os.listdir(workdir / "checkpoints"))[:3] == ["3", "6", "7"]
   # Steps 4-6 were retrained from step 3 (the schedule differs now: 7 steps, not 6).
   assert len(resumed) == 7 and resumed[:3] == straight[:3]
-
-
-def test_nan_loss_stops_without_a_nan_checkpoint(tiny_config, tmp_path):
-  tiny_config.train.update(learning_rate=1e30, warmup_steps=0, grad_clip=0.0, steps=50)
-  tiny_config.checkpoint.every_steps = 1
-  with pytest.raises(TrainingDiverged, match="not finite"):
-    train_and_evaluate(tiny_config, tmp_path / "run")
-  checkpoints = tmp_path / "run" / "checkpoints"
-  steps = sorted(int(s) for s in os.listdir(checkpoints) if s.isdigit())
-  logged = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-  assert all(np.isfinite(r["loss"]) for r in logged)
-  assert not steps or steps[-1] <= logged[-1]["step"]
 
 
 def _unigram_entropy(data_dir) -> float:

@@ -37,6 +37,8 @@ def main(argv, overrides):
     results, paths = evaluate_run(_WORKDIR.value, overrides, options)
   except (ConfigError, ValueError) as e:
     sys.exit(f"lcx.evaluate: {e}")
+  except OSError as e:  # RUN/eval not writable, a full disk
+    sys.exit(f"lcx.evaluate: {cli.os_error(e)}")
   print(format_table(results))
   print("\noutputs:\n" + "\n".join(f"  {key:20s} {path}" for key, path in paths.items()))
 

@@ -129,16 +129,20 @@ class Status:
 
   def __init__(self, out: pathlib.Path, runs: list[Run]):
     self.path = out / "status.json"
-    self.states = {r.name: {s.name: "pending" for s in r.stages} for r in runs}
+    saved = {}
     if self.path.exists():
-      for run, stages in json.loads(self.path.read_text()).items():
-        for stage, state in stages.items():
-          if run in self.states and stage in self.states[run]:
-            self.states[run][stage] = state
+      try:
+        saved = json.loads(self.path.read_text())
+      except json.JSONDecodeError:
+        tqdm.tqdm.write(f"{self.path} is not valid JSON; finished stages are found by their outputs")
+    self.states = {r.name: {s.name: saved.get(r.name, {}).get(s.name, "pending") for s in r.stages}
+                   for r in runs}
+    # Runs left out this time (--only) keep their entries.
+    self.others = {run: stages for run, stages in saved.items() if run not in self.states}
 
   def set(self, run: str, stage: str, state: str) -> None:
     self.states[run][stage] = state
-    write_atomic(self.path, json.dumps(self.states, indent=2) + "\n")
+    write_atomic(self.path, json.dumps({**self.others, **self.states}, indent=2) + "\n")
 
 
 def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "", progress: bool = True,

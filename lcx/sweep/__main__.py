@@ -3,6 +3,7 @@ import sys
 
 from absl import app, flags
 
+from lcx import cli
 from lcx.sweep import launchers, run_sweep
 
 _OUT = flags.DEFINE_string("out", None, "Directory of the study's runs.")
@@ -28,6 +29,8 @@ def main(argv):
                        only=_ONLY.value, launcher=launcher)
   except (ValueError, RuntimeError) as e:
     sys.exit(f"lcx.sweep: {e}")
+  except OSError as e:  # --out not a directory, not writable
+    sys.exit(f"lcx.sweep: {cli.os_error(e)}")
   if any(s == "failed" for r in states.values() for s in r.values()):
     sys.exit(1)
 
