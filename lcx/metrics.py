@@ -133,13 +133,13 @@ class WandbWriter:
       return
     id_file = workdir / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-    id_file.write_text(run_id)
     self.run = init_wandb(
         mode, dir=str(workdir), id=run_id, resume="allow", config=resolved_config,
         project=wandb_config.project, entity=wandb_config.entity or None,
         name=wandb_config.name or run_name, group=wandb_config.group or None,
         job_type=wandb_config.job_type, tags=list(wandb_config.tags))
     self.directory = os.path.dirname(self.run.dir)  # run.dir is its files/ folder
+    id_file.write_text(self.run.id)  # a fallback to offline may have taken a new id
 
   def write(self, record: dict) -> None:
     if self.run is not None:
@@ -161,8 +161,10 @@ def init_wandb(mode: str, **kwargs):
       raise
     log.warning("W&B online logging failed (%s: %s); logging offline instead, upload later with "
                 "`wandb sync`", type(e).__name__, str(e).splitlines()[0][:200])
-    wandb.teardown()  # the failed run still holds its id in W&B's service process
-    return wandb.init(mode="offline", **kwargs)
+    wandb.teardown()
+    # The failed run may still hold its id in W&B's service process: the offline run takes a new
+    # one (on a resume, the rest of the run is logged under it; wandb_run_id records it).
+    return wandb.init(mode="offline", **{**kwargs, "id": secrets.token_hex(4)})
 
 
 def wandb_mode(wandb_config) -> str:

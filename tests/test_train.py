@@ -86,9 +86,10 @@ def test_resume_matches_straight_run(tiny_config, tmp_path):
   assert meta["step"] == 6 and meta["tokens_seen"] == 6 * 8 * 32
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path, caplog):
-  workdir = tmp_path / "run"
-  straight = _run(tiny_config, workdir)
+def test_corrupt_latest_checkpoint_falls_back_to_previous(trained_run, tiny_config, tmp_path,
+                                                          caplog):
+  workdir = shutil.copytree(trained_run, tmp_path / "run")
+  straight = _losses(workdir)
   for path in (workdir / "checkpoints" / "6" / "params").rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")

@@ -75,8 +75,9 @@ def load_sweep(spec: str) -> tuple[str, list[Run]]:
   if not isinstance(runs, (list, tuple)) or not all(isinstance(r, Run) for r in runs):
     raise ValueError(f"study file {path}: get_sweep({arg!r}) must return a list of "
                      f"lcx.sweep.Run, not {type(runs).__name__}")
-  check_runs(list(runs))
-  return f"{file.stem}-{arg}" if arg else file.stem, list(runs)
+  runs = list(runs)
+  check_runs(runs)
+  return f"{file.stem}-{arg}" if arg else file.stem, runs
 
 
 def check_runs(runs: list[Run]) -> None:
