@@ -134,10 +134,11 @@ class _Recorder:
 
   def __call__(self, step: int, metrics) -> None:
     m = jax.device_get(metrics)
-    if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+    if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) and m["state_finite"]):
       raise TrainingDiverged(
-          f"loss {float(m['loss'])} / gradient norm {float(m['grad_norm'])} at step {step} is not "
-          "finite; stopped without checkpointing this state (lower train.learning_rate or raise "
+          f"step {step} is not finite (loss {float(m['loss'])}, gradient norm "
+          f"{float(m['grad_norm'])}, state after it finite: {bool(m['state_finite'])}); stopped "
+          "without checkpointing this state (lower train.learning_rate or raise "
           "train.warmup_steps)")
     self.window_steps += 1
     if step % self.log_every and step != self.last_step:
@@ -199,11 +200,13 @@ def _starting_state(c, program: TrainProgram, checkpointer: Checkpointer, mesh):
 
 
 def _check_savable(program: TrainProgram, state, batch, step: int, last_saved) -> None:
-  """TrainingDiverged unless the state about to be saved is finite and gives a finite loss."""
-  health = jax.device_get(program.health(state, batch))
-  if not health["finite"]:
+  """TrainingDiverged unless the state about to be saved is finite and can train on: its loss
+  and gradient norm finite, and so its update."""
+  health = program.health(state, batch)
+  if not (np.isfinite(health["loss"]) and np.isfinite(health["grad_norm"])
+          and health["state_finite"]):
     raise TrainingDiverged(
-        f"the state after step {step} is not finite (its loss {float(health['loss'])}, gradient "
+        f"the state after step {step} cannot train on (its loss {float(health['loss'])}, gradient "
         f"norm {float(health['grad_norm'])}); stopped without checkpointing it (last checkpoint: "
         f"{last_saved or 'none'}; lower train.learning_rate or raise train.warmup_steps)")
 

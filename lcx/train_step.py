@@ -99,8 +99,6 @@ class TrainProgram:
                                     out_shardings=self.state_shardings)
     self.step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
                         out_shardings=(self.state_shardings, replicated), donate_argnums=0)
-    self.health = jax.jit(self._health, in_shardings=(self.state_shardings, self.batch_sharding),
-                          out_shardings=replicated)
 
   def _init_state(self):
     model = Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
@@ -125,47 +123,43 @@ class TrainProgram:
     logits = model(batch["tokens"], batch["positions"], segment_ids)
     return token_losses(logits, batch["targets"]).mean()
 
-  def _microbatches(self, batch):
-    """The batch as (grad_accum_steps, rows, ...): microbatch i takes rows i, i + n, ..., so that
-    every device keeps a share of every microbatch."""
-    n = self.grad_accum_steps
-
-    def split(x):
-      x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-      return shard(x, (None, *BATCH_NAMES))
-    return jax.tree.map(split, batch)
-
   def _grads(self, params, batch):
     value_and_grad = jax.value_and_grad(self.loss)
     if self.grad_accum_steps == 1:
       return value_and_grad(params, batch)
+    n = self.grad_accum_steps
+
+    def split(x):
+      # Microbatch i takes rows i, i + n, ...: every device keeps a share of every microbatch.
+      x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+      return shard(x, (None, *BATCH_NAMES))
 
     def accumulate(carry, micro):
       loss, grads = value_and_grad(params, micro)
       return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), _ = jax.lax.scan(accumulate, zeros, self._microbatches(batch))
-    return jax.tree.map(lambda x: x / self.grad_accum_steps, (loss, grads))
-
-  def _health(self, state, batch):
-    """Whether a state is fit to checkpoint: every array finite, and so are the loss and gradient
-    norm of its own parameters (on the first microbatch). A step's logged loss is that of the
-    parameters before it, so without this a checkpoint could hold a state that cannot train."""
-    with activation_sharding(self.mesh, self.rules):
-      micro = jax.tree.map(lambda x: x[0], self._microbatches(batch))
-      loss, grads = jax.value_and_grad(self.loss)(state["params"], micro)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(state)
-                        if jnp.issubdtype(x.dtype, jnp.inexact)])
-    return {"loss": loss, "grad_norm": grad_norm,
-            "finite": finite.all() & jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+    (loss, grads), _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, batch))
+    return jax.tree.map(lambda x: x / n, (loss, grads))
 
   def _train_step(self, state, batch):
     with activation_sharding(self.mesh, self.rules):
       loss, grads = self._grads(state["params"], batch)
       updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
       params = optax.apply_updates(state["params"], updates)
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    # Whether every array of the new state is finite: one pass over the state, no extra compile.
+    finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(new_state)
+                        if jnp.issubdtype(x.dtype, jnp.inexact)]).all()
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": self.schedule(state["step"])}
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+               "learning_rate": self.schedule(state["step"]), "state_finite": finite}
+    return new_state, metrics
+
+  def health(self, state, batch) -> dict:
+    """Metrics of one more step from `state`, on a copy: the loss and gradient norm of the
+    state's own parameters and whether its update stays finite. A step's logged loss is that of
+    the parameters before it, so a checkpoint checks its own this way (the compiled step is
+    reused; the copy costs one state's memory for the moment)."""
+    copy = jax.device_put(state, may_alias=False)
+    _, metrics = self.step(copy, batch)
+    return jax.device_get(metrics)

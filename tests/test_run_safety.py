@@ -116,7 +116,7 @@ def test_checkpoint_values_are_checked_against_their_checksums(trained_run, tiny
 def test_a_diverging_run_checkpoints_nothing_and_a_saner_rerun_trains(tiny_config, tmp_path):
   tiny_config.train.update(learning_rate=1e30, warmup_steps=0, grad_clip=0.0, steps=20)
   tiny_config.checkpoint.every_steps = 1
-  with pytest.raises(TrainingDiverged, match="not finite"):
+  with pytest.raises(TrainingDiverged, match="cannot train on|not finite"):
     train_and_evaluate(tiny_config, tmp_path / "run")
   # Step 1's parameters give a finite loss but gradients that are not: no checkpoint holds them.
   assert not [s for s in os.listdir(tmp_path / "run" / "checkpoints") if s.isdigit()]
