@@ -99,6 +99,9 @@ class TrainProgram:
                                     out_shardings=self.state_shardings)
     self.step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
                         out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    # A copy made on the devices (device_put cannot copy arrays other processes hold parts of).
+    self._copy = jax.jit(lambda state: jax.tree.map(jnp.copy, state),
+                         in_shardings=(self.state_shardings,), out_shardings=self.state_shardings)
 
   def _init_state(self):
     model = Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
@@ -160,6 +163,5 @@ class TrainProgram:
     state's own parameters and whether its update stays finite. A step's logged loss is that of
     the parameters before it, so a checkpoint checks its own this way (the compiled step is
     reused; the copy costs one state's memory for the moment)."""
-    copy = jax.device_put(state, may_alias=False)
-    _, metrics = self.step(copy, batch)
+    _, metrics = self.step(self._copy(state), batch)
     return jax.device_get(metrics)
