@@ -4,6 +4,8 @@ Every field can be overridden on the command line as `--config.a.b=value`.
 """
 import ml_collections
 
+from lcx import config as config_lib
+
 
 # Accelerator sizes (with the byte vocabulary): model, seq_len, steps, learning rate, warmup.
 _ACCELERATOR = {
@@ -45,6 +47,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       name="pystdlib", text_dir="", text_glob="**/*", data_dir="~/.cache/lcx/tensorflow_datasets",
       text_key="text", tokenizer="byte", seq_len=128, batch_size=16, document_mask=True,
   ))
+  # A fraction of training rows made retrieval documents (lcx.data.mixture; 0: plain
+  # pretraining), the tasks and styles drawn from, and the task sizes training and evaluation share.
+  c.data.retrieval = config_lib.default_retrieval()
 
   c.train = ml_collections.ConfigDict(dict(
       steps=300, log_every=10, learning_rate=3e-3, warmup_steps=30, schedule="cosine",

@@ -17,10 +17,10 @@ FINETUNES = ("linear", "yarn")  # RoPE scalings fine-tuned at 4x the length
 PG19 = ("data.name=pg19", "data.text_key=book_text")
 SCALES = {
     # pretrain preset, data overrides, fine-tune preset suffix, evaluation flags
-    "cpu": ("tiny", (), "", ("--max_tokens=8192", "--passkey_trials=3",
-                             "--passkey_depths=0,0.5,1")),
-    "small": ("125m", PG19, ",125m", ("--max_tokens=262144", "--passkey_trials=10")),
-    "base": ("350m", PG19, ",350m", ("--max_tokens=262144", "--passkey_trials=10")),
+    "cpu": ("tiny", (), "", ("--max_tokens=8192", "--tasks=passkey,niah_multikey", "--trials=3",
+                             "--depths=0,0.5,1")),
+    "small": ("125m", PG19, ",125m", ("--max_tokens=262144", "--trials=10")),
+    "base": ("350m", PG19, ",350m", ("--max_tokens=262144", "--trials=10")),
 }
 
 
@@ -39,7 +39,7 @@ def get_sweep(arg: str = "cpu") -> list[Run]:
     if scheme == "rope":
       stages += [Stage(f"eval-zeroshot-{m}", "evaluate", source="pretrain",
                        overrides=(f"model.rope.scaling={m}", "model.rope.factor=4"),
-                       args=(*eval_flags, "--passkey_trials=0")) for m in ZERO_SHOT]
+                       args=(*eval_flags, "--trials=0")) for m in ZERO_SHOT]
       for method in FINETUNES:
         stages += [
             Stage(f"finetune-{method}", "finetune", f"configs/finetune.py:{method}{finetune_suffix}",

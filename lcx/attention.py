@@ -186,3 +186,16 @@ def make(name: str, *, bias_form: str | None, block: int = DEFAULT_BLOCK):
     splash = functools.partial(splash_attention, block=block)
     return splash if name == "splash" else _splash_where_it_fits(splash, block)
   return IMPLEMENTATIONS[chosen]
+
+
+def make_for_cache(name: str, *, bias_form: str | None, block: int = DEFAULT_BLOCK):
+  """The attention function for a KV cache (decoding): queries aligned to the end of a longer key
+  buffer whose unwritten slots are masked by segment id. The chosen kernel serves where it takes
+  that (dense and the tiled ones do); cuDNN and splash want as many queries as keys, so blockwise
+  stands in."""
+  chosen = select(name, bias_form=bias_form)
+  if chosen == "dense":
+    return dense_attention
+  if chosen not in TILED:
+    chosen = "blockwise"
+  return functools.partial(IMPLEMENTATIONS[chosen], block_q=block, block_k=block)

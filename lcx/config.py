@@ -7,7 +7,8 @@ import math
 
 import ml_collections
 
-from lcx import attention, positions
+from lcx import attention, positions, retrieval
+from lcx.data import mixture
 from lcx.data.tokenizers import TOKENIZERS, make_tokenizer
 from lcx.model import REMAT_POLICIES, ModelConfig
 from lcx.sharding import resolve_mesh_shape
@@ -51,6 +52,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
       m[name] = getattr(ModelConfig, name)
   if "resume_changes" not in c:
     c.resume_changes = "refuse"
+  if "retrieval" not in d:
+    d.retrieval = default_retrieval()
   _require(isinstance(c.seed, int) and not isinstance(c.seed, bool) and 0 <= c.seed < 2 ** 32,
            f"config.seed={c.seed!r} must be an integer in [0, 2^32)")
   _choice(c, "resume_changes", ("refuse", "allow"))
@@ -124,6 +127,12 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   if c.wandb.job_type == "finetune":
     _require(bool(c.init_from), "config.init_from is empty; a fine-tune needs the run directory "
              "whose parameters it starts from")
+  try:
+    mixture.check(mixture_config(c), make_tokenizer(d.tokenizer), d.seq_len)
+    retrieval_params(c)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}" if str(e).startswith("data.") else
+                      f"config.data.{e}") from None
   if d.name == "text_dir":
     _require(bool(d.text_dir), "config.data.text_dir is empty; data.name='text_dir' needs a folder")
 
@@ -144,6 +153,27 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
            f"config.model.d_model={m.d_model} must be divisible by config.mesh.fsdp={c.mesh.fsdp}")
   c.lock()
   return c
+
+
+def default_retrieval() -> ml_collections.ConfigDict:
+  """data.retrieval: the retrieval mixture (off at fraction 0) and the task sizes that training
+  and evaluation share."""
+  p = retrieval.TaskParams()
+  return ml_collections.ConfigDict(dict(
+      fraction=0.0, tasks=retrieval.TASKS, styles=retrieval.STYLES, num_keys=p.num_keys,
+      num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops))
+
+
+def retrieval_params(c: ml_collections.ConfigDict) -> retrieval.TaskParams:
+  r = c.data.retrieval
+  return retrieval.TaskParams(num_keys=r.num_keys, num_values=r.num_values,
+                              num_queries=r.num_queries, num_hops=r.num_hops)
+
+
+def mixture_config(c: ml_collections.ConfigDict) -> mixture.MixtureConfig:
+  r = c.data.retrieval
+  return mixture.MixtureConfig(fraction=float(r.fraction), tasks=tuple(r.tasks),
+                               styles=tuple(r.styles), params=retrieval_params(c))
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:

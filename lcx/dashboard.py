@@ -1,7 +1,8 @@
 """python -m lcx.dashboard experiments/<study>.py:ARG [--entity E] [--project P]
 
 Saves a W&B workspace for a study, so the dashboard is one command: training loss by scheme,
-perplexity vs length and passkey figures from the evaluations, and cost (tokens, FLOPs, time,
+perplexity vs length, retrieval (the probe during training, heatmaps and accuracy vs length from
+the evaluations), and cost (tokens, FLOPs, time,
 throughput, memory). Runs are filtered to the study's group and grouped by position scheme. It
 needs a W&B API key; without one (offline) it says so and saves nothing.
 """
@@ -10,6 +11,7 @@ import sys
 from absl import app, flags
 
 from lcx.metrics import has_wandb_key
+from lcx.retrieval import STYLES, TASKS
 from lcx.sweep import load_sweep
 
 _ENTITY = flags.DEFINE_string("entity", "", "W&B entity; default: the API key's default entity.")
@@ -34,16 +36,23 @@ def build_workspace(study: str, entity: str, project: str):
   extrapolation = ws.Section(name="Extrapolation", is_open=True, panels=[
       wr.MediaBrowser(title="perplexity vs length", media_keys=["plots/perplexity_png"]),
       wr.MediaBrowser(title="loss by position", media_keys=["plots/by_position_png"]),
-      wr.MediaBrowser(title="passkey (prose)", media_keys=["plots/passkey_prose_png"]),
-      wr.MediaBrowser(title="passkey (python)", media_keys=["plots/passkey_python_png"]),
-      wr.BarPlot(title="longest passkey length at 100%",
-                 metrics=["passkey/prose/longest_at_100", "passkey/python/longest_at_100"]),
+  ])
+  retrieval = ws.Section(name="Retrieval", is_open=True, panels=[
+      wr.LinePlot(title="retrieval probe during training (exact match at 1x)", x="Step",
+                  y=[f"eval/retrieval_{task}" for task in TASKS]),
+      wr.MediaBrowser(title="retrieval vs length", media_keys=["plots/retrieval_png"]),
+      *[wr.MediaBrowser(title=f"{task} by length and depth", media_keys=[f"plots/{task}_png"])
+        for task in TASKS],
+      wr.BarPlot(title="exact match at 1x", metrics=[
+          f"retrieval/{task}/{style}/exact_1x" for task in TASKS for style in STYLES]),
+      wr.BarPlot(title="longest length at >= 90% exact match", metrics=[
+          f"retrieval/{task}/{style}/longest_at_90" for task in TASKS for style in STYLES]),
   ])
   cost = ws.Section(name="Cost", is_open=True, panels=[
       wr.BarPlot(title=name, metrics=[name]) for name in COST_METRICS])
   return ws.Workspace(
       entity=entity, project=project, name=f"lcx study: {study}",
-      sections=[training, extrapolation, cost],
+      sections=[training, extrapolation, retrieval, cost],
       runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == study],
                                         groupby=[ws.Config("model.position")]))
 

@@ -177,7 +177,8 @@ def wandb_mode(wandb_config) -> str:
 def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
                             images: dict[str, pathlib.Path]) -> None:
   """An evaluation as its own W&B run (job_type "evaluate", grouped with its training run): a
-  table of perplexity by length, passkey summaries, and the figures."""
+  table of perplexity by length, one of retrieval accuracy by task, length and depth, summaries,
+  and the figures."""
   mode = wandb_mode(wandb_config)
   if mode == "disabled":
     return
@@ -196,8 +197,19 @@ def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
     for row in results[kind]:
       table.add_data(kind, *(row.get(c) for c in columns[1:]))
   logged = {"perplexity_by_length": table}
-  for style, grid in results["passkey"].items():
-    logged[f"passkey/{style}/longest_at_100"] = grid["longest_at_100"]
+  columns = ["task", "style", "length", "multiple", "depth", "exact", "ranked"]
+  retrieval = wandb.Table(columns=columns)
+  for key, grid in results["retrieval"].items():
+    for i, length in enumerate(grid["lengths"]):
+      for j, depth in enumerate(grid["depths"]):
+        retrieval.add_data(grid["task"], grid["style"], length, length / results["base_length"],
+                           depth, grid["exact"][i][j], grid["ranked"][i][j])
+    logged[f"retrieval/{key}/longest_at_90"] = grid["longest_at_90"]
+    exact_1x = grid["exact"][grid["lengths"].index(results["base_length"])] if (
+        results["base_length"] in grid["lengths"]) else None
+    if exact_1x and None not in exact_1x:
+      logged[f"retrieval/{key}/exact_1x"] = sum(exact_1x) / len(exact_1x)
+  logged["retrieval_by_length_and_depth"] = retrieval
   for key, path in images.items():
     if path.suffix == ".png":
       logged[f"plots/{key}"] = wandb.Image(str(path))

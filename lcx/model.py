@@ -72,9 +72,37 @@ class RMSNorm(nnx.Module):
     return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """One layer's rotated keys and values in a buffer of S slots, newest at the end: a block of
+  queries appended to it is then causal by index, as the kernels define it. Slots never written
+  hold valid=0 (a segment id no query has), so they are masked out."""
+  k_BSHK: jax.Array
+  v_BSHK: jax.Array
+  positions_BS: jax.Array
+  valid_BS: jax.Array
+
+  @classmethod
+  def empty(cls, batch: int, size: int, heads: int, head_dim: int, dtype) -> "KVCache":
+    zeros = jnp.zeros((batch, size, heads, head_dim), dtype)
+    return cls(zeros, zeros, jnp.zeros((batch, size), jnp.int32), jnp.zeros((batch, size), jnp.int32))
+
+  @property
+  def size(self) -> int:
+    return self.k_BSHK.shape[1]
+
+  def append(self, k_BCHK, v_BCHK, positions_BC) -> "KVCache":
+    """The oldest C slots dropped, the new entries written at the end."""
+    push = lambda old, new: jnp.concatenate([old[:, new.shape[1]:], new.astype(old.dtype)], axis=1)
+    return KVCache(push(self.k_BSHK, k_BCHK), push(self.v_BSHK, v_BCHK),
+                   push(self.positions_BS, positions_BC),
+                   push(self.valid_BS, jnp.ones(positions_BC.shape, jnp.int32)))
+
+
 class Attention(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, attend, rngs):
+  def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None):
     D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
     out_std = 1.0 / math.sqrt(H * K * 2 * cfg.n_layers)
     self.wq = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
@@ -82,16 +110,31 @@ class Attention(nnx.Module):
     self.wv = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
     self.wo = _param(rngs, (H, K, D), ("heads", None, "embed"), out_std, cfg.param_dtype)
     self.attend = attend
+    self.cache_attend = cache_attend
 
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme: positions.PositionScheme):
+  def _qkv(self, x_BLD, positions_BL, scheme, length=None):
     q_BLHK, k_BLHK = project(x_BLD, self.wq[...]), project(x_BLD, self.wk[...])
     v_BLHK = project(x_BLD, self.wv[...])
-    q_BLHK, k_BLHK = scheme.rotate(q_BLHK, k_BLHK, positions_BL)
+    q_BLHK, k_BLHK = scheme.rotate(q_BLHK, k_BLHK, positions_BL, length)
+    return q_BLHK, k_BLHK, v_BLHK
+
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme: positions.PositionScheme):
+    q_BLHK, k_BLHK, v_BLHK = self._qkv(x_BLD, positions_BL, scheme)
     o_BLHK = self.attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
                          k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
                          k_segment_ids_BK=segment_ids_BL,
                          bias_fn=scheme.bias_fn())
     return project(o_BLHK, self.wo[...], in_dims=2)
+
+  def extend(self, x_BCD, positions_BC, scheme, cache: KVCache):
+    """C new tokens after those in the cache: (output, the cache with them appended)."""
+    q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme, length=cache.size)
+    cache = cache.append(k_BCHK, v_BCHK, positions_BC)
+    o_BCHK = self.cache_attend(q_BCHK, cache.k_BSHK, cache.v_BSHK, q_positions_BQ=positions_BC,
+                               k_positions_BK=cache.positions_BS,
+                               q_segment_ids_BQ=jnp.ones(positions_BC.shape, jnp.int32),
+                               k_segment_ids_BK=cache.valid_BS, bias_fn=scheme.bias_fn())
+    return project(o_BCHK, self.wo[...], in_dims=2), cache
 
 
 class Mlp(nnx.Module):
@@ -118,9 +161,9 @@ class Mlp(nnx.Module):
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, attend, rngs):
+  def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None):
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
-    self.attn = Attention(cfg, attend, rngs)
+    self.attn = Attention(cfg, attend, rngs, cache_attend)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.mlp = Mlp(cfg, rngs)
 
@@ -128,6 +171,11 @@ class Block(nnx.Module):
     x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), positions_BL, segment_ids_BL, scheme)
     x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
     return shard(x_BLD, BATCH_ACTIVATION)
+
+  def extend(self, x_BCD, positions_BC, scheme, cache: KVCache):
+    attended, cache = self.attn.extend(self.attn_norm(x_BCD), positions_BC, scheme, cache)
+    x_BCD = x_BCD + attended
+    return x_BCD + self.mlp(self.mlp_norm(x_BCD)), cache
 
 
 class Transformer(nnx.Module):
@@ -137,9 +185,12 @@ class Transformer(nnx.Module):
     self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0,
                             cfg.param_dtype)
     self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
-    attend = attention.make(cfg.attention, bias_form=positions.bias_form(cfg.position),
-                            block=cfg.attention_block)
-    self.blocks = nnx.List([Block(cfg, attend, rngs) for _ in range(cfg.n_layers)])
+    form = positions.bias_form(cfg.position)
+    attend = attention.make(cfg.attention, bias_form=form, block=cfg.attention_block)
+    cache_attend = attention.make_for_cache(cfg.attention, bias_form=form,
+                                            block=cfg.attention_block)
+    self.blocks = nnx.List([Block(cfg, attend, rngs, cache_attend)
+                            for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     if not cfg.tie_embeddings:
       self.head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
@@ -153,6 +204,9 @@ class Transformer(nnx.Module):
     x_BLD = shard(self.position.embed(x_BLD, positions_BL), BATCH_ACTIVATION)
     x_BLD = run_blocks(self.blocks, x_BLD, positions_BL, segment_ids_BL, self.position,
                        remat=self.cfg.remat, scan=self.cfg.scan_layers)
+    return self._logits(x_BLD)
+
+  def _logits(self, x_BLD):
     x_BLD = self.final_norm(x_BLD)
     if self.cfg.tie_embeddings:
       # Scaled so that unit-variance embeddings give unit-variance logits at init.
@@ -160,6 +214,25 @@ class Transformer(nnx.Module):
     else:
       w_DV = self.head[...]
     return project(x_BLD, w_DV).astype(jnp.float32)
+
+  def empty_caches(self, batch: int, size: int) -> list[KVCache]:
+    """One empty cache per layer with room for `size` tokens: the whole window to be decoded."""
+    self.position.check_length(size)
+    return [KVCache.empty(batch, size, self.cfg.n_heads, self.cfg.head_dim,
+                          jnp.dtype(self.cfg.compute_dtype)) for _ in self.blocks]
+
+  def extend(self, tokens_BC, positions_BC, caches: list[KVCache]):
+    """Logits of C tokens that follow those in the caches, and the caches with them added. A
+    prompt is one call on empty caches, each decoded token one more; the logits equal those of
+    the full forward over the window (tests/test_decode.py)."""
+    dtype = jnp.dtype(self.cfg.compute_dtype)
+    x_BCD = jnp.take(self.embedding[...], tokens_BC, axis=0).astype(dtype)
+    x_BCD = self.position.embed(x_BCD, positions_BC)
+    new_caches = []
+    for block, cache in zip(self.blocks, caches):
+      x_BCD, cache = block.extend(x_BCD, positions_BC, self.position, cache)
+      new_caches.append(cache)
+    return self._logits(x_BCD), new_caches
 
 
 REMAT_POLICIES = {

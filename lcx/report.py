@@ -3,8 +3,8 @@
 DIR holds runs as the sweep lays them out, DIR/<run>/<stage>/ with summary.json for training
 stages and eval/<name>.json for their evaluations; any folder of lcx runs and evaluations works.
 Each evaluation becomes a row (a "variant": the scheme, with its RoPE scaling and whether it was
-fine-tuned), with its perplexity at each multiple of the pretraining length, passkey, and the cost
-of the training behind it.
+fine-tuned), with its perplexity and retrieval at each multiple of the pretraining length, and
+the cost of the training behind it. Every figure draws a variant in the same colour and marker.
 """
 import dataclasses
 import json
@@ -17,13 +17,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# A study has more variants than the default ten colours.
-plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.cm.tab20.colors)
 import numpy as np  # noqa: E402
 
 from lcx import cli  # noqa: E402
-from lcx.evaluate.plots import log_scale_length_axis, passkey_heatmap  # noqa: E402
+from lcx.evaluate.plots import depth_mean, log_scale_length_axis  # noqa: E402
 from lcx.runs import source_dir  # noqa: E402
+
+MARKERS = "os^vD<>ph*"
 
 MULTIPLES = (1, 2, 4, 8, 16)
 
@@ -41,9 +41,23 @@ class Variant:
         return row["perplexity"]
     return None
 
-  def passkey(self) -> int | None:
-    longest = [g["longest_at_100"] for g in self.results["passkey"].values()
-               if g["longest_at_100"] is not None]
+  def retrieval_tasks(self) -> list[str]:
+    return list(dict.fromkeys(g["task"] for g in self.results.get("retrieval", {}).values()))
+
+  def retrieval(self, task: str, kind: str, multiple: float) -> float | None:
+    """Accuracy (exact or ranked) of a task at a multiple, the mean over its styles and depths."""
+    values = []
+    for grid in self.results.get("retrieval", {}).values():
+      if grid["task"] != task:
+        continue
+      for length, value in zip(grid["lengths"], depth_mean(grid[kind])):
+        if math.isclose(length / self.results["base_length"], multiple) and value is not None:
+          values.append(value)
+    return float(np.mean(values)) if values else None
+
+  def longest_at_90(self, task: str) -> int | None:
+    longest = [g["longest_at_90"] for g in self.results.get("retrieval", {}).values()
+               if g["task"] == task and g["longest_at_90"] is not None]
     return max(longest) if longest else None
 
   def total_flops(self) -> float:
@@ -139,16 +153,17 @@ def _bytes(value) -> str:
 
 
 def tables(variants: list[Variant]) -> str:
-  """Markdown: perplexity per multiple (non-overlapping / sliding), passkey, and cost."""
+  """Markdown: perplexity per multiple (non-overlapping / sliding), retrieval per task, cost."""
   head = " | ".join(f"{m}x" for m in MULTIPLES)
-  lines = [f"| variant | {head} | passkey 100% up to |", "| --- |" + " ---: |" * (len(MULTIPLES) + 1)]
+  lines = [f"| variant | {head} |", "| --- |" + " ---: |" * len(MULTIPLES)]
   for v in variants:
     cells = " | ".join(f"{_fmt(v.at('perplexity', m))} / {_fmt(v.at('sliding', m))}"
                        for m in MULTIPLES)
-    lines.append(f"| {v.label} | {cells} | {_fmt(v.passkey(), 'd')} |")
+    lines.append(f"| {v.label} | {cells} |")
   lines += ["", "Cells: perplexity non-overlapping / sliding window, at multiples of the "
-            "pretraining length.", "",
-            "| variant | pretrain tokens | FLOPs | time (s) | tokens/s | peak memory | "
+            "pretraining length."]
+  lines += retrieval_tables(variants)
+  lines += ["", "| variant | pretrain tokens | FLOPs | time (s) | tokens/s | peak memory | "
             "fine-tune tokens | FLOPs | time (s) |", "| --- |" + " ---: |" * 8]
   for v in variants:
     p, f = v.pretrain, v.finetune or {}
@@ -160,23 +175,66 @@ def tables(variants: list[Variant]) -> str:
   return "\n".join(lines)
 
 
-def figures(variants: list[Variant], out: pathlib.Path) -> dict[str, pathlib.Path]:
+def _percent(value) -> str:
+  return "n/a" if value is None else f"{value:.0%}"
+
+
+def retrieval_tables(variants: list[Variant]) -> list[str]:
+  """One table per retrieval task: exact / ranked accuracy per variant and multiple, and the
+  longest length retrieved at >= 90% exact match."""
+  tasks = list(dict.fromkeys(t for v in variants for t in v.retrieval_tasks()))
+  lines = []
+  for task in tasks:
+    head = " | ".join(f"{m}x" for m in MULTIPLES)
+    lines += ["", f"**Retrieval: {task}**", "", f"| variant | {head} | longest at >= 90% |",
+              "| --- |" + " ---: |" * (len(MULTIPLES) + 1)]
+    for v in variants:
+      if task not in v.retrieval_tasks():
+        continue
+      cells = " | ".join(f"{_percent(v.retrieval(task, 'exact', m))} / "
+                         f"{_percent(v.retrieval(task, 'ranked', m))}" for m in MULTIPLES)
+      lines.append(f"| {v.label} | {cells} | {_fmt(v.longest_at_90(task), 'd')} |")
+  if tasks:
+    lines += ["", "Cells: exact match of greedy decoding / true answer ranked first among 10 "
+              "(chance 10%), the mean over depths and styles (prose, python)."]
+  return lines
+
+
+def looks(variants: list[Variant]) -> dict[str, dict]:
+  """One colour and marker per variant, the same in every figure; fine-tunes dashed."""
+  colours = plt.cm.tab20.colors if len(variants) > 10 else plt.cm.tab10.colors
+  return {v.label: dict(color=colours[i % len(colours)], marker=MARKERS[i % len(MARKERS)],
+                        linestyle="--" if v.finetune else "-")
+          for i, v in enumerate(variants)}
+
+
+def _mark_training_length(ax, variants: list[Variant]) -> None:
+  for length in sorted({v.results["base_length"] for v in variants}):
+    ax.axvline(length, color="grey", linestyle=":", linewidth=1)
+    ax.annotate("training length", (length, 1), xycoords=("data", "axes fraction"),
+                xytext=(3, -10), textcoords="offset points", fontsize=7, color="grey")
+
+
+def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str, pathlib.Path]:
   """The report's PNGs in `out`: perplexity vs length, loss by position, quality against
-  compute, and a passkey heatmap per variant and style."""
+  compute, retrieval vs length and retrieval by length and depth, per task."""
   out.mkdir(parents=True, exist_ok=True)
+  look = looks(variants)
   paths = {}
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-  for ax, kind, title in ((axes[0], "perplexity", "non-overlapping"),
-                          (axes[1], "sliding", "sliding window")):
+  for ax, kind, name in ((axes[0], "perplexity", "non-overlapping"),
+                         (axes[1], "sliding", "sliding window")):
     for v in variants:
       rows = [r for r in v.results[kind] if "perplexity" in r]
-      ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], marker="o",
-              label=v.label, linestyle="--" if v.finetune else "-")
+      ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], label=v.label,
+              **look[v.label])
     lengths = sorted({r["length"] for v in variants for r in v.results["perplexity"]})
     log_scale_length_axis(ax, lengths)
-    ax.set(title=f"perplexity vs length ({title})", xlabel="evaluation length (tokens)")
+    _mark_training_length(ax, variants)
+    ax.set(title=f"perplexity vs length ({name})", xlabel="evaluation length (tokens)")
   axes[0].set_ylabel("perplexity")
   axes[1].legend(fontsize=7)
+  fig.suptitle(title)
   fig.tight_layout()
   paths["perplexity_vs_length"] = _save(fig, out / "perplexity_vs_length.png")
 
@@ -186,9 +244,11 @@ def figures(variants: list[Variant], out: pathlib.Path) -> dict[str, pathlib.Pat
     if rows:
       bins = rows[-1]["by_position"]  # the longest length evaluated
       centers = (np.array(bins["bin_start"]) + np.array(bins["bin_end"])) / 2
-      ax.plot(centers, bins["loss"], label=f"{v.label} (L={rows[-1]['length']})")
+      ax.plot(centers, bins["loss"], label=f"{v.label} (L={rows[-1]['length']})",
+              markersize=3, **look[v.label])
+  _mark_training_length(ax, variants)
   ax.set(xscale="log", xlabel="position in window", ylabel="loss (nats/token)",
-         title="loss by position at the longest length")
+         title=f"{title}: loss by position at the longest length")
   ax.legend(fontsize=7)
   fig.tight_layout()
   paths["loss_by_position"] = _save(fig, out / "loss_by_position.png")
@@ -198,24 +258,87 @@ def figures(variants: list[Variant], out: pathlib.Path) -> dict[str, pathlib.Pat
     for v in variants:
       value = v.at("perplexity", multiple)
       if value is not None:
-        ax.scatter(v.total_flops(), value, label=v.label)
+        ax.scatter(v.total_flops(), value, label=v.label, color=look[v.label]["color"],
+                   marker=look[v.label]["marker"])
     ax.set(xscale="log", xlabel="total training FLOPs (pretrain + fine-tune)",
            ylabel="perplexity", title=f"quality at {multiple}x against compute")
   axes[1].legend(fontsize=7)
+  fig.suptitle(title)
   fig.tight_layout()
   paths["quality_vs_compute"] = _save(fig, out / "quality_vs_compute.png")
 
-  for v in variants:
-    for style, grid in v.results["passkey"].items():
-      name = f"passkey_{v.label.replace(' ', '_')}_{style}"
-      paths[name] = passkey_heatmap(grid, f"passkey ({style}): {v.label}", out / f"{name}.png")
+  tasks = list(dict.fromkeys(t for v in variants for t in v.retrieval_tasks()))
+  if tasks:
+    paths["retrieval_vs_length"] = _retrieval_curves(variants, tasks, look, title, out)
+  for task in tasks:
+    paths[f"retrieval_{task}"] = _retrieval_heatmaps(variants, task, title, out)
   return paths
 
 
+def _retrieval_curves(variants, tasks, look, title, out) -> pathlib.Path:
+  """Exact match (mean over depths and styles) against length, a panel per task."""
+  cols = min(3, len(tasks))
+  rows = -(-len(tasks) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False,
+                           sharey=True)
+  for ax, task in zip(axes.flat, tasks):
+    for v in variants:
+      points = [(m * v.results["base_length"], v.retrieval(task, "exact", m)) for m in MULTIPLES]
+      points = [(n, a) for n, a in points if a is not None]
+      if points:
+        ax.plot(*zip(*points), label=v.label, **look[v.label])
+    log_scale_length_axis(ax, sorted({m * v.results["base_length"] for v in variants
+                                      for m in MULTIPLES}))
+    _mark_training_length(ax, variants)
+    ax.set(title=task, xlabel="context length (tokens)", ylim=(-0.03, 1.03))
+  for ax in axes[:, 0]:
+    ax.set_ylabel("exact match")
+  for ax in list(axes.flat)[len(tasks):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=6)
+  fig.suptitle(f"{title}: retrieval vs length (mean over depths and styles)")
+  fig.tight_layout()
+  return _save(fig, out / "retrieval_vs_length.png")
+
+
+def _retrieval_heatmaps(variants, task, title, out) -> pathlib.Path:
+  """Exact match by length and depth (mean over styles), a panel per variant."""
+  shown = [v for v in variants if task in v.retrieval_tasks()]
+  cols = min(4, len(shown))
+  rows = -(-len(shown) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.8 * rows), squeeze=False)
+  for ax, v in zip(axes.flat, shown):
+    grids = [g for g in v.results["retrieval"].values() if g["task"] == task]
+    cells = np.array([[[np.nan if a is None else a for a in row] for row in g["exact"]]
+                      for g in grids], dtype=float).mean(axis=0)
+    image = ax.imshow(cells, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    depths, lengths = grids[0]["depths"], grids[0]["lengths"]
+    ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+    ax.set_yticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+    for i in range(cells.shape[0]):
+      for j in range(cells.shape[1]):
+        ax.text(j, i, "n/a" if np.isnan(cells[i, j]) else f"{cells[i, j]:.0%}", ha="center",
+                va="center", fontsize=6, color="white" if not cells[i, j] >= 0.6 else "black")
+    ax.set_title(v.label, fontsize=8, color=looks(variants)[v.label]["color"])
+  for ax in list(axes.flat)[len(shown):]:
+    ax.axis("off")
+  fig.colorbar(image, ax=axes.ravel().tolist(), label="exact match")
+  fig.supxlabel("needle depth")
+  fig.supylabel("context length")
+  fig.suptitle(f"{title}: {task} by length and depth (mean over styles)")
+  return _save(fig, out / f"retrieval_{task}.png")
+
+
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
   return path
+
+
+def study_name(variants: list[Variant], directory: pathlib.Path) -> str:
+  """The study the runs belong to (the W&B group the sweep gives them), else the folder's name."""
+  groups = {v.results["config"].get("wandb", {}).get("group") for v in variants} - {None, ""}
+  return groups.pop() if len(groups) == 1 else directory.name
 
 
 def write_report(directory) -> tuple[pathlib.Path, str]:
@@ -228,12 +351,13 @@ def write_report(directory) -> tuple[pathlib.Path, str]:
   if not variants:
     raise ValueError(f"{directory} holds no evaluated lcx runs (no <run>/eval/*.json with a "
                      "summary.json beside it)" + "".join(f"; {p}" for p in problems + missing))
-  paths = figures(variants, directory / "figures")
+  title = study_name(variants, directory)
+  paths = figures(variants, directory / "figures", title)
   table = tables(variants)
   if missing or problems:
     table += "\n\nNot in this report:\n" + "\n".join(
         f"- {line}" for line in missing + problems)
-  body = [f"# Study report: {directory.name}", "", table, "", "## Figures", ""]
+  body = [f"# Study report: {title}", "", table, "", "## Figures", ""]
   body += [f"![{name}](figures/{path.name})" for name, path in paths.items()]
   report = directory / "report.md"
   report.write_text("\n".join(body) + "\n")

@@ -21,6 +21,7 @@ from lcx import overrides as overrides_lib
 from lcx import workdir as workdir_lib
 from lcx.checkpoint import Checkpointer, SaveFailed
 from lcx.data.sources import Documents
+from lcx.data.mixture import RetrievalMixture
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import make_tokenizer
 from lcx.evaluate.during_training import TrainingEval
@@ -33,6 +34,14 @@ from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
 
 log = logging.getLogger("lcx.train")
+
+
+def _mixture(c, docs, tokenizer) -> RetrievalMixture | None:
+  cfg = config_lib.mixture_config(c)
+  if not cfg.fraction:
+    return None
+  return RetrievalMixture(cfg, docs, tokenizer, seq_len=c.data.seq_len, seed=c.seed,
+                          document_mask=c.data.document_mask)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -96,7 +105,8 @@ def _build(c, devices):
                           global_batch=c.data.batch_size, seed=c.seed,
                           document_mask=c.data.document_mask,
                           process_index=jax.process_index(), process_count=jax.process_count(),
-                          cache_dir=str(pathlib.Path(c.data.data_dir).expanduser() / "lcx_cache"))
+                          cache_dir=str(pathlib.Path(c.data.data_dir).expanduser() / "lcx_cache"),
+                          mixture=_mixture(c, docs, tokenizer))
     t = c.train
     opt_cfg = OptimizerConfig(
         learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, steps=t.steps,

@@ -42,11 +42,12 @@ print(report.tables(variants))
 # ## Perplexity against evaluation length, one line per variant
 
 # %%
+look = report.looks(variants)  # the colour and marker each variant has in every figure
 fig, ax = plt.subplots(figsize=(8, 4.5))
 for v in variants:
   rows = [r for r in v.results["perplexity"] if "perplexity" in r]
-  ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=v.label,
-          linestyle="--" if v.finetune else "-")
+  ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], label=v.label,
+          **look[v.label])
 report.log_scale_length_axis(ax, sorted({r["length"] for v in variants
                                          for r in v.results["perplexity"]}))
 ax.set(xlabel="evaluation length (tokens)", ylabel="perplexity")
@@ -56,5 +57,5 @@ ax.legend(fontsize=7)
 # ## Every figure of the report, written to the study's figures/ folder
 
 # %%
-paths = report.figures(variants, study / "figures")
+paths = report.figures(variants, study / "figures", report.study_name(variants, study))
 sorted(p.name for p in paths.values())

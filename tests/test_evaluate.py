@@ -1,4 +1,4 @@
-"""Evaluation: numbers on cases with known answers, window bookkeeping, passkey prompts, and the
+"""Evaluation: numbers on cases with known answers, window bookkeeping, and the
 pretrain -> evaluate -> fine-tune -> evaluate path end to end."""
 import json
 import math
@@ -13,7 +13,6 @@ from flax import nnx
 
 from lcx.data.tokenizers import ByteTokenizer
 from lcx.evaluate import EvalOptions, evaluate_run
-from lcx.evaluate import passkey as passkey_lib
 from lcx.evaluate import perplexity as ppl
 from lcx.evaluate.scoring import DoesNotFit, Scorer
 from lcx.metrics import read_jsonl
@@ -96,60 +95,30 @@ def test_an_evaluation_too_big_for_memory_fails_clearly():
     scorer.losses(np.zeros((1, 4097), np.int32))
 
 
-@pytest.mark.parametrize("style", passkey_lib.STYLES)
-@pytest.mark.parametrize("depth", [0.0, 0.3, 1.0])
-def test_passkey_prompt_has_the_length_and_the_key_at_the_depth(style, depth):
-  tok = ByteTokenizer()
-  filler = tok.encode("def f(x):\n    return x + 1\n" * 50)
-  length = 600
-  prompt = passkey_lib.build_prompt(tok, style, length, depth, "48213", filler, filler_offset=7)
-  assert len(prompt.tokens) == length + 1  # the model reads `length`; the last digit is a target
-  text = tok.decode(prompt.tokens)
-  assert text.endswith("48213") and text.count("48213") == (3 if style == "prose" else 2)
-  key_text = (passkey_lib.PROSE_KEY if style == "prose" else passkey_lib.PYTHON_KEY).format(
-      key="48213")
-  assert tok.decode(prompt.tokens[prompt.key_start:]).startswith(key_text)
-  intro = 1 + len(passkey_lib.PROSE_INTRO if style == "prose" else passkey_lib.PYTHON_INTRO)
-  question = len(passkey_lib.PROSE_QUESTION if style == "prose" else passkey_lib.PYTHON_QUESTION)
-  room = length + 1 - intro - len(key_text) - question - 5
-  assert prompt.key_start - intro == round(depth * room)
-  with pytest.raises(ValueError, match="shorter than the prompt without filler"):
-    passkey_lib.build_prompt(tok, style, 60, depth, "48213", filler)
-
-
-def test_passkey_grid_scores_exact_matches():
-  """A predictor that copies the key's digits back is always right; one that is off by a digit
-  never is."""
-  tok = ByteTokenizer()
-  perfect = lambda windows: windows[:, 1:]
-  grid = passkey_lib.passkey_grid(perfect, tok, "prose", [300, 400], [0.0, 1.0], trials=3,
-                                  not_applicable={400: "too long"})
-  assert grid["accuracy"] == [[1.0, 1.0], [None, None]] and grid["longest_at_100"] == 300
-  off_by_one = lambda windows: np.where(windows[:, 1:] == ord("1"), ord("2"), windows[:, 1:])
-  wrong = passkey_lib.passkey_grid(off_by_one, tok, "prose", [300], [0.5], trials=20)
-  assert 0 < wrong["accuracy"][0][0] < 1  # keys with a '1' fail, the others pass
-
-
 def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   tiny_config.train.steps = 30
   tiny_config.checkpoint.every_steps = 30
   pretrain_dir = tmp_path / "rope"
   train_and_evaluate(tiny_config, pretrain_dir)
-  options = EvalOptions(max_tokens=1024, passkey_trials=1, passkey_depths=(0.5,))
+  options = EvalOptions(max_tokens=1024, trials=2, depths=(0.5,),
+                        tasks=("passkey", "niah_multikey"))
   results, paths = evaluate_run(pretrain_dir, (), options, progress=False)
   assert [r["length"] for r in results["perplexity"]] == [32, 64, 128, 256, 512]
   assert all(r["tokens"] == 1024 for r in results["perplexity"])
   assert results["checkpoint_step"] == 30 and results["name"] == "base"
-  for key in ("json", "perplexity_png", "by_position_png", "passkey_prose_png"):
+  for key in ("json", "perplexity_png", "by_position_png", "passkey_png", "niah_multikey_png",
+              "retrieval_png"):
     assert paths[key].exists() and paths[key].stat().st_size > 1000
   assert json.loads(paths["json"].read_text())["perplexity"][0]["loss"] > 0
-  # Prose needs more than 32 tokens of prompt: that cell is not applicable, not an error.
-  assert results["passkey"]["prose"]["accuracy"][0] == [None]
+  # The prompts need more than 32 tokens: those cells are not applicable, not an error.
+  grid = results["retrieval"]["niah_multikey/python"]
+  assert grid["exact"][0] == [None] and "needs 84 tokens" in grid["not_applicable"]["32"]
+  assert all(0 <= a <= 1 for row in grid["exact"][2:] + grid["ranked"][2:] for a in row)
 
   # Zero-shot YaRN from the command line.
   cli = subprocess.run(
       [sys.executable, "-m", "lcx.evaluate", "--workdir", str(pretrain_dir), "--lengths", "32,128",
-       "--max_tokens", "512", "--passkey_trials", "0", "--config.model.rope.scaling=yarn",
+       "--max_tokens", "512", "--trials", "0", "--config.model.rope.scaling=yarn",
        "--config.model.rope.factor=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert cli.returncode == 0, cli.stderr[-2000:]
   assert "| 128 | 4 |" in cli.stdout
@@ -171,7 +140,7 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   assert saved["model"]["rope"]["original_length"] == 32 and saved["init_from"] == str(pretrain_dir)
   assert summary["init_from"]["step"] == 30 and summary["tokens_seen"] == 4 * 8 * 512
   ft_results, _ = evaluate_run(ft_dir, (), EvalOptions(lengths=(32, 128), max_tokens=512,
-                                                       passkey_trials=0), progress=False)
+                                                       trials=0), progress=False)
   assert ft_results["base_length"] == 32 and ft_results["perplexity"][1]["multiple"] == 4
 
   # Asked to, a fine-tune continues the AdamW moments too (the schedule still restarts): its
@@ -190,7 +159,7 @@ def test_learned_positions_are_not_applicable_beyond_their_table(tiny_config, tm
   tiny_config.train.steps = 2
   train_and_evaluate(tiny_config, tmp_path / "learned")
   results, _ = evaluate_run(tmp_path / "learned", ("wandb.mode=offline",), EvalOptions(
-      lengths=(32, 64), max_tokens=256, passkey_trials=0), progress=False)
+      lengths=(32, 64), max_tokens=256, trials=0), progress=False)
   assert "loss" in results["perplexity"][0] and results["name"] == "base"
   assert "model.max_len=32" in results["perplexity"][1]["not_applicable"]
   assert "model.max_len=32" in results["sliding"][1]["not_applicable"]

@@ -20,7 +20,7 @@ from lcx.train import TrainingDiverged, train_and_evaluate
 from lcx.workdir import WorkdirError
 from tests.conftest import ROOT
 
-FAST_EVAL = EvalOptions(lengths=(32,), max_tokens=256, passkey_trials=0, stride=-1)
+FAST_EVAL = EvalOptions(lengths=(32,), max_tokens=256, trials=0, stride=-1)
 
 
 def _copy(run: pathlib.Path, tmp_path) -> pathlib.Path:
@@ -171,8 +171,9 @@ def _steps_of(path) -> list[int]:
 
 
 @pytest.mark.parametrize("options, flag", [
-    (dict(passkey_depths=(1.5, -0.5)), "--passkey_depths"), (dict(lengths=(0,)), "--lengths"),
-    (dict(lengths=(-5,)), "--lengths"), (dict(passkey_trials=-1), "--passkey_trials"),
+    (dict(depths=(1.5, -0.5)), "--depths"), (dict(lengths=(0,)), "--lengths"),
+    (dict(lengths=(-5,)), "--lengths"), (dict(trials=-1), "--trials"),
+    (dict(tasks=("needle",)), "--tasks"), (dict(styles=("java",)), "--styles"),
     (dict(stride=-5), "--stride"), (dict(max_tokens=0), "--max_tokens"),
     (dict(name="../x"), "--name")])
 def test_evaluation_arguments_are_checked(options, flag):
@@ -324,7 +325,7 @@ def test_wandb_online_but_unreachable_falls_back_to_offline(tmp_path, data_dir):
 
 def test_evaluate_command_line_mistakes_are_one_line(trained_run):
   for args, expected in (
-      (["--passkey_depths=1.5,-0.5"], "--passkey_depths=1.5,-0.5: depths are fractions"),
+      (["--depths=1.5,-0.5"], "--depths=1.5,-0.5: depths are fractions"),
       (["--lengths=abc"], "--lengths=abc: expected comma-separated integers"),
       (["--config.model.n_layers=3"], "the overrides change model.n_layers: 2 -> 3")):
     result = _cli("lcx.evaluate", f"--workdir={trained_run}", *args)

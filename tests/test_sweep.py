@@ -8,6 +8,7 @@ import pytest
 
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
+from lcx import report as report_lib
 from lcx.metrics import read_jsonl
 from lcx.report import write_report
 from lcx.sweep import (Run, Stage, check_runs, launchers, load_sweep, product, run_sweep,
@@ -97,9 +98,17 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
               if line.startswith("| rope FT yarn x4 |"))
   assert cost.startswith("| rope FT yarn x4 | 1.54k | ")  # pretrain: 6 steps x 8 x 32 tokens
   assert "| 1.02k | " in cost  # the fine-tune's own: 2 steps x 8 x 64
-  for name in ("perplexity_vs_length", "loss_by_position", "quality_vs_compute"):
+  for name in ("perplexity_vs_length", "loss_by_position", "quality_vs_compute",
+               "retrieval_vs_length", "retrieval_passkey", "retrieval_niah_single"):
     assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert f"figures/{name}.png" in text
+  # Retrieval per task: 1x (32 tokens) holds no prompt, 2x (64) holds both tasks' python style.
+  single = table.split("**Retrieval: niah_single**")[1]
+  row = next(line for line in single.splitlines() if line.startswith("| alibi |"))
+  assert row.split(" | ")[1] == "n/a / n/a" and "%" in row.split(" | ")[2]
+  looks = list(report_lib.looks(report_lib.collect(out)[0]).values())
+  assert len({(k["color"], k["marker"]) for k in looks}) == len(looks) == 3
+  assert text.startswith(f"# Study report: {load_sweep(tiny_study[0])[0]}\n")
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="holds no evaluated lcx runs"):
     write_report(tmp_path / "empty")

@@ -4,7 +4,8 @@ from lcx.sweep import Run, Stage, product
 TINY = ("data.seq_len=32", "data.batch_size=8", "model.d_model=32", "model.mlp_dim=64",
         "train.steps=6", "train.log_every=1", "train.warmup_steps=2", "train.peak_flops=1e12",
         "checkpoint.every_steps=3", "wandb.mode=disabled")
-EVAL = ("--lengths=32,64", "--max_tokens=256", "--passkey_trials=1", "--passkey_depths=0.5")
+EVAL = ("--lengths=32,64", "--max_tokens=256", "--trials=1", "--depths=0.5",
+        "--tasks=passkey,niah_single")
 
 
 def get_sweep(data_dir: str) -> list[Run]:

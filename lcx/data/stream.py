@@ -9,6 +9,8 @@ seeded order. Example g = step * global_batch + row is a pure function of (seed,
 Positions count from the start of the sequence, restarting at 0 at each document's EOS when
 document_mask is on (with segment ids that keep packed documents from attending to each other),
 so no position reaches seq_len; without document_mask they run 0..seq_len-1.
+A retrieval mixture (lcx.data.mixture) may take some rows; which ones is a function of (seed, g)
+too, so all of the above holds with it.
 """
 import concurrent.futures
 import functools
@@ -47,13 +49,14 @@ class PackedStream:
 
   def __init__(self, docs: Documents, tokenizer: Tokenizer, *, seq_len: int, global_batch: int,
                seed: int, document_mask: bool = True, process_index: int = 0,
-               process_count: int = 1, cache_dir: str | None = None):
+               process_count: int = 1, cache_dir: str | None = None, mixture=None):
     if global_batch % process_count:
       raise ValueError(f"data.batch_size={global_batch} must be divisible by the number of "
                        f"processes ({process_count})")
     self.docs, self.tokenizer = docs, tokenizer
     self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
     self.document_mask = document_mask
+    self.mixture = mixture  # lcx.data.mixture.RetrievalMixture: rows it takes are its own
     self.local_batch = global_batch // process_count
     self.first_row = process_index * self.local_batch
     self.lengths = document_lengths(docs, tokenizer, cache_dir)
@@ -72,6 +75,8 @@ class PackedStream:
 
   def example(self, index: int) -> dict[str, np.ndarray]:
     """The index-th example of the infinite stream: tokens, targets, positions, segment_ids."""
+    if self.mixture is not None and self.mixture.takes(index):
+      return self.mixture.example(index)
     epoch, j = divmod(index, self.chunks_per_epoch)
     order, ends, chunk_order = self._epoch(epoch)
     span = self.seq_len + 1

@@ -1,4 +1,5 @@
-"""Extrapolation evaluation: perplexity vs length, sliding windows, loss by position, passkey.
+"""Extrapolation evaluation: perplexity vs length, sliding windows, loss by position, and
+the retrieval suite (lcx.retrieval) scored by greedy decoding and by likelihood ranking.
 
 `python -m lcx.evaluate --workdir RUN` or `evaluate_run(workdir, overrides, EvalOptions(...))`.
 """

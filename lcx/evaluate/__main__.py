@@ -8,8 +8,9 @@ import sys
 
 from absl import flags
 
-from lcx import cli
+from lcx import cli, retrieval
 from lcx.config import ConfigError
+from lcx.evaluate.plots import depth_mean
 from lcx.evaluate.runner import EvalOptions, evaluate_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
@@ -18,8 +19,12 @@ _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 16384, "Target tokens scored per length.")
 _STRIDE = flags.DEFINE_integer("stride", 0, "Sliding-window stride; 0: the pretraining length; "
                                "-1: no sliding window.")
-_TRIALS = flags.DEFINE_integer("passkey_trials", 5, "Passkey trials per cell; 0 skips passkey.")
-_DEPTHS = flags.DEFINE_list("passkey_depths", ["0", "0.25", "0.5", "0.75", "1"], "Key depths.")
+_TASKS = flags.DEFINE_list("tasks", list(retrieval.TASKS), "Retrieval tasks.")
+_STYLES = flags.DEFINE_list("styles", list(retrieval.STYLES), "Retrieval styles.")
+_DEPTHS = flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"],
+                            "Needle depths: fractions of the text before the needle.")
+_TRIALS = flags.DEFINE_integer("trials", 5, "Retrieval trials per (task, style, length, depth) "
+                               "cell; 0 skips retrieval.")
 _NAME = flags.DEFINE_string("name", "", "Output name; default from the overrides ('base' if none).")
 
 
@@ -32,8 +37,9 @@ def main(argv, overrides):
   try:
     options = EvalOptions(
         lengths=_numbers("lengths", _LENGTHS.value, int), split=_SPLIT.value,
-        max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, passkey_trials=_TRIALS.value,
-        passkey_depths=_numbers("passkey_depths", _DEPTHS.value, float), name=_NAME.value)
+        max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, tasks=tuple(_TASKS.value),
+        styles=tuple(_STYLES.value), depths=_numbers("depths", _DEPTHS.value, float),
+        trials=_TRIALS.value, name=_NAME.value)
     results, paths = evaluate_run(_WORKDIR.value, overrides, options)
   except (ConfigError, ValueError) as e:
     sys.exit(f"lcx.evaluate: {e}")
@@ -52,7 +58,7 @@ def _numbers(flag: str, values: list[str], kind) -> tuple:
 
 
 def format_table(results: dict) -> str:
-  """Markdown table: perplexity (non-overlapping and sliding) per length, passkey at the end."""
+  """Markdown tables: perplexity (non-overlapping and sliding) per length, then retrieval."""
   sliding = {r["length"]: r for r in results["sliding"]}
   lines = [f"{results['scheme']} {results['name']} (step {results['checkpoint_step']}, trained at "
            f"{results['train_length']})", "",
@@ -66,8 +72,24 @@ def format_table(results: dict) -> str:
     lines.append(f"| {row['length']} | {row['multiple']:g} | {row['loss']:.4f} | "
                  f"{row['perplexity']:.3f} | {row['bits_per_byte']:.4f} | "
                  f"{slide.get('perplexity', float('nan')):.3f} | {row['tokens']} |")
-  for style, grid in results["passkey"].items():
-    lines.append(f"\npasskey ({style}): longest length at 100%: {grid['longest_at_100']}")
+  if results["retrieval"]:
+    lines += ["", retrieval_table(results)]
+  return "\n".join(lines)
+
+
+def retrieval_table(results: dict) -> str:
+  """Per task and style: exact / ranked accuracy at each length (mean over depths)."""
+  grids = results["retrieval"]
+  lengths = next(iter(grids.values()))["lengths"]
+  lines = ["| retrieval | " + " | ".join(str(n) for n in lengths) + " | longest at >= 90% |",
+           "| --- |" + " ---: |" * (len(lengths) + 1)]
+  for key, grid in grids.items():
+    cells = [("n/a" if e is None else f"{e:.0%} / {r:.0%}")
+             for e, r in zip(depth_mean(grid["exact"]), depth_mean(grid["ranked"]))]
+    lines.append(f"| {key} | " + " | ".join(cells) + f" | {grid['longest_at_90'] or 'none'} |")
+  lines.append(f"\nCells: exact match of greedy decoding / true answer ranked first among "
+               f"{round(1 / next(iter(grids.values()))['chance'])} (chance "
+               f"{next(iter(grids.values()))['chance']:.0%}), mean over depths.")
   return "\n".join(lines)
 
 

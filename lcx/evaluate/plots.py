@@ -1,4 +1,5 @@
-"""PNG figures of an evaluation: perplexity vs length, loss by position, passkey heatmaps."""
+"""PNG figures of an evaluation: perplexity vs length, loss by position, retrieval heatmaps and
+retrieval accuracy vs length."""
 import pathlib
 
 import matplotlib
@@ -58,20 +59,62 @@ def loss_by_position(results: dict, path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def passkey_heatmap(grid: dict, title: str, path: pathlib.Path) -> pathlib.Path:
-  accuracy = np.array([[np.nan if a is None else a for a in row] for row in grid["accuracy"]])
-  fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(grid["depths"]), 1.0 + 0.5 * len(grid["lengths"])))
-  image = ax.imshow(accuracy, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-  ax.set_xticks(range(len(grid["depths"])), [f"{d:.0%}" for d in grid["depths"]])
-  ax.set_yticks(range(len(grid["lengths"])), [str(n) for n in grid["lengths"]])
-  for i in range(accuracy.shape[0]):
-    for j in range(accuracy.shape[1]):
-      text = "n/a" if np.isnan(accuracy[i, j]) else f"{accuracy[i, j]:.0%}"
-      dark_cell = np.isnan(accuracy[i, j]) or accuracy[i, j] < 0.6
-      ax.text(j, i, text, ha="center", va="center", fontsize=7,
-              color="white" if dark_cell else "black")
-  ax.set(xlabel="key depth", ylabel="context length", title=title)
-  fig.colorbar(image, ax=ax, label="accuracy")
+def _cells(rows) -> np.ndarray:
+  return np.array([[np.nan if a is None else a for a in row] for row in rows], dtype=float)
+
+
+def retrieval_heatmaps(grids: list[dict], title: str, path: pathlib.Path) -> pathlib.Path:
+  """One heatmap per style of a task: length x depth, coloured by exact match, each cell
+  annotated 'exact / ranked'."""
+  first = grids[0]
+  width = 1.4 + 1.0 * len(first["depths"])
+  fig, axes = plt.subplots(1, len(grids), figsize=(width * len(grids), 1.2 + 0.5 * len(first["lengths"])),
+                           squeeze=False)
+  for ax, grid in zip(axes[0], grids):
+    exact, ranked = _cells(grid["exact"]), _cells(grid["ranked"])
+    image = ax.imshow(exact, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(grid["depths"])), [f"{d:.0%}" for d in grid["depths"]])
+    ax.set_yticks(range(len(grid["lengths"])), [str(n) for n in grid["lengths"]])
+    for i in range(exact.shape[0]):
+      for j in range(exact.shape[1]):
+        text = ("n/a" if np.isnan(exact[i, j]) else f"{exact[i, j]:.0%} / {ranked[i, j]:.0%}")
+        dark_cell = np.isnan(exact[i, j]) or exact[i, j] < 0.6
+        ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                color="white" if dark_cell else "black")
+    ax.set(xlabel="needle depth", ylabel="context length", title=grid["style"])
+  fig.colorbar(image, ax=axes[0].tolist(), label="exact match (cells: exact / ranked)")
+  fig.suptitle(title, fontsize=9)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def depth_mean(rows) -> list[float | None]:
+  """Accuracy per length averaged over depths (None where the length was not applicable)."""
+  return [None if None in row else float(np.mean(row)) for row in rows]
+
+
+def retrieval_vs_length(grids: dict, train_length: int, title: str,
+                        path: pathlib.Path) -> pathlib.Path:
+  """Accuracy (averaged over depths) against length: a line per task and style, exact match
+  solid and ranked dashed, with chance and the training length marked."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  lengths = sorted({n for g in grids.values() for n in g["lengths"]})
+  for ax, kind in zip(axes, ("exact", "ranked")):
+    for key, grid in grids.items():
+      points = [(n, a) for n, a in zip(grid["lengths"], depth_mean(grid[kind])) if a is not None]
+      if points:
+        ax.plot(*zip(*points), marker="o", label=key, linestyle="-" if kind == "exact" else "--")
+    if kind == "ranked" and grids:
+      ax.axhline(next(iter(grids.values()))["chance"], color="grey", linewidth=0.8,
+                 label="chance")
+    ax.axvline(train_length, color="grey", linestyle=":", label="training length")
+    log_scale_length_axis(ax, lengths)
+    ax.set(xlabel="context length (tokens)", title=f"{kind}" + (" match" if kind == "exact"
+                                                               else " against distractors"))
+  axes[0].set(ylabel="accuracy (mean over depths)", ylim=(-0.03, 1.03))
+  axes[1].legend(fontsize=6)
+  fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

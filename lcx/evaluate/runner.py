@@ -1,5 +1,5 @@
 """Evaluate a run at many lengths: perplexity (non-overlapping and sliding), loss by position and
-passkey retrieval; write RUN/eval/<name>.json, PNG plots, and W&B when it is on."""
+the retrieval suite; write RUN/eval/<name>.json, PNG plots, and W&B when it is on."""
 import dataclasses
 import json
 import pathlib
@@ -10,10 +10,13 @@ import tqdm
 
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import make_tokenizer
-from lcx.evaluate import passkey as passkey_lib
-from lcx.files import write_atomic
+from lcx import retrieval
+from lcx.config import retrieval_params
 from lcx.evaluate import perplexity as ppl
 from lcx.evaluate import plots
+from lcx.evaluate.decode import Decoder
+from lcx.evaluate.retrieval import retrieval_grid
+from lcx.files import write_atomic
 from lcx.evaluate.loading import LoadedRun, load_run
 from lcx.evaluate.scoring import DoesNotFit, Scorer
 from lcx.metrics import log_evaluation_to_wandb
@@ -26,9 +29,10 @@ class EvalOptions:
   split: str = "validation"
   max_tokens: int = 16384  # target tokens scored per length (the same text at every length)
   stride: int = 0  # sliding-window stride; 0: the pretraining length; -1: no sliding window
-  passkey_trials: int = 5  # per (length, depth) cell and style; 0 skips passkey
-  passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-  passkey_styles: tuple[str, ...] = passkey_lib.STYLES
+  tasks: tuple[str, ...] = retrieval.TASKS  # the retrieval suite (lcx.retrieval)
+  styles: tuple[str, ...] = retrieval.STYLES
+  depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+  trials: int = 5  # per (task, style, length, depth) cell; 0 skips retrieval
   name: str = ""  # output name; empty: derived from the config overrides
   max_batch_tokens: int = 32768
   seed: int = 0
@@ -39,12 +43,16 @@ class EvalOptions:
     if bad:
       raise ValueError(f"--lengths={','.join(map(str, self.lengths))}: lengths must be positive "
                        f"integers (not {', '.join(map(str, bad))})")
-    bad = [d for d in self.passkey_depths if not 0 <= d <= 1]
-    if bad or not self.passkey_depths:
-      raise ValueError(f"--passkey_depths={','.join(map(str, self.passkey_depths))}: depths are "
-                       "fractions of the prompt in [0, 1], e.g. 0,0.5,1")
-    if self.passkey_trials < 0:
-      raise ValueError(f"--passkey_trials={self.passkey_trials} must be >= 0 (0 skips passkey)")
+    bad = [d for d in self.depths if not 0 <= d <= 1]
+    if bad or not self.depths:
+      raise ValueError(f"--depths={','.join(map(str, self.depths))}: depths are fractions of the "
+                       "text before the needle, in [0, 1], e.g. 0,0.5,1")
+    for flag, given, allowed in (("tasks", self.tasks, retrieval.TASKS),
+                                 ("styles", self.styles, retrieval.STYLES)):
+      if problem := retrieval.choice_problem(given, allowed):
+        raise ValueError(f"--{flag}={','.join(given)}: {problem}")
+    if self.trials < 0:
+      raise ValueError(f"--trials={self.trials} must be >= 0 (0 skips retrieval)")
     if self.stride < -1:
       raise ValueError(f"--stride={self.stride}: allowed are a positive stride, 0 (the "
                        "pretraining length) or -1 (no sliding window)")
@@ -98,15 +106,15 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   scored = [n for n in lengths if n not in skip]
   segments = ppl.common_segments(documents, max(scored), options.max_tokens) if scored else []
 
-  cells = len(options.passkey_depths) * len(options.passkey_styles) if options.passkey_trials else 0
-  total = len(lengths) * (1 + (options.stride >= 0) + cells)
+  kinds = [(t, st) for t in options.tasks for st in options.styles] if options.trials else []
+  total = len(lengths) * (1 + (options.stride >= 0) + len(kinds) * len(options.depths))
   bar = tqdm.tqdm(total=total, desc=f"eval {run.workdir.name}", unit="task", disable=not progress)
   started = time.perf_counter()
   tokens_scored = 0
 
-  def tick(length):
+  def tick(length, cells=1):
     bar.set_postfix(length=length, tok_s=f"{tokens_scored / (time.perf_counter() - started):,.0f}")
-    bar.update(1)
+    bar.update(cells)
 
   rows = {"perplexity": [], "sliding": []}
   for length in lengths:
@@ -128,18 +136,15 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       rows[kind].append(row)
       tick(length)
 
-  passkey = {}
-  if options.passkey_trials:
-    filler = np.concatenate([d[1:] for d in documents])
-    for style in options.passkey_styles:
-      shortest = passkey_lib.minimum_length(tokenizer, style)
-      style_skip = {n: unrepresentable.get(n, f"the {style} prompt needs {shortest} tokens")
-                    for n in lengths if n in unrepresentable or n < shortest}
-      passkey[style] = passkey_lib.passkey_grid(
-          scorer.predictions, tokenizer, style, lengths, options.passkey_depths,
-          options.passkey_trials, seed=options.seed, filler=filler,
-          not_applicable=style_skip, progress=tick)
-      bar.update(len(options.passkey_depths) * len(style_skip))
+  grids = {}
+  if kinds:
+    text = retrieval.TextHaystack(np.concatenate([d[1:] for d in documents]))
+    decoder = Decoder(scorer)
+    for task, style in kinds:
+      grids[f"{task}/{style}"] = retrieval_grid(
+          decoder, tokenizer, task, style, lengths, options.depths, options.trials, text,
+          seed=options.seed, params=retrieval_params(c), not_applicable=unrepresentable,
+          progress=tick)
   bar.close()
 
   return {
@@ -149,7 +154,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       "train_length": train_length, "base_length": base_length, "split": options.split,
       "overrides": list(overrides),
       "eval_options": dataclasses.asdict(options), "config": c.to_dict(),
-      "perplexity": rows["perplexity"], "sliding": rows["sliding"], "passkey": passkey,
+      "perplexity": rows["perplexity"], "sliding": rows["sliding"], "retrieval": grids,
       "seconds": time.perf_counter() - started,
   }
 
@@ -163,10 +168,15 @@ def write_outputs(results: dict, workdir: pathlib.Path) -> dict[str, pathlib.Pat
   write_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
   paths["perplexity_png"] = plots.perplexity_vs_length(results, out / f"{name}-perplexity.png")
   paths["by_position_png"] = plots.loss_by_position(results, out / f"{name}-loss_by_position.png")
-  for style, grid in results["passkey"].items():
-    paths[f"passkey_{style}_png"] = plots.passkey_heatmap(
-        grid, f"passkey ({style}): {results['scheme']}, {name}",
-        out / f"{name}-passkey_{style}.png")
+  title = f"{results['scheme']}, {name}"
+  for task in dict.fromkeys(key.split("/")[0] for key in results["retrieval"]):
+    grids = [g for key, g in results["retrieval"].items() if key.startswith(f"{task}/")]
+    paths[f"{task}_png"] = plots.retrieval_heatmaps(grids, f"{task}: {title}",
+                                                   out / f"{name}-{task}.png")
+  if results["retrieval"]:
+    paths["retrieval_png"] = plots.retrieval_vs_length(
+        results["retrieval"], results["base_length"], f"retrieval: {title}",
+        out / f"{name}-retrieval.png")
   return paths
 
 

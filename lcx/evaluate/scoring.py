@@ -42,6 +42,10 @@ class Scorer:
       logits = nnx.merge(self.graphdef, params)(tokens, positions)
     return token_losses(logits, targets), jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
+  def sharding_for(self, array: np.ndarray):
+    """Rows over the batch shards, every other axis whole."""
+    return named_sharding(self.mesh, ("batch",) + (None,) * (array.ndim - 1), self.rules)
+
   def bytes_per_row(self, length: int) -> int:
     """Peak activation bytes of one window: attention's float32 scores and probabilities per head
     (all length x length of them for dense, one tile per query tile for the tiled kernels), plus

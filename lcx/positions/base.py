@@ -2,7 +2,7 @@
 
 A scheme may act at three places, and the model calls all three unconditionally:
   embed(x_BLD, positions_BL)          add to the token embeddings (sinusoidal, learned)
-  rotate(q_BLHK, k_BLHK, positions_BL) transform queries and keys (RoPE and its variants)
+  rotate(q_BLHK, k_BLHK, positions_BL, length) transform queries and keys (RoPE and its variants)
   bias(q_positions_BQ, k_positions_BK) additive attention-logit bias, (B, H, Q, K) or None
 `bias` is a pure function of positions so that a blockwise kernel can call it per tile.
 """
@@ -47,8 +47,10 @@ class PositionScheme(nnx.Module):
     del positions_BL
     return x_BLD
 
-  def rotate(self, q_BLHK, k_BLHK, positions_BL):
-    del positions_BL
+  def rotate(self, q_BLHK, k_BLHK, positions_BL, length: int | None = None):
+    """`length`: the context the tokens belong to (default: L). A cache extended a few tokens at
+    a time passes its whole window, so length-dependent schemes see what a full forward sees."""
+    del positions_BL, length
     return q_BLHK, k_BLHK
 
   def bias(self, q_positions_BQ, k_positions_BK) -> jax.Array | None:

@@ -166,8 +166,9 @@ class Rope(PositionScheme):
     self.rope = cfg.rope
     self.rotary_dim = rotary_dim(cfg.head_dim, cfg.rope.fraction)
 
-  def rotate(self, q_BLHK, k_BLHK, positions_BL):
-    inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope, positions_BL.shape[1])
+  def rotate(self, q_BLHK, k_BLHK, positions_BL, length=None):
+    inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope,
+                                         length or positions_BL.shape[1])
     cos_sin = rotary_cos_sin(positions_BL, inv_freq)  # once for q and k
     return (rotate_by(q_BLHK, *cos_sin, self.rope.layout, scale),
             rotate_by(k_BLHK, *cos_sin, self.rope.layout, scale))

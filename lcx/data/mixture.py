@@ -1,0 +1,94 @@
+"""The retrieval mixture: a fraction of training rows are retrieval documents made on the fly.
+
+Row g of the stream is a retrieval row when a hash of (seed, g) falls under `fraction`, so the
+stream stays a pure function of (seed, step): resume, any number of processes and any tokenizer
+see the same rows. A retrieval row is packed with retrieval documents ([EOS] + prompt + answer)
+of random lengths up to seq_len, each of a task and style drawn from those configured, its
+needles at a uniform random depth, its haystack from the train split and its keys and values from
+the training space (disjoint from evaluation's; lcx.retrieval.spaces). With document_mask each
+document starts at position 0 in its own segment, as packed documents do.
+"""
+import dataclasses
+
+import numpy as np
+
+from lcx import retrieval
+from lcx.data.tokenizers import Tokenizer
+
+_SALT = 0x7E7A1  # separates the mixture's random streams from the packing's
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureConfig:
+  fraction: float = 0.0
+  tasks: tuple[str, ...] = retrieval.TASKS
+  styles: tuple[str, ...] = retrieval.STYLES
+  params: retrieval.TaskParams = retrieval.TaskParams()
+
+
+def check(cfg: MixtureConfig, tokenizer: Tokenizer, seq_len: int) -> None:
+  """One line naming what cannot work: an unknown task or style, a fraction outside [0, 1], or a
+  task whose needles do not fit in seq_len."""
+  if not 0 <= cfg.fraction <= 1:
+    raise ValueError(f"data.retrieval.fraction={cfg.fraction!r} must be in [0, 1]")
+  for field, given, allowed in (("tasks", cfg.tasks, retrieval.TASKS),
+                                ("styles", cfg.styles, retrieval.STYLES)):
+    if problem := retrieval.choice_problem(given, allowed):
+      raise ValueError(f"data.retrieval.{field}={tuple(given)!r}: {problem}")
+  if cfg.fraction:
+    for task in cfg.tasks:
+      for style in cfg.styles:
+        need = retrieval.minimum_length(tokenizer, task, style, cfg.params)
+        if need > seq_len:
+          raise ValueError(f"data.retrieval: {task} ({style}) needs {need} tokens, more than "
+                           f"data.seq_len={seq_len}; drop it from data.retrieval.tasks/styles or "
+                           "lengthen seq_len")
+
+
+class RetrievalMixture:
+  """takes(g): whether row g is a retrieval row; example(g): that row."""
+
+  def __init__(self, cfg: MixtureConfig, docs, tokenizer: Tokenizer, *, seq_len: int, seed: int,
+               document_mask: bool = True):
+    check(cfg, tokenizer, seq_len)
+    self.cfg, self.tokenizer = cfg, tokenizer
+    self.seq_len, self.seed, self.document_mask = seq_len, seed, document_mask
+    self.haystack = retrieval.DocumentHaystack(docs, tokenizer)
+    self.kinds = [(t, s) for t in cfg.tasks for s in cfg.styles]
+    self.shortest = {k: retrieval.minimum_length(tokenizer, *k, cfg.params) for k in self.kinds}
+
+  def takes(self, index: int) -> bool:
+    if not self.cfg.fraction:
+      return False
+    return np.random.default_rng([self.seed, _SALT, index]).random() < self.cfg.fraction
+
+  def example(self, index: int) -> dict[str, np.ndarray]:
+    """Retrieval documents of random lengths back to back until the row is full; a remainder too
+    short for any task is real text."""
+    rng = np.random.default_rng([self.seed, _SALT, index, 1])
+    pieces, positions, room = [], [], self.seq_len + 1
+    while room > 0:
+      fits = [k for k in self.kinds if self.shortest[k] + 1 <= room]
+      if not fits:
+        pieces.append(self.haystack.take(rng, room))
+        positions.append(np.arange(room))
+        break
+      task, style = fits[int(rng.integers(len(fits)))]
+      length = int(rng.integers(self.shortest[task, style], min(room - 1, self.seq_len) + 1))
+      if room - (length + 1) <= min(self.shortest.values()):  # no document would fit after it
+        length = room - 1
+      hay = retrieval.default_haystack(task, style, self.haystack, self.tokenizer)
+      trial = retrieval.build_trial(self.tokenizer, task, style, length, float(rng.random()), rng,
+                                    hay, space=retrieval.TRAIN, params=self.cfg.params)
+      pieces.append(np.concatenate([trial.prompt, trial.answer]))  # length + 1 tokens
+      positions.append(np.arange(length + 1))
+      room -= length + 1
+    tokens = np.concatenate(pieces).astype(np.int32)
+    if self.document_mask:
+      pos = np.concatenate(positions).astype(np.int32)[:-1]
+      seg = np.concatenate([np.full(len(p), i + 1) for i, p in enumerate(positions)])
+      seg = seg.astype(np.int32)[:-1]
+    else:
+      pos = np.arange(self.seq_len, dtype=np.int32)
+      seg = np.ones(self.seq_len, np.int32)
+    return {"tokens": tokens[:-1], "targets": tokens[1:], "positions": pos, "segment_ids": seg}

@@ -1,0 +1,88 @@
+"""The retrieval suite on a length x depth grid, scored two ways:
+  exact   greedy decoding produces the answer (the real test; RULER's all-or-nothing match);
+  ranked  the true answer is likelier than each of N wrong answers of the same form (chance
+          1 / (N + 1)), which still moves when a model is too weak to produce the answer.
+Trials are generated from the evaluation split (lcx.retrieval) with keys and values from the
+evaluation space, deterministically from the seed.
+"""
+import zlib
+
+import numpy as np
+
+from lcx import retrieval
+from lcx.evaluate.decode import Decoder
+
+
+def _rng(seed: int, task: str, style: str, length: int, depth: float) -> np.random.Generator:
+  """One stream per cell, so a cell's trials do not change when the grid around it does."""
+  return np.random.default_rng([seed, zlib.crc32(f"{task}/{style}".encode()), length,
+                                int(round(depth * 1e6))])
+
+
+def score_trials(decoder: Decoder, tokenizer, trials: list[retrieval.Trial]) -> tuple[list, list]:
+  """(exact match of greedy decoding, whether the true answer ranks first) per trial."""
+  exact, ranked = [False] * len(trials), [False] * len(trials)
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, t in enumerate(trials):  # equal shapes run as one batch
+    groups.setdefault((len(t.prompt), len(t.answer)), []).append(i)
+  for (_, answer_len), rows in groups.items():
+    prompts = np.stack([trials[i].prompt for i in rows])
+    generated = decoder.greedy(prompts, answer_len)
+    candidates = [[trials[i].answer, *trials[i].alternatives] for i in rows]
+    width = max(len(a) for c in candidates for a in c)
+    answers = np.zeros((len(rows), len(candidates[0]), width), np.int32)
+    mask = np.zeros(answers.shape, np.float32)
+    for r, c in enumerate(candidates):
+      for m, a in enumerate(c):
+        answers[r, m, :len(a)], mask[r, m, :len(a)] = a, 1
+    logprobs = decoder.answer_logprobs(prompts, answers, mask)
+    for r, i in enumerate(rows):
+      exact[i] = trials[i].accepts(tokenizer.decode(generated[r]))
+      ranked[i] = bool(logprobs[r, 0] > logprobs[r, 1:].max())
+  return exact, ranked
+
+
+def retrieval_grid(decoder: Decoder, tokenizer, task: str, style: str, lengths, depths,
+                   trials: int, text: retrieval.TextHaystack, *, seed: int = 0,
+                   params: retrieval.TaskParams = retrieval.TaskParams(),
+                   not_applicable: dict[int, str] | None = None, progress=None) -> dict:
+  """Accuracy (exact and ranked) per (length, depth) cell over `trials` trials each. Lengths in
+  not_applicable, or too short for the task, get None cells and their reason."""
+  not_applicable = dict(not_applicable or {})
+  shortest = retrieval.minimum_length(tokenizer, task, style, params)
+  for n in lengths:
+    if n < shortest and n not in not_applicable:
+      not_applicable[n] = f"the {task} ({style}) prompt needs {shortest} tokens"
+  haystack = retrieval.default_haystack(task, style, text, tokenizer)
+  exact, ranked = [], []
+  for length in lengths:
+    if length in not_applicable:
+      exact.append([None] * len(depths))
+      ranked.append([None] * len(depths))
+      if progress is not None:
+        progress(length, len(depths))
+      continue
+    exact_row, ranked_row = [], []
+    for depth in depths:
+      rng = _rng(seed, task, style, length, depth)
+      cell = [retrieval.build_trial(tokenizer, task, style, length, depth, rng, haystack,
+                                    params=params) for _ in range(trials)]
+      hits, firsts = score_trials(decoder, tokenizer, cell)
+      exact_row.append(float(np.mean(hits)))
+      ranked_row.append(float(np.mean(firsts)))
+      if progress is not None:
+        progress(length, 1)
+    exact.append(exact_row)
+    ranked.append(ranked_row)
+  return {"task": task, "style": style, "lengths": list(lengths), "depths": list(depths),
+          "trials": trials, "exact": exact, "ranked": ranked,
+          "chance": 1 / (params.distractors + 1),
+          "longest_at_90": longest_at(lengths, exact, 0.9),
+          "not_applicable": {str(k): v for k, v in not_applicable.items()}}
+
+
+def longest_at(lengths, accuracy, threshold: float) -> int | None:
+  """The longest length whose accuracy, averaged over depths, is at least threshold."""
+  good = [n for n, row in zip(lengths, accuracy)
+          if None not in row and np.mean(row) >= threshold]
+  return max(good) if good else None

@@ -1,0 +1,87 @@
+"""The KV-cache decode path against the full forward: logits token by token, greedy decoding, and
+answer likelihoods, for every scheme family and attention kernel."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lcx import native, positions
+from lcx.evaluate.decode import Decoder
+from lcx.evaluate.scoring import Scorer
+from lcx.model import ModelConfig, Transformer, token_losses
+from lcx.sharding import make_mesh
+
+RULES = (("batch", ("data", "fsdp")),)
+VOCAB = 64
+
+
+def _model(position="rope", scaling="none", attention_impl="dense"):
+  rope = positions.RopeConfig(scaling=scaling, factor=4.0, original_length=16)
+  cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64,
+                    position=position, max_len=64, attention=attention_impl, attention_block=16,
+                    rope=rope)
+  return Transformer(cfg, rngs=nnx.Rngs(0))
+
+
+def _full_logits(model, tokens):
+  positions_BL = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  return np.asarray(model(jnp.asarray(tokens), positions_BL))
+
+
+CASES = [("rope", "none", "dense"), ("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense"),
+         ("alibi", "none", "blockwise"), ("learned", "none", "dense"),
+         ("sinusoidal", "none", "blockwise"), ("none", "none", "dense")]
+if native.unavailable_reason() is None:
+  CASES += [("alibi", "none", "native"), ("rope", "none", "native")]
+
+
+@pytest.mark.parametrize("position, scaling, attention_impl", CASES)
+def test_prompt_then_one_token_at_a_time_gives_the_full_forward_logits(position, scaling,
+                                                                       attention_impl):
+  model = _model(position, scaling, attention_impl)
+  tokens = np.random.default_rng(0).integers(0, VOCAB, (3, 45)).astype(np.int32)
+  window, prompt = tokens.shape[1], 37
+  expected = _full_logits(model, tokens)
+  caches = model.empty_caches(3, window)
+  pos = np.broadcast_to(np.arange(window, dtype=np.int32), tokens.shape)
+  logits, caches = model.extend(jnp.asarray(tokens[:, :prompt]), jnp.asarray(pos[:, :prompt]),
+                                caches)
+  got = [np.asarray(logits)]
+  for i in range(prompt, window):
+    logits, caches = model.extend(jnp.asarray(tokens[:, i:i + 1]), jnp.asarray(pos[:, i:i + 1]),
+                                  caches)
+    got.append(np.asarray(logits))
+  np.testing.assert_allclose(np.concatenate(got, axis=1), expected, atol=2e-5, rtol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+  model = _model("rope")
+  return model, Decoder(Scorer(model, make_mesh(dict(data=-1, fsdp=1, tensor=1)), RULES))
+
+
+def test_greedy_decoding_equals_repeated_full_forwards(decoder):
+  model, dec = decoder
+  prompts = np.random.default_rng(1).integers(0, VOCAB, (5, 30)).astype(np.int32)
+  got = dec.greedy(prompts, steps=6)
+  tokens = prompts
+  for _ in range(6):
+    tokens = np.concatenate([tokens, _full_logits(model, tokens)[:, -1].argmax(-1)[:, None]], 1)
+  np.testing.assert_array_equal(got, tokens[:, 30:])
+
+
+def test_answer_likelihoods_equal_the_full_forward_losses(decoder):
+  model, dec = decoder
+  rng = np.random.default_rng(2)
+  prompts = rng.integers(0, VOCAB, (3, 20)).astype(np.int32)
+  answers = rng.integers(0, VOCAB, (3, 4, 5)).astype(np.int32)
+  mask = np.ones(answers.shape, np.float32)
+  mask[:, 1, 3:] = 0  # a shorter answer: its last two tokens are padding
+  got = dec.answer_logprobs(prompts, answers, mask)
+  for m in range(4):
+    full = np.concatenate([prompts, answers[:, m]], axis=1)
+    losses = np.asarray(token_losses(jnp.asarray(_full_logits(model, full[:, :-1])),
+                                     jnp.asarray(full[:, 1:])))[:, 19:]
+    np.testing.assert_allclose(got[:, m], -(losses * mask[:, m]).sum(-1), rtol=1e-5, atol=1e-4)
+
