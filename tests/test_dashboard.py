@@ -8,11 +8,14 @@ from tests.conftest import ROOT
 
 def test_workspace_filters_the_study_and_groups_by_scheme():
   workspace = build_workspace("extrapolation-cpu", "team", "lcx")
-  assert [s.name for s in workspace.sections] == ["Training by scheme", "Extrapolation", "Cost"]
+  assert [s.name for s in workspace.sections] == ["Training by scheme", "Extrapolation",
+                                                  "Retrieval", "Cost"]
   assert "Metric(\"Group\") == 'extrapolation-cpu'" in str(workspace.runset_settings.filters)
   assert workspace.runset_settings.groupby[0].name == "model.position"
-  cost = workspace.sections[2]
+  cost = workspace.sections[3]
   assert [p.title for p in cost.panels] == list(COST_METRICS)
+  titles = [p.title for p in workspace.sections[2].panels]
+  assert "niah_multikey by length and depth" in titles and "exact match at 1x" in titles
 
 
 def test_offline_dashboard_is_skipped_with_a_message(tmp_path):
