@@ -190,7 +190,6 @@ def test_the_mixture_is_a_pure_function_of_seed_and_row_across_processes(train_d
 
 def test_mixture_rows_are_packed_retrieval_documents_from_the_training_space(train_docs):
   mixture = _mixture(train_docs, fraction=1.0)
-  fractions = []
   for index in range(20):
     row = mixture.example(index)
     tokens = np.concatenate([row["tokens"], row["targets"][-1:]])
@@ -206,7 +205,6 @@ def test_mixture_rows_are_packed_retrieval_documents_from_the_training_space(tra
       digits = "".join(ch for ch in answer if ch.isdigit())[:5]
       if len(digits) == 5:
         assert spaces.space_of(digits) == spaces.TRAIN
-    fractions.append(mixture.takes(index))
   assert 0.3 < np.mean([_mixture(train_docs).takes(i) for i in range(400)]) < 0.7
 
 

@@ -273,10 +273,10 @@ def test_a_full_disk_stops_the_run_at_once_in_one_line_keeping_its_checkpoints(t
   command = " ".join([sys.executable, "-m", "lcx.train", f"--workdir={run}",
                       *_tiny_flags(data_dir), "--config.train.steps=100000",
                       "--config.checkpoint.every_steps=4"])
-  # 1 MiB free: room for a checkpoint or two of this model, and then the disk is full.
+  # 1.5 MiB free: room for a checkpoint or two of this model, and then the disk is full.
   script = f"""
     mount -t tmpfs -o size=8m tmpfs {disk}
-    dd if=/dev/zero of={disk}/filler bs=64k count=112 2>/dev/null
+    dd if=/dev/zero of={disk}/filler bs=64k count=104 2>/dev/null
     {command} > {tmp_path}/out.log 2> {tmp_path}/err.log
     echo $? > {tmp_path}/code
     ls {run}/checkpoints > {tmp_path}/checkpoints
@@ -288,8 +288,10 @@ def test_a_full_disk_stops_the_run_at_once_in_one_line_keeping_its_checkpoints(t
                                        (tmp_path / "out.log").read_text(),
                                        (tmp_path / "err.log").read_text())
   line = _one_line_error(result, "lcx.train: ")
-  failed = int(re.match(r"lcx.train: saving checkpoint (\d+) .* failed \(no space left on "
-                        r"device\); stopped here, earlier checkpoints kept: 4", line)[1])
+  match = re.match(r"lcx.train: saving checkpoint (\d+) .* failed \(no space left on "
+                   r"device\); stopped here, earlier checkpoints kept: 4", line)
+  assert match, line
+  failed = int(match[1])
   kept = [int(s) for s in (tmp_path / "checkpoints").read_text().split() if s.isdigit()]
   assert kept == list(range(4, failed, 4))  # every earlier checkpoint is kept
   # Stopped as soon as the failure was known, at the latest before saving again; it used to

@@ -245,31 +245,23 @@ def build_trial(tokenizer: Tokenizer, task: str, style: str, length: int, depth:
   kind = "sentence" if style == "prose" else "line"
   points = haystacks.boundaries(hay, tokenizer, kind)
   at_depth = haystacks.nearest(points, depth * room)
-  places = []
-  for order, (needle, tokens) in enumerate(zip(pieces.needles, needle_tokens)):
-    if needle.role == "answer":
-      where = at_depth
-    elif needle.role == "chain":
-      later = points[points >= at_depth]
-      where = int(rng.choice(later))
-    else:
-      where = int(rng.choice(points))
-    places.append((where, needle.role != "answer", order, tokens, needle.role == "answer"))
-  if pieces.needles[-1].role == "chain":  # the links of a chain keep their order
-    chain = sorted(p[0] for p in places if not p[4])
-    places = [p if p[4] else (chain.pop(0), *p[1:]) for p in places]
-  places.sort(key=lambda p: p[:3])
-  texts = tuple(pieces.needles[p[2]].text for p in places)
+  n_links = sum(n.role == "chain" for n in pieces.needles)
+  links = sorted(int(rng.choice(points[points >= at_depth])) for _ in range(n_links))
+  where = [at_depth if n.role == "answer" else links.pop(0) if n.role == "chain"
+           else int(rng.choice(points)) for n in pieces.needles]
+  # At one boundary the needles the answer needs come first, the rest in their own order.
+  order = sorted(range(len(where)), key=lambda i: (where[i], pieces.needles[i].role != "answer", i))
+  texts = tuple(pieces.needles[i].text for i in order)
   out, starts, cursor = [np.array([tokenizer.eos_id], np.int32), head], [], 0
   offset = 1 + len(head)
-  for where, _, _, tokens, is_answer in places:
-    out.append(hay[cursor:where])
-    offset += where - cursor
-    if is_answer:
+  for i in order:
+    out.append(hay[cursor:where[i]])
+    offset += where[i] - cursor
+    if pieces.needles[i].role == "answer":
       starts.append(offset)
-    out.append(tokens)
-    offset += len(tokens)
-    cursor = where
+    out.append(needle_tokens[i])
+    offset += len(needle_tokens[i])
+    cursor = where[i]
   out += [hay[cursor:], question]
   prompt = np.concatenate(out).astype(np.int32)
   alternatives = _alternatives(tokenizer, pieces, rng, space, params, tokenizer.decode(prompt))
