@@ -59,9 +59,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3))
 
-  # Validation perplexity at multiples of seq_len during training (every_steps 0: off); the full
-  # evaluation is `python -m lcx.evaluate`.
-  c.eval = ml_collections.ConfigDict(dict(every_steps=0, multiples=(1, 2, 4), max_tokens=4096))
+  # Validation perplexity at multiples of seq_len during training (every_steps 0: off), and a
+  # retrieval probe at seq_len: probe_trials trials of each probe task in each of
+  # data.retrieval.styles (0: no probe). The full evaluation is `python -m lcx.evaluate`.
+  c.eval = ml_collections.ConfigDict(dict(
+      every_steps=0, multiples=(1, 2, 4), max_tokens=4096,
+      probe_tasks=("passkey", "niah_multikey"), probe_trials=16))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical axis name -> mesh axes. Parameters and activations name their axes logically;

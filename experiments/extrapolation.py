@@ -15,25 +15,34 @@ ZERO_SHOT = ("linear", "ntk", "dynamic_ntk", "yarn")  # RoPE scalings tried with
 FINETUNES = ("linear", "yarn")  # RoPE scalings fine-tuned at 4x the length
 
 PG19 = ("data.name=pg19", "data.text_key=book_text")
+# Every stage trains with retrieval rows (lcx.data.mixture): three quarters of the rows, answers
+# weighted 20x, niah_single as the easy task the harder ones are learned from. Python style only
+# at CPU scale, where the prose prompts do not fit in 128 tokens.
+MIXTURE = ("data.retrieval.fraction=0.75", "data.retrieval.answer_weight=20",
+           "data.retrieval.tasks=('passkey','niah_single','niah_multikey')")
+CPU_MIXTURE = (*MIXTURE, "data.retrieval.styles=('python',)")
 SCALES = {
-    # pretrain preset, data overrides, fine-tune preset suffix, evaluation flags
-    "cpu": ("tiny", (), "", ("--max_tokens=8192", "--tasks=passkey,niah_multikey", "--trials=3",
-                             "--depths=0,0.5,1")),
-    "small": ("125m", PG19, ",125m", ("--max_tokens=262144", "--trials=10")),
-    "base": ("350m", PG19, ",350m", ("--max_tokens=262144", "--trials=10")),
+    # pretrain preset, data overrides (every training stage), pretraining-only overrides,
+    # fine-tune preset suffix, evaluation flags
+    "cpu": ("tiny", CPU_MIXTURE,
+            ("data.batch_size=32", "train.steps=800", "eval.every_steps=400"), "",
+            ("--max_tokens=4096", "--tasks=passkey,niah_multikey", "--styles=python",
+             "--trials=3", "--depths=0,0.5,1")),
+    "small": ("125m", PG19 + MIXTURE, (), ",125m", ("--max_tokens=262144", "--trials=10")),
+    "base": ("350m", PG19 + MIXTURE, (), ",350m", ("--max_tokens=262144", "--trials=10")),
 }
 
 
 def get_sweep(arg: str = "cpu") -> list[Run]:
   if arg not in SCALES:
     raise ValueError(f"extrapolation study: unknown scale {arg!r}; allowed: {', '.join(SCALES)}")
-  preset, data, finetune_suffix, eval_flags = SCALES[arg]
+  preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[arg]
   runs = []
   for point in product(position=SCHEMES):
     scheme = point["position"]
     stages = [
         Stage("pretrain", "pretrain", f"configs/pretrain.py:{preset}",
-              (f"model.position={scheme}", *data)),
+              (f"model.position={scheme}", *data, *pretrain_only)),
         Stage("eval", "evaluate", source="pretrain", args=eval_flags),
     ]
     if scheme == "rope":

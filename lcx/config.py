@@ -54,6 +54,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     c.resume_changes = "refuse"
   if "retrieval" not in d:
     d.retrieval = default_retrieval()
+  if "answer_weight" not in d.retrieval:  # runs saved before answer weights: the plain loss
+    d.retrieval.answer_weight = 1.0
+  if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
+    c.eval.probe_tasks, c.eval.probe_trials = (), 0
   _require(isinstance(c.seed, int) and not isinstance(c.seed, bool) and 0 <= c.seed < 2 ** 32,
            f"config.seed={c.seed!r} must be an integer in [0, 2^32)")
   _choice(c, "resume_changes", ("refuse", "allow"))
@@ -124,6 +128,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
            f"config.eval.every_steps={c.eval.every_steps!r} must be >= 0 (0 turns it off)")
   _require(len(c.eval.multiples) > 0 and all(m > 0 for m in c.eval.multiples),
            f"config.eval.multiples={tuple(c.eval.multiples)!r} must be positive numbers")
+  _require(c.eval.probe_trials >= 0,
+           f"config.eval.probe_trials={c.eval.probe_trials!r} must be >= 0 (0 turns the probe off)")
+  if c.eval.probe_trials and (problem := retrieval.choice_problem(c.eval.probe_tasks,
+                                                                  retrieval.TASKS)):
+    raise ConfigError(f"config.eval.probe_tasks={tuple(c.eval.probe_tasks)!r}: {problem}")
   if c.wandb.job_type == "finetune":
     _require(bool(c.init_from), "config.init_from is empty; a fine-tune needs the run directory "
              "whose parameters it starts from")
@@ -160,8 +169,8 @@ def default_retrieval() -> ml_collections.ConfigDict:
   and evaluation share."""
   p = retrieval.TaskParams()
   return ml_collections.ConfigDict(dict(
-      fraction=0.0, tasks=retrieval.TASKS, styles=retrieval.STYLES, num_keys=p.num_keys,
-      num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops))
+      fraction=0.0, answer_weight=1.0, tasks=retrieval.TASKS, styles=retrieval.STYLES,
+      num_keys=p.num_keys, num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops))
 
 
 def retrieval_params(c: ml_collections.ConfigDict) -> retrieval.TaskParams:
@@ -172,8 +181,9 @@ def retrieval_params(c: ml_collections.ConfigDict) -> retrieval.TaskParams:
 
 def mixture_config(c: ml_collections.ConfigDict) -> mixture.MixtureConfig:
   r = c.data.retrieval
-  return mixture.MixtureConfig(fraction=float(r.fraction), tasks=tuple(r.tasks),
-                               styles=tuple(r.styles), params=retrieval_params(c))
+  return mixture.MixtureConfig(fraction=float(r.fraction), answer_weight=float(r.answer_weight),
+                               tasks=tuple(r.tasks), styles=tuple(r.styles),
+                               params=retrieval_params(c))
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:

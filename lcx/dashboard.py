@@ -1,10 +1,10 @@
 """python -m lcx.dashboard experiments/<study>.py:ARG [--entity E] [--project P]
 
 Saves a W&B workspace for a study, so the dashboard is one command: training loss by scheme,
-perplexity vs length, retrieval (heatmaps and accuracy vs length from the evaluations), and
-cost (tokens, FLOPs, time,
-throughput, memory). Runs are filtered to the study's group and grouped by position scheme. It
-needs a W&B API key; without one (offline) it says so and saves nothing.
+perplexity vs length, retrieval (the probe during training; heatmaps and accuracy vs length from
+the evaluations), and cost (tokens, FLOPs, time, throughput, memory). Runs are filtered to the
+study's group and grouped by position scheme. It needs a W&B API key; without one (offline) it
+says so and saves nothing.
 """
 import sys
 
@@ -38,6 +38,8 @@ def build_workspace(study: str, entity: str, project: str):
       wr.MediaBrowser(title="loss by position", media_keys=["plots/by_position_png"]),
   ])
   retrieval = ws.Section(name="Retrieval", is_open=True, panels=[
+      wr.LinePlot(title="retrieval probe during training: exact match at 1x", x="Step", y=[
+          f"eval/retrieval/{task}/{style}/exact" for task in TASKS for style in STYLES]),
       wr.MediaBrowser(title="retrieval vs length", media_keys=["plots/retrieval_png"]),
       *[wr.MediaBrowser(title=f"{task} by length and depth", media_keys=[f"plots/{task}_png"])
         for task in TASKS],

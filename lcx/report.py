@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lcx import cli  # noqa: E402
+from lcx.claims import claims_table  # noqa: E402
 from lcx.evaluate.plots import depth_mean, log_scale_length_axis  # noqa: E402
 from lcx.runs import source_dir  # noqa: E402
 
@@ -195,8 +196,9 @@ def retrieval_tables(variants: list[Variant]) -> list[str]:
                          f"{_percent(v.retrieval(task, 'ranked', m))}" for m in MULTIPLES)
       lines.append(f"| {v.label} | {cells} | {_fmt(v.longest_at_90(task), 'd')} |")
   if tasks:
+    styles = sorted({g["style"] for v in variants for g in v.results["retrieval"].values()})
     lines += ["", "Cells: exact match of greedy decoding / true answer ranked first among 10 "
-              "(chance 10%), the mean over depths and styles (prose, python)."]
+              f"(chance 10%), the mean over depths and styles ({', '.join(styles)})."]
   return lines
 
 
@@ -357,7 +359,8 @@ def write_report(directory) -> tuple[pathlib.Path, str]:
   if missing or problems:
     table += "\n\nNot in this report:\n" + "\n".join(
         f"- {line}" for line in missing + problems)
-  body = [f"# Study report: {title}", "", table, "", "## Figures", ""]
+  body = [f"# Study report: {title}", "", table, "", "## Claims vs measured", "",
+          *claims_table(variants), "", "## Figures", ""]
   body += [f"![{name}](figures/{path.name})" for name, path in paths.items()]
   report = directory / "report.md"
   report.write_text("\n".join(body) + "\n")

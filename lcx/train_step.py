@@ -124,7 +124,8 @@ class TrainProgram:
     model = nnx.merge(self.graphdef, params)
     segment_ids = batch["segment_ids"] if self.document_mask else None
     logits = model(batch["tokens"], batch["positions"], segment_ids)
-    return token_losses(logits, batch["targets"]).mean()
+    weights = batch["weights"]  # 1 but for upweighted retrieval answers (lcx.data.mixture)
+    return (token_losses(logits, batch["targets"]) * weights).sum() / weights.sum()
 
   def _grads(self, params, batch):
     value_and_grad = jax.value_and_grad(self.loss)

@@ -12,8 +12,11 @@ from tests.conftest import ROOT
 def _tiny(**overrides):
   c = pretrain.get_config("tiny")
   for path, value in overrides.items():
-    section, field = path.split(".")
-    setattr(getattr(c, section), field, value)
+    *sections, field = path.split(".")
+    node = c
+    for section in sections:
+      node = getattr(node, section)
+    setattr(node, field, value)
   return c
 
 
@@ -34,6 +37,11 @@ def _tiny(**overrides):
     ({"mesh.tensor": 8, "mesh.data": 1}, 8, r"config.model.n_heads=4 must be divisible by "
                                               r"config.mesh.tensor=8"),
     ({"data.name": "text_dir"}, 1, r"config.data.text_dir is empty"),
+    ({"eval.probe_trials": -1}, 1, r"config.eval.probe_trials=-1 must be >= 0"),
+    ({"eval.probe_tasks": ("needle",)}, 1,
+     r"config.eval.probe_tasks=\('needle',\): needle is not allowed; allowed: passkey"),
+    ({"data.retrieval.answer_weight": -2.0}, 1,
+     r"config.data.retrieval.answer_weight=-2.0 must be positive"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):

@@ -16,6 +16,8 @@ def test_workspace_filters_the_study_and_groups_by_scheme():
   assert [p.title for p in cost.panels] == list(COST_METRICS)
   titles = [p.title for p in workspace.sections[2].panels]
   assert "niah_multikey by length and depth" in titles and "exact match at 1x" in titles
+  probe = workspace.sections[2].panels[0]  # the probe's learning curve, as the trainer logs it
+  assert "eval/retrieval/passkey/python/exact" in probe.y
 
 
 def test_offline_dashboard_is_skipped_with_a_message(tmp_path):

@@ -71,17 +71,23 @@ def test_greedy_decoding_equals_repeated_full_forwards(decoder):
   np.testing.assert_array_equal(got, tokens[:, 30:])
 
 
-def test_answer_likelihoods_equal_the_full_forward_losses(decoder):
+def test_answer_scores_equal_the_full_forward(decoder):
   model, dec = decoder
   rng = np.random.default_rng(2)
   prompts = rng.integers(0, VOCAB, (3, 20)).astype(np.int32)
   answers = rng.integers(0, VOCAB, (3, 4, 5)).astype(np.int32)
+  # answer 2 of each prompt is what greedy decoding produces: teacher forcing must say so
+  answers[:, 2] = dec.greedy(prompts, 5)
   mask = np.ones(answers.shape, np.float32)
   mask[:, 1, 3:] = 0  # a shorter answer: its last two tokens are padding
-  got = dec.answer_logprobs(prompts, answers, mask)
+  logprobs, forced = dec.answer_scores(prompts, answers, mask)
   for m in range(4):
     full = np.concatenate([prompts, answers[:, m]], axis=1)
-    losses = np.asarray(token_losses(jnp.asarray(_full_logits(model, full[:, :-1])),
-                                     jnp.asarray(full[:, 1:])))[:, 19:]
-    np.testing.assert_allclose(got[:, m], -(losses * mask[:, m]).sum(-1), rtol=1e-5, atol=1e-4)
+    logits = _full_logits(model, full[:, :-1])
+    losses = np.asarray(token_losses(jnp.asarray(logits), jnp.asarray(full[:, 1:])))[:, 19:]
+    np.testing.assert_allclose(logprobs[:, m], -(losses * mask[:, m]).sum(-1), rtol=1e-5,
+                               atol=1e-4)
+    argmax_right = (logits[:, 19:].argmax(-1) == full[:, 20:]) | (mask[:, m] == 0)
+    np.testing.assert_array_equal(forced[:, m], argmax_right.all(-1))
+  assert forced[:, 2].all() and not forced[:, 0].any()
 

@@ -120,7 +120,8 @@ def test_a_tokenizer_that_cannot_write_the_answer_is_refused():
 
 class Oracle:
   """A predictor that knows every answer and gives it for the trials in `right` only (for the
-  others it changes the first digit): its accuracy is known exactly."""
+  others it changes the first digit): its accuracy is known exactly. An unordered answer it
+  gives in another order, so only decoding, not teacher forcing, finds it right."""
 
   def __init__(self, trials, right):
     self.answers = {t.prompt.tobytes(): (t, i in right) for i, t in enumerate(trials)}
@@ -129,18 +130,23 @@ class Oracle:
     out = []
     for p in prompts:
       t, right = self.answers[p.tobytes()]
-      answer = t.answer.copy()
+      text = t.answer_text
+      if not t.ordered:
+        text = ", ".join(reversed(t.values)) + t.close
+      answer = np.array(TOK.encode(text), np.int32)
       if not right:
         answer[0] = ord("0") if answer[0] != ord("0") else ord("1")
       out.append(answer[:steps])
     return np.stack(out)
 
-  def answer_logprobs(self, prompts, answers, mask):
+  def answer_scores(self, prompts, answers, mask):
     scores = np.zeros(answers.shape[:2], np.float32)
+    forced = np.zeros(answers.shape[:2], bool)
     for r, p in enumerate(prompts):
-      _, right = self.answers[p.tobytes()]
+      t, right = self.answers[p.tobytes()]
       scores[r, 0 if right else 1] = 1.0
-    return scores
+      forced[r, 0] = right and t.ordered
+    return scores, forced
 
 
 @pytest.mark.parametrize("task, style", [("passkey", "prose"), ("niah_multivalue", "python"),
@@ -208,8 +214,27 @@ def test_mixture_rows_are_packed_retrieval_documents_from_the_training_space(tra
   assert 0.3 < np.mean([_mixture(train_docs).takes(i) for i in range(400)]) < 0.7
 
 
+def test_mixture_rows_weigh_their_answers_and_nothing_else(train_docs):
+  cfg = MixtureConfig(fraction=1.0, answer_weight=7.0, tasks=("niah_single", "passkey"),
+                      styles=("python",))
+  mixture = RetrievalMixture(cfg, train_docs, TOK, seq_len=400, seed=3)
+  for index in range(10):
+    row = mixture.example(index)
+    weighted = row["weights"] == 7.0
+    assert set(np.unique(row["weights"])) <= {1.0, 7.0} and weighted.sum() >= 6
+    documents = np.flatnonzero(row["positions"] == 0)
+    # every answer is 5 digits and a newline, right before the next document's [EOS]
+    answers = TOK.decode(row["targets"][weighted]).split("\n")[:-1]
+    assert all(len(a) == 5 and a.isdigit() for a in answers)
+    assert len(answers) >= len(documents) - 1
+  plain = PackedStream(train_docs, TOK, seq_len=400, global_batch=2, seed=3).example(0)
+  assert np.all(plain["weights"] == 1.0)
+
+
 @pytest.mark.parametrize("cfg, message", [
     (MixtureConfig(fraction=1.5), r"data.retrieval.fraction=1.5 must be in \[0, 1\]"),
+    (MixtureConfig(fraction=0.5, answer_weight=0.0),
+     "data.retrieval.answer_weight=0.0 must be positive"),
     (MixtureConfig(fraction=0.5, tasks=("needles",)), "needles is not allowed; allowed: passkey"),
     (MixtureConfig(fraction=0.5, tasks=("niah_multikey",)),
      r"niah_multikey \(prose\) needs 227 tokens, more than data.seq_len=128"),

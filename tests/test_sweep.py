@@ -106,6 +106,9 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
   single = table.split("**Retrieval: niah_single**")[1]
   row = next(line for line in single.splitlines() if line.startswith("| alibi |"))
   assert row.split(" | ")[1] == "n/a / n/a" and "%" in row.split(" | ")[2]
+  claims = text.split("## Claims vs measured")[1].split("## Figures")[0]
+  assert "| Sinusoidal positions fail past the training length | needs sinusoidal | cannot tell" \
+      in claims and claims.count("\n| ") == 8  # the header, its rule and six claims
   looks = list(report_lib.looks(report_lib.collect(out)[0]).values())
   assert len({(k["color"], k["marker"]) for k in looks}) == len(looks) == 3
   assert text.startswith(f"# Study report: {load_sweep(tiny_study[0])[0]}\n")

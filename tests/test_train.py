@@ -11,12 +11,18 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
+
+from lcx import config as config_lib
 
 from lcx.data.sources import Documents
 from lcx.exit_codes import PREEMPTED_EXIT_CODE
 from lcx.data.tokenizers import ByteTokenizer
 from lcx.metrics import read_jsonl
+from lcx.model import token_losses
+from lcx.sharding import make_mesh
 from lcx.train import train_and_evaluate
+from lcx.train_step import OptimizerConfig, TrainProgram
 from tests.conftest import ROOT
 
 SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
@@ -196,3 +202,42 @@ def test_eval_during_training_logs_a_length_sweep(tiny_config, tmp_path):
     assert r["eval/perplexity_x1"] == pytest.approx(np.exp(r["eval/loss_x1"]))
   assert records[1]["eval/loss_x1"] < records[0]["eval/loss_x1"]  # it is learning
   assert len(_losses(tmp_path / "run")) == 6  # training metrics are untouched
+
+
+def test_answer_weights_scale_their_tokens_in_the_loss(tiny_config):
+  c = config_lib.resolve(tiny_config, jax.device_count())
+  program = TrainProgram(config_lib.model_config(c),
+                         OptimizerConfig(learning_rate=1e-3, warmup_steps=1, steps=10),
+                         make_mesh(dict(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)),
+                         tuple(map(tuple, c.mesh.rules)))
+  params = program.init()["params"]
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 256, (4, 33)).astype(np.int32)
+  batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
+           "positions": np.broadcast_to(np.arange(32, dtype=np.int32), (4, 32)),
+           "segment_ids": np.ones((4, 32), np.int32), "weights": np.ones((4, 32), np.float32)}
+  logits = nnx.merge(program.graphdef, params)(batch["tokens"], batch["positions"])
+  losses = np.asarray(token_losses(logits, batch["targets"]))
+  assert float(program.loss(params, batch)) == pytest.approx(losses.mean(), rel=1e-5)
+  batch["weights"][:, 20:25] = 20.0  # as the mixture weighs an answer
+  weights = batch["weights"]
+  assert float(program.loss(params, batch)) == pytest.approx(
+      (losses * weights).sum() / weights.sum(), rel=1e-5)
+
+
+def test_the_retrieval_probe_scores_fixed_trials_during_training(tiny_config, tmp_path):
+  tiny_config.data.seq_len = 96
+  tiny_config.data.retrieval.update(fraction=1.0, answer_weight=10.0, tasks=("niah_single",),
+                                    styles=("python",))
+  tiny_config.eval.update(every_steps=3, multiples=(1,), max_tokens=512,
+                          probe_tasks=("niah_single", "niah_multikey"), probe_trials=4)
+  train_and_evaluate(tiny_config, tmp_path / "run")
+  records = read_jsonl(tmp_path / "run" / "eval_metrics.jsonl")
+  assert [r["step"] for r in records] == [3, 6]
+  for r in records:  # niah_multikey (python) needs 84 tokens and fits; prose is not trained
+    assert {k for k in r if "retrieval" in k} == {
+        f"eval/retrieval/{t}/python/{m}" for t in ("niah_single", "niah_multikey")
+        for m in ("exact", "answer_loss")}
+    assert r["eval/retrieval/niah_single/python/exact"] in (0, 0.25, 0.5, 0.75, 1)
+    # an untrained byte model is near uniform over 256 tokens: about ln 256 = 5.5 nats
+    assert 1 < r["eval/retrieval/niah_single/python/answer_loss"] < 8

@@ -6,7 +6,9 @@ see the same rows. A retrieval row is packed with retrieval documents ([EOS] + p
 of random lengths up to seq_len, each of a task and style drawn from those configured, its
 needles at a uniform random depth, its haystack from the train split and its keys and values from
 the training space (disjoint from evaluation's; lcx.retrieval.spaces). With document_mask each
-document starts at position 0 in its own segment, as packed documents do.
+document starts at position 0 in its own segment, as packed documents do. The answer tokens'
+loss may weigh more (answer_weight): they are the few targets that need the far context, and
+without the extra weight a small model's gradient is all haystack.
 """
 import dataclasses
 
@@ -21,6 +23,7 @@ _SALT = 0x7E7A1  # separates the mixture's random streams from the packing's
 @dataclasses.dataclass(frozen=True)
 class MixtureConfig:
   fraction: float = 0.0
+  answer_weight: float = 1.0  # the loss weight of answer tokens (1: the plain language-model loss)
   tasks: tuple[str, ...] = retrieval.TASKS
   styles: tuple[str, ...] = retrieval.STYLES
   params: retrieval.TaskParams = retrieval.TaskParams()
@@ -31,6 +34,8 @@ def check(cfg: MixtureConfig, tokenizer: Tokenizer, seq_len: int) -> None:
   task whose needles do not fit in seq_len."""
   if not 0 <= cfg.fraction <= 1:
     raise ValueError(f"data.retrieval.fraction={cfg.fraction!r} must be in [0, 1]")
+  if not cfg.answer_weight > 0:
+    raise ValueError(f"data.retrieval.answer_weight={cfg.answer_weight!r} must be positive")
   for field, given, allowed in (("tasks", cfg.tasks, retrieval.TASKS),
                                 ("styles", cfg.styles, retrieval.STYLES)):
     if problem := retrieval.choice_problem(given, allowed):
@@ -66,15 +71,18 @@ class RetrievalMixture:
     """Retrieval documents of random lengths back to back until the row is full; a remainder too
     short for any task is real text."""
     rng = np.random.default_rng([self.seed, _SALT, index, 1])
-    pieces, positions, room = [], [], self.seq_len + 1
+    pieces, positions, answers, room = [], [], [], self.seq_len + 1
     while room > 0:
       fits = [k for k in self.kinds if self.shortest[k] + 1 <= room]
       if not fits:
         pieces.append(self.haystack.take(rng, room))
         positions.append(np.arange(room))
+        answers.append(np.zeros(room, bool))
         break
       task, style = fits[int(rng.integers(len(fits)))]
-      length = int(rng.integers(self.shortest[task, style], min(room - 1, self.seq_len) + 1))
+      # log-uniform: many short documents (dense answers, the needle close) and some long ones
+      low, high = self.shortest[task, style], min(room - 1, self.seq_len)
+      length = int(np.exp(rng.uniform(np.log(low), np.log(high + 1))))
       if room - (length + 1) <= min(self.shortest.values()):  # no document would fit after it
         length = room - 1
       hay = retrieval.default_haystack(task, style, self.haystack, self.tokenizer)
@@ -82,6 +90,7 @@ class RetrievalMixture:
                                     hay, space=retrieval.TRAIN, params=self.cfg.params)
       pieces.append(np.concatenate([trial.prompt, trial.answer]))  # length + 1 tokens
       positions.append(np.arange(length + 1))
+      answers.append(np.arange(length + 1) >= len(trial.prompt))
       room -= length + 1
     tokens = np.concatenate(pieces).astype(np.int32)
     if self.document_mask:
@@ -91,4 +100,6 @@ class RetrievalMixture:
     else:
       pos = np.arange(self.seq_len, dtype=np.int32)
       seg = np.ones(self.seq_len, np.int32)
-    return {"tokens": tokens[:-1], "targets": tokens[1:], "positions": pos, "segment_ids": seg}
+    weights = np.where(np.concatenate(answers)[1:], self.cfg.answer_weight, 1).astype(np.float32)
+    return {"tokens": tokens[:-1], "targets": tokens[1:], "positions": pos, "segment_ids": seg,
+            "weights": weights}

@@ -74,7 +74,8 @@ class PackedStream:
     return order, ends, chunk_order
 
   def example(self, index: int) -> dict[str, np.ndarray]:
-    """The index-th example of the infinite stream: tokens, targets, positions, segment_ids."""
+    """The index-th example of the infinite stream: tokens, targets, positions, segment_ids and
+    the loss weight of each target (1 but for retrieval answers; lcx.data.mixture)."""
     if self.mixture is not None and self.mixture.takes(index):
       return self.mixture.example(index)
     epoch, j = divmod(index, self.chunks_per_epoch)
@@ -101,7 +102,8 @@ class PackedStream:
     else:
       pos = np.arange(self.seq_len, dtype=np.int32)
       seg = np.ones(self.seq_len, np.int32)
-    return {"tokens": tokens[:-1], "targets": tokens[1:], "positions": pos, "segment_ids": seg}
+    return {"tokens": tokens[:-1], "targets": tokens[1:], "positions": pos, "segment_ids": seg,
+            "weights": np.ones(self.seq_len, np.float32)}
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of the global batch at `step`, each array (local_batch, seq_len)."""

@@ -2,8 +2,9 @@
 
 A prompt is read once into the caches (one call over all its tokens, with the model's attention
 kernel), then each generated token is one more call; a candidate answer is one call over its
-tokens on top of the prompt's caches. The caches hold the whole window (prompt + answer - 1
-tokens), so a scheme that depends on the length (dynamic NTK) sees what a full forward would.
+tokens on top of the prompt's caches, so scoring M candidates costs one prompt, not M. The caches
+hold the whole window (prompt + answer - 1 tokens), so a scheme that depends on the length
+(dynamic NTK) sees what a full forward would.
 """
 import jax
 import jax.numpy as jnp
@@ -15,12 +16,13 @@ from lcx.sharding import activation_sharding
 
 
 class Decoder:
-  """greedy(prompts, steps) -> tokens; answer_logprobs(prompts, answers, mask) -> sums."""
+  """greedy(prompts, steps) -> tokens; answer_scores(prompts, answers, mask) -> (log-likelihoods,
+  teacher-forced argmax matches)."""
 
   def __init__(self, scorer: Scorer):
     self.scorer = scorer
     self._greedy = jax.jit(self._greedy_fn, static_argnums=(2,))
-    self._logprobs = jax.jit(self._logprobs_fn)
+    self._scores = jax.jit(self._scores_fn)
 
   def _prefill(self, params, prompt_BP, window: int):
     model = nnx.merge(self.scorer.graphdef, params)
@@ -46,23 +48,27 @@ class Decoder:
                                             jnp.arange(P, P + steps - 1, dtype=jnp.int32))
       return jnp.concatenate([tokens_SB.T, last_B[:, None]], axis=1)
 
-  def _logprobs_fn(self, params, prompt_BP, answers_BMC, mask_BMC):
+  def _scores_fn(self, params, prompt_BP, answers_BMC, mask_BMC):
     with activation_sharding(self.scorer.mesh, self.scorer.rules):
       (B, P), C = prompt_BP.shape, answers_BMC.shape[2]
       model, logits_BV, caches = self._prefill(params, prompt_BP, P + C - 1)
       first_BM = jnp.take_along_axis(jax.nn.log_softmax(logits_BV), answers_BMC[:, :, 0], axis=1)
+      first_right_BM = jnp.argmax(logits_BV, axis=-1)[:, None] == answers_BMC[:, :, 0]
       positions_BC = jnp.broadcast_to(jnp.arange(P, P + C - 1, dtype=jnp.int32), (B, C - 1))
 
       def one_answer(answer_BC):  # the caches are only read, so every answer starts from them
         logits_BCV, _ = model.extend(answer_BC[:, :-1], positions_BC, caches)
-        logp_BCV = jax.nn.log_softmax(logits_BCV)
-        return jnp.take_along_axis(logp_BCV, answer_BC[:, 1:, None], axis=-1)[..., 0]
+        logp_BC = jnp.take_along_axis(jax.nn.log_softmax(logits_BCV), answer_BC[:, 1:, None],
+                                      axis=-1)[..., 0]
+        return logp_BC, jnp.argmax(logits_BCV, axis=-1) == answer_BC[:, 1:]
 
-      rest_MBC = jax.lax.map(one_answer, answers_BMC.transpose(1, 0, 2)) if C > 1 else None
       total_BM = first_BM * mask_BMC[:, :, 0]
-      if rest_MBC is not None:
-        total_BM += jnp.sum(rest_MBC.transpose(1, 0, 2) * mask_BMC[:, :, 1:], axis=-1)
-      return total_BM
+      right_BM = first_right_BM | (mask_BMC[:, :, 0] == 0)
+      if C > 1:
+        logp_MBC, right_MBC = jax.lax.map(one_answer, answers_BMC.transpose(1, 0, 2))
+        total_BM += jnp.sum(logp_MBC.transpose(1, 0, 2) * mask_BMC[:, :, 1:], axis=-1)
+        right_BM &= jnp.all(right_MBC.transpose(1, 0, 2) | (mask_BMC[:, :, 1:] == 0), axis=-1)
+      return jnp.stack([total_BM, right_BM.astype(jnp.float32)], axis=-1)
 
   def _batches(self, n: int, window: int):
     rows = self.scorer.batch_rows(window)
@@ -93,12 +99,15 @@ class Decoder:
     fn = lambda prompt: self._greedy(self.scorer.params, prompt, steps)
     return self._run(fn, [prompts.astype(np.int32)], n, p + steps - 1, (steps,), np.int32)
 
-  def answer_logprobs(self, prompts: np.ndarray, answers: np.ndarray,
-                      mask: np.ndarray) -> np.ndarray:
-    """(N, M) log-likelihood of each of M answers (N, M, C) after its prompt, summed over the
-    tokens where mask is 1 (answers shorter than C are padded and masked)."""
+  def answer_scores(self, prompts: np.ndarray, answers: np.ndarray,
+                    mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For M answers (N, M, C) after each (N, P) prompt: (N, M) log-likelihoods summed over the
+    tokens where mask is 1 (shorter answers are padded and masked), and (N, M) whether every such
+    token is the argmax given the true prefix (teacher forcing: for the true answer, whether
+    greedy decoding produces it)."""
     n, p = prompts.shape
-    fn = lambda prompt, answer, m: self._logprobs(self.scorer.params, prompt, answer, m)
-    return self._run(fn, [prompts.astype(np.int32), answers.astype(np.int32),
-                          mask.astype(np.float32)], n, p + answers.shape[2] - 1,
-                     (answers.shape[1],), np.float32)
+    fn = lambda prompt, answer, m: self._scores(self.scorer.params, prompt, answer, m)
+    out = self._run(fn, [prompts.astype(np.int32), answers.astype(np.int32),
+                         mask.astype(np.float32)], n, p + answers.shape[2] - 1,
+                    (answers.shape[1], 2), np.float32)
+    return out[..., 0], out[..., 1] > 0.5

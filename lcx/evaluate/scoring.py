@@ -1,4 +1,5 @@
 """Per-token losses of a model on batches of windows, sized to fit the device's memory."""
+import math
 import os
 
 import jax
@@ -78,7 +79,10 @@ class Scorer:
 
   def run(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, length = windows.shape[0], windows.shape[1] - 1
-    rows = self.batch_rows(length)
+    # Fewer windows than a full batch run as the next power of two (times the batch shards):
+    # little padding, and still few distinct shapes to compile.
+    per_shard = 2 ** math.ceil(math.log2(-(-n // self.shards)))
+    rows = min(self.batch_rows(length), self.shards * per_shard)
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
     losses_out = np.empty((n, length), np.float32)
     argmax_out = np.empty((n, length), np.int32)

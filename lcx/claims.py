@@ -1,0 +1,159 @@
+"""Claims vs measured: what is often said about the position schemes, next to this study's figure.
+
+Each claim reads the variants of a study (lcx.report.Variant) and returns the figure it measured
+and a verdict: "supports", "does not support", or "cannot tell" when the study lacks the runs or
+numbers the claim needs (a scheme not trained, peak memory not reported on this platform). The
+verdicts are about this study's scale only; the rule each applies is stated beside it.
+"""
+import dataclasses
+from typing import Callable
+
+SUPPORTS, REFUTES, UNKNOWN = "supports", "does not support", "cannot tell"
+EXTRAPOLATES = 1.1  # "extrapolates to M x": perplexity at M x within 10% of its own at 1x
+FAILS = 1.5  # "fails past the training length": perplexity at 2x over 1.5 times its 1x
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  text: str
+  rule: str
+  measure: Callable  # variants -> (figure: str, verdict)
+
+
+def _plain(variants, scheme):
+  """The pretrained run of a scheme, evaluated as trained (no scaling, no fine-tune)."""
+  for v in variants:
+    rope = v.results.get("rope") or {}
+    if (v.results["scheme"] == scheme and v.finetune is None
+        and rope.get("scaling", "none") == "none"):
+      return v
+  return None
+
+
+def _rope_variant(variants, scaling, finetuned):
+  for v in variants:
+    rope = v.results.get("rope") or {}
+    if rope.get("scaling") == scaling and (v.finetune is not None) == finetuned:
+      return v
+  return None
+
+
+def _compute(variants):
+  rope = _plain(variants, "rope")
+  others = [v for v in variants if v.finetune is None and v is not rope
+            and v.results["scheme"] != "rope"]
+  if rope is None or not others:
+    return "needs rope and another scheme", UNKNOWN
+  per_token = lambda v: 1 / v.pretrain["tokens_per_second"]
+  rest = sorted(per_token(v) for v in others)
+  overhead = per_token(rope) / rest[len(rest) // 2] - 1
+  figure = f"rope {overhead:+.0%} time per token vs the median of {len(rest)} other schemes"
+  return figure, SUPPORTS if overhead >= 0.05 else REFUTES
+
+
+def _memory(variants):
+  alibi, rope = _plain(variants, "alibi"), _plain(variants, "rope")
+  if alibi is None or rope is None:
+    return "needs alibi and rope", UNKNOWN
+  a, r = alibi.pretrain.get("peak_memory_bytes"), rope.pretrain.get("peak_memory_bytes")
+  if not a or not r:
+    return "peak memory not reported on this platform", UNKNOWN
+  saving = 1 - a / r
+  return f"alibi {saving:.0%} less peak memory than rope", SUPPORTS if saving >= 0.05 else REFUTES
+
+
+def _longest_flat(v) -> int | None:
+  """The longest multiple reached from 1x with perplexity within EXTRAPOLATES of 1x's."""
+  base = v.at("perplexity", 1)
+  if base is None:
+    return None
+  longest = 1
+  for m in (2, 4, 8, 16):
+    p = v.at("perplexity", m)
+    if p is None or p > EXTRAPOLATES * base:
+      break
+    longest = m
+  return longest
+
+
+def _alibi_reach(variants):
+  alibi = _plain(variants, "alibi")
+  if alibi is None or (longest := _longest_flat(alibi)) is None:
+    return "needs alibi evaluated at 1x", UNKNOWN
+  figure = (f"alibi's perplexity stays within {EXTRAPOLATES - 1:.0%} of its 1x value up to "
+            f"{longest}x")
+  return figure, SUPPORTS if longest >= 8 else REFUTES
+
+
+def _mean_exact_1x(v) -> float | None:
+  values = [v.retrieval(task, "exact", 1) for task in v.retrieval_tasks()]
+  values = [x for x in values if x is not None]
+  return sum(values) / len(values) if values else None
+
+
+def _alibi_retrieval(variants):
+  alibi, rope = _plain(variants, "alibi"), _plain(variants, "rope")
+  if alibi is None or rope is None:
+    return "needs alibi and rope", UNKNOWN
+  a, r = _mean_exact_1x(alibi), _mean_exact_1x(rope)
+  if a is None or r is None:
+    return "needs retrieval at 1x for both", UNKNOWN
+  figure = f"exact match at 1x: alibi {a:.0%}, rope {r:.0%}"
+  return figure, SUPPORTS if 0 < r - a <= 0.1 else REFUTES
+
+
+def _sinusoidal(variants):
+  sinusoidal = _plain(variants, "sinusoidal")
+  if sinusoidal is None:
+    return "needs sinusoidal", UNKNOWN
+  one, two = sinusoidal.at("perplexity", 1), sinusoidal.at("perplexity", 2)
+  if one is None or two is None:
+    return "needs sinusoidal at 1x and 2x", UNKNOWN
+  figure = f"sinusoidal perplexity {one:.2f} at 1x, {two:.2f} at 2x ({two / one:.1f}x)"
+  return figure, SUPPORTS if two > FAILS * one else REFUTES
+
+
+def _pi_steps(variants):
+  tuned, rope = _rope_variant(variants, "linear", True), _plain(variants, "rope")
+  if tuned is None or rope is None:
+    return "needs rope and its PI fine-tune", UNKNOWN
+  multiple = tuned.results["rope"]["factor"]
+  after, base = tuned.at("perplexity", multiple), rope.at("perplexity", 1)
+  if after is None or base is None:
+    return f"needs the fine-tune at {multiple:g}x and rope at 1x", UNKNOWN
+  steps = tuned.finetune["step"]
+  zero_shot = _rope_variant(variants, "linear", False)
+  before = zero_shot.at("perplexity", multiple) if zero_shot else None
+  was = f"zero-shot {before:.2f}; " if before is not None else ""
+  figure = (f"after {steps} steps PI reaches perplexity {after:.2f} at {multiple:g}x "
+            f"({was}rope at 1x {base:.2f})")
+  recovered = after <= EXTRAPOLATES * base
+  # recovered in far fewer steps than claimed refutes it; not recovered in fewer is consistent
+  if recovered:
+    return figure, REFUTES if steps < 500 else SUPPORTS
+  return figure, SUPPORTS if steps < 1000 else REFUTES
+
+
+CLAIMS = (
+    Claim("RoPE costs 10-15% more compute than the alternatives",
+          "supports when rope's time per token is >= 5% above the median other scheme", _compute),
+    Claim("ALiBi uses 7-12% less memory", "supports when alibi's peak memory is >= 5% below "
+          "rope's", _memory),
+    Claim("ALiBi extrapolates to about 8x", "supports when alibi's perplexity stays within 10% of "
+          "its 1x value up to >= 8x", _alibi_reach),
+    Claim("ALiBi is a few percent worse than RoPE at retrieving precise positions",
+          "supports when alibi's exact match at 1x is 0-10 points below rope's", _alibi_retrieval),
+    Claim("Sinusoidal positions fail past the training length",
+          "supports when perplexity at 2x is over 1.5 times that at 1x", _sinusoidal),
+    Claim("PI needs about 1,000 fine-tuning steps", "supports when PI has not recovered (within "
+          "10% of rope at 1x) in fewer steps, or recovers only after >= 500", _pi_steps),
+)
+
+
+def claims_table(variants) -> list[str]:
+  """Markdown lines: each claim, the study's figure, the verdict and the rule behind it."""
+  lines = ["| claim | measured here | verdict | rule |", "| --- | --- | --- | --- |"]
+  for claim in CLAIMS:
+    figure, verdict = claim.measure(variants)
+    lines.append(f"| {claim.text} | {figure} | {verdict} | {claim.rule} |")
+  return lines

@@ -1,0 +1,54 @@
+"""Claims vs measured: each claim's figure and verdict from hand-written study results."""
+from lcx import claims
+from lcx.report import Variant
+
+
+def _variant(scheme, ppl, *, tokens_per_second=1000.0, memory=None, exact=None, scaling="none",
+             factor=1.0, finetune_steps=None):
+  perplexity = [{"multiple": m, "perplexity": p} for m, p in zip((1, 2, 4, 8, 16), ppl)]
+  retrieval = {}
+  if exact is not None:
+    retrieval["passkey/python"] = {"task": "passkey", "style": "python", "lengths": [100],
+                                   "exact": [[exact]], "ranked": [[exact]], "longest_at_90": None}
+  results = {"scheme": scheme, "rope": {"scaling": scaling, "factor": factor},
+             "base_length": 100, "perplexity": perplexity, "sliding": [], "retrieval": retrieval}
+  pretrain = {"tokens_per_second": tokens_per_second, "peak_memory_bytes": memory}
+  finetune = {"step": finetune_steps} if finetune_steps else None
+  return Variant(scheme, results, pretrain, finetune)
+
+
+def test_claims_read_the_study_and_apply_their_rules():
+  study = [
+      _variant("rope", [10, 30, 90, 200, 400], tokens_per_second=880, memory=100, exact=0.9),
+      _variant("alibi", [11, 11.5, 11.8, 12, 14], tokens_per_second=1000, memory=90, exact=0.85),
+      _variant("none", [12, 20, 40, 80, 100], tokens_per_second=1010),
+      _variant("sinusoidal", [11, 40, 99, 99, 99], tokens_per_second=990),
+      _variant("rope", [40, 40, 45, 99, 99], scaling="linear", factor=4.0),
+      _variant("rope", [10.5, 10.6, 10.8, 30, 90], scaling="linear", factor=4.0,
+               finetune_steps=200),
+  ]
+  measured = {c.measure.__name__: c.measure(study) for c in claims.CLAIMS}
+  assert measured["_compute"] == ("rope +14% time per token vs the median of 3 other schemes",
+                                  claims.SUPPORTS)
+  assert measured["_memory"] == ("alibi 10% less peak memory than rope", claims.SUPPORTS)
+  assert measured["_alibi_reach"][1] == claims.SUPPORTS and "up to 8x" in measured["_alibi_reach"][0]
+  assert measured["_alibi_retrieval"] == ("exact match at 1x: alibi 85%, rope 90%", claims.SUPPORTS)
+  assert measured["_sinusoidal"][1] == claims.SUPPORTS
+  # PI back within 10% of rope's 1x after 200 steps: fewer than the claimed 1,000
+  assert measured["_pi_steps"] == (
+      "after 200 steps PI reaches perplexity 10.80 at 4x (zero-shot 45.00; rope at 1x 10.00)",
+      claims.REFUTES)
+  lines = claims.claims_table(study)
+  assert len(lines) == 2 + len(claims.CLAIMS) and "| RoPE costs 10-15% more compute" in lines[2]
+
+
+def test_claims_the_study_cannot_judge_say_so():
+  study = [_variant("rope", [10, 30, 90, 200, 400]),
+           _variant("alibi", [11, 30, 90, 200, 400], exact=0.5)]
+  measured = {c.measure.__name__: c.measure(study) for c in claims.CLAIMS}
+  assert measured["_memory"] == ("peak memory not reported on this platform", claims.UNKNOWN)
+  assert measured["_sinusoidal"] == ("needs sinusoidal", claims.UNKNOWN)
+  assert measured["_alibi_retrieval"] == ("needs retrieval at 1x for both", claims.UNKNOWN)
+  assert measured["_pi_steps"][1] == claims.UNKNOWN
+  assert measured["_alibi_reach"] == ("alibi's perplexity stays within 10% of its 1x value up to "
+                                      "1x", claims.REFUTES)
