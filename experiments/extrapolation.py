@@ -24,13 +24,19 @@ CPU_MIXTURE = (*MIXTURE, "data.retrieval.styles=('python',)")
 SCALES = {
     # pretrain preset, data overrides (every training stage), pretraining-only overrides,
     # fine-tune preset suffix, evaluation flags
+    # dense attention trains 1.36x faster than the native kernel at 128 tokens on a 2-core CPU
+    # (the native one wins at the long evaluation lengths, so evaluations use auto)
     "cpu": ("tiny", CPU_MIXTURE,
-            ("data.batch_size=32", "train.steps=800", "eval.every_steps=400"), "",
+            ("data.batch_size=32", "train.steps=1000", "eval.every_steps=500",
+             "model.attention=dense"), "",
             ("--max_tokens=4096", "--tasks=passkey,niah_multikey", "--styles=python",
              "--trials=3", "--depths=0,0.5,1")),
     "small": ("125m", PG19 + MIXTURE, (), ",125m", ("--max_tokens=262144", "--trials=10")),
     "base": ("350m", PG19 + MIXTURE, (), ",350m", ("--max_tokens=262144", "--trials=10")),
 }
+
+
+EVAL_OVERRIDES = ("model.attention=auto",)  # the fastest kernel here, whatever trained
 
 
 def get_sweep(arg: str = "cpu") -> list[Run]:
@@ -43,11 +49,12 @@ def get_sweep(arg: str = "cpu") -> list[Run]:
     stages = [
         Stage("pretrain", "pretrain", f"configs/pretrain.py:{preset}",
               (f"model.position={scheme}", *data, *pretrain_only)),
-        Stage("eval", "evaluate", source="pretrain", args=eval_flags),
+        Stage("eval", "evaluate", source="pretrain", overrides=EVAL_OVERRIDES, args=eval_flags),
     ]
     if scheme == "rope":
       stages += [Stage(f"eval-zeroshot-{m}", "evaluate", source="pretrain",
-                       overrides=(f"model.rope.scaling={m}", "model.rope.factor=4"),
+                       overrides=(*EVAL_OVERRIDES, f"model.rope.scaling={m}",
+                                  "model.rope.factor=4"),
                        args=(*eval_flags, "--trials=0")) for m in ZERO_SHOT]
       for method in FINETUNES:
         stages += [
