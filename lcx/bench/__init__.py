@@ -72,7 +72,8 @@ class PreparedStep:
     positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len))
     self.batch = program.global_batch({
         "tokens": tokens[:, :-1], "targets": tokens[:, 1:], "positions": positions.copy(),
-        "segment_ids": np.zeros((batch_size, seq_len), np.int32)})
+        "segment_ids": np.zeros((batch_size, seq_len), np.int32),
+        "weights": np.ones((batch_size, seq_len), np.float32)})
     self.state = program.init()
     start = time.perf_counter()
     self.compiled = program.step.lower(self.state, self.batch).compile()
