@@ -95,7 +95,10 @@ class JsonlWriter:
       self.file.close()
       self._rewrite()
     line = json.dumps(record) + "\n"
-    self.file.write(line)
+    try:
+      self.file.write(line)
+    except OSError as e:  # a full disk: say which file (a write's error names none)
+      raise OSError(e.errno, e.strerror, str(self.path)) from None
     self.size += len(line.encode())
     self.lines.append(line[:-1])
 
