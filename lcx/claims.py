@@ -2,15 +2,19 @@
 
 Each claim reads the variants of a study (lcx.report.Variant) and returns the figure it measured
 and a verdict: "supports", "does not support", or "cannot tell" when the study lacks the runs or
-numbers the claim needs (a scheme not trained, peak memory not reported on this platform). The
+numbers the claim needs (a scheme not trained, peak memory not reported on this platform, or
+too few retrieval trials to tell a few points apart). The
 verdicts are about this study's scale only; the rule each applies is stated beside it.
 """
 import dataclasses
+import math
 from typing import Callable
 
 SUPPORTS, REFUTES, UNKNOWN = "supports", "does not support", "cannot tell"
 EXTRAPOLATES = 1.1  # "extrapolates to M x": perplexity at M x within 10% of its own at 1x
 FAILS = 1.5  # "fails past the training length": perplexity at 2x over 1.5 times its 1x
+FEW_POINTS = 0.1  # "a few percent worse": 0 to 10 points of exact match below
+Z95 = 1.96  # a 95% interval: the difference +- 1.96 standard errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,21 +89,35 @@ def _alibi_reach(variants):
   return figure, SUPPORTS if longest >= 8 else REFUTES
 
 
-def _mean_exact_1x(v) -> float | None:
-  values = [v.retrieval(task, "exact", 1) for task in v.retrieval_tasks()]
-  values = [x for x in values if x is not None]
-  return sum(values) / len(values) if values else None
+def _exact_1x(v) -> tuple[float, float] | None:
+  """Exact match at 1x, the mean over the tasks, and its sampling variance from the trial
+  counts (binomial; counts shrunk half a trial toward 50% so that 0% or 100% is not certain)."""
+  tasks = [(v.retrieval(t, "exact", 1), v.retrieval_trials(t, 1)) for t in v.retrieval_tasks()]
+  tasks = [(p, n) for p, n in tasks if p is not None]
+  if not tasks or any(n == 0 for _, n in tasks):
+    return None
+  shrunk = [((p * n + 0.5) / (n + 1), n) for p, n in tasks]
+  variance = sum(q * (1 - q) / n for q, n in shrunk) / len(tasks) ** 2
+  return sum(p for p, _ in tasks) / len(tasks), variance
 
 
 def _alibi_retrieval(variants):
   alibi, rope = _plain(variants, "alibi"), _plain(variants, "rope")
   if alibi is None or rope is None:
     return "needs alibi and rope", UNKNOWN
-  a, r = _mean_exact_1x(alibi), _mean_exact_1x(rope)
+  a, r = _exact_1x(alibi), _exact_1x(rope)
   if a is None or r is None:
-    return "needs retrieval at 1x for both", UNKNOWN
-  figure = f"exact match at 1x: alibi {a:.0%}, rope {r:.0%}"
-  return figure, SUPPORTS if 0 < r - a <= 0.1 else REFUTES
+    return "needs retrieval at 1x for both, with its trial count", UNKNOWN
+  gap = r[0] - a[0]
+  half = Z95 * math.sqrt(a[1] + r[1])
+  figure = (f"exact match at 1x: alibi {a[0]:.0%}, rope {r[0]:.0%} (rope - alibi "
+            f"{100 * gap:+.0f} +- {100 * half:.0f} points, 95%)")
+  low, high = gap - half, gap + half
+  if 0 < low and high <= FEW_POINTS:
+    return figure, SUPPORTS
+  if high <= 0 or low > FEW_POINTS:
+    return figure, REFUTES
+  return figure, UNKNOWN
 
 
 def _sinusoidal(variants):
@@ -142,7 +160,9 @@ CLAIMS = (
     Claim("ALiBi extrapolates to about 8x", "supports when alibi's perplexity stays within 10% of "
           "its 1x value up to >= 8x", _alibi_reach),
     Claim("ALiBi is a few percent worse than RoPE at retrieving precise positions",
-          "supports when alibi's exact match at 1x is 0-10 points below rope's", _alibi_retrieval),
+          "supports when the 95% interval of rope's minus alibi's exact match at 1x (from the "
+          "trial counts) lies within 0-10 points, does not when it lies outside them, cannot tell "
+          "when it straddles", _alibi_retrieval),
     Claim("Sinusoidal positions fail past the training length",
           "supports when perplexity at 2x is over 1.5 times that at 1x", _sinusoidal),
     Claim("PI needs about 1,000 fine-tuning steps", "supports when PI has not recovered (within "

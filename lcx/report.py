@@ -56,6 +56,18 @@ class Variant:
           values.append(value)
     return float(np.mean(values)) if values else None
 
+  def retrieval_trials(self, task: str, multiple: float) -> int:
+    """How many trials retrieval(task, ..., multiple) averages: trials per cell x the depths
+    scored, over the task's styles (0 where the study did not record its trial count)."""
+    n = 0
+    for grid in self.results.get("retrieval", {}).values():
+      if grid["task"] != task:
+        continue
+      for length, row in zip(grid["lengths"], grid["exact"]):
+        if math.isclose(length / self.results["base_length"], multiple):
+          n += grid.get("trials", 0) * sum(x is not None for x in row)
+    return n
+
   def longest_at_90(self, task: str) -> int | None:
     longest = [g["longest_at_90"] for g in self.results.get("retrieval", {}).values()
                if g["task"] == task and g["longest_at_90"] is not None]

@@ -3,13 +3,15 @@ from lcx import claims
 from lcx.report import Variant
 
 
-def _variant(scheme, ppl, *, tokens_per_second=1000.0, memory=None, exact=None, scaling="none",
-             factor=1.0, finetune_steps=None):
+def _variant(scheme, ppl, *, tokens_per_second=1000.0, memory=None, exact=None, trials=1000,
+             scaling="none", factor=1.0, finetune_steps=None):
   perplexity = [{"multiple": m, "perplexity": p} for m, p in zip((1, 2, 4, 8, 16), ppl)]
   retrieval = {}
   if exact is not None:
     retrieval["passkey/python"] = {"task": "passkey", "style": "python", "lengths": [100],
-                                   "exact": [[exact]], "ranked": [[exact]], "longest_at_90": None}
+                                   "depths": [0.0, 1.0], "trials": trials,
+                                   "exact": [[exact, exact]], "ranked": [[exact, exact]],
+                                   "longest_at_90": None}
   results = {"scheme": scheme, "rope": {"scaling": scaling, "factor": factor},
              "base_length": 100, "perplexity": perplexity, "sliding": [], "retrieval": retrieval}
   pretrain = {"tokens_per_second": tokens_per_second, "peak_memory_bytes": memory}
@@ -32,7 +34,9 @@ def test_claims_read_the_study_and_apply_their_rules():
                                   claims.SUPPORTS)
   assert measured["_memory"] == ("alibi 10% less peak memory than rope", claims.SUPPORTS)
   assert measured["_alibi_reach"][1] == claims.SUPPORTS and "up to 8x" in measured["_alibi_reach"][0]
-  assert measured["_alibi_retrieval"] == ("exact match at 1x: alibi 85%, rope 90%", claims.SUPPORTS)
+  # 2,000 trials each: 5 +- 2 points, inside 0-10
+  assert measured["_alibi_retrieval"] == (
+      "exact match at 1x: alibi 85%, rope 90% (rope - alibi +5 +- 2 points, 95%)", claims.SUPPORTS)
   assert measured["_sinusoidal"][1] == claims.SUPPORTS
   # PI back within 10% of rope's 1x after 200 steps: fewer than the claimed 1,000
   assert measured["_pi_steps"] == (
@@ -48,7 +52,23 @@ def test_claims_the_study_cannot_judge_say_so():
   measured = {c.measure.__name__: c.measure(study) for c in claims.CLAIMS}
   assert measured["_memory"] == ("peak memory not reported on this platform", claims.UNKNOWN)
   assert measured["_sinusoidal"] == ("needs sinusoidal", claims.UNKNOWN)
-  assert measured["_alibi_retrieval"] == ("needs retrieval at 1x for both", claims.UNKNOWN)
+  assert measured["_alibi_retrieval"] == ("needs retrieval at 1x for both, with its trial count",
+                                          claims.UNKNOWN)
   assert measured["_pi_steps"][1] == claims.UNKNOWN
   assert measured["_alibi_reach"] == ("alibi's perplexity stays within 10% of its 1x value up to "
                                       "1x", claims.REFUTES)
+
+
+def test_the_retrieval_claim_weighs_the_number_of_trials():
+  """The same 5-point gap supports the claim with thousands of trials and cannot be told with the
+  CPU study's 9; a gap far outside 0-10 points refutes it even with few."""
+  judge = lambda rope, alibi, trials: claims._alibi_retrieval([
+      _variant("rope", [10] * 5, exact=rope, trials=trials),
+      _variant("alibi", [10] * 5, exact=alibi, trials=trials)])
+  assert judge(0.90, 0.85, 1000)[1] == claims.SUPPORTS
+  few = judge(0.90, 0.85, 4)  # 8 trials each: the interval reaches below 0 and above 10
+  assert few[1] == claims.UNKNOWN and "+5 +- 36" in few[0]
+  assert judge(0.95, 0.30, 10)[1] == claims.REFUTES  # 65 points apart
+  assert judge(0.50, 0.60, 1000)[1] == claims.REFUTES  # alibi better, measured tightly
+  # every trial right for both: the half-trial shrinkage keeps the interval from vanishing
+  assert judge(1.0, 1.0, 3)[1] == claims.UNKNOWN
