@@ -38,10 +38,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       vocab_multiple=64,  # padding lets the vocabulary shard evenly
   ))
   # scaling (context extension): none, linear (PI), ntk, dynamic_ntk, yarn, with factor s and the
-  # length trained at (original_length; 0 means data.seq_len, or the source run's for a fine-tune).
+  # length trained at (original_length; 0 means data.seq_len, or the source run's for a fine-tune);
+  # YaRN's ramp: "dims" as its reference code and released models, "turns" as its paper.
   c.model.rope = ml_collections.ConfigDict(dict(
       base=10000.0, fraction=1.0, layout="half", scaling="none", factor=1.0, original_length=0,
-      beta_fast=32.0, beta_slow=1.0))
+      beta_fast=32.0, beta_slow=1.0, yarn_ramp="dims"))
 
   c.data = ml_collections.ConfigDict(dict(
       name="pystdlib", text_dir="", text_glob="**/*", data_dir="~/.cache/lcx/tensorflow_datasets",

@@ -43,13 +43,16 @@ def _choice(c, name: str, allowed) -> None:
            f"{', '.join(map(str, allowed))}")
 
 
-def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
-  """A validated copy with derived fields filled in: head_dim, max_len, vocab_size, mesh sizes."""
+def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy with the fields added since a run was saved filled in as that run behaved. Called
+  before overrides are applied to a saved config, so an override of a new field finds it."""
   c = ml_collections.ConfigDict(config.to_dict())
-  m, d, t = c.model, c.data, c.train
+  m, d = c.model, c.data
   for name in ("attention_block", "remat", "scan_layers"):  # runs saved before these existed
     if name not in m:
       m[name] = getattr(ModelConfig, name)
+  if "yarn_ramp" not in m.rope:  # a YaRN run saved before the option ramped over the turns
+    m.rope.yarn_ramp = "turns" if m.rope.scaling == "yarn" else "dims"
   if "resume_changes" not in c:
     c.resume_changes = "refuse"
   if "retrieval" not in d:
@@ -58,6 +61,13 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     d.retrieval.answer_weight = 1.0
   if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
     c.eval.probe_tasks, c.eval.probe_trials = (), 0
+  return c
+
+
+def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """A validated copy with derived fields filled in: head_dim, max_len, vocab_size, mesh sizes."""
+  c = fill_missing(config)
+  m, d, t = c.model, c.data, c.train
   _require(isinstance(c.seed, int) and not isinstance(c.seed, bool) and 0 <= c.seed < 2 ** 32,
            f"config.seed={c.seed!r} must be an integer in [0, 2^32)")
   _choice(c, "resume_changes", ("refuse", "allow"))
@@ -88,6 +98,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _require(m.rope.beta_fast > m.rope.beta_slow > 0,
            f"config.model.rope.beta_fast={m.rope.beta_fast} and beta_slow={m.rope.beta_slow} must "
            "satisfy beta_fast > beta_slow > 0")
+  _choice(c, "model.rope.yarn_ramp", positions.YARN_RAMPS)
   _require(m.rope.scaling == "none" or m.position == "rope",
            f"config.model.rope.scaling={m.rope.scaling!r} needs config.model.position='rope', not "
            f"{m.position!r}; allowed with {m.position!r}: none")
@@ -200,11 +211,12 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
           base=float(m.rope.base), fraction=float(m.rope.fraction), layout=m.rope.layout,
           scaling=m.rope.scaling, factor=float(m.rope.factor),
           original_length=int(m.rope.original_length), beta_fast=float(m.rope.beta_fast),
-          beta_slow=float(m.rope.beta_slow)))
+          beta_slow=float(m.rope.beta_slow), yarn_ramp=m.rope.yarn_ramp))
 
 
 # What a fine-tune sets for itself; every other model field comes from the run it starts from.
-_FINETUNE_OWN_ROPE = ("scaling", "factor", "original_length", "beta_fast", "beta_slow")
+_FINETUNE_OWN_ROPE = ("scaling", "factor", "original_length", "beta_fast", "beta_slow",
+                      "yarn_ramp")
 
 
 def inherit_architecture(config: ml_collections.ConfigDict,

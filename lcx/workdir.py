@@ -16,8 +16,10 @@ import pathlib
 import socket
 import time
 
+import ml_collections
+
 from lcx.checkpoint import QUARANTINE
-from lcx.config import ConfigError
+from lcx.config import ConfigError, fill_missing
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lcx-train.lock"
@@ -138,6 +140,8 @@ def check_resume(workdir: pathlib.Path, config, is_main: bool = True) -> None:
   except json.JSONDecodeError as e:
     raise WorkdirError(f"{saved_path} is not valid JSON ({e}); restore it from a copy, or pass "
                        "another --workdir") from None
+  # Fields the run predates count as the run had them (a YaRN run's ramp, for one).
+  saved = fill_missing(ml_collections.ConfigDict(saved)).to_dict()
   fixed, free = config_changes(saved, config.to_dict())
   for change in (c for c in free if not c.startswith(_FRESH_START_ONLY)):
     log.info("resuming with a changed setting: %s", change)

@@ -42,6 +42,8 @@ def _tiny(**overrides):
      r"config.eval.probe_tasks=\('needle',\): needle is not allowed; allowed: passkey"),
     ({"data.retrieval.answer_weight": -2.0}, 1,
      r"config.data.retrieval.answer_weight=-2.0 must be positive"),
+    ({"model.rope.yarn_ramp": "linear"}, 1,
+     r"config.model.rope.yarn_ramp='linear' is not allowed; allowed: dims, turns"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):
@@ -92,3 +94,19 @@ def test_cli_reports_a_bad_field_in_one_line(tmp_path):
   assert last.startswith("lcx.train: config.model.position='xpos' is not allowed; allowed:")
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+def test_a_yarn_run_saved_before_the_ramp_option_keeps_the_papers_ramp():
+  """Runs saved without model.rope.yarn_ramp: a YaRN run ramped over the turns (the only ramp
+  then), so it keeps that; any other run gets today's default, also when an evaluation then sets
+  YaRN by override (lcx.evaluate fills the saved config before applying overrides)."""
+  import ml_collections
+  from lcx.config import fill_missing
+  saved = _tiny().to_dict()
+  del saved["model"]["rope"]["yarn_ramp"]
+  old = ml_collections.ConfigDict(saved)
+  assert fill_missing(old).model.rope.yarn_ramp == "dims"
+  old.model.rope.scaling = "yarn"
+  assert fill_missing(old).model.rope.yarn_ramp == "turns"
+  assert resolve(old, 1).model.rope.yarn_ramp == "turns"
+  assert "yarn_ramp" not in old.model.rope  # the saved config itself is left as it was

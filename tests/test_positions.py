@@ -181,6 +181,7 @@ def test_dynamic_ntk_follows_the_length():
 
 
 def test_yarn_by_parts_on_known_values():
+  """The paper's ramp (yarn_ramp="turns"): gamma linear in the turns over the original length."""
   s, L0, dim = 4.0, 128, 8
   theta = [10000 ** (-2 * i / dim) for i in range(dim // 2)]  # 1, 0.1, 0.01, 0.001
   expected = []
@@ -188,7 +189,8 @@ def test_yarn_by_parts_on_known_values():
     turns = L0 * t / (2 * math.pi)  # 20.4, 2.04, 0.204, 0.0204
     gamma = min(max((turns - 1) / (32 - 1), 0.0), 1.0)
     expected.append((1 - gamma) * t / s + gamma * t)
-  inv_freq, scale = positions.scaled_frequencies(dim, _rope_cfg("yarn", s, L0), 512)
+  inv_freq, scale = positions.scaled_frequencies(dim, _rope_cfg("yarn", s, L0, yarn_ramp="turns"),
+                                                 512)
   np.testing.assert_allclose(inv_freq, expected, rtol=1e-6)
   # Slow dims are fully interpolated; the fastest keeps most of its frequency.
   assert expected[3] == pytest.approx(theta[3] / s) and expected[0] > theta[0] / 2
@@ -199,3 +201,46 @@ def test_yarn_by_parts_on_known_values():
   out = positions.apply_rope(x, jnp.zeros((1, 1)), inv_freq[: rot // 2], scale=scale)
   np.testing.assert_allclose(out[..., :rot], x[..., :rot] * scale, rtol=1e-6)
   np.testing.assert_array_equal(out[..., rot:], x[..., rot:])
+
+
+def _reference_yarn(dim, base, factor, original_length, beta_fast=32.0, beta_slow=1.0):
+  """YaRN's inverse frequencies as its reference code computes them (find_correction_range and
+  linear_ramp_mask over the pair index), written out in plain Python."""
+  def correction_dim(rotations):
+    return dim * math.log(original_length / (rotations * 2 * math.pi)) / (2 * math.log(base))
+  low = max(math.floor(correction_dim(beta_fast)), 0)
+  high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+  if low == high:
+    high += 0.001
+  out = []
+  for i in range(dim // 2):
+    extrapolate = 1 - min(max((i - low) / (high - low), 0.0), 1.0)  # 1: keep theta_i
+    theta = base ** (-2 * i / dim)
+    out.append(theta / factor * (1 - extrapolate) + theta * extrapolate)
+  return out
+
+
+@pytest.mark.parametrize("dim,base,factor,length", [(128, 10000.0, 16.0, 4096),
+                                                    (64, 10000.0, 4.0, 2048),
+                                                    (16, 10000.0, 4.0, 128),
+                                                    (128, 500000.0, 8.0, 8192)])
+def test_yarn_default_ramp_is_the_reference_codes(dim, base, factor, length):
+  cfg = _rope_cfg("yarn", factor, length, base=base)
+  assert cfg.yarn_ramp == "dims"
+  inv_freq, scale = positions.scaled_frequencies(dim, cfg, 4 * length)
+  np.testing.assert_allclose(inv_freq, _reference_yarn(dim, base, factor, length), rtol=1e-5)
+  assert scale == pytest.approx(0.1 * math.log(factor) + 1)
+
+
+def test_yarn_ramps_differ_where_it_matters():
+  """Llama-2-like (d=128, L=4096, s=16): the two ramps agree on the fastest and slowest dims and
+  differ by tens of percent in between; a run records which one it used."""
+  dims, _ = positions.scaled_frequencies(128, _rope_cfg("yarn", 16.0, 4096), 4096)
+  turns, _ = positions.scaled_frequencies(128, _rope_cfg("yarn", 16.0, 4096, yarn_ramp="turns"),
+                                          4096)
+  ratio = np.asarray(dims) / np.asarray(turns)
+  np.testing.assert_allclose(ratio[:5], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(ratio[-5:], 1.0, rtol=1e-6)
+  assert np.abs(ratio - 1).max() > 0.3
+  with pytest.raises(ValueError, match="yarn_ramp='linear' is unknown; allowed: dims, turns"):
+    positions.scaled_frequencies(128, _rope_cfg("yarn", 16.0, 4096, yarn_ramp="linear"), 4096)

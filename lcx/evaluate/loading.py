@@ -28,7 +28,7 @@ def load_run(workdir, overrides: list[str] = ()) -> LoadedRun:
   """The run's model at its latest checkpoint, with `--config.a.b=v` overrides applied on top
   (for example a RoPE scaling method, zero-shot). The mesh defaults to all devices as data."""
   workdir = pathlib.Path(workdir).expanduser()
-  saved = saved_config(workdir)
+  saved = config_lib.fill_missing(saved_config(workdir))
   config = ml_collections.ConfigDict(saved.to_dict())
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   try:

@@ -7,7 +7,7 @@ from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, avai
                                 make, register)
 from lcx.positions.absolute import sinusoidal_table
 from lcx.positions.alibi import alibi_bias, alibi_slopes
-from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, apply_rope, dynamic_factor, ntk_base,
+from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, YARN_RAMPS, apply_rope, dynamic_factor, ntk_base,
                                 rope_inverse_frequencies, rotary_cos_sin, rotary_dim, rotate_by,
                                 scaled_frequencies, yarn_ramp, yarn_temperature)
 
@@ -15,5 +15,5 @@ __all__ = [
     "PositionConfig", "PositionScheme", "RopeConfig", "available", "bias_form", "make", "register",
     "sinusoidal_table", "alibi_bias", "alibi_slopes", "apply_rope", "rope_inverse_frequencies",
     "rotary_cos_sin", "rotate_by", "rotary_dim", "ROPE_SCALINGS", "dynamic_factor", "ntk_base",
-    "scaled_frequencies", "yarn_ramp", "yarn_temperature",
+    "scaled_frequencies", "YARN_RAMPS", "yarn_ramp", "yarn_temperature",
 ]

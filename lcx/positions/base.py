@@ -24,6 +24,7 @@ class RopeConfig:
   original_length: int = 0
   beta_fast: float = 32.0  # YaRN: dims turning more than this often in original_length keep theta
   beta_slow: float = 1.0  # YaRN: dims turning less than this are fully interpolated
+  yarn_ramp: str = "dims"  # YaRN: "dims" (the reference code's ramp) or "turns" (the paper's)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,11 +9,19 @@ so it applies zero-shot to any RoPE checkpoint or during a fine-tune (`model.rop
   ntk          NTK-aware: base' = base * s^(d / (d - 2))
   dynamic_ntk  NTK-aware with s recomputed from the current length L:
                s_L = s * L / L_orig - (s - 1) when L > L_orig, else 1 (identity up to L_orig)
-  yarn         YaRN (Peng et al., 2023), NTK-by-parts: with r_i = L_orig * theta_i / (2 pi) the
-               turns of dim i over the original context and
-               gamma_i = clip((r_i - beta_slow) / (beta_fast - beta_slow), 0, 1),
-               theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i; and attention temperature
-               sqrt(1/t) = 0.1 ln(s) + 1, applied to the rotated dims of q and k.
+  yarn         YaRN (Peng et al., 2023), NTK-by-parts: theta'_i = (1 - gamma_i) theta_i / s +
+               gamma_i theta_i, gamma_i from 1 (dims that turn often over the original context:
+               kept) to 0 (slow dims: interpolated), and attention temperature
+               sqrt(1/t) = 0.1 ln(s) + 1, applied to the rotated dims of q and k. The ramp of
+               gamma (rope.yarn_ramp):
+                 dims   (default) linear in the pair index i between floor(i(beta_fast)) and
+                        ceil(i(beta_slow)), where i(b) = d ln(L_orig / (2 pi b)) / (2 ln base) is
+                        the index whose frequency turns b times over L_orig: what the YaRN
+                        reference code, the models released with it and HF transformers compute;
+                 turns  linear in the turns r_i = L_orig theta_i / (2 pi) themselves,
+                        gamma_i = clip((r_i - beta_slow) / (beta_fast - beta_slow), 0, 1): the
+                        paper's equation (its section 3.2). The two differ by up to ~65% in the
+                        transition dims.
 Here d is the rotary dimension and L_orig the training length (rope.original_length).
 """
 import math
@@ -126,11 +134,31 @@ def _dynamic_ntk(dim, cfg, length):
   return rope_inverse_frequencies(dim, ntk_base(cfg.base, s, dim)), 1.0
 
 
-def yarn_ramp(inv_freq: jax.Array, original_length: int, beta_fast: float,
-              beta_slow: float) -> jax.Array:
-  """gamma_i: 1 for dims that turn often in the original context (kept), 0 for slow ones."""
-  turns = original_length * inv_freq / (2 * math.pi)
-  return jnp.clip((turns - beta_slow) / (beta_fast - beta_slow), 0.0, 1.0)
+YARN_RAMPS = ("dims", "turns")
+
+
+def _turning_index(turns: float, rotary_dim: int, base: float, original_length: int) -> float:
+  """The (fractional) pair index i whose frequency base^(-2i/d) turns `turns` times over
+  original_length."""
+  return rotary_dim * math.log(original_length / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+
+def yarn_ramp(rotary_dim: int, base: float, original_length: int, beta_fast: float,
+              beta_slow: float, ramp: str = "dims") -> jax.Array:
+  """gamma_i per rotary pair: 1 for dims that turn often in the original context (kept), 0 for
+  slow ones (interpolated); `ramp` as in the module docstring."""
+  if ramp == "turns":
+    inv_freq = rope_inverse_frequencies(rotary_dim, base)
+    turns = original_length * inv_freq / (2 * math.pi)
+    return jnp.clip((turns - beta_slow) / (beta_fast - beta_slow), 0.0, 1.0)
+  if ramp != "dims":
+    raise ValueError(f"model.rope.yarn_ramp={ramp!r} is unknown; allowed: {', '.join(YARN_RAMPS)}")
+  low = max(math.floor(_turning_index(beta_fast, rotary_dim, base, original_length)), 0)
+  high = min(math.ceil(_turning_index(beta_slow, rotary_dim, base, original_length)),
+             rotary_dim - 1)
+  high = max(high, low + 0.001)  # the reference code's guard against an empty ramp
+  index = jnp.arange(rotary_dim // 2, dtype=jnp.float32)
+  return 1.0 - jnp.clip((index - low) / (high - low), 0.0, 1.0)
 
 
 def yarn_temperature(factor: float) -> float:
@@ -141,7 +169,8 @@ def yarn_temperature(factor: float) -> float:
 def _yarn(dim, cfg, length):
   del length
   inv_freq = rope_inverse_frequencies(dim, cfg.base)
-  gamma = yarn_ramp(inv_freq, cfg.original_length, cfg.beta_fast, cfg.beta_slow)
+  gamma = yarn_ramp(dim, cfg.base, cfg.original_length, cfg.beta_fast, cfg.beta_slow,
+                    cfg.yarn_ramp)
   return (1 - gamma) * inv_freq / cfg.factor + gamma * inv_freq, yarn_temperature(cfg.factor)
 
 
