@@ -25,24 +25,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # differences) or allow (continue with the changes; the old config is kept beside the new).
   c.resume_changes = "refuse"
 
-  c.model = ml_collections.ConfigDict(dict(
-      d_model=64, n_layers=2, n_heads=4, head_dim=0,  # 0: d_model // n_heads
-      mlp_dim=256, mlp="swiglu", tie_embeddings=True,
-      position="rope", max_len=0,  # max_len: learned-table size; 0 means data.seq_len
-      # attention: dense, blockwise, cudnn (GPU), or auto (the fastest that takes the scheme here);
-      # attention_block: blockwise tile length; remat: none, full or dots (what blocks keep for
-      # the backward pass); scan_layers: one lax.scan over the blocks (compile time flat in depth).
-      attention="auto", attention_block=128, remat="none", scan_layers=False,
-      param_dtype="float32", compute_dtype="float32", norm_eps=1e-6,
-      vocab_size=0,  # 0: the tokenizer's, padded up to a multiple of vocab_multiple
-      vocab_multiple=64,  # padding lets the vocabulary shard evenly
-  ))
-  # scaling (context extension): none, linear (PI), ntk, dynamic_ntk, yarn, with factor s and the
-  # length trained at (original_length; 0 means data.seq_len, or the source run's for a fine-tune);
-  # YaRN's ramp: "dims" as its reference code and released models, "turns" as its paper.
-  c.model.rope = ml_collections.ConfigDict(dict(
-      base=10000.0, fraction=1.0, layout="half", scaling="none", factor=1.0, original_length=0,
-      beta_fast=32.0, beta_slow=1.0, yarn_ramp="dims"))
+  # The model's fields and their defaults (the tiny model) come from its dataclasses,
+  # lcx.model.ModelConfig and lcx.positions.RopeConfig, which say what each one does: d_model,
+  # n_layers, n_heads, head_dim (0: d_model // n_heads), mlp_dim, mlp, tie_embeddings, position,
+  # max_len (learned-table size; 0: data.seq_len), attention (auto: the fastest kernel that
+  # takes the scheme here), attention_block, remat, scan_layers, dtypes; vocab_size (0: the
+  # tokenizer's, padded to a multiple of vocab_multiple so it shards evenly). model.rope: base,
+  # fraction, layout, scaling (context extension: none, linear (PI), ntk, dynamic_ntk, yarn) with
+  # factor s and original_length (0: data.seq_len, or the source run's for a fine-tune), YaRN's
+  # beta_fast, beta_slow and yarn_ramp.
+  c.model = config_lib.model_defaults()
 
   c.data = ml_collections.ConfigDict(dict(
       name="pystdlib", text_dir="", text_glob="**/*", data_dir="~/.cache/lcx/tensorflow_datasets",
@@ -52,9 +44,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # pretraining), the tasks and styles drawn from, and the task sizes training and evaluation share.
   c.data.retrieval = config_lib.default_retrieval()
 
+  # schedule, min_lr_ratio, weight_decay, b1, b2, grad_clip: lcx.train_step.OptimizerConfig's.
   c.train = ml_collections.ConfigDict(dict(
-      steps=300, log_every=10, learning_rate=3e-3, warmup_steps=30, schedule="cosine",
-      min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0, grad_accum_steps=1,
+      steps=300, log_every=10, learning_rate=3e-3, warmup_steps=30,
+      **config_lib.optimizer_defaults(), grad_accum_steps=1,
       peak_flops=0.0,  # FLOP/s of the whole mesh for MFU; 0 measures a matmul at start
   ))
 

@@ -131,20 +131,37 @@ def _cannot_run(name: str, backend: str) -> str | None:
   return None
 
 
-def select(name: str, *, bias_form: str | None, backend: str | None = None) -> str:
-  """The implementation to run for model.attention=name and a scheme whose bias has `bias_form`
-  (None: no bias): `auto` picks the fastest one that takes the scheme on this backend (logging
-  why it passed over a faster one); a named one that cannot work here is refused with the reason."""
+def check(name: str, *, bias_form: str | None, backend: str | None = None) -> None:
+  """What can be told of model.attention=name from the config alone (config resolution): a known
+  name, one that runs on this backend and takes the scheme's bias. Nothing is compiled or loaded;
+  whether a kernel can run in this process is `select`'s, when the model is built."""
   backend = backend or jax.default_backend()
   if name not in CHOICES:
     raise ValueError(f"model.attention={name!r} is unknown; allowed: {', '.join(CHOICES)}")
+  if name == "auto":
+    return
+  if backend not in _BACKENDS[name]:
+    raise ValueError(f"model.attention={name!r} runs on {'/'.join(_BACKENDS[name])}, not on "
+                     f"{backend}; use auto, dense or blockwise")
+  if bias_form is not None and bias_form not in _BIAS_FORMS[name]:
+    raise ValueError(f"model.attention={name!r} cannot add this position scheme's bias in its "
+                     f"kernel; use blockwise (or dense, or auto)")
+
+
+def select(name: str, *, bias_form: str | None, backend: str | None = None) -> str:
+  """The implementation to run for model.attention=name and a scheme whose bias has `bias_form`
+  (None: no bias): `auto` picks the fastest one that takes the scheme on this backend (logging
+  why it passed over a faster one); a named one that cannot work here is refused with the reason.
+  It may build the native kernel to find out, so the model calls it once, when it is built."""
+  return _select(name, bias_form, backend or jax.default_backend())
+
+
+@functools.lru_cache(maxsize=None)
+def _select(name: str, bias_form: str | None, backend: str) -> str:
+  # Cached: models built several times in a process (shapes, init, evaluation) choose once and
+  # log once.
+  check(name, bias_form=bias_form, backend=backend)
   if name != "auto":
-    if backend not in _BACKENDS[name]:
-      raise ValueError(f"model.attention={name!r} runs on {'/'.join(_BACKENDS[name])}, not on "
-                       f"{backend}; use auto, dense or blockwise")
-    if bias_form is not None and bias_form not in _BIAS_FORMS[name]:
-      raise ValueError(f"model.attention={name!r} cannot add this position scheme's bias in its "
-                       f"kernel; use blockwise (or dense, or auto)")
     if reason := _cannot_run(name, backend):
       raise ValueError(f"model.attention={name!r} cannot run here: {reason}; use auto or blockwise")
     return name
@@ -177,25 +194,23 @@ def _splash_where_it_fits(splash, block: int):
   return attend
 
 
-def make(name: str, *, bias_form: str | None, block: int = DEFAULT_BLOCK):
-  """The attention function for model.attention=name and a scheme whose bias has `bias_form`."""
-  chosen = select(name, bias_form=bias_form)
-  if chosen in TILED:
-    return functools.partial(IMPLEMENTATIONS[chosen], block_q=block, block_k=block)
-  if chosen == "splash":
+def make(implementation: str, *, requested: str, block: int = DEFAULT_BLOCK):
+  """The attention function of an implementation `select` chose for model.attention=requested."""
+  if implementation in TILED:
+    return functools.partial(IMPLEMENTATIONS[implementation], block_q=block, block_k=block)
+  if implementation == "splash":
     splash = functools.partial(splash_attention, block=block)
-    return splash if name == "splash" else _splash_where_it_fits(splash, block)
-  return IMPLEMENTATIONS[chosen]
+    return splash if requested == "splash" else _splash_where_it_fits(splash, block)
+  return IMPLEMENTATIONS[implementation]
 
 
-def make_for_cache(name: str, *, bias_form: str | None, block: int = DEFAULT_BLOCK):
+def make_for_cache(implementation: str, *, block: int = DEFAULT_BLOCK):
   """The attention function for a KV cache (decoding): queries aligned to the end of a longer key
   buffer whose unwritten slots are masked by segment id. The chosen kernel serves where it takes
   that (dense and the tiled ones do); cuDNN and splash want as many queries as keys, so blockwise
   stands in."""
-  chosen = select(name, bias_form=bias_form)
-  if chosen == "dense":
+  if implementation == "dense":
     return dense_attention
-  if chosen not in TILED:
-    chosen = "blockwise"
-  return functools.partial(IMPLEMENTATIONS[chosen], block_q=block, block_k=block)
+  if implementation not in TILED:
+    implementation = "blockwise"
+  return functools.partial(IMPLEMENTATIONS[implementation], block_q=block, block_k=block)

@@ -2,6 +2,7 @@
 
 Every problem is reported as one line naming the field and what it allows.
 """
+import dataclasses
 import functools
 import math
 
@@ -12,6 +13,7 @@ from lcx.data import mixture
 from lcx.data.tokenizers import TOKENIZERS, make_tokenizer
 from lcx.model import REMAT_POLICIES, ModelConfig
 from lcx.sharding import resolve_mesh_shape
+from lcx.train_step import OptimizerConfig
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -81,8 +83,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _choice(c, "model.attention", attention.CHOICES)
   _choice(c, "model.remat", tuple(REMAT_POLICIES))
   _positive(c, "model.attention_block")
-  try:  # a kernel that cannot run here or cannot take the scheme's bias: refused at start
-    attention.select(m.attention, bias_form=positions.bias_form(m.position))
+  try:  # a kernel for another backend or that cannot take the scheme's bias (nothing is built)
+    attention.check(m.attention, bias_form=positions.bias_form(m.position))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)
@@ -175,12 +177,54 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   return c
 
 
+def _defaults(cls, *, skip=()) -> dict:
+  """The fields of a config dataclass that have a default, with it."""
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.default is not dataclasses.MISSING and f.name not in skip}
+
+
+def _typed(cls, node: ml_collections.ConfigDict, *, skip=()) -> dict:
+  """The fields of `cls` read from a config node, cast to their defaults' types (a JSON or command
+  line 4 for a float field becomes 4.0)."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.name in skip:
+      continue
+    value = node[f.name]
+    for kind in (bool, int, float, str):  # bool before int: True is an int too
+      if isinstance(f.default, kind):
+        value = kind(value)
+        break
+    out[f.name] = value
+  return out
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+  """config.model with its defaults from the model's dataclasses (ModelConfig, RopeConfig), the
+  one place they live, plus the fields only the config has: head_dim, max_len and vocab_size 0
+  (derived at resolution: d_model // n_heads, data.seq_len, the tokenizer's vocabulary padded to
+  a multiple of vocab_multiple)."""
+  c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=("rope",)))
+  c.update(head_dim=0, max_len=0, vocab_size=0, vocab_multiple=64)
+  c.rope = ml_collections.ConfigDict(dataclasses.asdict(positions.RopeConfig()))
+  return c
+
+
+def optimizer_defaults() -> dict:
+  """config.train's optimizer fields with their defaults (OptimizerConfig's)."""
+  return _defaults(OptimizerConfig)
+
+
+def optimizer_config(c: ml_collections.ConfigDict) -> OptimizerConfig:
+  return OptimizerConfig(**_typed(OptimizerConfig, c.train))
+
+
 def default_retrieval() -> ml_collections.ConfigDict:
   """data.retrieval: the retrieval mixture (off at fraction 0) and the task sizes that training
-  and evaluation share."""
-  p = retrieval.TaskParams()
+  and evaluation share, with the mixture's and the tasks' defaults."""
+  m, p = mixture.MixtureConfig(), retrieval.TaskParams()
   return ml_collections.ConfigDict(dict(
-      fraction=0.0, answer_weight=1.0, tasks=retrieval.TASKS, styles=retrieval.STYLES,
+      fraction=m.fraction, answer_weight=m.answer_weight, tasks=m.tasks, styles=m.styles,
       num_keys=p.num_keys, num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops))
 
 
@@ -199,19 +243,8 @@ def mixture_config(c: ml_collections.ConfigDict) -> mixture.MixtureConfig:
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   """The model's dataclass from a resolved config."""
-  m = c.model
-  return ModelConfig(
-      vocab_size=m.vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
-      head_dim=m.head_dim, mlp_dim=m.mlp_dim, mlp=m.mlp, tie_embeddings=m.tie_embeddings,
-      position=m.position, max_len=m.max_len, attention=m.attention,
-      attention_block=m.attention_block, remat=m.remat, scan_layers=bool(m.scan_layers),
-      param_dtype=m.param_dtype,
-      compute_dtype=m.compute_dtype, norm_eps=m.norm_eps,
-      rope=positions.RopeConfig(
-          base=float(m.rope.base), fraction=float(m.rope.fraction), layout=m.rope.layout,
-          scaling=m.rope.scaling, factor=float(m.rope.factor),
-          original_length=int(m.rope.original_length), beta_fast=float(m.rope.beta_fast),
-          beta_slow=float(m.rope.beta_slow), yarn_ramp=m.rope.yarn_ramp))
+  return ModelConfig(**_typed(ModelConfig, c.model, skip=("rope",)),
+                     rope=positions.RopeConfig(**_typed(positions.RopeConfig, c.model.rope)))
 
 
 # What a fine-tune sets for itself; every other model field comes from the run it starts from.

@@ -186,8 +186,11 @@ class Transformer(nnx.Module):
                             cfg.param_dtype)
     self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
     form = positions.bias_form(cfg.position)
-    attend = attention.make(cfg.attention, bias_form=form, block=cfg.attention_block)
-    cache_attend = attention.make_for_cache(cfg.attention, bias_form=form,
+    # The one place the kernel is chosen (auto logs what it passed over).
+    self.attention_implementation = attention.select(cfg.attention, bias_form=form)
+    attend = attention.make(self.attention_implementation, requested=cfg.attention,
+                            block=cfg.attention_block)
+    cache_attend = attention.make_for_cache(self.attention_implementation,
                                             block=cfg.attention_block)
     self.blocks = nnx.List([Block(cfg, attend, rngs, cache_attend)
                             for _ in range(cfg.n_layers)])

@@ -31,7 +31,7 @@ from lcx.metrics import (JsonlWriter, ProgressBar, WandbWriter, flops_per_token,
                          measure_peak_flops, peak_memory_bytes)
 from lcx.model import count_params
 from lcx.sharding import make_mesh
-from lcx.train_step import OptimizerConfig, TrainProgram
+from lcx.train_step import TrainProgram
 
 log = logging.getLogger("lcx.train")
 
@@ -107,13 +107,8 @@ def _build(c, devices):
                           process_index=jax.process_index(), process_count=jax.process_count(),
                           cache_dir=str(pathlib.Path(c.data.data_dir).expanduser() / "lcx_cache"),
                           mixture=_mixture(c, docs, tokenizer))
-    t = c.train
-    opt_cfg = OptimizerConfig(
-        learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, steps=t.steps,
-        schedule=t.schedule, min_lr_ratio=t.min_lr_ratio, weight_decay=t.weight_decay,
-        b1=t.b1, b2=t.b2, grad_clip=t.grad_clip)
-    program = TrainProgram(config_lib.model_config(c), opt_cfg, mesh, tuple(c.mesh.rules),
-                           grad_accum_steps=t.grad_accum_steps,
+    program = TrainProgram(config_lib.model_config(c), config_lib.optimizer_config(c), mesh,
+                           tuple(c.mesh.rules), grad_accum_steps=c.train.grad_accum_steps,
                            document_mask=c.data.document_mask, seed=c.seed)
   except config_lib.ConfigError:
     raise

@@ -17,6 +17,7 @@ from lcx.attention import dense_attention
 from lcx.blockwise import blockwise_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 from lcx.positions.alibi import AlibiBias
+from tests.conftest import ROOT
 
 SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
 
@@ -164,6 +165,47 @@ def test_without_a_compiler_auto_keeps_blockwise_and_native_says_why(tmp_path):
       result.stdout)
   assert "native cannot run here" in result.stderr  # auto's logged warning
   assert list(tmp_path.iterdir()) == []  # the failed build left no partial library
+
+
+def test_resolving_a_config_builds_no_kernel_and_the_model_chooses_once(tmp_path):
+  """Config resolution only checks names, backends and bias forms; the native kernel is built (or
+  found not to build) when the model is, once however many times it is built, and a named kernel
+  that cannot run is refused there with the reason."""
+  calls = tmp_path / "compiler-calls"
+  fake = tmp_path / "fake-cxx"
+  fake.write_text(f"#!/bin/sh\necho called >> {calls}\nexit 1\n")
+  fake.chmod(0o755)
+  script = (
+      "import logging; logging.basicConfig()\n"
+      "import pathlib\n"
+      "from flax import nnx\n"
+      "from configs import pretrain\n"
+      "from lcx import config as config_lib\n"
+      "from lcx.model import Transformer\n"
+      f"calls = pathlib.Path({str(calls)!r})\n"
+      "c = pretrain.get_config('tiny')\n"
+      "resolved = {}\n"
+      "for name in ('auto', 'native'):\n"
+      "  c.model.attention = name\n"
+      "  resolved[name] = config_lib.resolve(c, 1)\n"
+      "print('compiler calls after resolving:', calls.exists())\n"
+      "for _ in range(3):\n"
+      "  model = Transformer(config_lib.model_config(resolved['auto']), rngs=nnx.Rngs(0))\n"
+      "print('auto ->', model.attention_implementation)\n"
+      "try:\n"
+      "  Transformer(config_lib.model_config(resolved['native']), rngs=nnx.Rngs(0))\n"
+      "except ValueError as e:\n"
+      "  print('refused:', e)\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=180, cwd=ROOT,
+                          env=dict(os.environ, CXX=str(fake), LCX_NATIVE_CACHE=str(tmp_path / "c")))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "compiler calls after resolving: False" in result.stdout
+  assert "auto -> blockwise" in result.stdout
+  assert "refused: model.attention='native' cannot run here: building attention.cc failed" in (
+      result.stdout)
+  assert result.stderr.count("native cannot run here") == 1  # three models, one choice logged
+  assert calls.read_text().count("called") == 1
 
 
 def test_blockwise_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles():

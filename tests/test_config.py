@@ -1,4 +1,5 @@
 """Invalid configs fail at start with one line naming the field and what it allows."""
+import dataclasses
 import subprocess
 import sys
 
@@ -110,3 +111,19 @@ def test_a_yarn_run_saved_before_the_ramp_option_keeps_the_papers_ramp():
   assert fill_missing(old).model.rope.yarn_ramp == "turns"
   assert resolve(old, 1).model.rope.yarn_ramp == "turns"
   assert "yarn_ramp" not in old.model.rope  # the saved config itself is left as it was
+
+
+def test_the_model_and_optimizer_defaults_come_from_their_dataclasses():
+  """The tiny preset states no model or optimizer default of its own: resolved, it is the
+  dataclasses' defaults with the derived fields filled in."""
+  from lcx import config as config_lib
+  from lcx.model import ModelConfig
+  from lcx.positions import RopeConfig
+  from lcx.train_step import OptimizerConfig
+  c = resolve(pretrain.get_config("tiny"), 1)
+  rope = dataclasses.replace(RopeConfig(), original_length=c.data.seq_len)  # derived, as head_dim
+  assert config_lib.model_config(c) == ModelConfig(vocab_size=c.model.vocab_size, rope=rope)
+  assert config_lib.optimizer_config(c) == OptimizerConfig(learning_rate=3e-3, warmup_steps=30,
+                                                           steps=300)
+  c.model.rope.factor = 4  # an integer for a float field, as a command line may give it
+  assert config_lib.model_config(c).rope.factor == 4.0

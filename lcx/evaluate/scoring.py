@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lcx import attention, positions
+from lcx import attention
 from lcx.model import token_losses
 from lcx.sharding import activation_sharding, named_sharding
 
@@ -31,6 +31,7 @@ class Scorer:
                memory_fraction: float = 0.5):
     self.graphdef, self.params = nnx.split(model)
     self.cfg = model.cfg
+    self.implementation = model.attention_implementation
     self.mesh, self.rules = mesh, rules
     self.shards = mesh.shape["data"] * mesh.shape["fsdp"]
     self.max_batch_tokens = max_batch_tokens
@@ -52,8 +53,7 @@ class Scorer:
     (all length x length of them for dense, one tile per query tile for the tiled kernels), plus
     logits and a few residual-stream copies."""
     c = self.cfg
-    implementation = attention.select(c.attention, bias_form=positions.bias_form(c.position))
-    side = min(c.attention_block, length) if implementation in attention.TILED else length
+    side = min(c.attention_block, length) if self.implementation in attention.TILED else length
     attention_bytes = 3 * c.n_heads * side * length * 4
     logits = 2 * length * c.vocab_size * 4
     stream = 8 * length * max(c.d_model, c.mlp_dim) * 4
