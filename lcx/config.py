@@ -89,24 +89,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)
   _choice(c, "model.compute_dtype", DTYPES)
-  _choice(c, "model.rope.layout", ("half", "interleaved"))
   _choice(c, "data.tokenizer", tuple(TOKENIZERS))
   _choice(c, "train.schedule", SCHEDULES)
   _choice(c, "wandb.mode", WANDB_MODES)
-  _require(0 < m.rope.fraction <= 1, f"config.model.rope.fraction={m.rope.fraction!r} must be in (0, 1]")
-  _require(m.rope.base > 0, f"config.model.rope.base={m.rope.base!r} must be positive")
-  _choice(c, "model.rope.scaling", tuple(positions.ROPE_SCALINGS))
-  _require(m.rope.factor >= 1, f"config.model.rope.factor={m.rope.factor!r} must be >= 1")
-  _require(m.rope.beta_fast > m.rope.beta_slow > 0,
-           f"config.model.rope.beta_fast={m.rope.beta_fast} and beta_slow={m.rope.beta_slow} must "
-           "satisfy beta_fast > beta_slow > 0")
-  _choice(c, "model.rope.yarn_ramp", positions.YARN_RAMPS)
-  _require(m.rope.scaling == "none" or m.position == "rope",
-           f"config.model.rope.scaling={m.rope.scaling!r} needs config.model.position='rope', not "
-           f"{m.position!r}; allowed with {m.position!r}: none")
   if m.rope.original_length == 0:
     m.rope.original_length = d.seq_len
-  _positive(c, "model.rope.original_length")
   _require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate!r} must be positive")
   _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps!r} must be >= 0")
   _require(0 <= t.min_lr_ratio <= 1, f"config.train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
@@ -119,24 +106,18 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
              "or set config.model.head_dim")
     m.head_dim = m.d_model // m.n_heads
   _positive(c, "model.head_dim")
-  if m.position == "rope":
-    _require(positions.rotary_dim(m.head_dim, m.rope.fraction) >= 2,
-             f"config.model.rope.fraction={m.rope.fraction} leaves no rotary pair in head_dim "
-             f"{m.head_dim}")
-  if m.position == "sinusoidal":
-    _require(m.d_model % 2 == 0, f"config.model.d_model={m.d_model} must be even for sinusoidal")
   if m.max_len == 0:
     m.max_len = d.seq_len
-  if m.position == "learned":
-    _require(m.max_len >= d.seq_len,
-             f"config.model.max_len={m.max_len} is shorter than config.data.seq_len={d.seq_len}; "
-             f"learned positions need max_len >= {d.seq_len}")
   tokenizer_vocab = make_tokenizer(d.tokenizer).vocab_size
   if m.vocab_size == 0:
     m.vocab_size = math.ceil(tokenizer_vocab / m.vocab_multiple) * m.vocab_multiple
   _require(m.vocab_size >= tokenizer_vocab,
            f"config.model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
            f"{tokenizer_vocab}; use 0 or at least {tokenizer_vocab}")
+  try:  # the position scheme checks its own options (lcx.positions)
+    positions.validate(m.position, model_config(c).position_config(), d.seq_len)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _require(c.eval.every_steps >= 0,
            f"config.eval.every_steps={c.eval.every_steps!r} must be >= 0 (0 turns it off)")
   _require(len(c.eval.multiples) > 0 and all(m > 0 for m in c.eval.multiples),

@@ -45,6 +45,12 @@ def _tiny(**overrides):
      r"config.data.retrieval.answer_weight=-2.0 must be positive"),
     ({"model.rope.yarn_ramp": "linear"}, 1,
      r"config.model.rope.yarn_ramp='linear' is not allowed; allowed: dims, turns"),
+    ({"model.rope.fraction": 0.1}, 1,
+     r"config.model.rope.fraction=0.1 leaves no rotary pair in head_dim 16"),
+    ({"model.rope.layout": "zigzag"}, 1,
+     r"config.model.rope.layout='zigzag' is not allowed; allowed: half, interleaved"),
+    ({"model.position": "sinusoidal", "model.d_model": 63, "model.n_heads": 1}, 1,
+     r"config.model.d_model=63 must be even for sinusoidal"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):
@@ -127,3 +133,31 @@ def test_the_model_and_optimizer_defaults_come_from_their_dataclasses():
                                                            steps=300)
   c.model.rope.factor = 4  # an integer for a float field, as a command line may give it
   assert config_lib.model_config(c).rope.factor == 4.0
+
+
+def test_a_new_scheme_brings_its_own_checks():
+  """Config resolution asks the registered scheme, so a scheme added in one module is checked
+  without touching lcx/config.py."""
+  from lcx import positions
+  from lcx.positions import base
+
+  @positions.register("even_heads_only")
+  class EvenHeads(positions.PositionScheme):
+
+    @classmethod
+    def validate(cls, cfg, train_length):
+      super().validate(cfg, train_length)
+      if cfg.n_heads % 2:
+        raise ValueError(f"config.model.n_heads={cfg.n_heads} must be even for even_heads_only")
+
+  try:
+    assert resolve(_tiny(**{"model.position": "even_heads_only"}), 1).model.n_heads == 4
+    with pytest.raises(ConfigError, match=r"n_heads=1 must be even for even_heads_only"):
+      resolve(_tiny(**{"model.position": "even_heads_only", "model.n_heads": 1}), 1)
+    c = _tiny(**{"model.position": "even_heads_only"})
+    c.model.rope.scaling = "linear"  # RoPE's options are refused for it by the base class
+    with pytest.raises(ConfigError, match=r"needs config.model.position='rope', not "
+                                          r"'even_heads_only'"):
+      resolve(c, 1)
+  finally:
+    del base._REGISTRY["even_heads_only"]

@@ -25,6 +25,12 @@ class Sinusoidal(PositionScheme):
     del rngs
     self.dim = cfg.d_model
 
+  @classmethod
+  def validate(cls, cfg: PositionConfig, train_length: int) -> None:
+    super().validate(cfg, train_length)
+    if cfg.d_model % 2:
+      raise ValueError(f"config.model.d_model={cfg.d_model} must be even for sinusoidal")
+
   def embed(self, x_BLD, positions_BL):
     return x_BLD + sinusoidal_table(positions_BL, self.dim).astype(x_BLD.dtype)
 
@@ -38,6 +44,13 @@ class Learned(PositionScheme):
     init = nnx.initializers.normal(stddev=1.0)
     self.table = nnx.Param(init(rngs.params(), (cfg.max_len, cfg.d_model), jnp.dtype(cfg.param_dtype)),
                            logical_axes=(None, "embed"))
+
+  @classmethod
+  def validate(cls, cfg: PositionConfig, train_length: int) -> None:
+    super().validate(cfg, train_length)
+    if cfg.max_len < train_length:
+      raise ValueError(f"config.model.max_len={cfg.max_len} is shorter than config.data.seq_len="
+                       f"{train_length}; learned positions need max_len >= {train_length}")
 
   def check_length(self, length):
     if length > self.max_len:

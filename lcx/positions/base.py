@@ -70,6 +70,17 @@ class PositionScheme(nnx.Module):
     """Raise ValueError if the scheme cannot represent sequences of `length` tokens."""
     del length
 
+  @classmethod
+  def validate(cls, cfg: PositionConfig, train_length: int) -> None:
+    """Raise ValueError, one line naming the config field and what it allows, if the scheme
+    cannot work with this model config at this training length (config resolution calls it; a
+    scheme with options checks them here). The base: RoPE's context extension is RoPE's."""
+    del train_length
+    name = next(k for k, v in _REGISTRY.items() if v is cls)
+    if cfg.rope.scaling != "none":
+      raise ValueError(f"config.model.rope.scaling={cfg.rope.scaling!r} needs "
+                       f"config.model.position='rope', not {name!r}; allowed with {name!r}: none")
+
 
 _REGISTRY: dict[str, type[PositionScheme]] = {}
 
@@ -92,6 +103,13 @@ def bias_form(name: str) -> str | None:
   bias), "alibi" (a kernel may compute it from the slopes) or "function" (only the function)."""
   cls = _REGISTRY[name]
   return None if cls.bias is PositionScheme.bias else getattr(cls, "BIAS_FORM", "function")
+
+
+def validate(name: str, cfg: PositionConfig, train_length: int) -> None:
+  """The registered scheme's checks of a model config (see PositionScheme.validate)."""
+  if name not in _REGISTRY:
+    raise ValueError(f"model.position={name!r} is unknown; allowed: {', '.join(available())}")
+  _REGISTRY[name].validate(cfg, train_length)
 
 
 def make(name: str, cfg: PositionConfig, *, rngs: nnx.Rngs) -> PositionScheme:

@@ -195,6 +195,33 @@ class Rope(PositionScheme):
     self.rope = cfg.rope
     self.rotary_dim = rotary_dim(cfg.head_dim, cfg.rope.fraction)
 
+  @classmethod
+  def validate(cls, cfg: PositionConfig, train_length: int) -> None:
+    del train_length
+    r = cfg.rope
+    checks = (
+        (r.layout in ("half", "interleaved"),
+         f"config.model.rope.layout={r.layout!r} is not allowed; allowed: half, interleaved"),
+        (0 < r.fraction <= 1, f"config.model.rope.fraction={r.fraction!r} must be in (0, 1]"),
+        (r.base > 0, f"config.model.rope.base={r.base!r} must be positive"),
+        (r.scaling in SCALINGS, f"config.model.rope.scaling={r.scaling!r} is not allowed; "
+                                f"allowed: {', '.join(SCALINGS)}"),
+        (r.factor >= 1, f"config.model.rope.factor={r.factor!r} must be >= 1"),
+        (r.beta_fast > r.beta_slow > 0,
+         f"config.model.rope.beta_fast={r.beta_fast} and beta_slow={r.beta_slow} must satisfy "
+         "beta_fast > beta_slow > 0"),
+        (r.yarn_ramp in YARN_RAMPS, f"config.model.rope.yarn_ramp={r.yarn_ramp!r} is not allowed; "
+                                    f"allowed: {', '.join(YARN_RAMPS)}"),
+        (r.original_length > 0,
+         f"config.model.rope.original_length={r.original_length!r} must be a positive integer"),
+        (rotary_dim(cfg.head_dim, r.fraction) >= 2,
+         f"config.model.rope.fraction={r.fraction} leaves no rotary pair in head_dim "
+         f"{cfg.head_dim}"),
+    )
+    for ok, problem in checks:
+      if not ok:
+        raise ValueError(problem)
+
   def rotate(self, q_BLHK, k_BLHK, positions_BL, length=None):
     inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope,
                                          length or positions_BL.shape[1])
