@@ -53,6 +53,9 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name in ("attention_block", "remat", "scan_layers"):  # runs saved before these existed
     if name not in m:
       m[name] = getattr(ModelConfig, name)
+  for name, options in positions.option_types().items():  # schemes added since: their defaults
+    if name not in m:
+      m[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
   if "yarn_ramp" not in m.rope:  # a YaRN run saved before the option ramped over the turns
     m.rope.yarn_ramp = "turns" if m.rope.scaling == "yarn" else "dims"
   if "resume_changes" not in c:
@@ -181,13 +184,16 @@ def _typed(cls, node: ml_collections.ConfigDict, *, skip=()) -> dict:
 
 
 def model_defaults() -> ml_collections.ConfigDict:
-  """config.model with its defaults from the model's dataclasses (ModelConfig, RopeConfig), the
-  one place they live, plus the fields only the config has: head_dim, max_len and vocab_size 0
+  """config.model with its defaults from the model's dataclasses (ModelConfig, RopeConfig and each
+  position scheme's Options), the one place they live, plus the fields only the config has:
+  head_dim, max_len and vocab_size 0
   (derived at resolution: d_model // n_heads, data.seq_len, the tokenizer's vocabulary padded to
   a multiple of vocab_multiple)."""
-  c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=("rope",)))
+  c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=("rope", "position_options")))
   c.update(head_dim=0, max_len=0, vocab_size=0, vocab_multiple=64)
   c.rope = ml_collections.ConfigDict(dataclasses.asdict(positions.RopeConfig()))
+  for name, options in positions.option_types().items():  # model.t5, ...: each scheme's own
+    c[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
   return c
 
 
@@ -224,8 +230,11 @@ def mixture_config(c: ml_collections.ConfigDict) -> mixture.MixtureConfig:
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   """The model's dataclass from a resolved config."""
-  return ModelConfig(**_typed(ModelConfig, c.model, skip=("rope",)),
-                     rope=positions.RopeConfig(**_typed(positions.RopeConfig, c.model.rope)))
+  m = c.model
+  options = positions.option_types().get(m.position)
+  return ModelConfig(**_typed(ModelConfig, m, skip=("rope", "position_options")),
+                     rope=positions.RopeConfig(**_typed(positions.RopeConfig, m.rope)),
+                     position_options=options and options(**_typed(options, m[m.position])))
 
 
 # What a fine-tune sets for itself; every other model field comes from the run it starts from.

@@ -37,11 +37,13 @@ class ModelConfig:
   compute_dtype: str = "float32"
   norm_eps: float = 1e-6
   rope: positions.RopeConfig = positions.RopeConfig()
+  position_options: object = None  # the scheme's own options (lcx.positions: Options), if any
 
   def position_config(self) -> positions.PositionConfig:
     return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
                                     head_dim=self.head_dim, max_len=self.max_len,
-                                    param_dtype=self.param_dtype, rope=self.rope)
+                                    param_dtype=self.param_dtype, rope=self.rope,
+                                    options=self.position_options)
 
 
 def _param(rngs, shape, axes, std, dtype):

@@ -19,7 +19,7 @@ from lcx.model import ModelConfig, Transformer, token_losses
 from lcx.positions.alibi import AlibiBias
 from tests.conftest import ROOT
 
-SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
+SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
 
 
 def _inputs(B=2, Q=37, S=37, H=4, K=8, seed=0, packed=True):
@@ -251,7 +251,15 @@ def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(unroll_max_t
 @pytest.mark.parametrize("implementation", ["blockwise", "native"])
 @pytest.mark.parametrize("position", SCHEMES)
 def test_every_scheme_trains_the_same_through_the_tiled_kernels(position, implementation):
-  """A whole model (two layers, packed documents): loss and every parameter gradient."""
+  """A whole model (two layers, packed documents): loss and every parameter gradient, a learned
+  bias's included (it must not be silently zero); a kernel that cannot take the scheme's bias
+  refuses it when the model is built."""
+  if positions.bias_form(position) not in (None, *attention._BIAS_FORMS[implementation]):
+    with pytest.raises(ValueError, match=f"'{implementation}' cannot add this position scheme"):
+      Transformer(ModelConfig(vocab_size=64, position=position, attention=implementation),
+                  rngs=nnx.Rngs(0))
+    return
+
   def loss_and_grads(implementation):
     model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=8,
                                     mlp_dim=64, max_len=48, position=position,
@@ -273,6 +281,9 @@ def test_every_scheme_trains_the_same_through_the_tiled_kernels(position, implem
   np.testing.assert_allclose(loss_b, loss, rtol=1e-5)
   for g, g_b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_b)):
     np.testing.assert_allclose(g_b, g, atol=3e-6, rtol=1e-4)
+  for path, g_b in jax.tree_util.tree_leaves_with_path(grads_b):
+    if "bias_table" in jax.tree_util.keystr(path):  # a learned bias: its gradient arrives
+      assert np.abs(np.asarray(g_b)).max() > 1e-4
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])

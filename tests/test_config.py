@@ -24,8 +24,9 @@ def _tiny(**overrides):
 @pytest.mark.parametrize("overrides, devices, pattern", [
     ({"model.n_heads": 5}, 1, r"config.model.n_heads=5 must divide config.model.d_model=64 "
                               r"\(allowed: 1, 2, 4, 8, 16, 32, 64\)"),
-    ({"model.position": "t5"}, 1,
-     r"config.model.position='t5' is not allowed; allowed: alibi, learned, none, rope, sinusoidal"),
+    ({"model.position": "kerple"}, 1,
+     r"config.model.position='kerple' is not allowed; allowed: alibi, learned, none, rope, "
+     r"sinusoidal, t5"),
     ({"model.position": "learned", "model.max_len": 64}, 1,
      r"config.model.max_len=64 is shorter than config.data.seq_len=128"),
     ({"train.steps": 0}, 1, r"config.train.steps=0 must be a positive integer"),
@@ -51,6 +52,10 @@ def _tiny(**overrides):
      r"config.model.rope.layout='zigzag' is not allowed; allowed: half, interleaved"),
     ({"model.position": "sinusoidal", "model.d_model": 63, "model.n_heads": 1}, 1,
      r"config.model.d_model=63 must be even for sinusoidal"),
+    ({"model.position": "t5", "model.t5.buckets": 1}, 1,
+     r"config.model.t5.buckets=1 must be an integer >= 2"),
+    ({"model.position": "t5", "model.t5.max_distance": 16}, 1,
+     r"config.model.t5.max_distance=16 must exceed buckets // 2 = 16"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):

@@ -31,7 +31,7 @@ def _full_logits(model, tokens):
 
 CASES = [("rope", "none", "dense"), ("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense"),
          ("alibi", "none", "blockwise"), ("learned", "none", "dense"),
-         ("sinusoidal", "none", "blockwise"), ("none", "none", "dense")]
+         ("sinusoidal", "none", "blockwise"), ("none", "none", "dense"), ("t5", "none", "blockwise")]
 if native.unavailable_reason() is None:
   CASES += [("alibi", "none", "native"), ("rope", "none", "native")]
 

@@ -111,8 +111,46 @@ def test_learned_positions_refuse_longer_sequences():
 
 
 def test_unknown_scheme_lists_the_allowed():
-  with pytest.raises(ValueError, match="allowed: alibi, learned, none, rope, sinusoidal"):
-    positions.make("t5", positions.PositionConfig(16, 2, 8, 8), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="allowed: alibi, learned, none, rope, sinusoidal, t5"):
+    positions.make("kerple", positions.PositionConfig(16, 2, 8, 8), rngs=nnx.Rngs(0))
+
+
+def _t5_bucket_reference(n, buckets, max_distance):
+  """T5's relative_position_bucket for a decoder (bidirectional=False), one distance q - k at a
+  time, as its reference code computes it."""
+  n = max(n, 0)
+  exact = buckets // 2
+  if n < exact:
+    return n
+  large = exact + int(math.log(n / exact) / math.log(max_distance / exact) * (buckets - exact))
+  return min(large, buckets - 1)
+
+
+@pytest.mark.parametrize("buckets, max_distance", [(32, 128), (8, 20), (33, 1000)])
+def test_t5_buckets_follow_the_reference(buckets, max_distance):
+  distances = np.arange(-5, 3 * max_distance)
+  got = np.asarray(positions.t5_buckets(jnp.asarray(distances), buckets, max_distance))
+  np.testing.assert_array_equal(
+      got, [_t5_bucket_reference(int(n), buckets, max_distance) for n in distances])
+  # exact, then logarithmic (non-decreasing), then flat from max_distance on
+  assert list(got[5:5 + buckets // 2]) == list(range(buckets // 2))
+  assert np.all(np.diff(got[5:]) >= 0) and np.all(got[5 + max_distance:] == buckets - 1)
+
+
+def test_t5_bias_is_one_table_looked_up_by_bucket():
+  cfg = positions.PositionConfig(d_model=16, n_heads=3, head_dim=8, max_len=64,
+                                 options=positions.T5Options(buckets=8, max_distance=20))
+  scheme = positions.make("t5", cfg, rngs=nnx.Rngs(0))
+  table = np.asarray(scheme.bias_table[...])
+  assert table.shape == (8, 3)
+  q, k = jnp.asarray([[40, 41]]), jnp.arange(42)[None]
+  bias = np.asarray(scheme.bias(q, k))
+  assert bias.shape == (1, 3, 2, 42)
+  for qi, qp in enumerate([40, 41]):
+    for kp in range(42):
+      np.testing.assert_array_equal(bias[0, :, qi, kp], table[_t5_bucket_reference(qp - kp, 8, 20)])
+  # shift invariant: it depends on q - k only
+  np.testing.assert_array_equal(np.asarray(scheme.bias(q + 100, k + 100)), bias)
 
 
 def test_a_registered_scheme_plugs_into_the_model():

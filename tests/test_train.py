@@ -25,7 +25,7 @@ from lcx.train import train_and_evaluate
 from lcx.train_step import OptimizerConfig, TrainProgram
 from tests.conftest import ROOT
 
-SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi"]
+SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
 
 
 def _losses(workdir) -> list[float]:

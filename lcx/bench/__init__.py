@@ -28,7 +28,7 @@ from lcx.positions.alibi import AlibiBias
 from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
 
-SCHEMES = ("none", "learned", "sinusoidal", "rope", "alibi")
+SCHEMES = ("none", "learned", "sinusoidal", "rope", "alibi", "t5")
 # The train-step model of the MFU target: d 512, 4 layers, 8 heads, GELU MLP 2048, bytes.
 TRAIN_MODEL = dict(vocab_size=256, d_model=512, n_layers=4, n_heads=8, head_dim=64, mlp_dim=2048,
                    mlp="gelu")

@@ -4,16 +4,17 @@ A new scheme subclasses PositionScheme, overrides the hooks it needs and registe
 @register("name"); the model never changes.
 """
 from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, available, bias_form,
-                                make, register, validate)
+                                make, option_types, register, validate)
 from lcx.positions.absolute import sinusoidal_table
 from lcx.positions.alibi import alibi_bias, alibi_slopes
+from lcx.positions.t5 import T5Options, t5_buckets
 from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, YARN_RAMPS, apply_rope, dynamic_factor, ntk_base,
                                 rope_inverse_frequencies, rotary_cos_sin, rotary_dim, rotate_by,
                                 scaled_frequencies, yarn_ramp, yarn_temperature)
 
 __all__ = [
     "PositionConfig", "PositionScheme", "RopeConfig", "available", "bias_form", "make", "register",
-    "validate",
+    "validate", "option_types", "T5Options", "t5_buckets",
     "sinusoidal_table", "alibi_bias", "alibi_slopes", "apply_rope", "rope_inverse_frequencies",
     "rotary_cos_sin", "rotate_by", "rotary_dim", "ROPE_SCALINGS", "dynamic_factor", "ntk_base",
     "scaled_frequencies", "YARN_RAMPS", "yarn_ramp", "yarn_temperature",

@@ -7,7 +7,7 @@ A scheme may act at three places, and the model calls all three unconditionally:
 `bias` is a pure function of positions so that a blockwise kernel can call it per tile.
 """
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 from flax import nnx
@@ -36,10 +36,17 @@ class PositionConfig:
   max_len: int
   param_dtype: str = "float32"
   rope: RopeConfig = RopeConfig()
+  options: Any = None  # the scheme's own Options (see PositionScheme.Options), or None
 
 
 class PositionScheme(nnx.Module):
-  """Identity at every hook; a scheme overrides the hooks it uses."""
+  """Identity at every hook; a scheme overrides the hooks it uses.
+
+  A scheme with options of its own names a frozen dataclass of them, with their defaults, as
+  `Options`: the config then has a section model.<scheme name> with those fields, and the scheme
+  receives them as cfg.options (its defaults when built without a config).
+  """
+  Options: type | None = None
 
   def __init__(self, cfg: PositionConfig, *, rngs: nnx.Rngs):
     del cfg, rngs
@@ -103,6 +110,11 @@ def bias_form(name: str) -> str | None:
   bias), "alibi" (a kernel may compute it from the slopes) or "function" (only the function)."""
   cls = _REGISTRY[name]
   return None if cls.bias is PositionScheme.bias else getattr(cls, "BIAS_FORM", "function")
+
+
+def option_types() -> dict[str, type]:
+  """Each registered scheme that has options of its own: name -> its Options dataclass."""
+  return {name: cls.Options for name, cls in sorted(_REGISTRY.items()) if cls.Options is not None}
 
 
 def validate(name: str, cfg: PositionConfig, train_length: int) -> None:
