@@ -186,9 +186,8 @@ def _typed(cls, node: ml_collections.ConfigDict, *, skip=()) -> dict:
 def model_defaults() -> ml_collections.ConfigDict:
   """config.model with its defaults from the model's dataclasses (ModelConfig, RopeConfig and each
   position scheme's Options), the one place they live, plus the fields only the config has:
-  head_dim, max_len and vocab_size 0
-  (derived at resolution: d_model // n_heads, data.seq_len, the tokenizer's vocabulary padded to
-  a multiple of vocab_multiple)."""
+  head_dim, max_len and vocab_size 0 (derived at resolution: d_model // n_heads, data.seq_len,
+  the tokenizer's vocabulary padded to a multiple of vocab_multiple)."""
   c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=("rope", "position_options")))
   c.update(head_dim=0, max_len=0, vocab_size=0, vocab_multiple=64)
   c.rope = ml_collections.ConfigDict(dataclasses.asdict(positions.RopeConfig()))
