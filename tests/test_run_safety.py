@@ -288,7 +288,8 @@ def test_a_full_disk_stops_the_run_at_once_in_one_line_keeping_its_checkpoints(t
                                        (tmp_path / "out.log").read_text(),
                                        (tmp_path / "err.log").read_text())
   line = _one_line_error(result, "lcx.train: ")
-  kept = [int(s) for s in (tmp_path / "checkpoints").read_text().split() if s.isdigit()]
+  # ls lists 12 before 4: sort as numbers
+  kept = sorted(int(s) for s in (tmp_path / "checkpoints").read_text().split() if s.isdigit())
   # Whichever write meets the full disk first says so: a checkpoint, or the metrics it logs
   # between checkpoints (which of the two depends on timing).
   match = re.match(r"lcx.train: saving checkpoint (\d+) .* failed \(no space left on "
