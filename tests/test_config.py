@@ -50,6 +50,8 @@ def _tiny(**overrides):
      r"config.model.rope.fraction=0.1 leaves no rotary pair in head_dim 16"),
     ({"model.rope.layout": "zigzag"}, 1,
      r"config.model.rope.layout='zigzag' is not allowed; allowed: half, interleaved"),
+    ({"model.position": "t5", "model.rope.yarn_ramp": "linear"}, 1,  # no effect, still refused
+     r"config.model.rope.yarn_ramp='linear' is not allowed; allowed: dims, turns"),
     ({"model.position": "sinusoidal", "model.d_model": 63, "model.n_heads": 1}, 1,
      r"config.model.d_model=63 must be even for sinusoidal"),
     ({"model.position": "t5", "model.t5.buckets": 1}, 1,

@@ -81,8 +81,11 @@ class PositionScheme(nnx.Module):
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     """Raise ValueError, one line naming the config field and what it allows, if the scheme
     cannot work with this model config at this training length (config resolution calls it; a
-    scheme with options checks them here). The base: RoPE's context extension is RoPE's."""
+    scheme with options checks them here). The base: model.rope's values are valid (a typo is
+    refused even where the option has no effect), and RoPE's context extension is RoPE's."""
     del train_length
+    from lcx.positions.rope import check_options  # rope.py builds on this module
+    check_options(cfg.rope)
     name = next(k for k, v in _REGISTRY.items() if v is cls)
     if cfg.rope.scaling != "none":
       raise ValueError(f"config.model.rope.scaling={cfg.rope.scaling!r} needs "

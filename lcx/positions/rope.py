@@ -187,6 +187,30 @@ def scaled_frequencies(rotary_dim: int, cfg: RopeConfig, length: int) -> tuple[j
   return SCALINGS[cfg.scaling](rotary_dim, cfg, length)
 
 
+def check_options(r: RopeConfig) -> None:
+  """One line naming the first model.rope field with a value it does not allow (checked for
+  every scheme: a typo in an option is refused even where the option has no effect)."""
+  checks = (
+      (r.layout in ("half", "interleaved"),
+       f"config.model.rope.layout={r.layout!r} is not allowed; allowed: half, interleaved"),
+      (0 < r.fraction <= 1, f"config.model.rope.fraction={r.fraction!r} must be in (0, 1]"),
+      (r.base > 0, f"config.model.rope.base={r.base!r} must be positive"),
+      (r.scaling in SCALINGS, f"config.model.rope.scaling={r.scaling!r} is not allowed; "
+                              f"allowed: {', '.join(SCALINGS)}"),
+      (r.factor >= 1, f"config.model.rope.factor={r.factor!r} must be >= 1"),
+      (r.beta_fast > r.beta_slow > 0,
+       f"config.model.rope.beta_fast={r.beta_fast} and beta_slow={r.beta_slow} must satisfy "
+       "beta_fast > beta_slow > 0"),
+      (r.yarn_ramp in YARN_RAMPS, f"config.model.rope.yarn_ramp={r.yarn_ramp!r} is not allowed; "
+                                  f"allowed: {', '.join(YARN_RAMPS)}"),
+      (r.original_length > 0,
+       f"config.model.rope.original_length={r.original_length!r} must be a positive integer"),
+  )
+  for ok, problem in checks:
+    if not ok:
+      raise ValueError(problem)
+
+
 @register("rope")
 class Rope(PositionScheme):
 
@@ -198,29 +222,10 @@ class Rope(PositionScheme):
   @classmethod
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     del train_length
-    r = cfg.rope
-    checks = (
-        (r.layout in ("half", "interleaved"),
-         f"config.model.rope.layout={r.layout!r} is not allowed; allowed: half, interleaved"),
-        (0 < r.fraction <= 1, f"config.model.rope.fraction={r.fraction!r} must be in (0, 1]"),
-        (r.base > 0, f"config.model.rope.base={r.base!r} must be positive"),
-        (r.scaling in SCALINGS, f"config.model.rope.scaling={r.scaling!r} is not allowed; "
-                                f"allowed: {', '.join(SCALINGS)}"),
-        (r.factor >= 1, f"config.model.rope.factor={r.factor!r} must be >= 1"),
-        (r.beta_fast > r.beta_slow > 0,
-         f"config.model.rope.beta_fast={r.beta_fast} and beta_slow={r.beta_slow} must satisfy "
-         "beta_fast > beta_slow > 0"),
-        (r.yarn_ramp in YARN_RAMPS, f"config.model.rope.yarn_ramp={r.yarn_ramp!r} is not allowed; "
-                                    f"allowed: {', '.join(YARN_RAMPS)}"),
-        (r.original_length > 0,
-         f"config.model.rope.original_length={r.original_length!r} must be a positive integer"),
-        (rotary_dim(cfg.head_dim, r.fraction) >= 2,
-         f"config.model.rope.fraction={r.fraction} leaves no rotary pair in head_dim "
-         f"{cfg.head_dim}"),
-    )
-    for ok, problem in checks:
-      if not ok:
-        raise ValueError(problem)
+    check_options(cfg.rope)
+    if rotary_dim(cfg.head_dim, cfg.rope.fraction) < 2:
+      raise ValueError(f"config.model.rope.fraction={cfg.rope.fraction} leaves no rotary pair in "
+                       f"head_dim {cfg.head_dim}")
 
   def rotate(self, q_BLHK, k_BLHK, positions_BL, length=None):
     inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope,
