@@ -5,10 +5,12 @@
 
 Causality is by index: query i sees keys j <= i + (K - Q), so a query block aligned with the end
 of the keys (a cache) is handled too. Segment ids, when given, keep packed documents apart.
-`bias_fn(q_positions, k_positions) -> (B, H, Q, K)` is the position scheme's bias; a blockwise
-kernel calls it per tile, the dense reference once. The library kernels (cuDNN on GPU, splash on
-TPU) take no bias: schemes with one run blockwise there. The native CPU kernel (lcx.native) takes
-one bias, ALiBi's, which it computes itself from the slopes.
+`bias_fn(q_positions, k_positions) -> (B, H, Q, K)` is the position scheme's bias (a
+lcx.positions.Bias, which says what it is); a blockwise kernel calls it per tile, the dense
+reference once. Which kernel takes which bias is `accepts`: the library kernels (cuDNN on GPU,
+splash on TPU) take none, so schemes with one run blockwise there; the native CPU kernel takes a
+fixed bias in the linear closed form (ALiBi's), which it computes itself from the slopes, and
+refuses learned ones, whose gradient it could not return.
 """
 import functools
 import logging
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 
 from lcx import native
 from lcx.blockwise import DEFAULT_BLOCK, blockwise_attention
+from lcx.positions.bias import LINEAR, BiasKind
 
 _MASKED = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
 
@@ -112,12 +115,9 @@ IMPLEMENTATIONS = {"dense": dense_attention, "blockwise": blockwise_attention,
 CHOICES = (*IMPLEMENTATIONS, "auto")
 # The tiled kernels: they take tile lengths (block_q, block_k) and hold one tile of scores at once.
 TILED = ("blockwise", "native")
-# What each implementation can do: the backends it runs on, and the bias forms it takes (a scheme's
-# lcx.positions.bias_form: "alibi" for ALiBi's slopes, "function" for any other bias).
+# What each implementation can do: the backends it runs on, and the biases it takes (see accepts).
 _BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "native": ("cpu",),
              "cudnn": ("gpu",), "splash": ("tpu",)}
-_BIAS_FORMS = {"dense": ("alibi", "function"), "blockwise": ("alibi", "function"),
-               "native": ("alibi",), "cudnn": (), "splash": ()}
 # auto's order of preference on each backend: the fused kernels first where they exist (see
 # benchmarks/README.md for the CPU figures).
 _PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("splash", "blockwise"),
@@ -131,7 +131,21 @@ def _cannot_run(name: str, backend: str) -> str | None:
   return None
 
 
-def check(name: str, *, bias_form: str | None, backend: str | None = None) -> None:
+def accepts(name: str, bias: BiasKind | None) -> str | None:
+  """None if implementation `name` takes a scheme's bias of this kind (None: no bias), values and
+  parameter gradients; otherwise why not."""
+  if bias is None or name in ("dense", "blockwise"):  # they call the function, autodiff included
+    return None
+  if name == "native":
+    if bias.closed_form != LINEAR:
+      return "it computes no bias but the fixed linear form (ALiBi's)"
+    if bias.learned:
+      return "it returns no gradient for the bias's parameters"
+    return None
+  return "it takes no position bias"
+
+
+def check(name: str, *, bias: BiasKind | None, backend: str | None = None) -> None:
   """What can be told of model.attention=name from the config alone (config resolution): a known
   name, one that runs on this backend and takes the scheme's bias. Nothing is compiled or loaded;
   whether a kernel can run in this process is `select`'s, when the model is built."""
@@ -143,33 +157,33 @@ def check(name: str, *, bias_form: str | None, backend: str | None = None) -> No
   if backend not in _BACKENDS[name]:
     raise ValueError(f"model.attention={name!r} runs on {'/'.join(_BACKENDS[name])}, not on "
                      f"{backend}; use auto, dense or blockwise")
-  if bias_form is not None and bias_form not in _BIAS_FORMS[name]:
-    raise ValueError(f"model.attention={name!r} cannot add this position scheme's bias in its "
-                     f"kernel; use blockwise (or dense, or auto)")
+  if reason := accepts(name, bias):
+    raise ValueError(f"model.attention={name!r} cannot take this position scheme's bias: "
+                     f"{reason}; use blockwise (or dense, or auto)")
 
 
-def select(name: str, *, bias_form: str | None, backend: str | None = None) -> str:
-  """The implementation to run for model.attention=name and a scheme whose bias has `bias_form`
+def select(name: str, *, bias: BiasKind | None, backend: str | None = None) -> str:
+  """The implementation to run for model.attention=name and a scheme whose bias is of kind `bias`
   (None: no bias): `auto` picks the fastest one that takes the scheme on this backend (logging
   why it passed over a faster one); a named one that cannot work here is refused with the reason.
   It may build the native kernel to find out, so the model calls it once, when it is built."""
-  return _select(name, bias_form, backend or jax.default_backend())
+  return _select(name, bias, backend or jax.default_backend())
 
 
 @functools.lru_cache(maxsize=None)
-def _select(name: str, bias_form: str | None, backend: str) -> str:
+def _select(name: str, bias: BiasKind | None, backend: str) -> str:
   # Cached: models built several times in a process (shapes, init, evaluation) choose once and
   # log once.
-  check(name, bias_form=bias_form, backend=backend)
+  check(name, bias=bias, backend=backend)
   if name != "auto":
     if reason := _cannot_run(name, backend):
       raise ValueError(f"model.attention={name!r} cannot run here: {reason}; use auto or blockwise")
     return name
   log = logging.getLogger("lcx")
   for candidate in _PREFERENCE.get(backend, ("blockwise",)):
-    if bias_form is not None and bias_form not in _BIAS_FORMS[candidate]:
-      log.warning("attention=auto: %s takes no such position bias, so this scheme runs on the "
-                  "next choice", candidate)
+    if reason := accepts(candidate, bias):
+      log.warning("attention=auto: %s cannot take this position scheme's bias (%s); the next "
+                  "choice runs", candidate, reason)
       continue
     if reason := _cannot_run(candidate, backend):
       log.warning("attention=auto: %s cannot run here (%s); the next choice runs", candidate,

@@ -87,7 +87,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _choice(c, "model.remat", tuple(REMAT_POLICIES))
   _positive(c, "model.attention_block")
   try:  # a kernel for another backend or that cannot take the scheme's bias (nothing is built)
-    attention.check(m.attention, bias_form=positions.bias_form(m.position))
+    attention.check(m.attention, bias=positions.bias_kind(m.position))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)

@@ -42,6 +42,7 @@ class ModelConfig:
   def position_config(self) -> positions.PositionConfig:
     return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
                                     head_dim=self.head_dim, max_len=self.max_len,
+                                    n_layers=self.n_layers,
                                     param_dtype=self.param_dtype, rope=self.rope,
                                     options=self.position_options)
 
@@ -120,22 +121,24 @@ class Attention(nnx.Module):
     q_BLHK, k_BLHK = scheme.rotate(q_BLHK, k_BLHK, positions_BL, length)
     return q_BLHK, k_BLHK, v_BLHK
 
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme: positions.PositionScheme):
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme: positions.PositionScheme,
+               layer):
+    """`layer`: this layer's index (an int, or a scalar under a scan), for per-layer biases."""
     q_BLHK, k_BLHK, v_BLHK = self._qkv(x_BLD, positions_BL, scheme)
     o_BLHK = self.attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
                          k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
                          k_segment_ids_BK=segment_ids_BL,
-                         bias_fn=scheme.bias_fn())
+                         bias_fn=scheme.bias_fn(layer))
     return project(o_BLHK, self.wo[...], in_dims=2)
 
-  def extend(self, x_BCD, positions_BC, scheme, cache: KVCache):
+  def extend(self, x_BCD, positions_BC, scheme, cache: KVCache, layer: int):
     """C new tokens after those in the cache: (output, the cache with them appended)."""
     q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme, length=cache.size)
     cache = cache.append(k_BCHK, v_BCHK, positions_BC)
     o_BCHK = self.cache_attend(q_BCHK, cache.k_BSHK, cache.v_BSHK, q_positions_BQ=positions_BC,
                                k_positions_BK=cache.positions_BS,
                                q_segment_ids_BQ=jnp.ones(positions_BC.shape, jnp.int32),
-                               k_segment_ids_BK=cache.valid_BS, bias_fn=scheme.bias_fn())
+                               k_segment_ids_BK=cache.valid_BS, bias_fn=scheme.bias_fn(layer))
     return project(o_BCHK, self.wo[...], in_dims=2), cache
 
 
@@ -169,13 +172,13 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.mlp = Mlp(cfg, rngs)
 
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme):
-    x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), positions_BL, segment_ids_BL, scheme)
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme, layer):
+    x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), positions_BL, segment_ids_BL, scheme, layer)
     x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
     return shard(x_BLD, BATCH_ACTIVATION)
 
-  def extend(self, x_BCD, positions_BC, scheme, cache: KVCache):
-    attended, cache = self.attn.extend(self.attn_norm(x_BCD), positions_BC, scheme, cache)
+  def extend(self, x_BCD, positions_BC, scheme, cache: KVCache, layer: int):
+    attended, cache = self.attn.extend(self.attn_norm(x_BCD), positions_BC, scheme, cache, layer)
     x_BCD = x_BCD + attended
     return x_BCD + self.mlp(self.mlp_norm(x_BCD)), cache
 
@@ -187,9 +190,9 @@ class Transformer(nnx.Module):
     self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0,
                             cfg.param_dtype)
     self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
-    form = positions.bias_form(cfg.position)
     # The one place the kernel is chosen (auto logs what it passed over).
-    self.attention_implementation = attention.select(cfg.attention, bias_form=form)
+    self.attention_implementation = attention.select(cfg.attention,
+                                                     bias=positions.bias_kind(cfg.position))
     attend = attention.make(self.attention_implementation, requested=cfg.attention,
                             block=cfg.attention_block)
     cache_attend = attention.make_for_cache(self.attention_implementation,
@@ -234,8 +237,8 @@ class Transformer(nnx.Module):
     x_BCD = jnp.take(self.embedding[...], tokens_BC, axis=0).astype(dtype)
     x_BCD = self.position.embed(x_BCD, positions_BC)
     new_caches = []
-    for block, cache in zip(self.blocks, caches):
-      x_BCD, cache = block.extend(x_BCD, positions_BC, self.position, cache)
+    for layer, (block, cache) in enumerate(zip(self.blocks, caches)):
+      x_BCD, cache = block.extend(x_BCD, positions_BC, self.position, cache, layer)
       new_caches.append(cache)
     return self._logits(x_BCD), new_caches
 
@@ -248,15 +251,15 @@ REMAT_POLICIES = {
 
 
 def _block_fn(graphdef, scheme_graphdef, remat: str):
-  """A block as a pure function (x, block state, scheme state, positions, segment ids) -> x,
+  """A block as a pure function (x, block state, scheme state, positions, segment ids, layer) -> x,
   recomputed in the backward pass as far as the remat policy says. Modules enter as state and are
   rebuilt inside, so the same function serves a Python loop and a lax.scan."""
   if remat not in REMAT_POLICIES:
     raise ValueError(f"model.remat={remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
 
-  def block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL):
+  def block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL, layer):
     block, scheme = nnx.merge(graphdef, state), nnx.merge(scheme_graphdef, scheme_state)
-    return block(x_BLD, positions_BL, segment_ids_BL, scheme)
+    return block(x_BLD, positions_BL, segment_ids_BL, scheme, layer)
 
   if remat == "none":
     return block_fn
@@ -274,12 +277,16 @@ def run_blocks(blocks, x_BLD, positions_BL, segment_ids_BL, scheme, *, remat: st
   block_fn = _block_fn(graphdef, scheme_graphdef, remat)
   states = [nnx.state(b) for b in blocks]
   if not scan:
-    for state in states:
-      x_BLD = block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL)
+    for layer, state in enumerate(states):
+      x_BLD = block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL, layer)
     return x_BLD
   stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
-  layer = lambda x, state: (block_fn(x, state, scheme_state, positions_BL, segment_ids_BL), None)
-  return jax.lax.scan(layer, x_BLD, stacked)[0]
+
+  def step(x_BLD, state_and_layer):
+    state, layer = state_and_layer
+    return block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL, layer), None
+
+  return jax.lax.scan(step, x_BLD, (stacked, jnp.arange(len(states))))[0]
 
 
 def token_losses(logits_BLV, targets_BL):

@@ -16,7 +16,6 @@ from lcx import attention, blockwise, native, positions, sharding
 from lcx.attention import dense_attention
 from lcx.blockwise import blockwise_attention
 from lcx.model import ModelConfig, Transformer, token_losses
-from lcx.positions.alibi import AlibiBias
 from tests.conftest import ROOT
 
 SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
@@ -69,7 +68,7 @@ def test_blockwise_matches_dense_values_and_gradients(block, bias, packed):
 @pytest.mark.parametrize("packed", [False, True])
 def test_native_matches_dense_values_and_gradients(block, bias, packed):
   q, k, v, q_pos, k_pos, seg = _inputs(packed=packed)
-  bias_fn = AlibiBias(positions.alibi_slopes(4)) if bias == "alibi" else None
+  bias_fn = positions.LinearBias(positions.alibi_slopes(4)) if bias == "alibi" else None
   _assert_native_matches_dense(q, k, v, q_pos, k_pos, seg, bias_fn, block)
 
 
@@ -93,7 +92,7 @@ def test_native_alibi_holds_for_far_and_restarting_positions():
   S = k.shape[1]
   idx = np.arange(S)
   pos = jnp.asarray(np.stack([30_000 + idx, np.where(idx >= 9, idx - 9, idx)]).astype(np.int32))
-  bias_fn = AlibiBias(positions.alibi_slopes(12))
+  bias_fn = positions.LinearBias(positions.alibi_slopes(12))
   for block in (8, 16):
     _assert_native_matches_dense(q, k, v, pos, pos, seg, bias_fn, block)
 
@@ -103,7 +102,7 @@ def test_native_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles(causa
   """A cache-like block of queries, tiles of different and uneven sizes, a head dim (20) that is
   not a whole number of vectors, a bias in bfloat16 inputs' place: float32 inside, cast back."""
   q, k, v, q_pos, k_pos, seg = _inputs(Q=13, S=41, K=20)
-  bias_fn = AlibiBias(positions.alibi_slopes(4))
+  bias_fn = positions.LinearBias(positions.alibi_slopes(4))
   for block_q, block_k in [(4, 16), (16, 4), (5, 7)]:
     grads = [jax.grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, causal=causal, **kw),
                       argnums=(0, 1, 2))(q, k, v)
@@ -120,7 +119,7 @@ def test_native_runs_one_kernel_per_shard_on_a_mesh():
   """Under the model's activation sharding (rows over data x fsdp, heads over tensor) each shard
   runs its own kernel call: same result and gradients, and no shard gathers another's rows."""
   q, k, v, q_pos, k_pos, seg = _inputs(B=4, Q=24, S=24, H=4, K=8, packed=False)
-  bias_fn = AlibiBias(positions.alibi_slopes(4))
+  bias_fn = positions.LinearBias(positions.alibi_slopes(4))
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rules = (("batch", ("data", "fsdp")), ("heads", "tensor"))
   grad = jax.value_and_grad(lambda *a: _loss(native.native_attention, *a, q_pos, k_pos, None,
@@ -138,13 +137,21 @@ def test_native_runs_one_kernel_per_shard_on_a_mesh():
 
 
 def test_native_refuses_a_bias_it_cannot_compute():
+  """A bias only as a function, or a linear one with learned slopes (the kernel returns no slope
+  gradient, which would silently be zero), is refused at start; auto passes native over."""
   q, k, v, q_pos, k_pos, _ = _inputs(packed=False)
-  with pytest.raises(ValueError, match="no position bias but ALiBi's"):
-    native.native_attention(q, k, v, q_positions_BQ=q_pos, k_positions_BK=k_pos,
-                            bias_fn=_alibi(4))  # the same numbers, but only as a function
-  with pytest.raises(ValueError, match="'native' cannot add this position scheme's bias"):
-    attention.select("native", bias_form="function", backend="cpu")
-  assert attention.select("auto", bias_form="function", backend="cpu") == "blockwise"
+  learned_linear = positions.LinearBias(positions.alibi_slopes(4),
+                                        kind=positions.BiasKind(learned=True, closed_form="linear"))
+  for bias_fn in (_alibi(4), learned_linear):  # _alibi: the same numbers, only as a function
+    with pytest.raises(ValueError, match="no position bias but a fixed linear one"):
+      native.native_attention(q, k, v, q_positions_BQ=q_pos, k_positions_BK=k_pos,
+                              bias_fn=bias_fn)
+  for kind, reason in ((positions.BiasKind(learned=True), "computes no bias but the fixed linear"),
+                       (learned_linear.kind, "returns no gradient")):
+    with pytest.raises(ValueError, match=f"'native' cannot take this position scheme's bias: "
+                                         f"it {reason}"):
+      attention.select("native", bias=kind, backend="cpu")
+    assert attention.select("auto", bias=kind, backend="cpu") == "blockwise"
 
 
 def test_without_a_compiler_auto_keeps_blockwise_and_native_says_why(tmp_path):
@@ -152,9 +159,9 @@ def test_without_a_compiler_auto_keeps_blockwise_and_native_says_why(tmp_path):
   native by name is refused at start with the compiler's failure."""
   script = (
       "import logging; logging.basicConfig()\n"
-      "from lcx import attention\n"
-      "print('auto ->', attention.select('auto', bias_form='alibi'))\n"
-      "try:\n  attention.select('native', bias_form=None)\n"
+      "from lcx import attention, positions\n"
+      "print('auto ->', attention.select('auto', bias=positions.bias_kind('alibi')))\n"
+      "try:\n  attention.select('native', bias=None)\n"
       "except ValueError as e:\n  print('refused:', e)\n")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, CXX="false",
@@ -254,8 +261,8 @@ def test_every_scheme_trains_the_same_through_the_tiled_kernels(position, implem
   """A whole model (two layers, packed documents): loss and every parameter gradient, a learned
   bias's included (it must not be silently zero); a kernel that cannot take the scheme's bias
   refuses it when the model is built."""
-  if positions.bias_form(position) not in (None, *attention._BIAS_FORMS[implementation]):
-    with pytest.raises(ValueError, match=f"'{implementation}' cannot add this position scheme"):
+  if attention.accepts(implementation, positions.bias_kind(position)):
+    with pytest.raises(ValueError, match=f"'{implementation}' cannot take this position scheme"):
       Transformer(ModelConfig(vocab_size=64, position=position, attention=implementation),
                   rngs=nnx.Rngs(0))
     return
@@ -303,22 +310,22 @@ def test_rematerialization_leaves_the_gradients_unchanged(remat):
 
 
 def test_the_switch_refuses_what_cannot_work_and_auto_falls_back():
-  assert attention.select("auto", bias_form=None, backend="cpu") == "native"
-  assert attention.select("auto", bias_form="alibi", backend="cpu") == "native"
-  assert attention.select("auto", bias_form=None, backend="gpu") == "cudnn"
-  assert attention.select("auto", bias_form="alibi", backend="gpu") == "blockwise"
-  assert attention.select("auto", bias_form=None, backend="tpu") == "splash"
-  assert attention.select("auto", bias_form="function", backend="tpu") == "blockwise"
-  with pytest.raises(ValueError, match="cannot add this position scheme's bias"):
-    attention.select("cudnn", bias_form="alibi", backend="gpu")
-  with pytest.raises(ValueError, match="'splash' cannot add this position scheme's bias"):
-    attention.select("splash", bias_form="alibi", backend="tpu")
+  assert attention.select("auto", bias=None, backend="cpu") == "native"
+  assert attention.select("auto", bias=positions.bias_kind("alibi"), backend="cpu") == "native"
+  assert attention.select("auto", bias=None, backend="gpu") == "cudnn"
+  assert attention.select("auto", bias=positions.bias_kind("alibi"), backend="gpu") == "blockwise"
+  assert attention.select("auto", bias=None, backend="tpu") == "splash"
+  assert attention.select("auto", bias=positions.BiasKind(learned=True), backend="tpu") == "blockwise"
+  with pytest.raises(ValueError, match="cannot take this position scheme's bias"):
+    attention.select("cudnn", bias=positions.bias_kind("alibi"), backend="gpu")
+  with pytest.raises(ValueError, match="'splash' cannot take this position scheme's bias"):
+    attention.select("splash", bias=positions.bias_kind("alibi"), backend="tpu")
   with pytest.raises(ValueError, match="runs on gpu, not on cpu"):
-    attention.select("cudnn", bias_form=None, backend="cpu")
+    attention.select("cudnn", bias=None, backend="cpu")
   with pytest.raises(ValueError, match="runs on cpu, not on gpu"):
-    attention.select("native", bias_form=None, backend="gpu")
+    attention.select("native", bias=None, backend="gpu")
   with pytest.raises(ValueError, match="allowed: dense, blockwise, native, cudnn, splash, auto"):
-    attention.select("flash3", bias_form=None)
+    attention.select("flash3", bias=None)
 
 
 @pytest.mark.parametrize("packed", [False, True])

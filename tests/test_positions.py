@@ -144,13 +144,13 @@ def test_t5_bias_is_one_table_looked_up_by_bucket():
   table = np.asarray(scheme.bias_table[...])
   assert table.shape == (8, 3)
   q, k = jnp.asarray([[40, 41]]), jnp.arange(42)[None]
-  bias = np.asarray(scheme.bias(q, k))
+  bias = np.asarray(scheme.bias(q, k, layer=0))
   assert bias.shape == (1, 3, 2, 42)
   for qi, qp in enumerate([40, 41]):
     for kp in range(42):
       np.testing.assert_array_equal(bias[0, :, qi, kp], table[_t5_bucket_reference(qp - kp, 8, 20)])
   # shift invariant: it depends on q - k only
-  np.testing.assert_array_equal(np.asarray(scheme.bias(q + 100, k + 100)), bias)
+  np.testing.assert_array_equal(np.asarray(scheme.bias(q + 100, k + 100, layer=1)), bias)
 
 
 def test_a_registered_scheme_plugs_into_the_model():
@@ -158,10 +158,12 @@ def test_a_registered_scheme_plugs_into_the_model():
   class Recency(positions.PositionScheme):
     """Strongly prefers the previous token: enough to change every output."""
 
+    BIAS = positions.BiasKind(learned=False)
+
     def __init__(self, cfg, *, rngs):
       del cfg, rngs
 
-    def bias(self, q_pos, k_pos):
+    def bias(self, q_pos, k_pos, layer):
       return jnp.where(q_pos[:, None, :, None] - k_pos[:, None, None, :] == 1, 10.0, 0.0)
 
   try:

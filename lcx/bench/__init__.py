@@ -24,7 +24,6 @@ from lcx import positions
 from lcx.blockwise import DEFAULT_BLOCK, visible_tiles
 from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
-from lcx.positions.alibi import AlibiBias
 from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
 
@@ -171,7 +170,7 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
   usable = []
   for name in requested:
     try:
-      attention_lib.select(name, bias_form=positions.bias_form(scheme))
+      attention_lib.select(name, bias=positions.bias_kind(scheme))
     except ValueError:
       continue
     usable.append(name)
@@ -263,7 +262,7 @@ def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
   attend = lambda q, k, v, bias_fn=None: kernel(q, k, v, q_positions_BQ=pos, k_positions_BK=pos,
                                                 bias_fn=bias_fn, block_q=block, block_k=block)
   forward = jax.jit(attend)
-  alibi = AlibiBias(positions.alibi_slopes(H))
+  alibi = positions.LinearBias(positions.alibi_slopes(H))
   forward_backward = {
       bias: jax.jit(jax.grad(lambda *a, b=fn: attend(*a, bias_fn=b).sum(), argnums=(0, 1, 2)))
       for bias, fn in (("none", None), ("alibi", alibi))}

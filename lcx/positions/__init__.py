@@ -3,8 +3,9 @@
 A new scheme subclasses PositionScheme, overrides the hooks it needs and registers itself with
 @register("name"); the model never changes.
 """
-from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, available, bias_form,
+from lcx.positions.base import (PositionConfig, PositionScheme, RopeConfig, available, bias_kind,
                                 make, option_types, register, validate)
+from lcx.positions.bias import Bias, BiasKind, FunctionBias, LinearBias
 from lcx.positions.absolute import sinusoidal_table
 from lcx.positions.alibi import alibi_bias, alibi_slopes
 from lcx.positions.t5 import T5Options, t5_buckets
@@ -13,8 +14,8 @@ from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, YARN_RAMPS, apply_rop
                                 scaled_frequencies, yarn_ramp, yarn_temperature)
 
 __all__ = [
-    "PositionConfig", "PositionScheme", "RopeConfig", "available", "bias_form", "make", "register",
-    "validate", "option_types", "T5Options", "t5_buckets",
+    "PositionConfig", "PositionScheme", "RopeConfig", "available", "bias_kind", "make", "register",
+    "validate", "option_types", "Bias", "BiasKind", "FunctionBias", "LinearBias", "T5Options", "t5_buckets",
     "sinusoidal_table", "alibi_bias", "alibi_slopes", "apply_rope", "rope_inverse_frequencies",
     "rotary_cos_sin", "rotate_by", "rotary_dim", "ROPE_SCALINGS", "dynamic_factor", "ntk_base",
     "scaled_frequencies", "YARN_RAMPS", "yarn_ramp", "yarn_temperature",

@@ -1,5 +1,4 @@
 """ALiBi (Press et al., 2022): a per-head linear penalty on query-key distance."""
-import dataclasses
 import math
 
 import jax
@@ -7,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lcx.positions.base import PositionConfig, PositionScheme, register
+from lcx.positions.bias import FIXED_LINEAR, LinearBias, linear_bias
 
 
 def alibi_slopes(num_heads: int) -> jax.Array:
@@ -28,32 +28,20 @@ def alibi_slopes(num_heads: int) -> jax.Array:
   return jnp.asarray(np.array(slopes, dtype=np.float32))
 
 
-def alibi_bias(q_positions_BQ, k_positions_BK, slopes_H) -> jax.Array:
-  """-slope * |q - k| as (B, H, Q, K) float32; under a causal mask that is -slope * (q - k)."""
-  distance = jnp.abs(q_positions_BQ[:, :, None] - k_positions_BK[:, None, :]).astype(jnp.float32)
-  return -slopes_H[None, :, None, None] * distance[:, None, :, :]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class AlibiBias:
-  """ALiBi's bias as the attention kernels take it: callable like any scheme's bias, and with its
-  slopes in the open, so a kernel that knows the form (lcx.native) computes it in registers."""
-  slopes_H: jax.Array
-
-  def __call__(self, q_positions_BQ, k_positions_BK):
-    return alibi_bias(q_positions_BQ, k_positions_BK, self.slopes_H)
+alibi_bias = linear_bias  # -slope * |q - k|, (B, H, Q, K)
 
 
 @register("alibi")
 class Alibi(PositionScheme):
-  BIAS_FORM = "alibi"  # see lcx.positions.bias_form
+  BIAS = FIXED_LINEAR  # a kernel may compute it from the slopes
 
   def __init__(self, cfg: PositionConfig, *, rngs):
     del rngs
     self.n_heads = cfg.n_heads
 
-  def bias(self, q_positions_BQ, k_positions_BK):
-    return self.bias_fn()(q_positions_BQ, k_positions_BK)
+  def bias(self, q_positions_BQ, k_positions_BK, layer):
+    return self.bias_fn(layer)(q_positions_BQ, k_positions_BK)
 
-  def bias_fn(self):
-    return AlibiBias(alibi_slopes(self.n_heads))
+  def bias_fn(self, layer=0):
+    del layer  # one set of slopes for every layer
+    return LinearBias(alibi_slopes(self.n_heads))

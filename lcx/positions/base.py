@@ -3,14 +3,18 @@
 A scheme may act at three places, and the model calls all three unconditionally:
   embed(x_BLD, positions_BL)          add to the token embeddings (sinusoidal, learned)
   rotate(q_BLHK, k_BLHK, positions_BL, length) transform queries and keys (RoPE and its variants)
-  bias(q_positions_BQ, k_positions_BK) additive attention-logit bias, (B, H, Q, K) or None
-`bias` is a pure function of positions so that a blockwise kernel can call it per tile.
+  bias(q_positions_BQ, k_positions_BK, layer) additive attention-logit bias, (B, H, Q, K)
+`bias` is a pure function of positions so that a blockwise kernel can call it per tile; the
+kernels receive it as a lcx.positions.bias.Bias (`bias_fn`), which says what it is.
 """
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 from flax import nnx
+
+from lcx.positions.bias import Bias, BiasKind, FunctionBias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,7 @@ class PositionConfig:
   n_heads: int
   head_dim: int
   max_len: int
+  n_layers: int = 1
   param_dtype: str = "float32"
   rope: RopeConfig = RopeConfig()
   options: Any = None  # the scheme's own Options (see PositionScheme.Options), or None
@@ -45,8 +50,11 @@ class PositionScheme(nnx.Module):
   A scheme with options of its own names a frozen dataclass of them, with their defaults, as
   `Options`: the config then has a section model.<scheme name> with those fields, and the scheme
   receives them as cfg.options (its defaults when built without a config).
+  A scheme with a bias says what it is in `BIAS` (learned or fixed; a closed form a kernel may
+  compute itself), which kernels read before they are chosen.
   """
   Options: type | None = None
+  BIAS: BiasKind | None = None
 
   def __init__(self, cfg: PositionConfig, *, rngs: nnx.Rngs):
     del cfg, rngs
@@ -61,17 +69,16 @@ class PositionScheme(nnx.Module):
     del positions_BL, length
     return q_BLHK, k_BLHK
 
-  def bias(self, q_positions_BQ, k_positions_BK) -> jax.Array | None:
-    del q_positions_BQ, k_positions_BK
-    return None
+  def bias(self, q_positions_BQ, k_positions_BK, layer) -> jax.Array:
+    """(B or 1, H, Q, K) float32 for a scheme whose BIAS is set. `layer`: the attention layer's
+    index (an int, or a traced scalar when the layers run as a scan), for per-layer parameters."""
+    raise NotImplementedError(f"{type(self).__name__} sets BIAS but has no bias()")
 
-  def bias_fn(self):
-    """What the attention kernels are handed: `bias`, or None for a scheme without one. A scheme
-    whose bias has a form some kernel computes itself returns an object that says so (ALiBi)."""
-    return self.bias if self.has_bias() else None
-
-  def has_bias(self) -> bool:
-    return type(self).bias is not PositionScheme.bias
+  def bias_fn(self, layer=0) -> Bias | None:
+    """What the attention kernels of `layer` are handed: None for a scheme without a bias."""
+    if self.BIAS is None:
+      return None
+    return FunctionBias(functools.partial(self.bias, layer=layer), self.BIAS)
 
   def check_length(self, length: int) -> None:
     """Raise ValueError if the scheme cannot represent sequences of `length` tokens."""
@@ -108,11 +115,12 @@ def available() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
-def bias_form(name: str) -> str | None:
-  """The form of the registered scheme's attention-logit bias, which a kernel must take: None (no
-  bias), "alibi" (a kernel may compute it from the slopes) or "function" (only the function)."""
-  cls = _REGISTRY[name]
-  return None if cls.bias is PositionScheme.bias else getattr(cls, "BIAS_FORM", "function")
+def bias_kind(name: str) -> BiasKind | None:
+  """What the registered scheme's attention-logit bias is (None: it has none), which a kernel
+  must be able to take."""
+  if name not in _REGISTRY:
+    raise ValueError(f"model.position={name!r} is unknown; allowed: {', '.join(available())}")
+  return _REGISTRY[name].BIAS
 
 
 def option_types() -> dict[str, type]:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lcx.positions.base import PositionConfig, PositionScheme, register
+from lcx.positions.bias import LEARNED_FUNCTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ def t5_buckets(distance: jax.Array, buckets: int, max_distance: int) -> jax.Arra
 @register("t5")
 class T5Bias(PositionScheme):
   Options = T5Options
+  BIAS = LEARNED_FUNCTION
 
   def __init__(self, cfg: PositionConfig, *, rngs: nnx.Rngs):
     options = cfg.options or T5Options()
@@ -57,7 +59,8 @@ class T5Bias(PositionScheme):
       raise ValueError(f"config.model.t5.max_distance={o.max_distance!r} must exceed "
                        f"buckets // 2 = {o.buckets // 2} (the exact buckets)")
 
-  def bias(self, q_positions_BQ, k_positions_BK):
+  def bias(self, q_positions_BQ, k_positions_BK, layer):
+    del layer  # one table shared by every layer, as in T5
     distance_BQK = q_positions_BQ[:, :, None] - k_positions_BK[:, None, :]
     bucket_BQK = t5_buckets(distance_BQK, self.buckets, self.max_distance)
     bias_BQKH = jnp.take(self.bias_table[...].astype(jnp.float32), bucket_BQK, axis=0)

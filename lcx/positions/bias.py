@@ -1,0 +1,70 @@
+"""A position scheme's attention-logit bias as the kernels take it.
+
+Kernels never test scheme names: they ask the bias what it is.
+  - `BiasKind` is known from the scheme's class alone (config resolution, kernel choice): whether
+    the bias has learned parameters (their gradient must reach them, so a kernel that cannot
+    return it refuses the bias at start) and whether it has a closed form a kernel may compute
+    itself instead of calling the function.
+  - `Bias` is the callable a model hands its attention kernel: bias(q_positions_BQ,
+    k_positions_BK) -> (B or 1, H, Q, K) float32, carrying its kind; `LinearBias` also has its
+    slopes in the open (ALiBi's form).
+"""
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+LINEAR = "linear"  # -slope_h * |q - k|: per-head slopes, fixed
+CLOSED_FORMS = (LINEAR,)
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasKind:
+  learned: bool  # computed from trained parameters
+  closed_form: str | None = None  # one of CLOSED_FORMS, or None: only the function
+
+  def __post_init__(self):
+    if self.closed_form not in (None, *CLOSED_FORMS):
+      raise ValueError(f"bias closed_form={self.closed_form!r} is unknown; allowed: None, "
+                       f"{', '.join(CLOSED_FORMS)}")
+
+
+FIXED_FUNCTION = BiasKind(learned=False)
+LEARNED_FUNCTION = BiasKind(learned=True)
+FIXED_LINEAR = BiasKind(learned=False, closed_form=LINEAR)
+
+
+class Bias:
+  """Callable bias with its kind; subclasses say how it is computed."""
+  kind: BiasKind
+
+  def __call__(self, q_positions_BQ: jax.Array, k_positions_BK: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FunctionBias(Bias):
+  """Any pure function of positions (it may close over the scheme's parameters)."""
+  fn: Callable[[jax.Array, jax.Array], jax.Array]
+  kind: BiasKind
+
+  def __call__(self, q_positions_BQ, k_positions_BK):
+    return self.fn(q_positions_BQ, k_positions_BK)
+
+
+def linear_bias(q_positions_BQ, k_positions_BK, slopes_H) -> jax.Array:
+  """-slope * |q - k| as (B, H, Q, K) float32; under a causal mask that is -slope * (q - k)."""
+  distance = jnp.abs(q_positions_BQ[:, :, None] - k_positions_BK[:, None, :]).astype(jnp.float32)
+  return -slopes_H[None, :, None, None] * distance[:, None, :, :]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LinearBias(Bias):
+  """-slope_h * |q - k| with fixed per-head slopes: a kernel that knows the form (lcx.native)
+  computes it in registers from the slopes."""
+  slopes_H: jax.Array
+  kind: BiasKind = FIXED_LINEAR
+
+  def __call__(self, q_positions_BQ, k_positions_BK):
+    return linear_bias(q_positions_BQ, k_positions_BK, self.slopes_H)
