@@ -45,12 +45,12 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
     return x.transpose(0, 2, 1, 3).reshape(B * H, x.shape[1], K)
 
   offset = S - Q if causal else None  # query q sees keys up to q + offset
-  bias, bias_params = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
+  bias, bias_args = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
   geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, keys=S, causal_offset=offset,
                        tiles=visible_tiles(nq, nk, bq, bk, offset), bias=bias)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
-                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_params)
+                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
 
 
@@ -61,14 +61,27 @@ def visible_tiles(nq, nk, bq, bk, offset):
 
 
 def _closure_converted_bias(bias_fn, q_pos_tile, k_pos_tile):
-  """(pure bias(q_pos, k_pos, params), params): any arrays bias_fn closes over (learned biases)
-  become explicit arguments, so the custom VJP can return their gradient."""
+  """(pure bias(q_pos, k_pos, consts, params), (consts, params)): every value bias_fn closes over
+  becomes an explicit argument of the custom VJP, which returns the gradient of the float ones
+  (learned biases' parameters) and none for the rest (a layer index traced by a scan over layers:
+  left closed over, it would leak out of the VJP)."""
   if bias_fn is None:
-    return None, ()
-  if jax.eval_shape(bias_fn, q_pos_tile, k_pos_tile) is None:
-    return None, ()
-  pure, params = jax.closure_convert(bias_fn, q_pos_tile, k_pos_tile)
-  return pure, tuple(params)
+    return None, ((), ())
+  closed = jax.make_jaxpr(bias_fn)(q_pos_tile, k_pos_tile)
+  if not closed.out_avals:
+    return None, ((), ())
+  # Parameters: traced floats. Concrete arrays (ALiBi's slopes) are constants: no gradient work.
+  is_param = [isinstance(c, jax.core.Tracer) and jnp.issubdtype(c.dtype, jnp.inexact)
+              for c in closed.consts]
+  consts = tuple(c for c, p in zip(closed.consts, is_param) if not p)
+  params = tuple(c for c, p in zip(closed.consts, is_param) if p)
+
+  def pure(q_pos, k_pos, consts, params):
+    consts, params = iter(consts), iter(params)
+    values = [next(params) if p else next(consts) for p in is_param]
+    return jax.core.eval_jaxpr(closed.jaxpr, values, q_pos, k_pos)[0]
+
+  return pure, (consts, params)
 
 
 class _Geometry:
@@ -90,12 +103,12 @@ def _per_head(g, x):
   return x.reshape(g.B, g.H, g.bq, g.bk) if x.ndim == 3 else x.reshape(-1, g.bq, g.bk)
 
 
-def _tile_bias(g, i, j, q_pos, k_pos, bias_params):
+def _tile_bias(g, i, j, q_pos, k_pos, bias_args):
   """The position bias of tile (i, j) from the tile's positions, float32, in whatever shape the
   scheme returns that broadcasts against (B, H, bq, bk)."""
   qp = jax.lax.dynamic_slice_in_dim(q_pos, i * g.bq, g.bq, axis=1)
   kp = jax.lax.dynamic_slice_in_dim(k_pos, j * g.bk, g.bk, axis=1)
-  return g.bias(qp, kp, *bias_params).astype(jnp.float32)
+  return g.bias(qp, kp, *bias_args).astype(jnp.float32)
 
 
 def _tile_mask(g, i, j, q_seg, k_seg):
@@ -117,12 +130,12 @@ def _tile_mask(g, i, j, q_seg, k_seg):
   return mask
 
 
-def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_params):
+def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args):
   """Scores of tile (i, j) plus bias, float32 (B*H, bq, bk); q comes scaled."""
   s = jnp.einsum("nqd,nkd->nqk", q_t, k_t, preferred_element_type=jnp.float32)
   if g.bias is None:
     return s
-  return _per_head(g, _per_head(g, s) + _tile_bias(g, i, j, q_pos, k_pos, bias_params))
+  return _per_head(g, _per_head(g, s) + _tile_bias(g, i, j, q_pos, k_pos, bias_args))
 
 
 def _where(g, mask, x, fill):
@@ -168,7 +181,7 @@ def _loop(lo, hi, body, carry, unrolled: bool):
   return jax.lax.fori_loop(lo, hi, body, carry)
 
 
-def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
+def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
   """(output (B*H, Lq, K) in q's dtype, log-normalizer (B*H, Lq) float32), one query tile at a
   time: its running max, normalizer and output stay small and local."""
   n, _, d = q.shape
@@ -179,7 +192,7 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
 
     def visit(j, carry):
       m, l, acc = carry
-      s = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, bias_params)
+      s = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, bias_args)
       s = _where(g, _tile_mask(g, i, j, q_seg, k_seg), s, -jnp.inf)
       m_new = jnp.maximum(m, s.max(axis=-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
@@ -204,18 +217,19 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
           lses.transpose(1, 0, 2).reshape(n, g.nq * g.bq))
 
 
-def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bias_params):
+def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bias_args):
   """(dq, dk, dv, d bias params) of tile (i, j), recomputing its probabilities from lse. dq comes
   for the scaled queries (the scaling outside the kernel carries it to q)."""
   q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
-  s = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_params)
+  s = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args)
   p = _where(g, _tile_mask(g, i, j, q_seg, k_seg), jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
   dv_t = jnp.einsum("nqk,nqd->nkd", p.astype(do.dtype), do_t, preferred_element_type=jnp.float32)
   dp = jnp.einsum("nqd,nkd->nqk", do_t, v_t, preferred_element_type=jnp.float32)
   ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (score + bias)
   d_params = ()
-  if bias_params:  # a bias with parameters: its gradient is ds through the tile's bias
-    bias, bias_vjp = jax.vjp(lambda params: _tile_bias(g, i, j, q_pos, k_pos, params), bias_params)
+  consts, params = bias_args
+  if params:  # a bias with parameters: their gradient is ds through the tile's bias
+    bias, bias_vjp = jax.vjp(lambda p: _tile_bias(g, i, j, q_pos, k_pos, (consts, p)), params)
     d_params = bias_vjp(_sum_to(_per_head(g, ds), bias.shape))[0]
   ds = ds.astype(q.dtype)
   dq_t = jnp.einsum("nqk,nkd->nqd", ds, k_t, preferred_element_type=jnp.float32)
@@ -231,24 +245,25 @@ def _sum_to(x, shape):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
-  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params)[0]
+def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
+  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args)[0]
 
 
-def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params):
-  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_params)
-  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_params)
+def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
+  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args)
+  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args)
 
 
 def _attention_bwd(g, residuals, do):
   """One key tile at a time: its dK and dV accumulate locally over the query tiles that see it;
   dQ accumulates across key tiles."""
-  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_params = residuals
+  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args = residuals
+  bias_consts, bias_params = bias_args
   n, _, d = q.shape
   # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
   delta = jnp.einsum("nqd,nqd->nq", do.astype(jnp.float32), o.astype(jnp.float32))
   tile = lambda i, j: _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg,
-                                  bias_params)
+                                  bias_args)
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
   key_start = lambda: (jnp.zeros((n, g.bk, d), jnp.float32), jnp.zeros((n, g.bk, d), jnp.float32))
 
@@ -285,7 +300,8 @@ def _attention_bwd(g, residuals, do):
   # Integer inputs have no gradient (segment ids may be None: no packed documents).
   no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), no_grad(q_pos),
-          no_grad(k_pos), no_grad(q_seg), no_grad(k_seg), dbias)
+          no_grad(k_pos), no_grad(q_seg), no_grad(k_seg),
+          (tuple(map(no_grad, bias_consts)), dbias))
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -58,6 +58,9 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
       m[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
   if "yarn_ramp" not in m.rope:  # a YaRN run saved before the option ramped over the turns
     m.rope.yarn_ramp = "turns" if m.rope.scaling == "yarn" else "dims"
+  for field in dataclasses.fields(positions.RopeConfig):  # later options: their defaults
+    if field.name not in m.rope:
+      m.rope[field.name] = field.default
   if "resume_changes" not in c:
     c.resume_changes = "refuse"
   if "retrieval" not in d:

@@ -18,7 +18,7 @@ from lcx.blockwise import blockwise_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 from tests.conftest import ROOT
 
-SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
+SCHEMES = positions.available()  # every registered scheme
 
 
 def _inputs(B=2, Q=37, S=37, H=4, K=8, seed=0, packed=True):

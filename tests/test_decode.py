@@ -29,9 +29,10 @@ def _full_logits(model, tokens):
   return np.asarray(model(jnp.asarray(tokens), positions_BL))
 
 
-CASES = [("rope", "none", "dense"), ("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense"),
-         ("alibi", "none", "blockwise"), ("learned", "none", "dense"),
-         ("sinusoidal", "none", "blockwise"), ("none", "none", "dense"), ("t5", "none", "blockwise")]
+# Every scheme, through dense and blockwise in turn; RoPE's length-dependent scalings as well.
+CASES = [(name, "none", ("dense", "blockwise")[i % 2])
+         for i, name in enumerate(positions.available())]
+CASES += [("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense")]
 if native.unavailable_reason() is None:
   CASES += [("alibi", "none", "native"), ("rope", "none", "native")]
 

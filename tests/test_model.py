@@ -9,7 +9,7 @@ from lcx import positions
 from lcx.attention import dense_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 
-SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
+SCHEMES = positions.available()  # every registered scheme
 
 
 def _model(position, **overrides):

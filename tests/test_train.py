@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from lcx import config as config_lib
+from lcx import positions
 
 from lcx.data.sources import Documents
 from lcx.exit_codes import PREEMPTED_EXIT_CODE
@@ -25,7 +26,7 @@ from lcx.train import train_and_evaluate
 from lcx.train_step import OptimizerConfig, TrainProgram
 from tests.conftest import ROOT
 
-SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
+SCHEMES = positions.available()  # every registered scheme
 
 
 def _losses(workdir) -> list[float]:

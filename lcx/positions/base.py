@@ -29,6 +29,7 @@ class RopeConfig:
   beta_fast: float = 32.0  # YaRN: dims turning more than this often in original_length keep theta
   beta_slow: float = 1.0  # YaRN: dims turning less than this are fully interpolated
   yarn_ramp: str = "dims"  # YaRN: "dims" (the reference code's ramp) or "turns" (the paper's)
+  keep: float = 1.0  # p-RoPE: the share of rotary pairs that keep their frequency (the fastest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,8 @@ class PositionScheme(nnx.Module):
     """Raise ValueError, one line naming the config field and what it allows, if the scheme
     cannot work with this model config at this training length (config resolution calls it; a
     scheme with options checks them here). The base: model.rope's values are valid (a typo is
-    refused even where the option has no effect), and RoPE's context extension is RoPE's."""
+    refused even where the option has no effect), and RoPE's context extension and p-RoPE's
+    keep are RoPE's."""
     del train_length
     from lcx.positions.rope import check_options  # rope.py builds on this module
     check_options(cfg.rope)
@@ -97,6 +99,9 @@ class PositionScheme(nnx.Module):
     if cfg.rope.scaling != "none":
       raise ValueError(f"config.model.rope.scaling={cfg.rope.scaling!r} needs "
                        f"config.model.position='rope', not {name!r}; allowed with {name!r}: none")
+    if cfg.rope.keep != 1.0:
+      raise ValueError(f"config.model.rope.keep={cfg.rope.keep!r} (p-RoPE) needs "
+                       f"config.model.position='rope', not {name!r}; allowed with {name!r}: 1.0")
 
 
 _REGISTRY: dict[str, type[PositionScheme]] = {}

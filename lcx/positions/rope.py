@@ -23,6 +23,10 @@ so it applies zero-shot to any RoPE checkpoint or during a fine-tune (`model.rop
                         paper's equation (its section 3.2). The two differ by up to ~65% in the
                         transition dims.
 Here d is the rotary dimension and L_orig the training length (rope.original_length).
+
+p-RoPE (Barbero et al., 2025; rope.keep = p) keeps the fastest p of the rotary pairs and sets the
+frequency of the rest, the slowest, to zero: those dims carry no position (semantic channels that
+no distance can rotate away). It applies after any scaling, so it composes with all of them.
 """
 import math
 from typing import Callable
@@ -179,12 +183,28 @@ SCALINGS: dict[str, Callable[[int, RopeConfig, int], tuple[jax.Array, float]]] =
 }
 
 
+def kept_pairs(pairs: int, keep: float) -> int:
+  """How many of `pairs` rotary pairs p-RoPE keeps rotating: keep * pairs, rounded."""
+  return int(round(keep * pairs))
+
+
+def keep_fastest(inv_freq: jax.Array, keep: float) -> jax.Array:
+  """p-RoPE: the inverse frequencies with all but the fastest `keep` share set to zero (the
+  frequencies fall with the pair index, so the slowest are the last)."""
+  if keep == 1.0:
+    return inv_freq
+  kept = kept_pairs(inv_freq.shape[0], keep)
+  return jnp.where(jnp.arange(inv_freq.shape[0]) < kept, inv_freq, 0.0)
+
+
 def scaled_frequencies(rotary_dim: int, cfg: RopeConfig, length: int) -> tuple[jax.Array, float]:
-  """(inverse frequencies, q/k scale) of `cfg.scaling` for sequences of `length` tokens."""
+  """(inverse frequencies, q/k scale) of `cfg.scaling` and `cfg.keep` for sequences of `length`
+  tokens."""
   if cfg.scaling not in SCALINGS:
     raise ValueError(f"model.rope.scaling={cfg.scaling!r} is unknown; allowed: "
                      f"{', '.join(SCALINGS)}")
-  return SCALINGS[cfg.scaling](rotary_dim, cfg, length)
+  inv_freq, scale = SCALINGS[cfg.scaling](rotary_dim, cfg, length)
+  return keep_fastest(inv_freq, cfg.keep), scale
 
 
 def check_options(r: RopeConfig) -> None:
@@ -203,6 +223,7 @@ def check_options(r: RopeConfig) -> None:
        "beta_fast > beta_slow > 0"),
       (r.yarn_ramp in YARN_RAMPS, f"config.model.rope.yarn_ramp={r.yarn_ramp!r} is not allowed; "
                                   f"allowed: {', '.join(YARN_RAMPS)}"),
+      (0 <= r.keep <= 1, f"config.model.rope.keep={r.keep!r} (p-RoPE) must be in [0, 1]"),
       (r.original_length > 0,
        f"config.model.rope.original_length={r.original_length!r} must be a positive integer"),
   )
