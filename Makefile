@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make demo   create .venv (when missing or stale), then run the CPU extrapolation study and report
+#   make demo-more  the study's other half (T5, KERPLE, FIRE, xPos, p-RoPE) into the same folder
 #   make test   create .venv (when missing or stale), then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/extrapolation-cpu
 
-.PHONY: demo test venv
+.PHONY: demo demo-more test venv
 
 venv: $(STAMP)
 
@@ -20,6 +21,11 @@ $(STAMP): requirements.txt
 # The sweep skips finished stages, so a second `make demo` only reprints the report.
 demo: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu --out $(DEMO_DIR)
+	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
+
+# The same report then compares all ten schemes.
+demo-more: $(STAMP)
+	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-more --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
 
 test: $(STAMP)

@@ -2,15 +2,24 @@
 16x it; RoPE also zero-shot with each context-extension method and fine-tuned at 4x with PI and
 YaRN, then evaluated again.
 
-  python -m lcx.sweep experiments/extrapolation.py:cpu --out runs/extrapolation   # CPU, minutes
-  python -m lcx.sweep experiments/extrapolation.py:small --out gs://...           # L=1024, pg19
-  python -m lcx.sweep experiments/extrapolation.py:base --out ...                 # L=2048, pg19
+  python -m lcx.sweep experiments/extrapolation.py:cpu --out runs/extrapolation-cpu  # CPU, 20 min
+  python -m lcx.sweep experiments/extrapolation.py:cpu-more --out runs/extrapolation-cpu
+  python -m lcx.sweep experiments/extrapolation.py:small --out gs://...    # L=1024, pg19
+  python -m lcx.sweep experiments/extrapolation.py:base --out ...          # L=2048, pg19
 
-The scales differ only in the argument: model preset, data and evaluation sizes.
+The scales differ only in the argument: model preset, data and evaluation sizes. On a CPU the
+schemes come in two halves of about 20 minutes each (`cpu`: the first five and RoPE's context
+extension; `cpu-more`: the learned biases and the rotation variants); run both into one folder
+and the report compares them all. `small` and `base` run every scheme.
 """
-from lcx.sweep import Run, Stage, product
+from lcx import positions
+from lcx.sweep import Run, Stage
 
-SCHEMES = ("none", "sinusoidal", "learned", "rope", "alibi")
+FIRST = ("none", "sinusoidal", "learned", "rope", "alibi")
+# Every other registered scheme (T5, KERPLE, FIRE, xPos, and any added later), and p-rope: RoPE
+# keeping its fastest 75% of rotary pairs (model.rope.keep).
+MORE = (*(name for name in positions.available() if name not in FIRST), "p-rope")
+SCHEME_OVERRIDES = {"p-rope": ("model.position=rope", "model.rope.keep=0.75")}
 ZERO_SHOT = ("linear", "ntk", "dynamic_ntk", "yarn")  # RoPE scalings tried without training
 FINETUNES = ("linear", "yarn")  # RoPE scalings fine-tuned at 4x the length
 
@@ -31,6 +40,7 @@ SCALES = {
              "model.attention=dense"), "",
             ("--max_tokens=4096", "--tasks=passkey,niah_multikey", "--styles=python",
              "--trials=3", "--depths=0,0.5,1")),
+    "cpu-more": None,  # cpu's settings, the MORE schemes
     "small": ("125m", PG19 + MIXTURE, (), ",125m", ("--max_tokens=262144", "--trials=10")),
     "base": ("350m", PG19 + MIXTURE, (), ",350m", ("--max_tokens=262144", "--trials=10")),
 }
@@ -42,13 +52,14 @@ EVAL_OVERRIDES = ("model.attention=auto",)  # the fastest kernel here, whatever 
 def get_sweep(arg: str = "cpu") -> list[Run]:
   if arg not in SCALES:
     raise ValueError(f"extrapolation study: unknown scale {arg!r}; allowed: {', '.join(SCALES)}")
-  preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[arg]
+  schemes = {"cpu": FIRST, "cpu-more": MORE}.get(arg, FIRST + MORE)
+  preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[arg] or SCALES["cpu"]
   runs = []
-  for point in product(position=SCHEMES):
-    scheme = point["position"]
+  for scheme in schemes:
+    position = SCHEME_OVERRIDES.get(scheme, (f"model.position={scheme}",))
     stages = [
         Stage("pretrain", "pretrain", f"configs/pretrain.py:{preset}",
-              (f"model.position={scheme}", *data, *pretrain_only)),
+              (*position, *data, *pretrain_only)),
         Stage("eval", "evaluate", source="pretrain", overrides=EVAL_OVERRIDES, args=eval_flags),
     ]
     if scheme == "rope":

@@ -130,12 +130,22 @@ def _tile_mask(g, i, j, q_seg, k_seg):
   return mask
 
 
-def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args):
-  """Scores of tile (i, j) plus bias, float32 (B*H, bq, bk); q comes scaled."""
+def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, with_vjp=False):
+  """Scores of tile (i, j) plus bias, float32 (B*H, bq, bk); q comes scaled. With `with_vjp`,
+  also the VJP of the tile's bias in its parameters (None without parameters)."""
   s = jnp.einsum("nqd,nkd->nqk", q_t, k_t, preferred_element_type=jnp.float32)
   if g.bias is None:
+    return (s, None) if with_vjp else s
+  consts, params = bias_args
+  if with_vjp and params:
+    bias, bias_vjp = jax.vjp(lambda p: _tile_bias(g, i, j, q_pos, k_pos, (consts, p)), params)
+  else:
+    bias, bias_vjp = _tile_bias(g, i, j, q_pos, k_pos, bias_args), None
+  s = _per_head(g, _per_head(g, s) + bias)
+  if not with_vjp:
     return s
-  return _per_head(g, _per_head(g, s) + _tile_bias(g, i, j, q_pos, k_pos, bias_args))
+  # The VJP takes d(score) of the tile and sums it to the bias's shape.
+  return s, bias_vjp and (lambda ds: bias_vjp(_sum_to(_per_head(g, ds), bias.shape))[0])
 
 
 def _where(g, mask, x, fill):
@@ -221,16 +231,13 @@ def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bi
   """(dq, dk, dv, d bias params) of tile (i, j), recomputing its probabilities from lse. dq comes
   for the scaled queries (the scaling outside the kernel carries it to q)."""
   q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
-  s = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args)
+  s, bias_vjp = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, with_vjp=True)
   p = _where(g, _tile_mask(g, i, j, q_seg, k_seg), jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
   dv_t = jnp.einsum("nqk,nqd->nkd", p.astype(do.dtype), do_t, preferred_element_type=jnp.float32)
   dp = jnp.einsum("nqd,nkd->nqk", do_t, v_t, preferred_element_type=jnp.float32)
   ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (score + bias)
-  d_params = ()
-  consts, params = bias_args
-  if params:  # a bias with parameters: their gradient is ds through the tile's bias
-    bias, bias_vjp = jax.vjp(lambda p: _tile_bias(g, i, j, q_pos, k_pos, (consts, p)), params)
-    d_params = bias_vjp(_sum_to(_per_head(g, ds), bias.shape))[0]
+  # a bias with parameters: their gradient is ds through the tile's bias
+  d_params = bias_vjp(ds) if bias_vjp else ()
   ds = ds.astype(q.dtype)
   dq_t = jnp.einsum("nqk,nkd->nqd", ds, k_t, preferred_element_type=jnp.float32)
   dk_t = jnp.einsum("nqk,nqd->nkd", ds, q_t, preferred_element_type=jnp.float32)

@@ -29,7 +29,7 @@ def _plain(variants, scheme):
   for v in variants:
     rope = v.results.get("rope") or {}
     if (v.results["scheme"] == scheme and v.finetune is None
-        and rope.get("scaling", "none") == "none"):
+        and rope.get("scaling", "none") == "none" and rope.get("keep", 1.0) == 1.0):
       return v
   return None
 

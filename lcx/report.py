@@ -93,6 +93,8 @@ def _read(path: pathlib.Path) -> dict:
 def _label(results: dict, finetuned: bool) -> str:
   label = results["scheme"]
   rope = results.get("rope") or {}
+  if rope.get("keep", 1.0) != 1.0:
+    label = f"p-rope {rope['keep']:g}"
   if rope.get("scaling", "none") != "none":
     label += f" {'FT' if finetuned else 'zero-shot'} {rope['scaling']} x{rope['factor']:g}"
   elif finetuned:

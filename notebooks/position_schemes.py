@@ -17,17 +17,24 @@
 # # Position schemes, as lcx computes them
 #
 # Every figure here calls the pure functions in `lcx.positions` that the model itself uses:
-# RoPE's rotation and what it does to attention scores (plain and context-extended), ALiBi's
-# per-head bias, and the sinusoidal table.
+# RoPE's rotation and what it does to attention scores (plain, context-extended, p-RoPE), xPos's
+# decay, every scheme's bias (ALiBi's slopes; T5, KERPLE and FIRE as a trained run learned them,
+# from `LCX_STUDY_DIR`, default `runs/extrapolation-cpu`), and the sinusoidal table.
 
 # %%
+import os
+import pathlib
+
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+from flax import nnx
 
 from lcx import positions
+from lcx.evaluate.loading import load_run
 
 HEAD_DIM, TRAIN_LENGTH = 64, 128
+STUDY = pathlib.Path(os.environ.get("LCX_STUDY_DIR", "runs/extrapolation-cpu"))
 
 # %% [markdown]
 # ## RoPE rotates each pair of dims by position x frequency
@@ -68,6 +75,29 @@ ax.set(xlabel="distance m - n", ylabel="score / head_dim", title="RoPE score vs 
 ax.legend()
 
 # %% [markdown]
+# ## p-RoPE drops the slowest pairs, xPos damps the fast ones with distance
+# p-RoPE (keep p) sets the frequencies of the slowest 1 - p of the pairs to zero: those dims
+# carry no position. xPos multiplies pair i's share of a logit by zeta_i^(distance / gamma): fast
+# pairs fade within a few gamma, the slowest hardly at all.
+
+# %%
+fig, (ax_f, ax_x) = plt.subplots(1, 2, figsize=(11, 3.5))
+for keep in (1.0, 0.75, 0.25):
+  cfg = positions.RopeConfig(keep=keep)
+  freqs, _ = positions.scaled_frequencies(HEAD_DIM, cfg, TRAIN_LENGTH)
+  ax_f.semilogy(np.arange(HEAD_DIM // 2), np.maximum(np.asarray(freqs), 1e-6), ".-",
+                label=f"keep {keep:g}")
+ax_f.set(xlabel="rotary pair", ylabel="theta (0 shown at 1e-6)", title="p-RoPE frequencies")
+ax_f.legend()
+zeta = np.asarray(positions.xpos_zeta(HEAD_DIM))
+distance = np.arange(0, 4096, 16)
+for i in (0, 8, 16, 31):
+  ax_x.plot(distance, zeta[i] ** (distance / 512.0), label=f"pair {i}: zeta={zeta[i]:.2f}")
+ax_x.set(xlabel="distance", ylabel="logit scale", title="xPos decay, gamma = 512")
+ax_x.legend(fontsize=7)
+fig.tight_layout()
+
+# %% [markdown]
 # ## ALiBi: one linear penalty per head
 # Slopes are the geometric sequence 2^(-8/n), 2^(-16/n), ... (Press et al.).
 
@@ -94,3 +124,41 @@ fig, ax = plt.subplots(figsize=(8, 3))
 ax.imshow(np.asarray(table).T, aspect="auto", cmap="RdBu")
 ax.axvline(TRAIN_LENGTH, color="black", linestyle=":")
 ax.set(xlabel="position", ylabel="dimension", title="sinusoidal positions (Vaswani et al.)")
+
+# %% [markdown]
+# ## Every scheme's bias, as a heatmap over (query i, key j) and against distance
+# One row per registered scheme with a bias, first layer, four heads. Learned biases (T5, KERPLE,
+# FIRE) come from the study's trained run of that scheme when there is one, otherwise from their
+# initialization, which the title says. Right: the bias of the last query of 4x the training
+# length against distance, every head, with the training length marked.
+
+# %%
+def scheme_of(name):
+  """(the scheme as trained in the study, or freshly initialized; where it came from)."""
+  run_dir = STUDY / name / "pretrain"
+  if (run_dir / "config.json").exists():
+    run = load_run(run_dir)
+    return run.model.position, f"trained, step {run.step}"
+  cfg = positions.PositionConfig(d_model=64, n_heads=4, head_dim=16, max_len=4 * TRAIN_LENGTH,
+                                 n_layers=2)
+  return positions.make(name, cfg, rngs=nnx.Rngs(0)), "at initialization"
+
+
+with_bias = [n for n in positions.available() if positions.bias_kind(n) is not None]
+fig, axes = plt.subplots(len(with_bias), 5, figsize=(15, 2.6 * len(with_bias)), squeeze=False)
+window, far = 32, 4 * TRAIN_LENGTH
+causal = np.tril(np.ones((window, window), bool))
+for row, name in zip(axes, with_bias):
+  scheme, origin = scheme_of(name)
+  print(f"{name}: {origin}")
+  near = np.asarray(scheme.bias_fn(0)(jnp.arange(window)[None], jnp.arange(window)[None]))[0]
+  for h, ax in enumerate(row[:4]):
+    ax.imshow(np.where(causal, near[h % near.shape[0]], np.nan), cmap="magma")
+    ax.set(title=f"{name} head {h}", xticks=[], yticks=[])
+  row[0].set_ylabel(origin, fontsize=8)
+  keys = jnp.arange(far)[None]
+  curve = np.asarray(scheme.bias_fn(0)(jnp.asarray([[far - 1]]), keys))[0, :, 0]
+  row[4].plot(far - 1 - np.arange(far), curve.T, lw=1)
+  row[4].axvline(TRAIN_LENGTH, color="grey", linestyle=":")
+  row[4].set(xlabel="distance", title=f"{name}: bias vs distance")
+fig.tight_layout()

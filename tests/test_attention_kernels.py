@@ -354,7 +354,7 @@ def test_splash_kernel_matches_dense_in_interpret_mode(packed):
                                rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("position", ["learned", "alibi"])
+@pytest.mark.parametrize("position", ["learned", "alibi", "kerple"])  # kerple: one bias per layer
 def test_scan_over_layers_gives_the_same_loss_gradients_and_parameter_tree(position):
   def run(scan, remat="none"):
     model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=4, head_dim=8,

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from configs import pretrain
+from lcx import positions
 from lcx.config import ConfigError, resolve
 from tests.conftest import ROOT
 
@@ -24,9 +25,8 @@ def _tiny(**overrides):
 @pytest.mark.parametrize("overrides, devices, pattern", [
     ({"model.n_heads": 5}, 1, r"config.model.n_heads=5 must divide config.model.d_model=64 "
                               r"\(allowed: 1, 2, 4, 8, 16, 32, 64\)"),
-    ({"model.position": "kerple"}, 1,
-     r"config.model.position='kerple' is not allowed; allowed: alibi, learned, none, rope, "
-     r"sinusoidal, t5"),
+    ({"model.position": "cope"}, 1,
+     r"config.model.position='cope' is not allowed; allowed: " + ", ".join(positions.available())),
     ({"model.position": "learned", "model.max_len": 64}, 1,
      r"config.model.max_len=64 is shorter than config.data.seq_len=128"),
     ({"train.steps": 0}, 1, r"config.train.steps=0 must be a positive integer"),
@@ -58,6 +58,20 @@ def _tiny(**overrides):
      r"config.model.t5.buckets=1 must be an integer >= 2"),
     ({"model.position": "t5", "model.t5.max_distance": 16}, 1,
      r"config.model.t5.max_distance=16 must exceed buckets // 2 = 16"),
+    ({"model.position": "kerple", "model.kerple.kind": "exp"}, 1,
+     r"config.model.kerple.kind='exp' is not allowed; allowed: log, power"),
+    ({"model.position": "fire", "model.fire.hidden": 0}, 1,
+     r"config.model.fire.hidden=0 must be a positive integer"),
+    ({"model.position": "fire", "model.fire.threshold": -1.0}, 1,
+     r"config.model.fire.threshold=-1.0 must be positive \(tokens\)"),
+    ({"model.position": "fire", "model.fire.c": 0.0}, 1, r"config.model.fire.c=0.0 must be positive"),
+    ({"model.position": "xpos", "model.xpos.gamma": 0.0}, 1,
+     r"config.model.xpos.gamma=0.0 must be positive \(tokens\)"),
+    ({"model.position": "xpos", "model.rope.scaling": "yarn"}, 1,
+     r"config.model.rope.scaling='yarn' needs config.model.position='rope', not 'xpos'"),
+    ({"model.rope.keep": 1.5}, 1, r"config.model.rope.keep=1.5 \(p-RoPE\) must be in \[0, 1\]"),
+    ({"model.position": "alibi", "model.rope.keep": 0.5}, 1,
+     r"config.model.rope.keep=0.5 \(p-RoPE\) needs config.model.position='rope', not 'alibi'"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):
@@ -101,11 +115,11 @@ def test_presets_have_the_advertised_sizes():
 def test_cli_reports_a_bad_field_in_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "lcx.train", "--config", "configs/pretrain.py:tiny",
-       "--workdir", str(tmp_path / "run"), "--config.model.position=xpos"],
+       "--workdir", str(tmp_path / "run"), "--config.model.position=cope"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("lcx.train: config.model.position='xpos' is not allowed; allowed:")
+  assert last.startswith("lcx.train: config.model.position='cope' is not allowed; allowed:")
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()  # nothing written for a run that never started
 

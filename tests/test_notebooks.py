@@ -32,12 +32,17 @@ def _outputs(notebook) -> str:
   return "\n".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
 
 
-def test_position_schemes_notebook_runs():
-  notebook = _execute("position_schemes")
-  assert "slopes: [0.5" in _outputs(notebook)
+def test_position_schemes_notebook_runs(tiny_study):
+  """Every scheme's bias is drawn: from the study's trained run where it has one (alibi in the
+  tiny study), from its initialization otherwise."""
+  _, study, _ = tiny_study
+  notebook = _execute("position_schemes", {"LCX_STUDY_DIR": str(study)})
+  text = _outputs(notebook)
+  assert "slopes: [0.5" in text
+  assert "alibi: trained, step 6" in text and "fire: at initialization" in text
   images = [o for c in notebook.cells for o in c.get("outputs", [])
             if "image/png" in o.get("data", {})]
-  assert len(images) == 4
+  assert len(images) == 6
 
 
 def test_study_results_notebook_runs(tiny_study):

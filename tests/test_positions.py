@@ -111,8 +111,11 @@ def test_learned_positions_refuse_longer_sequences():
 
 
 def test_unknown_scheme_lists_the_allowed():
-  with pytest.raises(ValueError, match="allowed: alibi, learned, none, rope, sinusoidal, t5"):
-    positions.make("kerple", positions.PositionConfig(16, 2, 8, 8), rngs=nnx.Rngs(0))
+  assert positions.available() == tuple(sorted(positions.available()))
+  assert {"none", "rope", "alibi", "t5", "kerple", "fire", "xpos"} <= set(positions.available())
+  with pytest.raises(ValueError, match="model.position='cope' is unknown; allowed: "
+                                       + ", ".join(positions.available())):
+    positions.make("cope", positions.PositionConfig(16, 2, 8, 8), rngs=nnx.Rngs(0))
 
 
 def _t5_bucket_reference(n, buckets, max_distance):
@@ -284,3 +287,150 @@ def test_yarn_ramps_differ_where_it_matters():
   assert np.abs(ratio - 1).max() > 0.3
   with pytest.raises(ValueError, match="yarn_ramp='linear' is unknown; allowed: dims, turns"):
     positions.scaled_frequencies(128, _rope_cfg("yarn", 16.0, 4096, yarn_ramp="linear"), 4096)
+
+
+def _cfg(options=None, n_layers=2, n_heads=3, head_dim=8, **rope):
+  return positions.PositionConfig(d_model=16, n_heads=n_heads, head_dim=head_dim, max_len=64,
+                                  n_layers=n_layers, options=options,
+                                  rope=positions.RopeConfig(**rope))
+
+
+@pytest.mark.parametrize("name", positions.available())
+def test_every_scheme_says_truly_whether_its_bias_is_learned(name):
+  """A kernel trusts BIAS to decide whether it must return a parameter gradient, so a scheme's
+  declaration must match what it holds: a bias with parameters is declared learned."""
+  scheme = positions.make(name, _cfg(), rngs=nnx.Rngs(0))
+  has_params = bool(jax.tree.leaves(nnx.state(scheme, nnx.Param)))
+  kind = positions.bias_kind(name)
+  if kind is None:
+    assert scheme.bias_fn(0) is None
+    return
+  bias = scheme.bias_fn(1)
+  assert bias.kind == kind
+  assert kind.learned == has_params, name
+  out = bias(jnp.arange(5)[None], jnp.arange(7)[None])
+  assert out.shape[1:] == (3, 5, 7) and out.dtype == jnp.float32
+
+
+def _kerple_reference(distance, r1, r2, kind):
+  """The paper's kernels, in float64, per head."""
+  d = np.abs(np.asarray(distance, np.float64))
+  if kind == "log":
+    return np.stack([-a * np.log(1 + b * d) for a, b in zip(r1, r2)])
+  return np.stack([-a * d ** b for a, b in zip(r1, r2)])
+
+
+@pytest.mark.parametrize("kind", ["log", "power"])
+def test_kerple_follows_the_papers_kernels_per_layer(kind):
+  scheme = positions.make("kerple", _cfg(positions.KerpleOptions(kind=kind)), rngs=nnx.Rngs(0))
+  q, k = jnp.asarray([[0, 5, 9, 300]]), jnp.arange(10)[None]
+  distance = np.asarray(q)[0, :, None] - np.asarray(k)[0, None, :]
+  for layer in (0, 1):
+    # the reference code clamps at 0.01 before use (this seed's r2 of head 0 starts below it)
+    r1, r2 = (np.maximum(np.asarray(p[...][layer]), 0.01) for p in (scheme.r1, scheme.r2))
+    np.testing.assert_allclose(scheme.bias(q, k, layer)[0],
+                               _kerple_reference(distance, r1, r2, kind), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(scheme.bias(q, k, 0), scheme.bias(q, k, 1))  # one set per layer
+
+
+def test_kerple_keeps_its_parameters_in_range_and_still_learns_at_the_bound():
+  scheme = positions.make("kerple", _cfg(positions.KerpleOptions(kind="power"), n_layers=1),
+                          rngs=nnx.Rngs(0))
+  scheme.r1[...] = jnp.asarray([[-0.5, 0.3, 1.0]])  # pushed below 0 by an optimizer
+  scheme.r2[...] = jnp.asarray([[0.5, 3.0, -1.0]])  # power's r2 must stay in (0, 2]
+  r1, r2 = scheme.parameters(0)
+  np.testing.assert_allclose(r1, [0.01, 0.3, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(r2, [0.5, 2.0, 0.01], rtol=1e-6)
+  graphdef, state = nnx.split(scheme)
+  pos = jnp.arange(6)[None]
+  grads = jax.grad(lambda s: nnx.merge(graphdef, s).bias(pos, pos, 0).sum())(state)
+  for g in (grads["r1"][...], grads["r2"][...]):
+    assert np.isfinite(g).all()  # distance 0 with power gives no NaN
+    assert (np.abs(g) > 0).all()  # straight through the bound: a clipped value still learns
+
+
+def _fire_reference(q_pos, k_pos, c, threshold, w1, b1, w2, b2):
+  """The paper's b(i, j) = f(psi(i - j) / psi(max(L, i))), psi(x) = log(c x + 1), in float64."""
+  out = np.zeros((w2.shape[1], len(q_pos), len(k_pos)))
+  for a, i in enumerate(q_pos):
+    for b, j in enumerate(k_pos):
+      x = math.log(c * abs(i - j) + 1) / (math.log(c * max(threshold, i) + 1) + 1e-6)
+      out[:, a, b] = np.maximum(x * w1 + b1, 0) @ w2 + b2
+  return out
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_fire_follows_the_papers_equation(shared):
+  options = positions.FireOptions(hidden=4, shared=shared, threshold=8.0)
+  scheme = positions.make("fire", _cfg(options), rngs=nnx.Rngs(0))
+  assert scheme.w2[...].shape == ((1 if shared else 2), 4, 3)
+  q, k = [0, 3, 7, 20, 100], list(range(0, 101, 10))
+  for layer in (0, 1):
+    i = 0 if shared else layer
+    values = [np.asarray(p[...][i], np.float64) for p in (scheme.w1, scheme.b1, scheme.w2,
+                                                          scheme.b2)]
+    reference = _fire_reference(q, k, 0.1, 8.0, *values)
+    np.testing.assert_allclose(scheme.bias(jnp.asarray([q]), jnp.asarray([k]), layer)[0],
+                               reference, rtol=1e-4, atol=1e-5)
+
+
+def test_fire_input_lies_in_the_unit_interval_at_every_length():
+  """Progressive interpolation: for every key j <= i the input is in [0, 1], however long the
+  context; below the threshold the normalizer is the same for every query."""
+  for length in (64, 4096, 32768):
+    q = jnp.asarray([[0, 1, length // 2, length - 1]])
+    k = jnp.arange(0, length, max(1, length // 512))[None]
+    x = np.asarray(positions.fire_input(q, k, 0.1, 512.0))[0]
+    visible = np.asarray(q)[0, :, None] >= np.asarray(k)[0, None, :]
+    assert x[visible].min() >= 0 and x[visible].max() <= 1
+  x = np.asarray(positions.fire_input(jnp.asarray([[10, 100]]), jnp.asarray([[0, 90]]), 0.1, 512.))
+  np.testing.assert_allclose(x[0, 0, 0], x[0, 1, 1])  # same distance below the threshold
+
+
+def _xpos_logit(q, k, n, m, inv_freq, zeta, gamma):
+  """The paper's logit in float64: pair i of q at n and of k at m, rotated by (n - m) theta_i,
+  times zeta_i^((n - m) / gamma)."""
+  F = len(inv_freq)
+  total = 0.0
+  for i in range(F):
+    angle = (n - m) * inv_freq[i]
+    qa, qb, ka, kb = q[i], q[i + F], k[i], k[i + F]  # "half" layout pairs
+    rotated = (qa * ka + qb * kb) * math.cos(angle) + (qa * kb - qb * ka) * math.sin(angle)
+    total += rotated * zeta[i] ** ((n - m) / gamma)
+  return total
+
+
+def test_xpos_logits_follow_the_paper_and_stay_finite_at_32k():
+  scheme = positions.make("xpos", _cfg(positions.XposOptions(gamma=512.0), n_heads=1),
+                          rngs=nnx.Rngs(0))
+  d = 8
+  zeta = np.asarray(positions.xpos_zeta(d), np.float64)
+  np.testing.assert_allclose(zeta, [(2 * i + 0.4 * d) / (1.4 * d) for i in range(d // 2)])
+  inv_freq = np.asarray(positions.rope_inverse_frequencies(d), np.float64)
+  x = np.asarray(jax.random.normal(jax.random.key(0), (2, d)), np.float64)
+  length = 32768
+  for n, m in ((5, 3), (20000, 19000), (32767, 32700), (32767, 0), (100, 100)):
+    pos = jnp.asarray([[m, n]])
+    xs = jnp.asarray(np.stack([x[1], x[0]])[None, :, None, :], jnp.float32)  # key at m, query at n
+    q, k = scheme.rotate(xs, xs, pos, length)
+    assert np.isfinite(np.asarray(q)).all() and np.isfinite(np.asarray(k)).all()
+    logit = float(jnp.dot(q[0, 1, 0], k[0, 0, 0]))
+    expected = _xpos_logit(x[0], x[1], n, m, inv_freq, zeta, 512.0)
+    assert logit == pytest.approx(expected, rel=1e-3, abs=1e-30)
+  # decays with distance: at 32K the fast pairs are gone, the slowest (zeta ~ 0.96) nearly too
+  assert _xpos_logit(x[0], x[0], 32767, 0, inv_freq * 0, zeta, 512.0) < 1e-3 * float(x[0] @ x[0])
+
+
+def test_p_rope_keeps_the_fastest_pairs_and_composes_with_scaling():
+  assert positions.kept_pairs(8, 0.75) == 6 and positions.kept_pairs(8, 0.0) == 0
+  full, _ = positions.scaled_frequencies(16, _rope_cfg("yarn", 4.0), 512)
+  kept, scale = positions.scaled_frequencies(16, _rope_cfg("yarn", 4.0, keep=0.75), 512)
+  np.testing.assert_array_equal(kept[:6], full[:6])  # YaRN's frequencies, then p-RoPE's cut
+  np.testing.assert_array_equal(kept[6:], 0.0)
+  assert scale == positions.yarn_temperature(4.0)
+  scheme = positions.make("rope", _cfg(head_dim=16, keep=0.5), rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (1, 5, 2, 16))
+  q, _ = scheme.rotate(x, x, jnp.arange(100, 105)[None])
+  dropped = np.r_[4:8, 12:16]  # "half" layout: pairs (i, i + 8) for i = 4..7 are the slow half
+  np.testing.assert_array_equal(np.asarray(q)[..., dropped], np.asarray(x)[..., dropped])
+  assert not np.allclose(np.asarray(q)[..., :4], np.asarray(x)[..., :4])

@@ -8,6 +8,7 @@ import pytest
 
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
+from lcx import positions
 from lcx import report as report_lib
 from lcx.metrics import read_jsonl
 from lcx.report import write_report
@@ -23,14 +24,22 @@ def test_product_and_zip():
     zip_(a=[1], b=[1, 2])
 
 
-@pytest.mark.parametrize("scale", ["cpu", "small", "base"])
-def test_extrapolation_study_expands_into_valid_configs(scale):
+FIRST = ["none", "sinusoidal", "learned", "rope", "alibi"]
+MORE = ["fire", "kerple", "t5", "xpos", "p-rope"]  # the rest of the registry, and p-RoPE
+
+
+@pytest.mark.parametrize("scale, names", [("cpu", FIRST), ("cpu-more", MORE),
+                                          ("small", FIRST + MORE), ("base", FIRST + MORE)])
+def test_extrapolation_study_expands_into_valid_configs(scale, names):
+  """Every registered scheme is in the study (the CPU scale in two halves), each run's configs
+  resolve, and each trains the scheme it is named after."""
   study, runs = load_sweep(str(ROOT / f"experiments/extrapolation.py:{scale}"))
   assert study == f"extrapolation-{scale}"
-  assert [r.name for r in runs] == ["none", "sinusoidal", "learned", "rope", "alibi"]
-  rope = next(r for r in runs if r.name == "rope")
-  assert [s.name for s in rope.stages if s.kind == "finetune"] == ["finetune-linear",
-                                                                   "finetune-yarn"]
+  assert [r.name for r in runs] == names
+  if "rope" in names:
+    rope = next(r for r in runs if r.name == "rope")
+    assert [s.name for s in rope.stages if s.kind == "finetune"] == ["finetune-linear",
+                                                                     "finetune-yarn"]
   for run in runs:
     for stage in run.stages:
       if stage.kind == "evaluate":
@@ -42,7 +51,10 @@ def test_extrapolation_study_expands_into_valid_configs(scale):
       if stage.kind == "finetune":
         config.init_from = "runs/x"  # the sweep sets it to the source stage's workdir
       resolved = config_lib.resolve(config, jax.device_count())
-      assert resolved.model.position == run.name or stage.kind == "finetune"
+      if run.name == "p-rope":
+        assert (resolved.model.position, resolved.model.rope.keep) == ("rope", 0.75)
+      else:
+        assert resolved.model.position == run.name or stage.kind == "finetune"
 
 
 def test_invalid_studies_are_refused():

@@ -27,7 +27,10 @@ from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.sharding import make_mesh
 from lcx.train_step import OptimizerConfig, TrainProgram
 
-SCHEMES = ("none", "learned", "sinusoidal", "rope", "alibi", "t5")
+# The rows: every registered scheme, and p-RoPE (RoPE turning only its fastest 75% of pairs).
+VARIANTS = {**{name: {"position": name} for name in positions.available()},
+            "p-rope": {"position": "rope", "rope": positions.RopeConfig(keep=0.75)}}
+SCHEMES = tuple(VARIANTS)
 # The train-step model of the MFU target: d 512, 4 layers, 8 heads, GELU MLP 2048, bytes.
 TRAIN_MODEL = dict(vocab_size=256, d_model=512, n_layers=4, n_heads=8, head_dim=64, mlp_dim=2048,
                    mlp="gelu")
@@ -170,7 +173,7 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
   usable = []
   for name in requested:
     try:
-      attention_lib.select(name, bias=positions.bias_kind(scheme))
+      attention_lib.select(name, bias=positions.bias_kind(VARIANTS[scheme]["position"]))
     except ValueError:
       continue
     usable.append(name)
@@ -194,7 +197,7 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
         if (implementation not in implementations_for(scheme, (implementation,))
             or (implementation == "dense" and scheme not in dense_schemes)):
           continue
-        models[scheme] = ModelConfig(**TRAIN_MODEL, position=scheme, max_len=length,
+        models[scheme] = ModelConfig(**TRAIN_MODEL, **VARIANTS[scheme], max_len=length,
                                      attention=implementation)
         progress.set_postfix_str(f"compile {scheme} L={length} {implementation}")
         steps[scheme] = PreparedStep(models[scheme], batch, length, mesh)

@@ -10,7 +10,7 @@ import tqdm
 
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import make_tokenizer
-from lcx import retrieval
+from lcx import positions, retrieval
 from lcx.config import retrieval_params
 from lcx.evaluate import perplexity as ppl
 from lcx.evaluate import plots
@@ -150,7 +150,11 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   return {
       "run": str(run.workdir), "name": options.name or default_name(overrides),
       "checkpoint_step": run.step, "scheme": c.model.position,
-      "rope": c.model.rope.to_dict() if c.model.position == "rope" else None,
+      # model.rope is checked for every scheme (scaling and keep only act on RoPE), and the
+      # scheme's own section where it has one (model.t5, model.fire, ...)
+      "rope": c.model.rope.to_dict(),
+      "scheme_options": (c.model[c.model.position].to_dict()
+                         if c.model.position in positions.option_types() else None),
       "train_length": train_length, "base_length": base_length, "split": options.split,
       "overrides": list(overrides),
       "eval_options": dataclasses.asdict(options), "config": c.to_dict(),
