@@ -3,22 +3,26 @@
 YaRN, then evaluated again.
 
   python -m lcx.sweep experiments/extrapolation.py:cpu --out runs/extrapolation-cpu  # CPU, 20 min
-  python -m lcx.sweep experiments/extrapolation.py:cpu-more --out runs/extrapolation-cpu
+  python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out runs/extrapolation-cpu
+  python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:small --out gs://...    # L=1024, pg19
   python -m lcx.sweep experiments/extrapolation.py:base --out ...          # L=2048, pg19
 
 The scales differ only in the argument: model preset, data and evaluation sizes. On a CPU the
-schemes come in two halves of about 20 minutes each (`cpu`: the first five and RoPE's context
-extension; `cpu-more`: the learned biases and the rotation variants); run both into one folder
-and the report compares them all. `small` and `base` run every scheme.
+schemes come in parts of at most 20 minutes each (`cpu`: the first five and RoPE's context
+extension; `cpu-biases`: the other schemes with a bias, T5, KERPLE and FIRE; `cpu-rotations`:
+the rest, xPos and p-RoPE); run them into one folder and the report compares them all. `small`
+and `base` run every scheme.
 """
 from lcx import positions
 from lcx.sweep import Run, Stage
 
 FIRST = ("none", "sinusoidal", "learned", "rope", "alibi")
-# Every other registered scheme (T5, KERPLE, FIRE, xPos, and any added later), and p-rope: RoPE
-# keeping its fastest 75% of rotary pairs (model.rope.keep).
-MORE = (*(name for name in positions.available() if name not in FIRST), "p-rope")
+# Every other registered scheme (any added later too): those with a bias (T5, KERPLE, FIRE), then
+# the rest (xPos) and p-rope, RoPE keeping its fastest 75% of rotary pairs (model.rope.keep).
+OTHERS = [name for name in positions.available() if name not in FIRST]
+BIASES = tuple(name for name in OTHERS if positions.bias_kind(name) is not None)
+ROTATIONS = (*(name for name in OTHERS if name not in BIASES), "p-rope")
 SCHEME_OVERRIDES = {"p-rope": ("model.position=rope", "model.rope.keep=0.75")}
 ZERO_SHOT = ("linear", "ntk", "dynamic_ntk", "yarn")  # RoPE scalings tried without training
 FINETUNES = ("linear", "yarn")  # RoPE scalings fine-tuned at 4x the length
@@ -40,7 +44,8 @@ SCALES = {
              "model.attention=dense"), "",
             ("--max_tokens=4096", "--tasks=passkey,niah_multikey", "--styles=python",
              "--trials=3", "--depths=0,0.5,1")),
-    "cpu-more": None,  # cpu's settings, the MORE schemes
+    "cpu-biases": None,  # cpu's settings, the BIASES schemes
+    "cpu-rotations": None,  # cpu's settings, the ROTATIONS schemes
     "small": ("125m", PG19 + MIXTURE, (), ",125m", ("--max_tokens=262144", "--trials=10")),
     "base": ("350m", PG19 + MIXTURE, (), ",350m", ("--max_tokens=262144", "--trials=10")),
 }
@@ -52,7 +57,8 @@ EVAL_OVERRIDES = ("model.attention=auto",)  # the fastest kernel here, whatever 
 def get_sweep(arg: str = "cpu") -> list[Run]:
   if arg not in SCALES:
     raise ValueError(f"extrapolation study: unknown scale {arg!r}; allowed: {', '.join(SCALES)}")
-  schemes = {"cpu": FIRST, "cpu-more": MORE}.get(arg, FIRST + MORE)
+  schemes = {"cpu": FIRST, "cpu-biases": BIASES,
+             "cpu-rotations": ROTATIONS}.get(arg, FIRST + BIASES + ROTATIONS)
   preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[arg] or SCALES["cpu"]
   runs = []
   for scheme in schemes:

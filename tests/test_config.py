@@ -140,6 +140,21 @@ def test_a_yarn_run_saved_before_the_ramp_option_keeps_the_papers_ramp():
   assert "yarn_ramp" not in old.model.rope  # the saved config itself is left as it was
 
 
+def test_a_run_saved_before_the_later_schemes_gets_their_defaults():
+  """A config saved before p-RoPE and the KERPLE / FIRE / xPos sections resolves with their
+  defaults (RoPE turning every pair), so its evaluation can name a new option by override."""
+  import ml_collections
+  from lcx.config import fill_missing
+  saved = _tiny().to_dict()
+  del saved["model"]["rope"]["keep"]
+  for name in ("kerple", "fire", "xpos"):
+    del saved["model"][name]
+  filled = fill_missing(ml_collections.ConfigDict(saved))
+  assert filled.model.rope.keep == 1.0
+  assert filled.model.kerple.kind == "log" and filled.model.fire.hidden == 32
+  assert filled.model.xpos.gamma == 512.0
+
+
 def test_the_model_and_optimizer_defaults_come_from_their_dataclasses():
   """The tiny preset states no model or optimizer default of its own: resolved, it is the
   dataclasses' defaults with the derived fields filled in."""
