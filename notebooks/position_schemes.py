@@ -33,6 +33,9 @@ from flax import nnx
 from lcx import positions
 from lcx.evaluate.loading import load_run
 
+# lcx.evaluate draws to files (Agg); back to inline figures here
+# %matplotlib inline
+
 HEAD_DIM, TRAIN_LENGTH = 64, 128
 STUDY = pathlib.Path(os.environ.get("LCX_STUDY_DIR", "runs/extrapolation-cpu"))
 

@@ -61,9 +61,9 @@ def test_two_processes_match_one_and_checkpoints_cross_over(tiny_config, tmp_pat
 
 
 def test_a_failing_process_stops_the_launch(tiny_config, tmp_path):
-  result = _launch(2, tmp_path / "bad", ["--config.model.position=xpos"], timeout=120)
+  result = _launch(2, tmp_path / "bad", ["--config.model.position=cope"], timeout=120)
   assert result.returncode != 0
-  assert "config.model.position='xpos' is not allowed" in result.stdout
+  assert "config.model.position='cope' is not allowed" in result.stdout
   assert re.search(r"process [01] of 2 exited with status 1", result.stderr), result.stderr
 
 
