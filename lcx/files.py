@@ -8,5 +8,9 @@ def write_atomic(path, text: str) -> None:
   sees the old file or the new one, never a part."""
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(text)
+  try:
+    tmp.write_text(text)
+  except OSError as e:  # a full disk: the write's error names no file; name the one meant
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(path)) from None
   os.replace(tmp, path)
