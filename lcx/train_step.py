@@ -24,6 +24,12 @@ class OptimizerConfig:
   b1: float = 0.9
   b2: float = 0.95
   grad_clip: float = 1.0
+  # The position scheme's own parameters (T5's table, KERPLE's r1 and r2, FIRE's MLP): their
+  # learning rate as a multiple of the model's, and never weight decay (it would pull a bias
+  # toward "no position information"). Adam moves a parameter by about the learning rate a step,
+  # and a sharp bias needs logits several units apart: with short runs at the model's rate the
+  # bias never gets there.
+  position_lr_scale: float = 1.0
 
 
 def learning_rate_schedule(c: OptimizerConfig) -> optax.Schedule:
@@ -47,11 +53,37 @@ def learning_rate_schedule(c: OptimizerConfig) -> optax.Schedule:
   return lambda count: decay(count + 1)
 
 
+def _is_position_param(path) -> bool:
+  return bool(path) and getattr(path[0], "key", None) == "position"
+
+
+def _decay_mask(params):
+  """Weight decay for matrices only (norms' scales and other vectors keep their value), and not
+  the position scheme's parameters."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim >= 2 and not _is_position_param(path), params)
+
+
+def _scale_by_learning_rate(schedule: optax.Schedule, position_scale: float):
+  """optax.scale_by_learning_rate with the position scheme's parameters at position_scale times
+  the rate. Its state is the same ScaleByScheduleState, so checkpoints keep their layout."""
+  base = optax.scale_by_learning_rate(schedule)
+  if position_scale == 1.0:
+    return base
+
+  def update(updates, state, params=None):
+    updates, state = base.update(updates, state, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * position_scale if _is_position_param(path) else u, updates), state
+  return optax.GradientTransformation(base.init, update)
+
+
 def make_optimizer(c: OptimizerConfig) -> optax.GradientTransformation:
-  # Decay matrices only: norms' scales and other vectors keep their value.
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  adamw = optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2,
-                      weight_decay=c.weight_decay, mask=decay_mask)
+  # AdamW as optax builds it (the same state layout), with the position parameters' own rate.
+  adamw = optax.chain(
+      optax.scale_by_adam(b1=c.b1, b2=c.b2),
+      optax.add_decayed_weights(c.weight_decay, _decay_mask),
+      _scale_by_learning_rate(learning_rate_schedule(c), c.position_lr_scale))
   if c.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(c.grad_clip), adamw)
   return adamw

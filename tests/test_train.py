@@ -226,6 +226,36 @@ def test_answer_weights_scale_their_tokens_in_the_loss(tiny_config):
       (losses * weights).sum() / weights.sum(), rel=1e-5)
 
 
+def test_position_parameters_get_their_own_rate_and_no_decay():
+  """position_lr_scale multiplies the position scheme's updates only, weight decay skips them,
+  and the optimizer state keeps optax.adamw's layout (checkpoints written before still load)."""
+  import dataclasses
+  import optax
+  from lcx.train_step import learning_rate_schedule, make_optimizer
+  params = {"position": {"table": np.ones((4, 3), np.float32)},
+            "w": np.ones((3, 3), np.float32), "b": np.ones(3, np.float32)}
+  grads = jax.tree.map(lambda p: np.full_like(p, 0.5), params)
+  base = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, steps=10, weight_decay=0.5,
+                         grad_clip=0.0)
+  adamw = optax.adamw(learning_rate_schedule(base), b1=base.b1, b2=base.b2,
+                      weight_decay=base.weight_decay,
+                      mask=lambda ps: jax.tree.map(lambda p: p.ndim >= 2, ps))
+  assert jax.tree.structure(adamw.init(params)) == jax.tree.structure(
+      make_optimizer(base).init(params))
+
+  def step(c):
+    opt = make_optimizer(c)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    return updates
+  plain, scaled = step(base), step(dataclasses.replace(base, position_lr_scale=10.0))
+  np.testing.assert_allclose(scaled["position"]["table"], 10 * plain["position"]["table"],
+                             rtol=1e-6)
+  for name in ("w", "b"):
+    np.testing.assert_array_equal(scaled[name], plain[name])
+  # A matrix outside the scheme is decayed (a larger step than Adam's alone); the table is not.
+  assert float(plain["w"][0, 0]) < float(plain["position"]["table"][0, 0]) < 0
+
+
 def test_the_retrieval_probe_scores_fixed_trials_during_training(tiny_config, tmp_path):
   tiny_config.data.seq_len = 96
   tiny_config.data.retrieval.update(fraction=1.0, answer_weight=10.0, tasks=("niah_single",),
