@@ -18,7 +18,7 @@ _ENTITY = flags.DEFINE_string("entity", "", "W&B entity; default: the API key's 
 _PROJECT = flags.DEFINE_string("project", "lcx", "W&B project the study's runs log to.")
 
 COST_METRICS = ("tokens_seen", "flops_seen", "train_seconds", "tokens_per_second",
-                "peak_memory_bytes", "mfu")
+                "peak_memory_bytes", "mfu", "mfu_causal")
 
 
 def build_workspace(study: str, entity: str, project: str):

@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def flops_per_token(non_embedding_params: int, n_layers: int, attention_width: int,
-                    seq_len: int) -> float:
-  """Training FLOPs per token, PaLM's formula: 6 N + 12 n_layers d_attn L (attention included)."""
-  return 6.0 * non_embedding_params + 12.0 * n_layers * attention_width * seq_len
+                    seq_len: int, causal: bool = False) -> float:
+  """Training FLOPs per token. PaLM's formula, 6 N + 12 n_layers d_attn L, counts every query
+  against every key (comparable with other codebases' MFU); `causal` counts the half that causal
+  kernels compute (6 n_layers d_attn L), the work actually done."""
+  return 6.0 * non_embedding_params + (6.0 if causal else 12.0) * n_layers * attention_width * seq_len
 
 
 def measure_peak_flops(mesh, dtype: str = "float32", size: int | None = None,

@@ -130,10 +130,12 @@ class _Recorder:
   window includes compilation."""
 
   def __init__(self, writers, progress, *, log_every: int, last_step: int, tokens_per_step: int,
-               flops_per_token: float, peak_flops: float, train_seconds):
+               flops_per_token: float, causal_flops_per_token: float, peak_flops: float,
+               train_seconds):
     self.writers, self.progress, self.train_seconds = writers, progress, train_seconds
     self.log_every, self.last_step = log_every, last_step
     self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak_flops
+    self.causal_flops_per_token = causal_flops_per_token
     self.window_start, self.window_steps = time.perf_counter(), 0
     self.last = None
 
@@ -158,7 +160,10 @@ class _Recorder:
         "step_time_s": elapsed / self.window_steps, "tokens_seen": step * self.tokens_per_step,
         "flops_per_token": self.flops_per_token,
         "flops_seen": step * self.tokens_per_step * self.flops_per_token,
-        "mfu": tokens_per_second * self.flops_per_token / self.peak, "peak_flops": self.peak,
+        # mfu: PaLM's count (full attention); mfu_causal: the causal half the kernels compute.
+        "mfu": tokens_per_second * self.flops_per_token / self.peak,
+        "mfu_causal": tokens_per_second * self.causal_flops_per_token / self.peak,
+        "peak_flops": self.peak,
         "peak_memory_bytes": peak_memory_bytes(), "train_seconds": self.train_seconds()}
     for writer in self.writers:
       writer.write(self.last)
@@ -254,11 +259,13 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
     progress = cleanup.enter_context(contextlib.closing(
         ProgressBar(c.train.steps, step, enabled=is_main)))
     clock = _TrainClock(seconds_before)
-    flops_token = flops_per_token(counts["non_embedding"], c.model.n_layers,
-                                  c.model.n_heads * c.model.head_dim, c.data.seq_len)
+    flops_args = (counts["non_embedding"], c.model.n_layers, c.model.n_heads * c.model.head_dim,
+                  c.data.seq_len)
+    flops_token = flops_per_token(*flops_args)
     record = _Recorder(writers, progress, log_every=c.train.log_every, last_step=c.train.steps,
                        tokens_per_step=tokens_per_step, peak_flops=peak,
-                       train_seconds=clock.total, flops_per_token=flops_token)
+                       train_seconds=clock.total, flops_per_token=flops_token,
+                       causal_flops_per_token=flops_per_token(*flops_args, causal=True))
     batches = cleanup.enter_context(contextlib.closing(stream.iterate(step)))
     preempted, last_saved = False, None
     with _StopFlag() as stop:
@@ -294,7 +301,8 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
   summary = {"workdir": str(workdir), "step": step, "preempted": preempted,
              "params": counts["total"], "non_embedding_params": counts["non_embedding"],
              "final_loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
-             "mfu": last.get("mfu"), "train_seconds": clock.total(),
+             "mfu": last.get("mfu"), "mfu_causal": last.get("mfu_causal"),
+             "train_seconds": clock.total(),
              "peak_memory_bytes": peak_memory_bytes(),
              "tokens_seen": step * tokens_per_step,
              "flops_seen": step * tokens_per_step * flops_token,
@@ -350,7 +358,8 @@ def main(argv, overrides):
   else:
     print(f"\n{'stopped' if summary['preempted'] else 'finished'} at step {summary['step']}: "
           f"loss {summary['final_loss']:.4f}, {summary['tokens_per_second']:,.0f} tokens/s, "
-          f"MFU {100 * summary['mfu']:.1f}%")
+          f"MFU {100 * summary['mfu']:.1f}% (PaLM's count; {100 * summary['mfu_causal']:.1f}% "
+          "counting the causal half of attention)")
   print(f"outputs in {summary['workdir']}:\n  metrics      {summary['metrics']}\n"
         f"  checkpoints  {summary['checkpoints']}\n  config       {summary['config']}")
   if summary["wandb"]:

@@ -7,8 +7,11 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import tqdm
 
 from lcx import bench
+from lcx.bench.__main__ import preset_target_checks
 from lcx.model import ModelConfig
 from tests.conftest import ROOT
 
@@ -69,3 +72,35 @@ def test_time_vs_none_pairs_the_rounds():
   scheme = [1.01, 1.01, 1.0]
   assert min(scheme) / min(base) > 1.1
   assert np.isclose(bench.paired_ratio(scheme, base), 1.01)
+
+
+def test_a_preset_model_runs_through_auto_with_both_mfus_and_its_targets():
+  """--model=<preset> (here tiny, layers scanned): the rows name the kernel `auto` chose, the
+  causal MFU leaves out half of the attention FLOPs, and the accelerator targets are checked."""
+  model = bench.with_fields(bench.preset_model("tiny"), ["scan_layers=true", "attention_block=32"])
+  assert model["d_model"] == 64 and model["scan_layers"] is True and "position" not in model
+  mesh = bench.single_device_mesh()
+  progress = tqdm.tqdm(disable=True)
+  rows = bench.run_train_benchmarks(mesh, bench.PeakMeter(mesh), ("none", "t5"), (64,), ("auto",),
+                                    tokens_per_step=128, repeats=1, progress=progress,
+                                    model_fields=model)
+  evals = bench.run_eval_benchmarks((128,), ("auto",), 2 ** 30, 1, progress, model,
+                                    ("none", "alibi"))
+  t5 = next(r for r in rows if r["scheme"] == "t5")
+  assert t5["kernel"] == "blockwise"  # auto: no kernel here but the tiled ones takes T5's bias
+  assert [r["scheme"] for r in evals] == ["none", "alibi"]
+  for r in rows:
+    attention_flops = 6 * model["n_layers"] * model["n_heads"] * model["head_dim"] * 64 * 128
+    assert np.isclose(r["model_flops"] - r["causal_model_flops"], attention_flops)
+    assert 0 < r["mfu_causal"] < r["mfu"]
+  checks = {what: measured for what, _, measured in preset_target_checks(rows, evals)}
+  assert "t5 step time <= 1.05x none at L=64 (auto: blockwise)" in checks
+  assert any(what.startswith("evaluation of 128 tokens (alibi") for what in checks)
+
+
+def test_model_fields_name_what_is_allowed():
+  with pytest.raises(ValueError, match="allowed fields: .*scan_layers"):
+    bench.with_fields(bench.TRAIN_MODEL, ["scan_layer=true"])
+  with pytest.raises(ValueError, match="scan_layers is true or false"):
+    bench.with_fields(bench.TRAIN_MODEL, ["scan_layers=yes"])
+  assert bench.with_fields(bench.TRAIN_MODEL, ["attention_block=64"])["attention_block"] == 64

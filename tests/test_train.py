@@ -133,9 +133,13 @@ def test_tiny_run_learns_well_below_unigram_entropy(tiny_config, tmp_path, data_
   final = np.mean([r["loss"] for r in records[-3:]])
   assert final < entropy - 0.5, (final, entropy)
   for key in ("step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "step_time_s",
-              "tokens_seen", "flops_per_token", "flops_seen", "mfu", "peak_memory_bytes"):
+              "tokens_seen", "flops_per_token", "flops_seen", "mfu", "mfu_causal",
+              "peak_memory_bytes"):
     assert key in records[-1]
   assert records[-1]["tokens_seen"] == 200 * 16 * 64 and 0 < records[-1]["mfu"] < 1
+  # The causal count leaves out half of the attention matmuls: 6 n_layers d_attn L per token.
+  attention_half = 6 * 2 * 64 * 64 * records[-1]["tokens_per_second"] / records[-1]["peak_flops"]
+  assert records[-1]["mfu"] - records[-1]["mfu_causal"] == pytest.approx(attention_half)
   assert 50 * 2**20 < records[-1]["peak_memory_bytes"] < 20 * 2**30
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert saved["model"]["head_dim"] == 16 and saved["mesh"]["data"] == 8

@@ -12,6 +12,7 @@ blockwise one is made of. Memory is what XLA's buffer assignment needs for the c
 ran before in the process.
 """
 import dataclasses
+import itertools
 import time
 
 import jax
@@ -36,6 +37,39 @@ TRAIN_MODEL = dict(vocab_size=256, d_model=512, n_layers=4, n_heads=8, head_dim=
                    mlp="gelu")
 # The evaluation model: the `tiny` preset's shape.
 EVAL_MODEL = dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=256)
+# Fields every row sets itself (the scheme, its length and kernel), left out of a preset's model.
+_ROW_FIELDS = ("position", "rope", "position_options", "max_len", "attention")
+
+
+def preset_model(preset: str) -> dict:
+  """The model fields of a configs/pretrain.py preset (`125m`: bfloat16 compute), resolved as a
+  run on one device would resolve them, less those each row sets."""
+  from configs import pretrain  # the repository's presets; lcx.bench runs from its root
+  from lcx import config as config_lib
+  fields = dataclasses.asdict(config_lib.model_config(config_lib.resolve(
+      pretrain.get_config(preset), 1)))
+  return {k: v for k, v in fields.items() if k not in _ROW_FIELDS}
+
+
+def with_fields(model: dict, assignments) -> dict:
+  """model with `field=value` assignments (e.g. scan_layers=true), each value read as its
+  ModelConfig field's type."""
+  types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+  model = dict(model)
+  for assignment in assignments:
+    name, _, value = assignment.partition("=")
+    if name not in types or name in _ROW_FIELDS or not value:
+      allowed = ", ".join(sorted(set(types) - set(_ROW_FIELDS) - {"rope"}))
+      raise ValueError(f"lcx.bench: --model_fields takes field=value with a model field; got "
+                       f"{assignment!r}; allowed fields: {allowed}")
+    kind = types[name]
+    if kind in (bool, "bool"):
+      if value.lower() not in ("true", "false"):
+        raise ValueError(f"lcx.bench: {name} is true or false; got {value!r}")
+      model[name] = value.lower() == "true"
+    else:
+      model[name] = {"int": int, "float": float}.get(getattr(kind, "__name__", kind), str)(value)
+  return model
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("vocab", "tensor"), ("heads", "tensor"),
          ("mlp", "tensor"))
 
@@ -94,14 +128,15 @@ class PreparedStep:
 
 
 class PeakMeter:
-  """The device's float32 matmul peak, sampled whenever asked; the best sample counts."""
+  """The device's matmul peak in the models' compute dtype, sampled whenever asked; the best
+  sample counts."""
 
-  def __init__(self, mesh):
-    self.mesh = mesh
-    self.best = measure_peak_flops(mesh)
+  def __init__(self, mesh, dtype: str = "float32"):
+    self.mesh, self.dtype = mesh, dtype
+    self.best = measure_peak_flops(mesh, dtype)
 
   def sample(self) -> None:
-    self.best = max(self.best, measure_peak_flops(self.mesh, iters=1))
+    self.best = max(self.best, measure_peak_flops(self.mesh, self.dtype, iters=1))
 
 
 def time_train_steps(steps: dict, repeats: int, peak: PeakMeter | None = None) -> dict[str, Timing]:
@@ -155,13 +190,18 @@ def time_forward(model: ModelConfig, length: int, repeats: int = 2,
   return Timing(seconds, memory, compile_seconds)
 
 
-def train_flops_per_token(model: ModelConfig, seq_len: int) -> float:
+def train_flops_per_token(model: ModelConfig, seq_len: int, causal: bool = False) -> float:
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model, rngs=nnx.Rngs(0))),
                                  nnx.Param)
   del graphdef
   params = count_params(abstract)
   return flops_per_token(params["non_embedding"], model.n_layers, model.n_heads * model.head_dim,
-                         seq_len)
+                         seq_len, causal)
+
+
+def kernel_of(model: ModelConfig) -> str:
+  """The attention kernel a model runs (what `auto` chose, or the one named)."""
+  return attention_lib.select(model.attention, bias=positions.bias_kind(model.position))
 
 
 def single_device_mesh():
@@ -182,8 +222,9 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
 
 def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementations,
                          tokens_per_step: int, repeats: int, progress,
-                         dense_schemes=SCHEMES) -> list[dict]:
-  """One row per (scheme, length, implementation): speed, MFU and memory, and both relative to
+                         dense_schemes=SCHEMES, model_fields=TRAIN_MODEL) -> list[dict]:
+  """One row per (scheme, length, implementation): speed, MFU (PaLM's FLOP count, and the causal
+  half of attention the kernels compute) and memory, and both relative to
   `none` with the same implementation and length (dense runs only `dense_schemes`: it is the
   slow reference). The schemes of one length and implementation
   are timed round-robin (time_train_steps) and compared round by round (paired_ratio); MFU is over
@@ -197,7 +238,7 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
         if (implementation not in implementations_for(scheme, (implementation,))
             or (implementation == "dense" and scheme not in dense_schemes)):
           continue
-        models[scheme] = ModelConfig(**TRAIN_MODEL, **VARIANTS[scheme], max_len=length,
+        models[scheme] = ModelConfig(**model_fields, **VARIANTS[scheme], max_len=length,
                                      attention=implementation)
         progress.set_postfix_str(f"compile {scheme} L={length} {implementation}")
         steps[scheme] = PreparedStep(models[scheme], batch, length, mesh)
@@ -205,14 +246,17 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
       for scheme, t in time_train_steps(steps, repeats, peak).items():
         tokens = batch * length
         rows.append({"scheme": scheme, "length": length, "batch": batch,
-                     "implementation": implementation, "step_seconds": t.seconds,
-                     "tokens_per_second": tokens / t.seconds,
+                     "implementation": implementation, "kernel": kernel_of(models[scheme]),
+                     "step_seconds": t.seconds, "tokens_per_second": tokens / t.seconds,
                      "model_flops": train_flops_per_token(models[scheme], length) * tokens,
+                     "causal_model_flops": train_flops_per_token(models[scheme], length,
+                                                                 causal=True) * tokens,
                      "memory_bytes": t.memory_bytes, "compile_seconds": t.compile_seconds,
                      "round_seconds": list(t.round_seconds)})
         progress.update(1)
   for row in rows:
     row["mfu"] = row["model_flops"] / row["step_seconds"] / peak.best
+    row["mfu_causal"] = row["causal_model_flops"] / row["step_seconds"] / peak.best
     base = next((r for r in rows if r["scheme"] == "none" and r["length"] == row["length"]
                  and r["implementation"] == row["implementation"]), None)
     if base is None:
@@ -224,16 +268,19 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
 
 
 def run_eval_benchmarks(lengths, implementations, memory_limit: int, repeats: int,
-                        progress) -> list[dict]:
-  """Forward loss of the small model on one row of each length, per implementation; a run that
-  would need more than memory_limit bytes is reported with its need and not run."""
+                        progress, model_fields=EVAL_MODEL, schemes=("alibi",)) -> list[dict]:
+  """Forward loss of the evaluation model on one row of each length, per scheme and
+  implementation that takes it; a run that would need more than memory_limit bytes is reported
+  with its need and not run."""
   rows = []
-  for length in lengths:
-    for implementation in implementations:
-      model = ModelConfig(**EVAL_MODEL, position="alibi", max_len=length, attention=implementation)
-      progress.set_postfix_str(f"eval L={length} {implementation}")
+  for length, scheme in itertools.product(lengths, schemes):
+    for implementation in implementations_for(scheme, implementations):
+      model = ModelConfig(**model_fields, **VARIANTS[scheme], max_len=length,
+                          attention=implementation)
+      progress.set_postfix_str(f"eval {scheme} L={length} {implementation}")
       result = time_forward(model, length, repeats, memory_limit)
-      row = {"length": length, "implementation": implementation}
+      row = {"scheme": scheme, "length": length, "implementation": implementation,
+             "kernel": kernel_of(model)}
       if isinstance(result, Timing):
         row.update(seconds=result.seconds, memory_bytes=result.memory_bytes,
                    tokens_per_second=length / result.seconds)

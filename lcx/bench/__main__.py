@@ -35,11 +35,20 @@ _PROFILE_LENGTHS = flags.DEFINE_list("profile_lengths", ["1024", "2048", "4096"]
                                      "which the attention kernels are timed alone (empty: none).")
 _OUT = flags.DEFINE_string("out", "", "Where the JSON goes; default "
                            "benchmarks/results-<backend>.json.")
+_MODEL = flags.DEFINE_string("model", "bench", "The model: `bench` (train: d_model 512, 4 layers, "
+                             "float32; evaluation: the tiny preset's shape) or a preset of "
+                             "configs/pretrain.py (tiny, 125m, 350m) for both, in its dtypes.")
+_MODEL_FIELDS = flags.DEFINE_list("model_fields", [], "ModelConfig fields to change, field=value "
+                                  "(e.g. scan_layers=true,attention_block=256).")
+_EVAL_SCHEMES = flags.DEFINE_list("eval_schemes", ["alibi"], "Schemes of the evaluation rows.")
 
-# The targets of the issue that asked for this benchmark, checked on every run.
+# The targets of the issues that asked for this benchmark, checked on every run: the CPU bench
+# model's, and an accelerator preset's (every scheme at full speed, measured against `none`
+# through `auto`, whatever kernel it picks).
 TRAIN_LAYERS = bench.TRAIN_MODEL["n_layers"]
 TARGETS = {"rope_overhead": 1.03, "learned_bias_overhead": 1.10, "alibi_overhead": 1.01, "alibi_memory": 1.01, "mfu": 0.75,
            "eval_memory_gib": 8.0}
+PRESET_TARGETS = {"bias_overhead": 1.05, "mfu_causal": 0.50, "eval_memory_gib": 16.0}
 
 
 def _gib(n):
@@ -51,27 +60,32 @@ def _ratio(x):
 
 
 def train_table(rows) -> str:
-  lines = ["| scheme | L | batch | attention | step s | tokens/s | MFU | time vs none | "
-           "memory GiB | memory vs none |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | "
-           "---: | ---: | ---: |"]
+  lines = ["| scheme | L | batch | attention | step s | tokens/s | MFU (PaLM) | MFU (causal) | "
+           "time vs none | memory GiB | memory vs none |", "| --- | ---: | ---: | --- | ---: | "
+           "---: | ---: | ---: | ---: | ---: | ---: |"]
   for r in rows:
-    lines.append(f"| {r['scheme']} | {r['length']} | {r['batch']} | {r['implementation']} | "
+    kernel = r["implementation"] + (f" ({r['kernel']})" if r["kernel"] != r["implementation"]
+                                    else "")
+    lines.append(f"| {r['scheme']} | {r['length']} | {r['batch']} | {kernel} | "
                  f"{r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
-                 f"{100 * r['mfu']:.1f}% | {_ratio(r['time_vs_none'])} | "
+                 f"{100 * r['mfu']:.1f}% | {100 * r['mfu_causal']:.1f}% | "
+                 f"{_ratio(r['time_vs_none'])} | "
                  f"{_gib(r['memory_bytes'])} | {_ratio(r['memory_vs_none'])} |")
   return "\n".join(lines)
 
 
 def eval_table(rows) -> str:
-  lines = ["| length | attention | seconds | tokens/s | memory GiB |",
-           "| ---: | --- | ---: | ---: | ---: |"]
+  lines = ["| scheme | length | attention | seconds | tokens/s | memory GiB |",
+           "| --- | ---: | --- | ---: | ---: | ---: |"]
   for r in rows:
     if r["seconds"] is None:  # over the budget: what it would need
       timing, memory = "not run | -", f"{_gib(r['memory_bytes'])} (needed)"
     else:
       timing = f"{r['seconds']:.2f} | {r['tokens_per_second']:,.0f}"
       memory = _gib(r["memory_bytes"])
-    lines.append(f"| {r['length']} | {r['implementation']} | {timing} | {memory} |")
+    kernel = r["implementation"] + (f" ({r['kernel']})" if r["kernel"] != r["implementation"]
+                                    else "")
+    lines.append(f"| {r['scheme']} | {r['length']} | {kernel} | {timing} | {memory} |")
   return "\n".join(lines)
 
 
@@ -170,6 +184,41 @@ def target_checks(train_rows, eval_rows, profiles=()) -> list[tuple[str, bool, s
   return checks
 
 
+def preset_target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
+  """An accelerator preset's targets: every scheme within PRESET_TARGETS['bias_overhead'] of
+  `none` through `auto` (whichever kernels it picks for each), the causal MFU of `none` at
+  L=1024, and the longest evaluation within its memory budget."""
+  checks = []
+  for r in train_rows:
+    if r["implementation"] != "auto":
+      continue
+    if r["scheme"] != "none" and r["time_vs_none"] is not None:
+      checks.append((f"{r['scheme']} step time <= {PRESET_TARGETS['bias_overhead']}x none at "
+                     f"L={r['length']} (auto: {r['kernel']})",
+                     r["time_vs_none"] <= PRESET_TARGETS["bias_overhead"],
+                     _ratio(r["time_vs_none"])))
+    if r["scheme"] == "none" and r["length"] == 1024:
+      checks.append((f"causal MFU >= {100 * PRESET_TARGETS['mfu_causal']:.0f}% at L=1024 "
+                     f"(none, {r['kernel']})", r["mfu_causal"] >= PRESET_TARGETS["mfu_causal"],
+                     f"{100 * r['mfu_causal']:.1f}%"))
+  longest = max((r["length"] for r in eval_rows), default=None)
+  for r in eval_rows:
+    if r["length"] == longest:
+      checks.append((f"evaluation of {r['length']} tokens ({r['scheme']}, {r['kernel']}) within "
+                     f"{PRESET_TARGETS['eval_memory_gib']:.0f} GiB", r["seconds"] is not None
+                     and r["memory_bytes"] <= PRESET_TARGETS["eval_memory_gib"] * 2 ** 30,
+                     f"{_gib(r['memory_bytes'])} GiB"))
+  return checks
+
+
+def _describe(fields: dict) -> str:
+  m = ModelConfig(**fields)
+  return (f"d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads x {m.head_dim}, {m.mlp} "
+          f"MLP {m.mlp_dim}, vocab {m.vocab_size}, {m.compute_dtype} compute"
+          + (", layers scanned" if m.scan_layers else "")
+          + (f", remat {m.remat}" if m.remat != "none" else ""))
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"lcx.bench: unexpected arguments {argv[1:]}")
@@ -178,50 +227,72 @@ def main(argv):
   unknown = sorted(set(_SCHEMES.value) - set(bench.SCHEMES))
   if unknown:
     sys.exit(f"lcx.bench: unknown schemes {unknown}; allowed: {', '.join(bench.SCHEMES)}")
+  try:
+    if _MODEL.value == "bench":
+      train_model, eval_model = bench.TRAIN_MODEL, bench.EVAL_MODEL
+    else:
+      train_model = eval_model = bench.preset_model(_MODEL.value)
+    train_model = bench.with_fields({"compute_dtype": "float32", **train_model},
+                                    _MODEL_FIELDS.value)
+    eval_model = bench.with_fields(eval_model, _MODEL_FIELDS.value)
+  except ValueError as e:
+    sys.exit(str(e))
+  unknown = sorted(set(_EVAL_SCHEMES.value) - set(bench.SCHEMES))
+  if unknown:
+    sys.exit(f"lcx.bench: unknown evaluation schemes {unknown}; allowed: "
+             f"{', '.join(bench.SCHEMES)}")
   device = jax.local_devices()[0]
   mesh = bench.single_device_mesh()
-  peak = bench.PeakMeter(mesh)
+  peak = bench.PeakMeter(mesh, train_model["compute_dtype"])
   machine = (f"{device.device_kind} ({jax.default_backend()}), {platform.processor() or 'cpu'}, "
              f"jax {jax.__version__}")
   runnable = bench.implementations_for("none", tuple(_IMPLEMENTATIONS.value))
   per_length = sum(len(set(_SCHEMES.value) & set(_DENSE_SCHEMES.value)) if name == "dense"
                    else len(_SCHEMES.value) for name in runnable)
-  total = len(lengths) * per_length + len(eval_lengths) * len(runnable)
+  total = len(lengths) * per_length + sum(
+      len(eval_lengths) * len(bench.implementations_for(s, tuple(_IMPLEMENTATIONS.value)))
+      for s in _EVAL_SCHEMES.value)
   progress = tqdm.tqdm(total=total, desc="lcx.bench", unit="config")
   train_rows = bench.run_train_benchmarks(mesh, peak, _SCHEMES.value, lengths,
                                           tuple(_IMPLEMENTATIONS.value), _TOKENS.value,
-                                          _REPEATS.value, progress, tuple(_DENSE_SCHEMES.value))
-  eval_impls = bench.implementations_for("alibi", tuple(_IMPLEMENTATIONS.value))
-  eval_rows = bench.run_eval_benchmarks(eval_lengths, eval_impls,
+                                          _REPEATS.value, progress, tuple(_DENSE_SCHEMES.value),
+                                          train_model)
+  eval_rows = bench.run_eval_benchmarks(eval_lengths, tuple(_IMPLEMENTATIONS.value),
                                         int(_EVAL_MEMORY.value * 2 ** 30), _REPEATS.value,
-                                        progress)
+                                        progress, eval_model, tuple(_EVAL_SCHEMES.value))
   profiles = []
   for length in (int(n) for n in _PROFILE_LENGTHS.value):
     for implementation in bench.implementations_for("none", attention_lib.TILED):
       if implementation in _IMPLEMENTATIONS.value:
         progress.set_postfix_str(f"attention profile {implementation} L={length}")
         profiles.append(bench.attention_profile(
-            ModelConfig(**bench.TRAIN_MODEL), max(1, _TOKENS.value // length), length,
+            ModelConfig(**train_model), max(1, _TOKENS.value // length), length,
             _REPEATS.value, implementation))
   progress.close()
-  checks = target_checks(train_rows, eval_rows, profiles)
+  checks = (target_checks(train_rows, eval_rows, profiles) if _MODEL.value == "bench"
+            else preset_target_checks(train_rows, eval_rows))
   profile_text = "" if not profiles else (
       f"\n\n### Where the attention time goes (one layer of the train model: "
       f"{profiles[0]['heads']} heads x {profiles[0]['head_dim']}, {_TOKENS.value} tokens)"
       "\n\n" + profile_table(profiles, peak.best, train_rows))
   print(f"\n## {machine}\n\nmatmul peak in this run (best of the samples taken with every "
-        f"timing round): {peak.best / 1e9:,.0f} GFLOP/s (float32)\n\n### Train step (d_model "
-        f"512, 4 layers, 8 heads, GELU MLP 2048, vocab 256, float32, AdamW; {_TOKENS.value} "
-        f"tokens per step)\n\nstep s: the fastest of {_REPEATS.value} rounds; time vs none: the "
-        f"median over rounds of the step's time over `none`'s in the same round\n\n"
-        f"{train_table(train_rows)}\n\n### Forward-only evaluation (d_model 64, 2 layers, 4 "
-        f"heads, ALiBi; one row)\n\n{eval_table(eval_rows)}{profile_text}\n\n### Targets\n\n"
+        f"timing round): {peak.best / 1e9:,.0f} GFLOP/s ({train_model['compute_dtype']})\n\n"
+        f"### Train step (model `{_MODEL.value}`: {_describe(train_model)}; AdamW; "
+        f"{_TOKENS.value} tokens per step)\n\nstep s: the fastest of {_REPEATS.value} rounds; "
+        f"time vs none: the median over rounds of the step's time over `none`'s in the same "
+        f"round; MFU (PaLM): 6N + 12 n_layers d_attn L FLOPs per token, full attention, "
+        f"comparable with other codebases; MFU (causal): 6N + 6 n_layers d_attn L, the causal "
+        f"half the kernels compute\n\n"
+        f"{train_table(train_rows)}\n\n### Forward-only evaluation ({_describe(eval_model)}; "
+        f"one row)\n\n{eval_table(eval_rows)}{profile_text}\n\n### Targets\n\n"
         "| target | met | measured |\n| --- | --- | ---: |\n"
         + "\n".join(f"| {what} | {'yes' if met else '**no**'} | {value} |"
                      for what, met, value in checks))
   out = pathlib.Path(_OUT.value or f"benchmarks/results-{jax.default_backend()}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"machine": machine, "peak_flops": peak.best, "train": train_rows,
+  out.write_text(json.dumps({"machine": machine, "model": _MODEL.value,
+                             "train_model": train_model, "eval_model": eval_model,
+                             "peak_flops": peak.best, "train": train_rows,
                              "eval": eval_rows, "attention_profiles": profiles, "targets": [
                                  {"target": w, "met": m, "measured": v} for w, m, v in checks]},
                             indent=2) + "\n")
