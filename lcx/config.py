@@ -8,7 +8,7 @@ import math
 
 import ml_collections
 
-from lcx import attention, positions, retrieval
+from lcx import attention, memory, positions, retrieval
 from lcx.data import mixture
 from lcx.data.tokenizers import TOKENIZERS, make_tokenizer
 from lcx.model import REMAT_POLICIES, ModelConfig
@@ -50,10 +50,11 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   before overrides are applied to a saved config, so an override of a new field finds it."""
   c = ml_collections.ConfigDict(config.to_dict())
   m, d = c.model, c.data
-  for name in ("attention_block", "remat", "scan_layers"):  # runs saved before these existed
-    if name not in m:
+  for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len"):
+    if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
-  for name, options in positions.option_types().items():  # schemes added since: their defaults
+  option_types = {**positions.option_types(), **memory.option_types()}
+  for name, options in option_types.items():  # schemes and mechanisms added since: defaults
     if name not in m:
       m[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
   if "yarn_ramp" not in m.rope:  # a YaRN run saved before the option ramped over the turns
@@ -85,6 +86,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
                "checkpoint.keep"):
     _positive(c, name)
   _choice(c, "model.position", positions.available())
+  _choice(c, "model.memory", memory.available())
   _choice(c, "model.mlp", ("swiglu", "gelu"))
   _choice(c, "model.attention", attention.CHOICES)
   _choice(c, "model.remat", tuple(REMAT_POLICIES))
@@ -120,8 +122,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _require(m.vocab_size >= tokenizer_vocab,
            f"config.model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
            f"{tokenizer_vocab}; use 0 or at least {tokenizer_vocab}")
-  try:  # the position scheme checks its own options (lcx.positions)
+  try:  # the position scheme and the memory mechanism check their own options
     positions.validate(m.position, model_config(c).position_config(), d.seq_len)
+    memory.validate(m.memory, model_config(c).memory_config(), d.seq_len)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _require(c.eval.every_steps >= 0,
@@ -186,15 +189,21 @@ def _typed(cls, node: ml_collections.ConfigDict, *, skip=()) -> dict:
   return out
 
 
+# ModelConfig fields the config holds as sections of their own (model.rope, model.<scheme>,
+# model.<memory mechanism>).
+_OPTIONS_FIELDS = ("rope", "position_options", "memory_options")
+
+
 def model_defaults() -> ml_collections.ConfigDict:
   """config.model with its defaults from the model's dataclasses (ModelConfig, RopeConfig and each
   position scheme's Options), the one place they live, plus the fields only the config has:
   head_dim, max_len and vocab_size 0 (derived at resolution: d_model // n_heads, data.seq_len,
   the tokenizer's vocabulary padded to a multiple of vocab_multiple)."""
-  c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=("rope", "position_options")))
+  c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=_OPTIONS_FIELDS))
   c.update(head_dim=0, max_len=0, vocab_size=0, vocab_multiple=64)
   c.rope = ml_collections.ConfigDict(dataclasses.asdict(positions.RopeConfig()))
-  for name, options in positions.option_types().items():  # model.t5, ...: each scheme's own
+  # model.t5, model.xl, ...: each scheme's and each memory mechanism's own options
+  for name, options in {**positions.option_types(), **memory.option_types()}.items():
     c[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
   return c
 
@@ -234,9 +243,12 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   """The model's dataclass from a resolved config."""
   m = c.model
   options = positions.option_types().get(m.position)
-  return ModelConfig(**_typed(ModelConfig, m, skip=("rope", "position_options")),
-                     rope=positions.RopeConfig(**_typed(positions.RopeConfig, m.rope)),
-                     position_options=options and options(**_typed(options, m[m.position])))
+  memory_options = memory.option_types().get(m.memory)
+  return ModelConfig(
+      **_typed(ModelConfig, m, skip=_OPTIONS_FIELDS),
+      rope=positions.RopeConfig(**_typed(positions.RopeConfig, m.rope)),
+      position_options=options and options(**_typed(options, m[m.position])),
+      memory_options=memory_options and memory_options(**_typed(memory_options, m[m.memory])))
 
 
 # What a fine-tune sets for itself; every other model field comes from the run it starts from.

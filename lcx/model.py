@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lcx import attention, positions
+from lcx import memory as memory_lib
+from lcx.memory import KVCache
 from lcx.sharding import shard
 
 BATCH_ACTIVATION = ("batch", None, None)
@@ -38,6 +40,11 @@ class ModelConfig:
   norm_eps: float = 1e-6
   rope: positions.RopeConfig = positions.RopeConfig()
   position_options: object = None  # the scheme's own options (lcx.positions: Options), if any
+  # Memory (lcx.memory): sequences run as segments of segment_len tokens (0: one segment, the
+  # plain model) with the mechanism's state carried from one to the next.
+  memory: str = "none"
+  segment_len: int = 0
+  memory_options: object = None  # the mechanism's own options (lcx.memory: Options), if any
 
   def position_config(self) -> positions.PositionConfig:
     return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
@@ -45,6 +52,11 @@ class ModelConfig:
                                     n_layers=self.n_layers,
                                     param_dtype=self.param_dtype, rope=self.rope,
                                     options=self.position_options)
+
+  def memory_config(self) -> memory_lib.MemoryConfig:
+    return memory_lib.MemoryConfig(n_layers=self.n_layers, n_heads=self.n_heads,
+                               head_dim=self.head_dim, segment_len=self.segment_len,
+                               compute_dtype=self.compute_dtype, options=self.memory_options)
 
 
 def _param(rngs, shape, axes, std, dtype):
@@ -75,34 +87,6 @@ class RMSNorm(nnx.Module):
     return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class KVCache:
-  """One layer's rotated keys and values in a buffer of S slots, newest at the end: a block of
-  queries appended to it is then causal by index, as the kernels define it. Slots never written
-  hold valid=0 (a segment id no query has), so they are masked out."""
-  k_BSHK: jax.Array
-  v_BSHK: jax.Array
-  positions_BS: jax.Array
-  valid_BS: jax.Array
-
-  @classmethod
-  def empty(cls, batch: int, size: int, heads: int, head_dim: int, dtype) -> "KVCache":
-    zeros = jnp.zeros((batch, size, heads, head_dim), dtype)
-    return cls(zeros, zeros, jnp.zeros((batch, size), jnp.int32), jnp.zeros((batch, size), jnp.int32))
-
-  @property
-  def size(self) -> int:
-    return self.k_BSHK.shape[1]
-
-  def append(self, k_BCHK, v_BCHK, positions_BC) -> "KVCache":
-    """The oldest C slots dropped, the new entries written at the end."""
-    push = lambda old, new: jnp.concatenate([old[:, new.shape[1]:], new.astype(old.dtype)], axis=1)
-    return KVCache(push(self.k_BSHK, k_BCHK), push(self.v_BSHK, v_BCHK),
-                   push(self.positions_BS, positions_BC),
-                   push(self.valid_BS, jnp.ones(positions_BC.shape, jnp.int32)))
-
-
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None):
@@ -131,6 +115,26 @@ class Attention(nnx.Module):
                          bias_fn=scheme.bias_fn(layer))
     return project(o_BLHK, self.wo[...], in_dims=2)
 
+  def with_memory(self, x_BCD, positions_BC, segment_ids_BC, scheme, layer, mechanism,
+                  layer_state):
+    """One segment whose queries also see the mechanism's entries for this layer (placed before
+    the segment's own keys): (output, the layer's next state)."""
+    q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme)
+    entries = mechanism.entries(layer_state)
+    if entries is None:
+      o_BCHK = self.attend(q_BCHK, k_BCHK, v_BCHK, q_positions_BQ=positions_BC,
+                           k_positions_BK=positions_BC, q_segment_ids_BQ=segment_ids_BC,
+                           k_segment_ids_BK=segment_ids_BC, bias_fn=scheme.bias_fn(layer))
+    else:
+      keys = entries.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC)
+      o_BCHK = self.cache_attend(q_BCHK, keys.k_BSHK, keys.v_BSHK, q_positions_BQ=positions_BC,
+                                 k_positions_BK=keys.positions_BS,
+                                 q_segment_ids_BQ=segment_ids_BC,
+                                 k_segment_ids_BK=keys.segment_ids_BS,
+                                 bias_fn=scheme.bias_fn(layer))
+    layer_state = mechanism.update(layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC)
+    return project(o_BCHK, self.wo[...], in_dims=2), layer_state
+
   def extend(self, x_BCD, positions_BC, scheme, cache: KVCache, layer: int):
     """C new tokens after those in the cache: (output, the cache with them appended)."""
     q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme, length=cache.size)
@@ -138,7 +142,8 @@ class Attention(nnx.Module):
     o_BCHK = self.cache_attend(q_BCHK, cache.k_BSHK, cache.v_BSHK, q_positions_BQ=positions_BC,
                                k_positions_BK=cache.positions_BS,
                                q_segment_ids_BQ=jnp.ones(positions_BC.shape, jnp.int32),
-                               k_segment_ids_BK=cache.valid_BS, bias_fn=scheme.bias_fn(layer))
+                               k_segment_ids_BK=cache.segment_ids_BS,
+                               bias_fn=scheme.bias_fn(layer))
     return project(o_BCHK, self.wo[...], in_dims=2), cache
 
 
@@ -177,6 +182,15 @@ class Block(nnx.Module):
     x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
     return shard(x_BLD, BATCH_ACTIVATION)
 
+  def with_memory(self, x_BCD, positions_BC, segment_ids_BC, scheme, layer, mechanism,
+                  layer_state):
+    attended, layer_state = self.attn.with_memory(self.attn_norm(x_BCD), positions_BC,
+                                                  segment_ids_BC, scheme, layer, mechanism,
+                                                  layer_state)
+    x_BCD = x_BCD + attended
+    x_BCD = x_BCD + self.mlp(self.mlp_norm(x_BCD))
+    return shard(x_BCD, BATCH_ACTIVATION), layer_state
+
   def extend(self, x_BCD, positions_BC, scheme, cache: KVCache, layer: int):
     attended, cache = self.attn.extend(self.attn_norm(x_BCD), positions_BC, scheme, cache, layer)
     x_BCD = x_BCD + attended
@@ -190,6 +204,7 @@ class Transformer(nnx.Module):
     self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0,
                             cfg.param_dtype)
     self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
+    self.memory = memory_lib.make(cfg.memory, cfg.memory_config(), rngs=rngs)
     # The one place the kernel is chosen (auto logs what it passed over).
     self.attention_implementation = attention.select(cfg.attention,
                                                      bias=positions.bias_kind(cfg.position))
@@ -205,14 +220,46 @@ class Transformer(nnx.Module):
                          cfg.d_model ** -0.5, cfg.param_dtype)
 
   def __call__(self, tokens_BL, positions_BL, segment_ids_BL=None):
-    """Next-token logits (float32) for tokens at explicit integer positions."""
-    dtype = jnp.dtype(self.cfg.compute_dtype)
+    """Next-token logits (float32) for tokens at explicit integer positions. With
+    model.segment_len set (and shorter than L), the tokens run as consecutive segments with the
+    memory mechanism's state carried from one to the next, starting empty."""
     self.position.check_length(tokens_BL.shape[1])
-    x_BLD = jnp.take(self.embedding[...], tokens_BL, axis=0).astype(dtype)
-    x_BLD = shard(self.position.embed(x_BLD, positions_BL), BATCH_ACTIVATION)
-    x_BLD = run_blocks(self.blocks, x_BLD, positions_BL, segment_ids_BL, self.position,
-                       remat=self.cfg.remat, scan=self.cfg.scan_layers)
-    return self._logits(x_BLD)
+    C = self.cfg.segment_len
+    if not C or C >= tokens_BL.shape[1]:
+      if self.cfg.memory == "none":  # the plain model
+        return self._logits(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
+                                       positions_BL, segment_ids_BL, self.position,
+                                       remat=self.cfg.remat, scan=self.cfg.scan_layers))
+    if segment_ids_BL is None:
+      segment_ids_BL = jnp.ones(tokens_BL.shape, jnp.int32)
+    return self.segments(tokens_BL, positions_BL, segment_ids_BL,
+                         self.memory.init_state(tokens_BL.shape[0]))[0]
+
+  def _embed(self, tokens_BL, positions_BL):
+    x_BLD = jnp.take(self.embedding[...], tokens_BL, axis=0).astype(self.cfg.compute_dtype)
+    return shard(self.position.embed(x_BLD, positions_BL), BATCH_ACTIVATION)
+
+  def segments(self, tokens_BL, positions_BL, segment_ids_BL, state):
+    """(logits, state after the last segment): the tokens as consecutive segments of
+    model.segment_len (the last one padded), one lax.scan over them with the state carried."""
+    B, L = tokens_BL.shape
+    C = min(self.cfg.segment_len or L, L)
+    n = -(-L // C)
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, n * C - L)))  # padding: segment id 0, masked
+    by_segment = lambda x: pad(x).reshape(B, n, C).swapaxes(0, 1)
+
+    def one(state, inputs):
+      tokens_BC, positions_BC, segment_ids_BC = inputs
+      x_BCD, state = run_blocks(self.blocks, self._embed(tokens_BC, positions_BC), positions_BC,
+                                segment_ids_BC, self.position, remat=self.cfg.remat,
+                                scan=self.cfg.scan_layers, mechanism=self.memory,
+                                memory_states=state)
+      return state, self._logits(x_BCD)
+
+    state, logits_NBCV = jax.lax.scan(one, state, (by_segment(tokens_BL),
+                                                   by_segment(positions_BL),
+                                                   by_segment(segment_ids_BL)))
+    return logits_NBCV.swapaxes(0, 1).reshape(B, n * C, -1)[:, :L], state
 
   def _logits(self, x_BLD):
     x_BLD = self.final_norm(x_BLD)
@@ -233,9 +280,7 @@ class Transformer(nnx.Module):
     """Logits of C tokens that follow those in the caches, and the caches with them added. A
     prompt is one call on empty caches, each decoded token one more; the logits equal those of
     the full forward over the window (tests/test_decode.py)."""
-    dtype = jnp.dtype(self.cfg.compute_dtype)
-    x_BCD = jnp.take(self.embedding[...], tokens_BC, axis=0).astype(dtype)
-    x_BCD = self.position.embed(x_BCD, positions_BC)
+    x_BCD = self._embed(tokens_BC, positions_BC)
     new_caches = []
     for layer, (block, cache) in enumerate(zip(self.blocks, caches)):
       x_BCD, cache = block.extend(x_BCD, positions_BC, self.position, cache, layer)
@@ -250,16 +295,21 @@ REMAT_POLICIES = {
 }
 
 
-def _block_fn(graphdef, scheme_graphdef, remat: str):
-  """A block as a pure function (x, block state, scheme state, positions, segment ids, layer) -> x,
-  recomputed in the backward pass as far as the remat policy says. Modules enter as state and are
-  rebuilt inside, so the same function serves a Python loop and a lax.scan."""
+def _block_fn(graphdef, scheme_graphdef, remat: str, mechanism_graphdef=None):
+  """A block as a pure function (x, block state, scheme state, positions, segment ids, layer,
+  mechanism state, layer memory) -> (x, the layer's next memory), recomputed in the backward pass
+  as far as the remat policy says. Modules enter as state and are rebuilt inside, so the same
+  function serves a Python loop and a lax.scan. Without a mechanism the memory stays None."""
   if remat not in REMAT_POLICIES:
     raise ValueError(f"model.remat={remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
 
-  def block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL, layer):
+  def block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL, layer, mechanism_state,
+               layer_memory):
     block, scheme = nnx.merge(graphdef, state), nnx.merge(scheme_graphdef, scheme_state)
-    return block(x_BLD, positions_BL, segment_ids_BL, scheme, layer)
+    if mechanism_graphdef is None:
+      return block(x_BLD, positions_BL, segment_ids_BL, scheme, layer), None
+    return block.with_memory(x_BLD, positions_BL, segment_ids_BL, scheme, layer,
+                             nnx.merge(mechanism_graphdef, mechanism_state), layer_memory)
 
   if remat == "none":
     return block_fn
@@ -267,26 +317,33 @@ def _block_fn(graphdef, scheme_graphdef, remat: str):
 
 
 def run_blocks(blocks, x_BLD, positions_BL, segment_ids_BL, scheme, *, remat: str = "none",
-               scan: bool = False):
+               scan: bool = False, mechanism=None, memory_states=None):
   """The blocks in order. With scan, one lax.scan over their stacked parameters: compile time
   stays flat in depth. The parameters stay one module per layer either way (checkpoints are the
   same with and without scan); stacking them copies the block weights once per step, which is
-  cheap next to the step."""
+  cheap next to the step. With a memory mechanism each block also takes its layer's memory
+  (memory_states, one per layer), and the result is (x, the layers' next memories)."""
   graphdef, _ = nnx.split(blocks[0])
   scheme_graphdef, scheme_state = nnx.split(scheme)
-  block_fn = _block_fn(graphdef, scheme_graphdef, remat)
+  mechanism_graphdef, mechanism_state = (None, None) if mechanism is None else nnx.split(mechanism)
+  block_fn = _block_fn(graphdef, scheme_graphdef, remat, mechanism_graphdef)
   states = [nnx.state(b) for b in blocks]
+  memories = [None] * len(states) if mechanism is None else list(memory_states)
+  apply = lambda x, state, memory, layer: block_fn(x, state, scheme_state, positions_BL,
+                                                   segment_ids_BL, layer, mechanism_state, memory)
   if not scan:
     for layer, state in enumerate(states):
-      x_BLD = block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL, layer)
-    return x_BLD
-  stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
+      x_BLD, memories[layer] = apply(x_BLD, state, memories[layer], layer)
+  else:
+    stack = lambda trees: jax.tree.map(lambda *layers: jnp.stack(layers), *trees)
 
-  def step(x_BLD, state_and_layer):
-    state, layer = state_and_layer
-    return block_fn(x_BLD, state, scheme_state, positions_BL, segment_ids_BL, layer), None
+    def step(x_BLD, inputs):
+      return apply(x_BLD, *inputs)
 
-  return jax.lax.scan(step, x_BLD, (stacked, jnp.arange(len(states))))[0]
+    x_BLD, stacked = jax.lax.scan(step, x_BLD, (stack(states), stack(memories),
+                                                jnp.arange(len(states))))
+    memories = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(states))]
+  return x_BLD if mechanism is None else (x_BLD, memories)
 
 
 def token_losses(logits_BLV, targets_BL):

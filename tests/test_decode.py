@@ -16,11 +16,11 @@ RULES = (("batch", ("data", "fsdp")),)
 VOCAB = 64
 
 
-def _model(position="rope", scaling="none", attention_impl="dense"):
+def _model(position="rope", scaling="none", attention_impl="dense", **fields):
   rope = positions.RopeConfig(scaling=scaling, factor=4.0, original_length=16)
   cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64,
                     position=position, max_len=64, attention=attention_impl, attention_block=16,
-                    rope=rope)
+                    rope=rope, **fields)
   return Transformer(cfg, rngs=nnx.Rngs(0))
 
 
@@ -56,9 +56,12 @@ def test_prompt_then_one_token_at_a_time_gives_the_full_forward_logits(position,
   np.testing.assert_allclose(np.concatenate(got, axis=1), expected, atol=2e-5, rtol=2e-5)
 
 
-@pytest.fixture(scope="module")
-def decoder():
-  model = _model("rope")
+# A plain model (decoded through its KV cache) and one streaming segments of 8 tokens with an
+# XL memory (decoded by full forwards over the window, segment by segment).
+@pytest.fixture(scope="module", params=["cache", "xl-segments"])
+def decoder(request):
+  model = _model("rope") if request.param == "cache" else _model("rope", memory="xl",
+                                                                 segment_len=8)
   return model, Decoder(Scorer(model, make_mesh(dict(data=-1, fsdp=1, tensor=1)), RULES))
 
 

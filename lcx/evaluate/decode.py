@@ -5,6 +5,11 @@ kernel), then each generated token is one more call; a candidate answer is one c
 tokens on top of the prompt's caches, so scoring M candidates costs one prompt, not M. The caches
 hold the whole window (prompt + answer - 1 tokens), so a scheme that depends on the length
 (dynamic NTK) sees what a full forward would.
+
+A model that streams segments with a memory (model.segment_len) has no such cache: each decoded
+token, and each candidate answer, is one full forward over the window, segment by segment with
+the memory carried, exactly as training and perplexity see the model (causal, so the slots not
+yet decoded do not matter). It costs a forward per token instead of a step.
 """
 import jax
 import jax.numpy as jnp
@@ -33,6 +38,8 @@ class Decoder:
     return model, logits_BPV[:, -1], caches
 
   def _greedy_fn(self, params, prompt_BP, steps: int):
+    if nnx.merge(self.scorer.graphdef, params).cfg.segment_len:
+      return self._streamed_greedy(params, prompt_BP, steps)
     with activation_sharding(self.scorer.mesh, self.scorer.rules):
       P = prompt_BP.shape[1]
       model, logits_BV, caches = self._prefill(params, prompt_BP, P + steps - 1)
@@ -48,16 +55,43 @@ class Decoder:
                                             jnp.arange(P, P + steps - 1, dtype=jnp.int32))
       return jnp.concatenate([tokens_SB.T, last_B[:, None]], axis=1)
 
+  def _streamed_greedy(self, params, prompt_BP, steps: int):
+    with activation_sharding(self.scorer.mesh, self.scorer.rules):
+      model = nnx.merge(self.scorer.graphdef, params)
+      (B, P), W = prompt_BP.shape, prompt_BP.shape[1] + steps - 1
+      positions_BW = jnp.broadcast_to(jnp.arange(W, dtype=jnp.int32), (B, W))
+
+      def step(window_BW, i):  # the token after position P - 1 + i, written at P + i
+        logits_BWV = model(window_BW, positions_BW)
+        token_B = jnp.argmax(jax.lax.dynamic_index_in_dim(logits_BWV, P - 1 + i, axis=1,
+                                                          keepdims=False), axis=-1)
+        token_B = token_B.astype(jnp.int32)
+        return jax.lax.dynamic_update_slice_in_dim(window_BW, token_B[:, None],
+                                                   jnp.minimum(P + i, W - 1), axis=1), token_B
+
+      window_BW = jnp.pad(prompt_BP, ((0, 0), (0, steps - 1)))
+      return jax.lax.scan(step, window_BW, jnp.arange(steps))[1].T
+
   def _scores_fn(self, params, prompt_BP, answers_BMC, mask_BMC):
     with activation_sharding(self.scorer.mesh, self.scorer.rules):
       (B, P), C = prompt_BP.shape, answers_BMC.shape[2]
-      model, logits_BV, caches = self._prefill(params, prompt_BP, P + C - 1)
+      streamed = nnx.merge(self.scorer.graphdef, params).cfg.segment_len
+      if streamed:  # one full forward per answer (see the module's docstring)
+        model = nnx.merge(self.scorer.graphdef, params)
+        positions_BW = jnp.broadcast_to(jnp.arange(P + C - 1, dtype=jnp.int32), (B, P + C - 1))
+        logits_BV = model(prompt_BP, positions_BW[:, :P])[:, -1]
+      else:
+        model, logits_BV, caches = self._prefill(params, prompt_BP, P + C - 1)
       first_BM = jnp.take_along_axis(jax.nn.log_softmax(logits_BV), answers_BMC[:, :, 0], axis=1)
       first_right_BM = jnp.argmax(logits_BV, axis=-1)[:, None] == answers_BMC[:, :, 0]
       positions_BC = jnp.broadcast_to(jnp.arange(P, P + C - 1, dtype=jnp.int32), (B, C - 1))
 
       def one_answer(answer_BC):  # the caches are only read, so every answer starts from them
-        logits_BCV, _ = model.extend(answer_BC[:, :-1], positions_BC, caches)
+        if streamed:
+          window_BW = jnp.concatenate([prompt_BP, answer_BC[:, :-1]], axis=1)
+          logits_BCV = model(window_BW, positions_BW)[:, P:]
+        else:
+          logits_BCV, _ = model.extend(answer_BC[:, :-1], positions_BC, caches)
         logp_BC = jnp.take_along_axis(jax.nn.log_softmax(logits_BCV), answer_BC[:, 1:, None],
                                       axis=-1)[..., 0]
         return logp_BC, jnp.argmax(logits_BCV, axis=-1) == answer_BC[:, 1:]

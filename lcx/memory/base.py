@@ -1,0 +1,109 @@
+"""The memory-mechanism interface and its registry.
+
+A model with `model.segment_len` set runs a sequence as consecutive segments of that many tokens
+and carries a state from one segment to the next (lcx.model.Transformer). A mechanism decides what
+the state is and what each layer's attention sees of it:
+
+  init_state(batch)                the state at the start of a sequence: one entry per layer
+  entries(layer_state)             a KVCache of keys and values (with their positions and segment
+                                   ids) the layer attends to before the segment's own, or None
+  update(layer_state, k, v, positions, segment_ids)
+                                   the layer's state after a segment whose rotated keys and
+                                   values were k and v
+
+The entries carry explicit positions, so every position scheme composes with every mechanism,
+and segment ids, so a query never sees memory from another document (0 marks an empty slot).
+"""
+import dataclasses
+from typing import Any, Callable
+
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+  """What a memory mechanism may know about the model."""
+  n_layers: int
+  n_heads: int
+  head_dim: int
+  segment_len: int
+  compute_dtype: str = "float32"
+  options: Any = None  # the mechanism's own Options, or None
+
+
+class MemoryMechanism(nnx.Module):
+  """A mechanism with options of its own names a frozen dataclass of them as `Options`: the config
+  then has a section model.<mechanism name> with those fields."""
+  Options: type | None = None
+
+  def __init__(self, cfg: MemoryConfig, *, rngs: nnx.Rngs):
+    del rngs
+    self.cfg = cfg
+
+  def init_state(self, batch: int) -> list:
+    del batch
+    return [None] * self.cfg.n_layers
+
+  def entries(self, layer_state):
+    """What the layer attends to besides the segment (None: nothing)."""
+    del layer_state
+    return None
+
+  def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC):
+    del k_BCHK, v_BCHK, positions_BC, segment_ids_BC
+    return layer_state
+
+  @classmethod
+  def validate(cls, cfg: MemoryConfig, train_length: int) -> None:
+    """Raise ValueError, one line naming the config field and what it allows, if the mechanism
+    cannot work with this model at this training length."""
+    del cfg, train_length
+
+
+_REGISTRY: dict[str, type[MemoryMechanism]] = {}
+
+
+def register(name: str) -> Callable[[type[MemoryMechanism]], type[MemoryMechanism]]:
+  def add(cls):
+    if name in _REGISTRY:
+      raise ValueError(f"memory mechanism {name!r} is registered twice")
+    _REGISTRY[name] = cls
+    return cls
+  return add
+
+
+# `none`: segments (if model.segment_len is set) attend within themselves only: the fixed-window
+# baseline the mechanisms are compared with.
+register("none")(MemoryMechanism)
+
+
+def available() -> tuple[str, ...]:
+  return tuple(sorted(_REGISTRY))
+
+
+def _lookup(name: str) -> type[MemoryMechanism]:
+  if name not in _REGISTRY:
+    raise ValueError(f"model.memory={name!r} is unknown; allowed: {', '.join(available())}")
+  return _REGISTRY[name]
+
+
+def option_types() -> dict[str, type]:
+  """Each registered mechanism that has options of its own: name -> its Options dataclass."""
+  return {name: cls.Options for name, cls in sorted(_REGISTRY.items()) if cls.Options is not None}
+
+
+def validate(name: str, cfg: MemoryConfig, train_length: int) -> None:
+  if cfg.segment_len < 0 or cfg.segment_len > train_length:
+    raise ValueError(f"config.model.segment_len={cfg.segment_len} must be in [0, data.seq_len="
+                     f"{train_length}] (0: the whole sequence is one segment)")
+  if name != "none" and cfg.segment_len == 0:
+    raise ValueError(f"config.model.memory={name!r} carries a state between segments; set "
+                     f"config.model.segment_len to a length in [1, {train_length}]")
+  _lookup(name).validate(cfg, train_length)
+
+
+def make(name: str, cfg: MemoryConfig, *, rngs: nnx.Rngs) -> MemoryMechanism:
+  cls = _lookup(name)
+  if cls.Options is not None and cfg.options is None:
+    cfg = dataclasses.replace(cfg, options=cls.Options())
+  return cls(cfg, rngs=rngs)
