@@ -38,9 +38,17 @@ def _run(config, workdir, devices=None):
   return _losses(workdir)
 
 
-@pytest.mark.parametrize("position", SCHEMES)
+def _with_memory(config):
+  """An XL memory over segments of 8 (the tiny config's sequences are 32 tokens: 4 segments)."""
+  config.model.update(memory="xl", segment_len=8)
+
+
+@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl"])
 def test_sharded_matches_single_device(tiny_config, tmp_path, position):
+  position, _, mechanism = position.partition("+")
   tiny_config.model.position = position
+  if mechanism:
+    _with_memory(tiny_config)
   tiny_config.train.steps = 4
   tiny_config.mesh.update(data=1, fsdp=1, tensor=1)
   single = _run(tiny_config, tmp_path / "one", devices=jax.devices()[:1])
@@ -79,7 +87,10 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
   np.testing.assert_allclose(accumulated, full, rtol=2e-5)
 
 
-def test_resume_matches_straight_run(tiny_config, tmp_path):
+@pytest.mark.parametrize("memory", ["none", "xl"])
+def test_resume_matches_straight_run(tiny_config, tmp_path, memory):
+  if memory == "xl":
+    _with_memory(tiny_config)
   straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
   straight = _run(tiny_config, straight_dir)
   assert sorted(os.listdir(straight_dir / "checkpoints")) == ["3", "6"]
