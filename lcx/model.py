@@ -120,7 +120,7 @@ class Attention(nnx.Module):
     """One segment whose queries also see the mechanism's entries for this layer (placed before
     the segment's own keys): (output, the layer's next state)."""
     q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme)
-    entries = mechanism.entries(layer_state)
+    entries = mechanism.entries(layer_state, layer)
     if entries is None:
       o_BCHK = self.attend(q_BCHK, k_BCHK, v_BCHK, q_positions_BQ=positions_BC,
                            k_positions_BK=positions_BC, q_segment_ids_BQ=segment_ids_BC,
@@ -132,7 +132,8 @@ class Attention(nnx.Module):
                                  q_segment_ids_BQ=segment_ids_BC,
                                  k_segment_ids_BK=keys.segment_ids_BS,
                                  bias_fn=scheme.bias_fn(layer))
-    layer_state = mechanism.update(layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC)
+    layer_state = mechanism.update(layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC,
+                                   layer)
     return project(o_BCHK, self.wo[...], in_dims=2), layer_state
 
   def extend(self, x_BCD, positions_BC, scheme, cache: KVCache, layer: int):

@@ -105,9 +105,13 @@ def test_a_length_that_is_not_a_multiple_of_the_segment_is_padded_and_cut():
 @pytest.mark.parametrize("fields, message", [
     (dict(memory="xl"), "memory='xl' carries a state between segments; set "
                         "config.model.segment_len"),
-    (dict(memory="kv"), "config.model.memory='kv' is not allowed; allowed: none, xl"),
+    (dict(memory="kv"), "config.model.memory='kv' is not allowed; allowed: compressive, none, xl"),
     (dict(segment_len=1000), r"segment_len=1000 must be in \[0, data.seq_len=128\]"),
     (dict(memory="xl", segment_len=32, xl=dict(length=-1)), "model.xl.length=-1 must be >= 0"),
+    (dict(memory="compressive", segment_len=32, compressive=dict(rate=0)),
+     "compressive.rate=0 must be a positive integer"),
+    (dict(memory="compressive", segment_len=32, compressive=dict(compression="max")),
+     "compressive.compression='max' is unknown; allowed: mean, conv"),
 ])
 def test_the_config_refuses_a_memory_that_cannot_work(fields, message):
   c = pretrain.get_config("tiny")
@@ -119,3 +123,49 @@ def test_the_config_refuses_a_memory_that_cannot_work(fields, message):
       c.model[name] = value
   with pytest.raises(ConfigError, match=message):
     resolve(c, 1)
+
+
+def _compressive(**options):
+  return memory.option_types()["compressive"](**options)
+
+
+def test_compressive_evicts_the_oldest_entries_into_mean_pooled_ones_in_order():
+  """Segments of 4, a memory of 4, rate 2: each segment pushes the previous one out of the
+  memory into two compressed entries (mean keys and positions; a pair across two documents is
+  masked), oldest first."""
+  cfg = memory.MemoryConfig(n_layers=1, n_heads=1, head_dim=2, segment_len=4,
+                            options=_compressive(length=4, compressed_length=4, rate=2))
+  mechanism = memory.make("compressive", cfg, rngs=nnx.Rngs(0))
+  state = mechanism.init_state(1)[0]
+  ids = jnp.asarray([[1, 1, 1, 1], [1, 1, 1, 2], [2, 2, 2, 2]])
+  for i in range(3):
+    pos = jnp.arange(4 * i, 4 * i + 4)[None]
+    kv = jnp.broadcast_to(pos[..., None, None], (1, 4, 1, 2)).astype(jnp.float32)
+    state = mechanism.update(state, kv, -kv, pos, ids[i][None], 0)
+  np.testing.assert_array_equal(state.memory.positions_BS[0], [8, 9, 10, 11])
+  compressed = state.compressed
+  np.testing.assert_allclose(compressed.k_BSHK[0, :, 0, 0], [0.5, 2.5, 4.5, 6.5])
+  np.testing.assert_allclose(compressed.v_BSHK[0, :, 0, 1], [-0.5, -2.5, -4.5, -6.5])
+  np.testing.assert_array_equal(compressed.positions_BS[0], [0, 2, 4, 6])
+  np.testing.assert_array_equal(compressed.segment_ids_BS[0], [1, 1, 1, 0])  # 6, 7: two docs
+
+
+@pytest.mark.parametrize("compression", ["mean", "conv"])
+def test_compressive_at_rate_one_is_xl_with_both_memories(compression):
+  """Rate 1 compresses nothing away (and the conv starts as the mean): a memory of 16 plus 16
+  compressed entries hold the last 32 tokens, so three segments of 16 give full attention."""
+  tokens, pos = _stream()
+  model = _model(memory="compressive", segment_len=16, memory_options=_compressive(
+      length=16, compressed_length=16, rate=1, compression=compression))
+  np.testing.assert_allclose(model(tokens, pos), _model()(tokens, pos), atol=2e-5)
+
+
+def test_the_learned_compression_gets_a_gradient():
+  tokens, pos = _stream()
+  model = _model(memory="compressive", segment_len=16,
+                 memory_options=_compressive(compression="conv"))
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def loss(params):
+    return token_losses(nnx.merge(graphdef, params)(tokens, pos)[:, :-1], tokens[:, 1:]).mean()
+  assert float(jnp.abs(jax.grad(loss)(params)["memory"]["conv"][...]).max()) > 1e-6

@@ -5,11 +5,13 @@ and carries a state from one segment to the next (lcx.model.Transformer). A mech
 the state is and what each layer's attention sees of it:
 
   init_state(batch)                the state at the start of a sequence: one entry per layer
-  entries(layer_state)             a KVCache of keys and values (with their positions and segment
+  entries(layer_state, layer)      a KVCache of keys and values (with their positions and segment
                                    ids) the layer attends to before the segment's own, or None
-  update(layer_state, k, v, positions, segment_ids)
+  update(layer_state, k, v, positions, segment_ids, layer)
                                    the layer's state after a segment whose rotated keys and
                                    values were k and v
+`layer` is the layer's index (an int, or a traced scalar when the layers run as a scan), for
+mechanisms with per-layer parameters.
 
 The entries carry explicit positions, so every position scheme composes with every mechanism,
 and segment ids, so a query never sees memory from another document (0 marks an empty slot).
@@ -44,13 +46,13 @@ class MemoryMechanism(nnx.Module):
     del batch
     return [None] * self.cfg.n_layers
 
-  def entries(self, layer_state):
+  def entries(self, layer_state, layer):
     """What the layer attends to besides the segment (None: nothing)."""
-    del layer_state
+    del layer_state, layer
     return None
 
-  def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC):
-    del k_BCHK, v_BCHK, positions_BC, segment_ids_BC
+  def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer):
+    del k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer
     return layer_state
 
   @classmethod

@@ -37,6 +37,10 @@ class KVCache:
     """The newest n slots."""
     return jax.tree.map(lambda x: x[:, x.shape[1] - n:], self)
 
+  def first(self, n: int) -> "KVCache":
+    """The oldest n slots."""
+    return jax.tree.map(lambda x: x[:, :n], self)
+
   def append(self, k_BCHK, v_BCHK, positions_BC) -> "KVCache":
     """Decoding one stream: the oldest C slots dropped, the new entries (segment 1) at the end."""
     ones = jnp.ones(positions_BC.shape, jnp.int32)

@@ -25,10 +25,12 @@ class SegmentRecurrence(MemoryMechanism):
     return [KVCache.empty(batch, self.length, self.cfg.n_heads, self.cfg.head_dim,
                           jnp.dtype(self.cfg.compute_dtype)) for _ in range(self.cfg.n_layers)]
 
-  def entries(self, layer_state: KVCache) -> KVCache:
+  def entries(self, layer_state: KVCache, layer) -> KVCache:
+    del layer
     return layer_state
 
-  def update(self, layer_state: KVCache, k_BCHK, v_BCHK, positions_BC, segment_ids_BC):
+  def update(self, layer_state: KVCache, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer):
+    del layer
     k_BCHK, v_BCHK = jax.lax.stop_gradient(k_BCHK), jax.lax.stop_gradient(v_BCHK)
     return layer_state.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC).last(self.length)
 
