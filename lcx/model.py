@@ -56,7 +56,8 @@ class ModelConfig:
   def memory_config(self) -> memory_lib.MemoryConfig:
     return memory_lib.MemoryConfig(n_layers=self.n_layers, n_heads=self.n_heads,
                                head_dim=self.head_dim, segment_len=self.segment_len,
-                               compute_dtype=self.compute_dtype, options=self.memory_options)
+                               compute_dtype=self.compute_dtype, scan_layers=self.scan_layers,
+                               options=self.memory_options)
 
 
 def _param(rngs, shape, axes, std, dtype):
@@ -120,18 +121,9 @@ class Attention(nnx.Module):
     """One segment whose queries also see the mechanism's entries for this layer (placed before
     the segment's own keys): (output, the layer's next state)."""
     q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme)
-    entries = mechanism.entries(layer_state, layer)
-    if entries is None:
-      o_BCHK = self.attend(q_BCHK, k_BCHK, v_BCHK, q_positions_BQ=positions_BC,
-                           k_positions_BK=positions_BC, q_segment_ids_BQ=segment_ids_BC,
-                           k_segment_ids_BK=segment_ids_BC, bias_fn=scheme.bias_fn(layer))
-    else:
-      keys = entries.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC)
-      o_BCHK = self.cache_attend(q_BCHK, keys.k_BSHK, keys.v_BSHK, q_positions_BQ=positions_BC,
-                                 k_positions_BK=keys.positions_BS,
-                                 q_segment_ids_BQ=segment_ids_BC,
-                                 k_segment_ids_BK=keys.segment_ids_BS,
-                                 bias_fn=scheme.bias_fn(layer))
+    o_BCHK = mechanism.attend(layer_state, layer, q_BCHK, k_BCHK, v_BCHK, positions_BC,
+                              segment_ids_BC, attend=self.attend, cache_attend=self.cache_attend,
+                              bias_fn=scheme.bias_fn(layer))
     layer_state = mechanism.update(layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC,
                                    layer)
     return project(o_BCHK, self.wo[...], in_dims=2), layer_state

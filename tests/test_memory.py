@@ -105,13 +105,17 @@ def test_a_length_that_is_not_a_multiple_of_the_segment_is_padded_and_cut():
 @pytest.mark.parametrize("fields, message", [
     (dict(memory="xl"), "memory='xl' carries a state between segments; set "
                         "config.model.segment_len"),
-    (dict(memory="kv"), "config.model.memory='kv' is not allowed; allowed: compressive, none, xl"),
+    (dict(memory="kv"), "config.model.memory='kv' is not allowed; allowed: compressive, knn, none, xl"),
     (dict(segment_len=1000), r"segment_len=1000 must be in \[0, data.seq_len=128\]"),
     (dict(memory="xl", segment_len=32, xl=dict(length=-1)), "model.xl.length=-1 must be >= 0"),
     (dict(memory="compressive", segment_len=32, compressive=dict(rate=0)),
      "compressive.rate=0 must be a positive integer"),
     (dict(memory="compressive", segment_len=32, compressive=dict(compression="max")),
      "compressive.compression='max' is unknown; allowed: mean, conv"),
+    (dict(memory="knn", segment_len=32, knn=dict(layer=2)),
+     "knn.layer=2 is not a layer of the model; allowed: -2 to 1"),
+    (dict(memory="knn", segment_len=32, scan_layers=True),
+     "scan_layers=true cannot run knn"),
 ])
 def test_the_config_refuses_a_memory_that_cannot_work(fields, message):
   c = pretrain.get_config("tiny")
@@ -169,3 +173,66 @@ def test_the_learned_compression_gets_a_gradient():
   def loss(params):
     return token_losses(nnx.merge(graphdef, params)(tokens, pos)[:, :-1], tokens[:, 1:]).mean()
   assert float(jnp.abs(jax.grad(loss)(params)["memory"]["conv"][...]).max()) > 1e-6
+
+
+def _knn_reference(q, mem_k, mem_v, mem_ids, ids, k):
+  """Brute force in numpy: each query's k best same-document entries, softmax, weighted values."""
+  B, C, H, K = q.shape
+  out, found = np.zeros(q.shape), np.zeros((B, C, H), bool)
+  for b, c, h in np.ndindex(B, C, H):
+    valid = np.flatnonzero(mem_ids[b] == ids[b, c])
+    if not len(valid):
+      continue
+    scores = mem_k[b, valid, h] @ q[b, c, h] / np.sqrt(K)
+    best = valid[np.argsort(-scores)[:k]]
+    top = np.sort(scores)[::-1][:k]
+    p = np.exp(top - top.max())
+    out[b, c, h] = (p / p.sum()) @ mem_v[b, best, h]
+    found[b, c, h] = True
+  return out, found
+
+
+def test_knn_retrieves_the_exact_top_k_of_the_same_document():
+  from lcx.memory.knn import retrieve
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)
+  mem_k, mem_v = (rng.normal(size=(2, 12, 3, 4)).astype(np.float32) for _ in range(2))
+  mem_ids = np.array([[0] * 2 + [1] * 6 + [2] * 4, [1] * 12])  # 0: empty slots
+  ids = np.array([[1, 1, 2, 2, 3], [1] * 5])  # document 3 has nothing in memory
+  memory_ = memory.KVCache(jnp.asarray(mem_k), jnp.asarray(mem_v), jnp.zeros((2, 12), jnp.int32),
+                           jnp.asarray(mem_ids, jnp.int32))
+  got, found = retrieve(jnp.asarray(q), memory_, jnp.asarray(ids, jnp.int32), k=3)
+  expected, expected_found = _knn_reference(q, mem_k, mem_v, mem_ids, ids, k=3)
+  np.testing.assert_array_equal(found, expected_found)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_knn_mixes_retrieval_and_local_attention_through_its_gate():
+  """The second segment's memory layer: g * retrieved + (1 - g) * local, g = sigmoid(gate); a
+  gate driven to -inf leaves the local attention (the memory-free windowed model)."""
+  tokens, pos = _stream(32)
+  options = memory.option_types()["knn"](size=16, k=4)
+  knn = _model(memory="knn", segment_len=16, memory_options=options)
+  windowed = _model(segment_len=16)
+  first = np.asarray(windowed(tokens, pos))
+  np.testing.assert_allclose(knn(tokens, pos)[:, :16], first[:, :16], atol=2e-5)  # no memory yet
+  assert float(jnp.abs(knn(tokens, pos)[:, 16:] - first[:, 16:]).max()) > 1e-3
+  knn.memory.gate[...] = jnp.full_like(knn.memory.gate[...], -1e4)
+  np.testing.assert_allclose(knn(tokens, pos), first, atol=2e-5)
+
+
+def test_knn_gate_learns_and_no_gradient_enters_its_memory():
+  """The second segment's loss: the gate gets a gradient; tokens seen only in the first segment
+  (whose keys and values are in the memory) get none."""
+  first = jnp.tile(jnp.arange(16), (2, 1))
+  tokens = jnp.concatenate([first, jax.random.randint(jax.random.PRNGKey(2), (2, 16), 16, 64)], 1)
+  pos = _stream(32)[1]
+  knn = _model(memory="knn", segment_len=16, tie_embeddings=False,
+               memory_options=memory.option_types()["knn"](size=16, k=4))
+  graphdef, params = nnx.split(knn, nnx.Param)
+
+  def loss(params):
+    return token_losses(nnx.merge(graphdef, params)(tokens, pos)[:, 16:-1], tokens[:, 17:]).mean()
+  grads = jax.grad(loss)(params)
+  assert float(jnp.abs(grads["memory"]["gate"][...]).max()) > 1e-6
+  assert float(jnp.abs(grads["embedding"][...][:16]).max()) == 0.0

@@ -11,7 +11,8 @@ the state is and what each layer's attention sees of it:
                                    the layer's state after a segment whose rotated keys and
                                    values were k and v
 `layer` is the layer's index (an int, or a traced scalar when the layers run as a scan), for
-mechanisms with per-layer parameters.
+mechanisms with per-layer parameters. A mechanism that combines its memory with the segment other
+than as earlier keys (kNN's gated retrieval) overrides `attend`.
 
 The entries carry explicit positions, so every position scheme composes with every mechanism,
 and segment ids, so a query never sees memory from another document (0 marks an empty slot).
@@ -30,6 +31,7 @@ class MemoryConfig:
   head_dim: int
   segment_len: int
   compute_dtype: str = "float32"
+  scan_layers: bool = False
   options: Any = None  # the mechanism's own Options, or None
 
 
@@ -54,6 +56,21 @@ class MemoryMechanism(nnx.Module):
   def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer):
     del k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer
     return layer_state
+
+  def attend(self, layer_state, layer, q_BCHK, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, *,
+             attend, cache_attend, bias_fn):
+    """One layer's attention output for a segment: over the mechanism's entries, then the
+    segment's own keys (`cache_attend` takes queries aligned to the end of longer keys), or over
+    the segment alone (`attend`) when there are none."""
+    entries = self.entries(layer_state, layer)
+    if entries is None:
+      return attend(q_BCHK, k_BCHK, v_BCHK, q_positions_BQ=positions_BC,
+                    k_positions_BK=positions_BC, q_segment_ids_BQ=segment_ids_BC,
+                    k_segment_ids_BK=segment_ids_BC, bias_fn=bias_fn)
+    keys = entries.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC)
+    return cache_attend(q_BCHK, keys.k_BSHK, keys.v_BSHK, q_positions_BQ=positions_BC,
+                        k_positions_BK=keys.positions_BS, q_segment_ids_BQ=segment_ids_BC,
+                        k_segment_ids_BK=keys.segment_ids_BS, bias_fn=bias_fn)
 
   @classmethod
   def validate(cls, cfg: MemoryConfig, train_length: int) -> None:
