@@ -56,6 +56,7 @@ class ModelConfig:
   def memory_config(self) -> memory_lib.MemoryConfig:
     return memory_lib.MemoryConfig(n_layers=self.n_layers, n_heads=self.n_heads,
                                head_dim=self.head_dim, segment_len=self.segment_len,
+                               d_model=self.d_model, param_dtype=self.param_dtype,
                                compute_dtype=self.compute_dtype, scan_layers=self.scan_layers,
                                options=self.memory_options)
 
@@ -243,10 +244,12 @@ class Transformer(nnx.Module):
 
     def one(state, inputs):
       tokens_BC, positions_BC, segment_ids_BC = inputs
-      x_BCD, state = run_blocks(self.blocks, self._embed(tokens_BC, positions_BC), positions_BC,
-                                segment_ids_BC, self.position, remat=self.cfg.remat,
-                                scan=self.cfg.scan_layers, mechanism=self.memory,
-                                memory_states=state)
+      x_BSD, positions_BS, segment_ids_BS = self.memory.wrap(
+          state, self._embed(tokens_BC, positions_BC), positions_BC, segment_ids_BC)
+      x_BSD, layers = run_blocks(self.blocks, x_BSD, positions_BS, segment_ids_BS, self.position,
+                                 remat=self.cfg.remat, scan=self.cfg.scan_layers,
+                                 mechanism=self.memory, memory_states=state["layers"])
+      x_BCD, state = self.memory.unwrap({**state, "layers": layers}, x_BSD)
       return state, self._logits(x_BCD)
 
     state, logits_NBCV = jax.lax.scan(one, state, (by_segment(tokens_BL),

@@ -105,7 +105,7 @@ def test_a_length_that_is_not_a_multiple_of_the_segment_is_padded_and_cut():
 @pytest.mark.parametrize("fields, message", [
     (dict(memory="xl"), "memory='xl' carries a state between segments; set "
                         "config.model.segment_len"),
-    (dict(memory="kv"), "config.model.memory='kv' is not allowed; allowed: compressive, knn, none, xl"),
+    (dict(memory="kv"), "config.model.memory='kv' is not allowed; allowed: compressive, knn, none, rmt, xl"),
     (dict(segment_len=1000), r"segment_len=1000 must be in \[0, data.seq_len=128\]"),
     (dict(memory="xl", segment_len=32, xl=dict(length=-1)), "model.xl.length=-1 must be >= 0"),
     (dict(memory="compressive", segment_len=32, compressive=dict(rate=0)),
@@ -116,6 +116,8 @@ def test_a_length_that_is_not_a_multiple_of_the_segment_is_padded_and_cut():
      "knn.layer=2 is not a layer of the model; allowed: -2 to 1"),
     (dict(memory="knn", segment_len=32, scan_layers=True),
      "scan_layers=true cannot run knn"),
+    (dict(memory="rmt", segment_len=32, rmt=dict(tokens=0)),
+     "rmt.tokens=0 must be a positive integer"),
 ])
 def test_the_config_refuses_a_memory_that_cannot_work(fields, message):
   c = pretrain.get_config("tiny")
@@ -140,7 +142,7 @@ def test_compressive_evicts_the_oldest_entries_into_mean_pooled_ones_in_order():
   cfg = memory.MemoryConfig(n_layers=1, n_heads=1, head_dim=2, segment_len=4,
                             options=_compressive(length=4, compressed_length=4, rate=2))
   mechanism = memory.make("compressive", cfg, rngs=nnx.Rngs(0))
-  state = mechanism.init_state(1)[0]
+  state = mechanism.init_layers(1)[0]
   ids = jnp.asarray([[1, 1, 1, 1], [1, 1, 1, 2], [2, 2, 2, 2]])
   for i in range(3):
     pos = jnp.arange(4 * i, 4 * i + 4)[None]
@@ -236,3 +238,25 @@ def test_knn_gate_learns_and_no_gradient_enters_its_memory():
   grads = jax.grad(loss)(params)
   assert float(jnp.abs(grads["memory"]["gate"][...]).max()) > 1e-6
   assert float(jnp.abs(grads["embedding"][...][:16]).max()) == 0.0
+
+
+def test_rmt_carries_the_first_segment_to_the_third_and_backpropagates_through_it():
+  """Recurrent memory tokens: the third segment's logits depend on a token of the first (through
+  two memory handoffs), its loss sends a gradient back to that token's embedding and to the
+  learned initial memory; with memory=none neither happens."""
+  pos = _stream()[1]
+  first = jnp.tile(jnp.arange(16), (2, 1))  # tokens 0-15 in the first segment only
+  tokens = jnp.concatenate([first, jax.random.randint(jax.random.PRNGKey(2), (2, 32), 16, 64)], 1)
+  changed = tokens.at[:, 3].set(4)
+  options = memory.option_types()["rmt"](tokens=4)
+  rmt = _model(memory="rmt", segment_len=16, tie_embeddings=False, memory_options=options)
+  assert float(jnp.abs(rmt(tokens, pos)[:, 32:] - rmt(changed, pos)[:, 32:]).max()) > 1e-4
+  windowed = _model(segment_len=16)
+  np.testing.assert_allclose(windowed(tokens, pos)[:, 32:], windowed(changed, pos)[:, 32:])
+  graphdef, params = nnx.split(rmt, nnx.Param)
+
+  def loss(params):
+    return token_losses(nnx.merge(graphdef, params)(tokens, pos)[:, 32:-1], tokens[:, 33:]).mean()
+  grads = jax.grad(loss)(params)
+  assert float(jnp.abs(grads["embedding"][...][:16]).max()) > 0
+  assert float(jnp.abs(grads["memory"]["initial"][...]).max()) > 0

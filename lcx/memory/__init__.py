@@ -3,7 +3,7 @@ sequence as segments of `model.segment_len` tokens and carries a state between t
 from lcx.memory.base import (MemoryConfig, MemoryMechanism, available, make, option_types,
                              register, validate)
 from lcx.memory.cache import KVCache
-from lcx.memory import compressive, knn, xl  # noqa: F401  (registers the mechanisms)
+from lcx.memory import compressive, knn, rmt, xl  # noqa: F401  (registers the mechanisms)
 
 __all__ = ["MemoryConfig", "MemoryMechanism", "KVCache", "available", "make", "option_types",
            "register", "validate"]

@@ -4,7 +4,7 @@ A model with `model.segment_len` set runs a sequence as consecutive segments of 
 and carries a state from one segment to the next (lcx.model.Transformer). A mechanism decides what
 the state is and what each layer's attention sees of it:
 
-  init_state(batch)                the state at the start of a sequence: one entry per layer
+  init_layers(batch)               each layer's state at the start of a sequence (a list)
   entries(layer_state, layer)      a KVCache of keys and values (with their positions and segment
                                    ids) the layer attends to before the segment's own, or None
   update(layer_state, k, v, positions, segment_ids, layer)
@@ -12,7 +12,10 @@ the state is and what each layer's attention sees of it:
                                    values were k and v
 `layer` is the layer's index (an int, or a traced scalar when the layers run as a scan), for
 mechanisms with per-layer parameters. A mechanism that combines its memory with the segment other
-than as earlier keys (kNN's gated retrieval) overrides `attend`.
+than as earlier keys (kNN's gated retrieval) overrides `attend`. One that acts on the whole
+segment's input and output instead (RMT's memory tokens) keeps its state beside the layers'
+(init_state) and overrides `wrap` (the segment's embeddings, positions and document ids before
+the layers) and `unwrap` (the last layer's output: the segment's part, and the next state).
 
 The entries carry explicit positions, so every position scheme composes with every mechanism,
 and segment ids, so a query never sees memory from another document (0 marks an empty slot).
@@ -30,6 +33,8 @@ class MemoryConfig:
   n_heads: int
   head_dim: int
   segment_len: int
+  d_model: int = 0
+  param_dtype: str = "float32"
   compute_dtype: str = "float32"
   scan_layers: bool = False
   options: Any = None  # the mechanism's own Options, or None
@@ -44,9 +49,22 @@ class MemoryMechanism(nnx.Module):
     del rngs
     self.cfg = cfg
 
-  def init_state(self, batch: int) -> list:
+  def init_state(self, batch: int) -> dict:
+    """The whole state at the start of a sequence: the layers' (`layers`) and any other."""
+    return {"layers": self.init_layers(batch)}
+
+  def init_layers(self, batch: int) -> list:
     del batch
     return [None] * self.cfg.n_layers
+
+  def wrap(self, state: dict, x_BCD, positions_BC, segment_ids_BC):
+    """The segment as the layers see it: (x, positions, segment ids)."""
+    del state
+    return x_BCD, positions_BC, segment_ids_BC
+
+  def unwrap(self, state: dict, x_BSD):
+    """The last layer's output -> (the segment's rows, the next state)."""
+    return x_BSD, state
 
   def entries(self, layer_state, layer):
     """What the layer attends to besides the segment (None: nothing)."""

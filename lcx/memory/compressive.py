@@ -57,7 +57,7 @@ class CompressiveMemory(MemoryMechanism):
   def compressed_length(self) -> int:
     return self.cfg.options.compressed_length or self.length
 
-  def init_state(self, batch: int) -> list[CompressiveState]:
+  def init_layers(self, batch: int) -> list[CompressiveState]:
     empty = lambda n: KVCache.empty(batch, n, self.cfg.n_heads, self.cfg.head_dim,
                                     jnp.dtype(self.cfg.compute_dtype))
     return [CompressiveState(empty(self.length), empty(self.compressed_length))

@@ -56,7 +56,7 @@ class KnnMemory(MemoryMechanism):
   def layer(self) -> int:
     return self.cfg.options.layer % self.cfg.n_layers
 
-  def init_state(self, batch: int) -> list:
+  def init_layers(self, batch: int) -> list:
     state = [None] * self.cfg.n_layers
     state[self.layer] = KVCache.empty(batch, self.cfg.options.size, self.cfg.n_heads,
                                       self.cfg.head_dim, jnp.dtype(self.cfg.compute_dtype))

@@ -21,7 +21,7 @@ class SegmentRecurrence(MemoryMechanism):
   def length(self) -> int:
     return self.cfg.options.length or self.cfg.segment_len
 
-  def init_state(self, batch: int) -> list[KVCache]:
+  def init_layers(self, batch: int) -> list[KVCache]:
     return [KVCache.empty(batch, self.length, self.cfg.n_heads, self.cfg.head_dim,
                           jnp.dtype(self.cfg.compute_dtype)) for _ in range(self.cfg.n_layers)]
 
