@@ -1,13 +1,15 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make demo   create .venv (when missing or stale), then run the CPU extrapolation study and report
 #   make demo-more  the study's other schemes (T5, KERPLE, FIRE; then xPos, p-RoPE), same folder
+#   make demo-memory  the memory study (experiments/memory.py:cpu) and its report
 #   make test   create .venv (when missing or stale), then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/extrapolation-cpu
+MEMORY_DIR ?= runs/memory-cpu
 
-.PHONY: demo demo-more test venv
+.PHONY: demo demo-more demo-memory test venv
 
 venv: $(STAMP)
 
@@ -28,6 +30,10 @@ demo-more: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
+
+demo-memory: $(STAMP)
+	$(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu --out $(MEMORY_DIR)
+	$(VENV)/bin/python -m lcx.report $(MEMORY_DIR)
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 WANDB_MODE=disabled \

@@ -85,6 +85,11 @@ def test_a_hand_computed_perplexity():
   assert result["loss"] == pytest.approx(1.0) and result["perplexity"] == pytest.approx(math.e)
   assert result["bits_per_byte"] == pytest.approx(8 / math.log(2) / 8)
   assert result["by_position"]["loss"][0] == pytest.approx(0.5)
+  # A model that runs segments of 2: the mean loss of each segment of the window.
+  targets = np.array([257, 1, 1, 2, 2, 1, 1, 2, 2], np.int32)
+  by_segment = ppl.evaluate_non_overlapping(losses, [targets], 4, ByteTokenizer(),
+                                            segment_len=2)["by_segment"]
+  assert by_segment == {"segment_len": 2, "loss": [pytest.approx(0.5), pytest.approx(1.5)]}
 
 
 def test_an_evaluation_too_big_for_memory_fails_clearly():

@@ -17,6 +17,32 @@ from lcx.sweep import (Run, Stage, check_runs, launchers, load_sweep, product, r
 from tests.conftest import ROOT
 
 
+@pytest.mark.parametrize("scale", ["cpu", "cpu-seeds", "small", "base"])
+def test_memory_study_expands_into_valid_configs(scale):
+  """Every mechanism is an arm next to the window without memory and the full-length model, each
+  run's config resolves, and its memory and window are the arm's."""
+  from lcx import memory
+  study, runs = load_sweep(str(ROOT / f"experiments/memory.py:{scale}"))
+  assert study == f"memory-{scale}"
+  arms = [r.name for r in runs]
+  mechanisms = [m for m in memory.available() if m != "none"]
+  if scale == "cpu-seeds":
+    assert arms == [f"{a}-seed{s}" for s in (1, 2) for a in ("window", *mechanisms)]
+  else:
+    assert arms == ["window", *mechanisms, "full", "alibi-window", "alibi-xl"]
+  for run in runs:
+    stage = run.stages[0]
+    path, _, arg = stage.config.partition(":")
+    config = overrides_lib.apply(__import__("configs.pretrain", fromlist=["x"]).get_config(arg),
+                                 list(stage.overrides))
+    resolved = config_lib.resolve(config, jax.device_count())
+    arm = run.name.split("-seed")[0]
+    expected = {"window": "none", "full": "none", "alibi-window": "none", "alibi-xl": "xl"}
+    assert resolved.model.memory == expected.get(arm, arm)
+    assert (resolved.model.segment_len == 0) == (arm == "full")
+    assert resolved.model.position == ("alibi" if arm.startswith("alibi") else "rope")
+
+
 def test_product_and_zip():
   assert product(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
   assert zip_(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]

@@ -62,7 +62,10 @@ def _summary(loss_sum: float, tokens: int, nbytes: int) -> dict:
 
 
 def evaluate_non_overlapping(losses: Losses, segments, length: int, tokenizer: Tokenizer,
-                             bins: int = 32) -> dict:
+                             bins: int = 32, segment_len: int = 0) -> dict:
+  """Loss and perplexity of non-overlapping windows, and the loss by position (log-spaced bins);
+  for a model that runs segments (segment_len), also the mean loss of each segment of the window
+  (`by_segment`: what a memory adds shows in the second and later)."""
   windows = np.concatenate([non_overlapping_windows(s, length) for s in segments])
   token_losses = losses(windows).astype(np.float64)
   nbytes = sum(tokenizer.byte_length(w[1:]) for w in windows)
@@ -73,6 +76,10 @@ def evaluate_non_overlapping(losses: Losses, segments, length: int, tokenizer: T
   result["by_position"] = {
       "bin_start": edges[:-1].tolist(), "bin_end": edges[1:].tolist(),
       "loss": [float(per_position[a:b].mean()) for a, b in zip(edges[:-1], edges[1:])]}
+  if segment_len and segment_len < length:
+    starts = range(0, length, segment_len)
+    result["by_segment"] = {"segment_len": segment_len, "loss": [
+        float(per_position[a:a + segment_len].mean()) for a in starts]}
   return result
 
 

@@ -125,7 +125,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       else:
         try:
           if kind == "perplexity":
-            row.update(ppl.evaluate_non_overlapping(scorer.losses, segments, length, tokenizer))
+            row.update(ppl.evaluate_non_overlapping(scorer.losses, segments, length, tokenizer,
+                                                    segment_len=run.model.cfg.segment_len))
           else:
             row.update(ppl.evaluate_sliding(scorer.losses, segments, length,
                                             min(stride, length), tokenizer))
