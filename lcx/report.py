@@ -92,6 +92,13 @@ def _read(path: pathlib.Path) -> dict:
 
 def _label(results: dict, finetuned: bool) -> str:
   label = results["scheme"]
+  model = (results.get("config") or {}).get("model", {})
+  if model.get("segment_len"):  # a run in segments: its memory mechanism, or its window alone
+    mechanism = model.get("memory", "none")
+    label += f" window {model['segment_len']}" if mechanism == "none" else f" + {mechanism}"
+  seed = (results.get("config") or {}).get("seed", 0)
+  if seed:  # a study's repeat with another seed
+    label += f" seed {seed}"
   rope = results.get("rope") or {}
   if rope.get("keep", 1.0) != 1.0:
     label = f"p-rope {rope['keep']:g}"
@@ -178,6 +185,7 @@ def tables(variants: list[Variant]) -> str:
   lines += ["", "Cells: perplexity non-overlapping / sliding window, at multiples of the "
             "pretraining length."]
   lines += retrieval_tables(variants)
+  lines += segment_table(variants)
   lines += ["", "| variant | pretrain tokens | FLOPs | time (s) | tokens/s | peak memory | "
             "fine-tune tokens | FLOPs | time (s) |", "| --- |" + " ---: |" * 8]
   for v in variants:
@@ -188,6 +196,35 @@ def tables(variants: list[Variant]) -> str:
         f"{_bytes(p.get('peak_memory_bytes'))} | {_si(f.get('tokens_seen'))} | "
         f"{_si(f.get('flops_seen'))} | {_fmt(f.get('train_seconds'), '.0f')} |")
   return "\n".join(lines)
+
+
+def segment_table(variants: list[Variant]) -> list[str]:
+  """For runs in segments (a memory study): the loss of each segment of the training-length
+  window, and the mean of the second and later against the window without memory of the same
+  scheme (what the memory adds)."""
+  rows = []
+  for v in variants:
+    first = next((r for r in v.results["perplexity"] if "by_segment" in r), None)
+    if first is not None:
+      config = v.results.get("config") or {}
+      rows.append((v, first["by_segment"]["loss"], (v.results["scheme"], config.get("seed", 0)),
+                   config.get("model", {}).get("memory", "none") == "none"))
+  if not rows:
+    return []
+  n = max(len(losses) for _, losses, _, _ in rows)
+  late = lambda losses: float(np.mean(losses[1:]))
+  windows = {key: late(losses) for _, losses, key, is_window in rows if is_window}
+  lines = ["", f"Loss by segment of the window at 1x (the first segment has no memory yet; "
+           f"`late`: the mean of segments 2-{n}; `vs window`: late minus the window without "
+           "memory of the same scheme, negative when the memory is used):", "",
+           "| variant | " + " | ".join(f"segment {i + 1}" for i in range(n)) +
+           " | late | vs window |", "| --- |" + " ---: |" * (n + 2)]
+  for v, losses, key, is_window in rows:
+    versus = ("-" if is_window or key not in windows
+              else f"{late(losses) - windows[key]:+.3f}")
+    cells = " | ".join(f"{x:.3f}" for x in losses) + " | -" * (n - len(losses))
+    lines.append(f"| {v.label} | {cells} | {late(losses):.3f} | {versus} |")
+  return lines
 
 
 def _percent(value) -> str:

@@ -274,3 +274,23 @@ def test_multiprocess_launcher_trains_each_stage_over_two_processes(tiny_study, 
   expected = [r["loss"] for r in read_jsonl(single / "alibi" / "pretrain" / "metrics.jsonl")]
   assert losses == pytest.approx(expected, rel=2e-5)
   assert (out / "alibi" / "pretrain" / "eval" / "eval.json").exists()
+
+
+def test_the_report_names_memory_arms_and_compares_their_late_segments():
+  """Runs in segments are labelled by mechanism (or as the window alone) and seed; the segment
+  table subtracts the window of the same scheme and seed from each arm's later segments."""
+  def variant(scheme, memory, seed, losses):
+    results = {"scheme": scheme, "config": {"seed": seed, "model": {
+        "memory": memory, "segment_len": 64}},
+               "perplexity": [{"multiple": 1.0, "by_segment": {"segment_len": 64,
+                                                               "loss": losses}}]}
+    return report_lib.Variant(report_lib._label(results, False), results, {}, None)
+
+  variants = [variant("rope", "none", 0, [3.0, 3.0, 3.0]), variant("rope", "xl", 0, [3.0, 2.5, 2.0]),
+              variant("rope", "none", 1, [3.0, 2.0, 2.0]), variant("rope", "xl", 1, [3.0, 2.5, 2.5])]
+  assert [v.label for v in variants] == ["rope window 64", "rope + xl", "rope window 64 seed 1",
+                                         "rope + xl seed 1"]
+  table = "\n".join(report_lib.segment_table(variants))
+  assert "| rope + xl | 3.000 | 2.500 | 2.000 | 2.250 | -0.750 |" in table
+  assert "| rope + xl seed 1 | 3.000 | 2.500 | 2.500 | 2.500 | +0.500 |" in table
+  assert "| rope window 64 | 3.000 | 3.000 | 3.000 | 3.000 | - |" in table
