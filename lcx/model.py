@@ -54,11 +54,11 @@ class ModelConfig:
                                     options=self.position_options)
 
   def memory_config(self) -> memory_lib.MemoryConfig:
-    return memory_lib.MemoryConfig(n_layers=self.n_layers, n_heads=self.n_heads,
-                               head_dim=self.head_dim, segment_len=self.segment_len,
-                               d_model=self.d_model, param_dtype=self.param_dtype,
-                               compute_dtype=self.compute_dtype, scan_layers=self.scan_layers,
-                               options=self.memory_options)
+    return memory_lib.MemoryConfig(
+        n_layers=self.n_layers, n_heads=self.n_heads, head_dim=self.head_dim,
+        segment_len=self.segment_len, d_model=self.d_model, param_dtype=self.param_dtype,
+        compute_dtype=self.compute_dtype, scan_layers=self.scan_layers,
+        options=self.memory_options)
 
 
 def _param(rngs, shape, axes, std, dtype):
@@ -215,15 +215,13 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BL, positions_BL, segment_ids_BL=None):
     """Next-token logits (float32) for tokens at explicit integer positions. With
-    model.segment_len set (and shorter than L), the tokens run as consecutive segments with the
-    memory mechanism's state carried from one to the next, starting empty."""
+    model.segment_len set, the tokens run as consecutive segments with the memory mechanism's
+    state carried from one to the next, starting empty."""
     self.position.check_length(tokens_BL.shape[1])
-    C = self.cfg.segment_len
-    if not C or C >= tokens_BL.shape[1]:
-      if self.cfg.memory == "none":  # the plain model
-        return self._logits(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
-                                       positions_BL, segment_ids_BL, self.position,
-                                       remat=self.cfg.remat, scan=self.cfg.scan_layers))
+    if not self.cfg.segment_len:  # the plain model
+      return self._logits(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
+                                     positions_BL, segment_ids_BL, self.position,
+                                     remat=self.cfg.remat, scan=self.cfg.scan_layers))
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones(tokens_BL.shape, jnp.int32)
     return self.segments(tokens_BL, positions_BL, segment_ids_BL,
