@@ -28,8 +28,9 @@ def _stream(length=48, batch=2):
   return tokens, jnp.broadcast_to(jnp.arange(length), (batch, length))
 
 
-@pytest.mark.parametrize("scan", [False, True])
-@pytest.mark.parametrize("position", ["rope", "alibi", "t5", "learned"])
+# A rotation (with the layers looped and scanned), a fixed bias, a learned one, absolute positions.
+@pytest.mark.parametrize("position, scan", [("rope", False), ("rope", True), ("alibi", False),
+                                            ("t5", False), ("learned", False)])
 def test_xl_over_segments_equals_full_attention_while_the_cache_holds_the_past(position, scan):
   """Two segments of 16 with a 16-token cache (and three with a 32-token one): every query sees
   every earlier token, as in the plain model, so the logits are the same."""
