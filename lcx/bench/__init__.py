@@ -55,11 +55,12 @@ def with_fields(model: dict, assignments) -> dict:
   """model with `field=value` assignments (e.g. scan_layers=true), each value read as its
   ModelConfig field's type."""
   types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+  settable = set(types) - set(_ROW_FIELDS) - {"memory_options"}  # plain values only
   model = dict(model)
   for assignment in assignments:
     name, _, value = assignment.partition("=")
-    if name not in types or name in _ROW_FIELDS or not value:
-      allowed = ", ".join(sorted(set(types) - set(_ROW_FIELDS) - {"rope"}))
+    if name not in settable or not value:
+      allowed = ", ".join(sorted(settable))
       raise ValueError(f"lcx.bench: --model_fields takes field=value with a model field; got "
                        f"{assignment!r}; allowed fields: {allowed}")
     kind = types[name]

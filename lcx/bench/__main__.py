@@ -231,7 +231,10 @@ def main(argv):
     if _MODEL.value == "bench":
       train_model, eval_model = bench.TRAIN_MODEL, bench.EVAL_MODEL
     else:
-      train_model = eval_model = bench.preset_model(_MODEL.value)
+      try:
+        train_model = eval_model = bench.preset_model(_MODEL.value)
+      except ValueError as e:  # the presets' own message, which lists them
+        raise ValueError(f"lcx.bench: --model: {e}, or bench (its own model)") from None
     train_model = bench.with_fields({"compute_dtype": "float32", **train_model},
                                     _MODEL_FIELDS.value)
     eval_model = bench.with_fields(eval_model, _MODEL_FIELDS.value)
