@@ -106,6 +106,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps!r} must be >= 0")
   _require(0 <= t.min_lr_ratio <= 1, f"config.train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
   _require(t.grad_clip >= 0, f"config.train.grad_clip={t.grad_clip!r} must be >= 0 (0 turns it off)")
+  _require(t.position_lr_scale > 0, f"config.train.position_lr_scale={t.position_lr_scale!r} "
+           "must be positive (1: the model's learning rate)")
 
   if m.head_dim == 0:
     _require(m.d_model % m.n_heads == 0,

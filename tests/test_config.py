@@ -30,6 +30,8 @@ def _tiny(**overrides):
     ({"model.position": "learned", "model.max_len": 64}, 1,
      r"config.model.max_len=64 is shorter than config.data.seq_len=128"),
     ({"train.steps": 0}, 1, r"config.train.steps=0 must be a positive integer"),
+    ({"train.position_lr_scale": -1.0}, 1,
+     r"config.train.position_lr_scale=-1.0 must be positive \(1: the model's learning rate\)"),
     ({"data.batch_size": -4}, 1, r"config.data.batch_size=-4 must be a positive integer"),
     ({"mesh.data": 3, "mesh.fsdp": -1}, 8, r"config.mesh: .*cannot fill 8 devices"),
     ({"mesh.data": 2, "mesh.fsdp": 2}, 8, r"data\*fsdp\*tensor = 4 but there are 8 devices"),
