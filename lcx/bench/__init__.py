@@ -254,6 +254,10 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
                                                                  causal=True) * tokens,
                      "memory_bytes": t.memory_bytes, "compile_seconds": t.compile_seconds,
                      "round_seconds": list(t.round_seconds)})
+        # Each row as it is timed, so a run stopped by a time limit still leaves its figures.
+        progress.write(f"row {scheme} L={length} {implementation} ({rows[-1]['kernel']}): "
+                       f"{t.seconds * 1e3:.1f} ms/step, {tokens / t.seconds:,.0f} tokens/s, "
+                       f"{t.memory_bytes / 2 ** 30:.2f} GiB, compile {t.compile_seconds:.0f} s")
         progress.update(1)
   for row in rows:
     row["mfu"] = row["model_flops"] / row["step_seconds"] / peak.best
