@@ -37,4 +37,4 @@ demo-memory: $(STAMP)
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 WANDB_MODE=disabled \
-	  $(VENV)/bin/python -m pytest -q tests
+	  $(VENV)/bin/python -m pytest -q --durations=15 tests

@@ -18,11 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def flops_per_token(non_embedding_params: int, n_layers: int, attention_width: int,
-                    seq_len: int, causal: bool = False) -> float:
+                    seq_len: int, causal: bool = False, memory_keys: float = 0.0) -> float:
   """Training FLOPs per token. PaLM's formula, 6 N + 12 n_layers d_attn L, counts every query
   against every key (comparable with other codebases' MFU); `causal` counts the half that causal
-  kernels compute (6 n_layers d_attn L), the work actually done."""
-  return 6.0 * non_embedding_params + (6.0 if causal else 12.0) * n_layers * attention_width * seq_len
+  kernels compute (6 n_layers d_attn L), the work actually done. A model in segments passes its
+  segment length as L and the keys its memory adds per query (the mean over layers), which every
+  query sees whole: 12 n_layers d_attn M either way."""
+  window = (6.0 if causal else 12.0) * seq_len + 12.0 * memory_keys
+  return 6.0 * non_embedding_params + window * n_layers * attention_width
 
 
 def measure_peak_flops(mesh, dtype: str = "float32", size: int | None = None,

@@ -53,6 +53,13 @@ class ModelConfig:
                                     param_dtype=self.param_dtype, rope=self.rope,
                                     options=self.position_options)
 
+  def attention_context(self, seq_len: int) -> tuple[int, float]:
+    """(the length a query's attention runs over, the keys a memory adds to it) at a training
+    length: what the attention term of the FLOP count uses."""
+    if not self.segment_len:
+      return seq_len, 0.0
+    return self.segment_len, memory_lib.memory_keys(self.memory, self.memory_config())
+
   def memory_config(self) -> memory_lib.MemoryConfig:
     return memory_lib.MemoryConfig(
         n_layers=self.n_layers, n_heads=self.n_heads, head_dim=self.head_dim,

@@ -68,6 +68,20 @@ class Variant:
           n += grid.get("trials", 0) * sum(x is not None for x in row)
     return n
 
+  def by_distance(self, task: str, kind: str) -> dict[str, tuple[float, int]]:
+    """Accuracy (exact or ranked) of a task by the needle's distance in segments, pooled over
+    styles, lengths and depths into DISTANCE_BUCKETS: bucket -> (accuracy, trials). Empty for an
+    evaluation without distances (a plain model evaluated without --distance_unit)."""
+    pooled: dict[str, list] = {}
+    for grid in self.results.get("retrieval", {}).values():
+      if grid["task"] != task or "by_distance" not in grid:
+        continue
+      for distance, cell in grid["by_distance"]["distances"].items():
+        bucket = distance_bucket(int(distance))
+        pooled.setdefault(bucket, []).append((cell[kind] * cell["trials"], cell["trials"]))
+    return {b: (sum(h for h, _ in cells) / sum(n for _, n in cells), sum(n for _, n in cells))
+            for b, cells in pooled.items()}
+
   def longest_at_90(self, task: str) -> int | None:
     longest = [g["longest_at_90"] for g in self.results.get("retrieval", {}).values()
                if g["task"] == task and g["longest_at_90"] is not None]
@@ -75,6 +89,17 @@ class Variant:
 
   def total_flops(self) -> float:
     return self.pretrain["flops_seen"] + (self.finetune["flops_seen"] if self.finetune else 0.0)
+
+
+# Needle distances in segments, grouped as a memory sees them: the same segment, each of the next
+# three (a small memory's reach), then doubling ranges.
+DISTANCE_BUCKETS = ("0", "1", "2", "3", "4-7", "8-15", "16+")
+
+
+def distance_bucket(distance: int) -> str:
+  if distance < 4:
+    return str(distance)
+  return "4-7" if distance < 8 else "8-15" if distance < 16 else "16+"
 
 
 class Unreadable(ValueError):
@@ -185,6 +210,7 @@ def tables(variants: list[Variant]) -> str:
   lines += ["", "Cells: perplexity non-overlapping / sliding window, at multiples of the "
             "pretraining length."]
   lines += retrieval_tables(variants)
+  lines += distance_tables(variants)
   lines += segment_table(variants)
   lines += ["", "| variant | pretrain tokens | FLOPs | time (s) | tokens/s | peak memory | "
             "fine-tune tokens | FLOPs | time (s) |", "| --- |" + " ---: |" * 8]
@@ -219,11 +245,21 @@ def segment_table(variants: list[Variant]) -> list[str]:
            "memory of the same scheme, negative when the memory is used):", "",
            "| variant | " + " | ".join(f"segment {i + 1}" for i in range(n)) +
            " | late | vs window |", "| --- |" + " ---: |" * (n + 2)]
+  by_arm: dict[str, list[float]] = {}  # an arm across seeds: each seed against its own window
   for v, losses, key, is_window in rows:
     versus = ("-" if is_window or key not in windows
               else f"{late(losses) - windows[key]:+.3f}")
     cells = " | ".join(f"{x:.3f}" for x in losses) + " | -" * (n - len(losses))
     lines.append(f"| {v.label} | {cells} | {late(losses):.3f} | {versus} |")
+    if not is_window and key in windows:
+      arm = v.label.removesuffix(f" seed {key[1]}")
+      by_arm.setdefault(arm, []).append(late(losses) - windows[key])
+  if any(len(diffs) > 1 for diffs in by_arm.values()):
+    lines += ["", "`vs window` over seeds (each seed against the window of its own seed):", "",
+              "| variant | seeds | mean | std | min | max |", "| --- |" + " ---: |" * 5]
+    for arm, diffs in by_arm.items():
+      lines.append(f"| {arm} | {len(diffs)} | {np.mean(diffs):+.3f} | {np.std(diffs):.3f} | "
+                   f"{min(diffs):+.3f} | {max(diffs):+.3f} |")
   return lines
 
 
@@ -250,6 +286,31 @@ def retrieval_tables(variants: list[Variant]) -> list[str]:
     styles = sorted({g["style"] for v in variants for g in v.results["retrieval"].values()})
     lines += ["", "Cells: exact match of greedy decoding / true answer ranked first among 10 "
               f"(chance 10%), the mean over depths and styles ({', '.join(styles)})."]
+  return lines
+
+
+def distance_tables(variants: list[Variant]) -> list[str]:
+  """Per retrieval task that recorded distances: exact / ranked accuracy by how many segments
+  back the needle lies, per variant (the memory study's question: how far back each memory
+  reaches)."""
+  lines = []
+  for task in dict.fromkeys(t for v in variants for t in v.retrieval_tasks()):
+    rows = [(v, v.by_distance(task, "exact"), v.by_distance(task, "ranked")) for v in variants]
+    rows = [r for r in rows if r[1]]
+    if not rows:
+      continue
+    units = sorted({g["by_distance"]["unit"] for v, _, _ in rows
+                    for g in v.results["retrieval"].values() if "by_distance" in g})
+    buckets = [b for b in DISTANCE_BUCKETS if any(b in exact for _, exact, _ in rows)]
+    lines += ["", f"**{task} by the needle's distance in segments "
+              f"({', '.join(map(str, units))} tokens) before the question**", "",
+              "| variant | " + " | ".join(buckets) + " |", "| --- |" + " ---: |" * len(buckets)]
+    for v, exact, ranked in rows:
+      cells = " | ".join(f"{exact[b][0]:.0%} / {ranked[b][0]:.0%} ({exact[b][1]})"
+                         if b in exact else "-" for b in buckets)
+      lines.append(f"| {v.label} | {cells} |")
+    lines += ["", "Cells: exact match / ranked first (trials), pooled over lengths, depths and "
+              "styles; 0 is the question's own segment, which a window without memory sees."]
   return lines
 
 
@@ -325,7 +386,30 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
     paths["retrieval_vs_length"] = _retrieval_curves(variants, tasks, look, title, out)
   for task in tasks:
     paths[f"retrieval_{task}"] = _retrieval_heatmaps(variants, task, title, out)
+  if any(v.by_distance(task, "exact") for v in variants for task in tasks):
+    paths["retrieval_by_distance"] = _distance_curves(variants, tasks, look, title, out)
   return paths
+
+
+def _distance_curves(variants, tasks, look, title, out) -> pathlib.Path:
+  """Exact match against the needle's distance in segments, a panel per task."""
+  tasks = [t for t in tasks if any(v.by_distance(t, "exact") for v in variants)]
+  fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False,
+                           sharey=True)
+  for ax, task in zip(axes.flat, tasks):
+    for v in variants:
+      exact = v.by_distance(task, "exact")
+      points = [(i, exact[b][0]) for i, b in enumerate(DISTANCE_BUCKETS) if b in exact]
+      if points:
+        ax.plot(*zip(*points), label=v.label, **look[v.label])
+    ax.set_xticks(range(len(DISTANCE_BUCKETS)), DISTANCE_BUCKETS)
+    ax.set(title=task, xlabel="needle distance (segments before the question)",
+           ylim=(-0.03, 1.03))
+  axes[0, 0].set_ylabel("exact match")
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle(f"{title}: retrieval by distance (pooled over lengths, depths and styles)")
+  fig.tight_layout()
+  return _save(fig, out / "retrieval_by_distance.png")
 
 
 def _retrieval_curves(variants, tasks, look, title, out) -> pathlib.Path:

@@ -95,3 +95,26 @@ def test_answer_scores_equal_the_full_forward(decoder):
     np.testing.assert_array_equal(forced[:, m], argmax_right.all(-1))
   assert forced[:, 2].all() and not forced[:, 0].any()
 
+
+
+def test_retrieval_on_a_memory_run_reports_accuracy_by_needle_distance():
+  """retrieval_grid on a model streaming segments: every trial lands in one distance (segments of
+  the model's segment_len before the question), and the distances' trials add up to the grid's."""
+  from lcx import retrieval
+  from lcx.data.tokenizers import ByteTokenizer
+  from lcx.evaluate.retrieval import retrieval_grid
+  tokenizer = ByteTokenizer()
+  cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64,
+                    max_len=128, attention="dense", memory="xl", segment_len=32)
+  decoder = Decoder(Scorer(Transformer(cfg, rngs=nnx.Rngs(0)),
+                           make_mesh(dict(data=-1, fsdp=1, tensor=1)), RULES))
+  text = retrieval.TextHaystack(tokenizer.encode("".join(
+      f"    value_{i:04d} = f({i:4d})\n" for i in range(400))))
+  grid = retrieval_grid(decoder, tokenizer, "passkey", "python", [128], [0.0, 1.0], 2, text,
+                        distance_unit=cfg.segment_len)
+  distances = grid["by_distance"]["distances"]
+  assert grid["by_distance"]["unit"] == 32
+  assert sum(cell["trials"] for cell in distances.values()) == 4
+  assert max(map(int, distances)) >= 2 and min(map(int, distances)) <= 1  # depth 0 vs 1
+  assert "by_distance" not in retrieval_grid(decoder, tokenizer, "passkey", "python", [128],
+                                             [0.0], 1, text)

@@ -261,3 +261,27 @@ def test_rmt_carries_the_first_segment_to_the_third_and_backpropagates_through_i
   grads = jax.grad(loss)(params)
   assert float(jnp.abs(grads["embedding"][...][:16]).max()) > 0
   assert float(jnp.abs(grads["memory"]["initial"][...]).max()) > 0
+
+
+def test_the_flop_count_of_a_run_in_segments_counts_its_window_and_memory():
+  """Attention FLOPs follow what a query sees: the segment (causal half in the causal count) and
+  its memory's keys (all visible), not the training length."""
+  from lcx.metrics import flops_per_token
+  cfg = ModelConfig(vocab_size=320, n_layers=2, n_heads=4, head_dim=16, segment_len=64,
+                    max_len=256)
+  width = 2 * 64  # n_layers * d_attn
+  plain = dataclasses.replace(cfg, segment_len=0)
+  assert plain.attention_context(256) == (256, 0.0)
+  assert cfg.attention_context(256) == (64, 0.0)
+  options = memory.option_types()
+  xl = dataclasses.replace(cfg, memory="xl", memory_options=options["xl"](length=96))
+  assert xl.attention_context(256) == (64, 96.0)
+  assert dataclasses.replace(cfg, memory="xl").attention_context(256) == (64, 64.0)  # default M = L
+  knn = dataclasses.replace(cfg, memory="knn", memory_options=options["knn"](size=192, k=16))
+  assert knn.attention_context(256) == (64, (192 + 16) / 2)
+  compressive = dataclasses.replace(cfg, memory="compressive")
+  assert compressive.attention_context(256) == (64, 128.0)
+  assert dataclasses.replace(cfg, memory="rmt").attention_context(256) == (64, 8.0)
+  assert flops_per_token(1000, 2, 64, 64, memory_keys=96.0) == 6000 + 12 * width * (64 + 96)
+  assert flops_per_token(1000, 2, 64, 64, causal=True, memory_keys=96.0) == (
+      6000 + width * (6 * 64 + 12 * 96))

@@ -10,7 +10,7 @@ from lcx.data.mixture import MixtureConfig, RetrievalMixture, check
 from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import ByteTokenizer
-from lcx.evaluate.retrieval import longest_at, score_trials
+from lcx.evaluate.retrieval import by_distance, longest_at, needle_distance, score_trials
 from lcx.retrieval import spaces
 
 TOK = ByteTokenizer()
@@ -162,6 +162,27 @@ def test_both_scorings_measure_a_predictor_of_known_accuracy(task, style):
 def test_longest_length_at_ninety_percent():
   assert longest_at([100, 200, 400], [[1, 1], [0.9, 0.9], [0.5, 1]], 0.9) == 200
   assert longest_at([100, 200], [[None, None], [0.5, 0.5]], 0.9) is None
+
+
+def test_needle_distance_counts_segments_from_the_prompt_start_to_the_question():
+  """The distance a memory must reach: the segment of the prompt's last token (the one that
+  predicts the answer) minus the farthest needed needle's, segments cut from position 0."""
+  for depth in (0.0, 0.5, 1.0):
+    t = _trial("passkey", "python", length=700, depth=depth)
+    start, last = min(t.needle_starts), len(t.prompt) - 1
+    assert needle_distance(t, 64) == last // 64 - start // 64
+    assert needle_distance(t, 10_000) == 0  # one segment holds it all
+  assert needle_distance(_trial("passkey", "python", depth=0.0), 64) >= 9  # 700 tokens: 10 segments
+  assert needle_distance(_trial("passkey", "python", depth=1.0), 64) <= 1
+  # a task that needs several needles is as far as its farthest one
+  t = _trial("niah_multivalue", "python", depth=0.5)
+  assert needle_distance(t, 64) == (len(t.prompt) - 1) // 64 - min(t.needle_starts) // 64
+  pooled = by_distance([_trial("passkey", "python", depth=d) for d in (0.0, 0.0, 1.0)],
+                       [True, False, True], [True, True, True], 64)
+  far, near = (str(needle_distance(_trial("passkey", "python", depth=d), 64)) for d in (0.0, 1.0))
+  assert pooled["unit"] == 64
+  assert pooled["distances"][far] == {"exact": 0.5, "ranked": 1.0, "trials": 2}
+  assert pooled["distances"][near] == {"exact": 1.0, "ranked": 1.0, "trials": 1}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from lcx.sweep import (Run, Stage, check_runs, launchers, load_sweep, product, r
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("scale", ["cpu", "cpu-seeds", "small", "base"])
+@pytest.mark.parametrize("scale", ["cpu", "cpu-more", "cpu-seeds", "small", "base"])
 def test_memory_study_expands_into_valid_configs(scale):
   """Every mechanism is an arm next to the window without memory and the full-length model, each
   run's config resolves, and its memory and window are the arm's."""
@@ -28,6 +28,11 @@ def test_memory_study_expands_into_valid_configs(scale):
   mechanisms = [m for m in memory.available() if m != "none"]
   if scale == "cpu-seeds":
     assert arms == [f"{a}-seed{s}" for s in (1, 2) for a in ("window", *mechanisms)]
+  elif scale == "cpu":
+    assert arms == ["window", "knn", "xl", "full"]
+  elif scale == "cpu-more":  # the rest: both parts together are every arm
+    assert arms == [m for m in mechanisms if m not in ("knn", "xl")] + ["alibi-window",
+                                                                         "alibi-xl"]
   else:
     assert arms == ["window", *mechanisms, "full", "alibi-window", "alibi-xl"]
   for run in runs:
@@ -41,6 +46,9 @@ def test_memory_study_expands_into_valid_configs(scale):
     assert resolved.model.memory == expected.get(arm, arm)
     assert (resolved.model.segment_len == 0) == (arm == "full")
     assert resolved.model.position == ("alibi" if arm.startswith("alibi") else "rope")
+    # retrieval by distance in the window's segments, the full-length arm too
+    unit = [a for a in run.stages[1].args if a.startswith("--distance_unit=")]
+    assert unit == [f"--distance_unit={dict(small=256, base=512).get(scale, 64)}"]
 
 
 def test_product_and_zip():
@@ -294,3 +302,34 @@ def test_the_report_names_memory_arms_and_compares_their_late_segments():
   assert "| rope + xl | 3.000 | 2.500 | 2.000 | 2.250 | -0.750 |" in table
   assert "| rope + xl seed 1 | 3.000 | 2.500 | 2.500 | 2.500 | +0.500 |" in table
   assert "| rope window 64 | 3.000 | 3.000 | 3.000 | 3.000 | - |" in table
+  # the arm over its seeds: mean of -0.750 and +0.500, their std and range
+  assert "| rope + xl | 2 | -0.125 | 0.625 | -0.750 | +0.500 |" in table
+
+
+def test_the_report_tables_and_plots_retrieval_by_needle_distance(tmp_path):
+  """Distances recorded per grid (lcx.evaluate.retrieval.by_distance) are pooled over styles
+  into buckets, weighted by trials; a variant without distances is left out of the table."""
+  def grid(style, distances):
+    return {"task": "passkey", "style": style, "lengths": [256], "depths": [0.0],
+            "exact": [[0.0]], "ranked": [[0.0]], "longest_at_90": None, "trials": 1,
+            "by_distance": {"unit": 64, "distances": distances}}
+
+  knn = {"scheme": "rope", "base_length": 256, "config": {"model": {
+      "memory": "knn", "segment_len": 64}}, "perplexity": [], "sliding": [], "retrieval": {
+          "passkey/python": grid("python", {"0": {"exact": 1.0, "ranked": 1.0, "trials": 2},
+                                            "5": {"exact": 0.5, "ranked": 1.0, "trials": 2}}),
+          "passkey/prose": grid("prose", {"6": {"exact": 0.0, "ranked": 0.5, "trials": 2}})}}
+  full = {"scheme": "rope", "base_length": 256, "config": {}, "perplexity": [], "sliding": [],
+          "retrieval": {"passkey/python": {**grid("python", {}), "by_distance": None}}}
+  del full["retrieval"]["passkey/python"]["by_distance"]
+  variants = [report_lib.Variant(report_lib._label(r, False), r, {"flops_seen": 1.0}, None)
+              for r in (knn, full)]
+  assert variants[0].by_distance("passkey", "exact") == {"0": (1.0, 2), "4-7": (0.25, 4)}
+  assert variants[1].by_distance("passkey", "exact") == {}
+  table = "\n".join(report_lib.distance_tables(variants))
+  assert "| variant | 0 | 4-7 |" in table
+  assert "| rope + knn | 100% / 100% (2) | 25% / 75% (4) |" in table
+  assert "| rope |" not in table
+  path = report_lib._distance_curves(variants, ["passkey"], report_lib.looks(variants), "t",
+                                     tmp_path)
+  assert path.stat().st_size > 0

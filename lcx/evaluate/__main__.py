@@ -25,6 +25,9 @@ _DEPTHS = flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"],
                             "Needle depths: fractions of the text before the needle.")
 _TRIALS = flags.DEFINE_integer("trials", 5, "Retrieval trials per (task, style, length, depth) "
                                "cell; 0 skips retrieval.")
+_DISTANCE_UNIT = flags.DEFINE_integer(
+    "distance_unit", 0, "Report retrieval by the needle's distance in segments of this many "
+    "tokens; 0: the model's segment_len (none for a plain model).")
 _NAME = flags.DEFINE_string("name", "", "Output name; default from the overrides ('base' if none).")
 
 
@@ -39,7 +42,7 @@ def main(argv, overrides):
         lengths=_numbers("lengths", _LENGTHS.value, int), split=_SPLIT.value,
         max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, tasks=tuple(_TASKS.value),
         styles=tuple(_STYLES.value), depths=_numbers("depths", _DEPTHS.value, float),
-        trials=_TRIALS.value, name=_NAME.value)
+        trials=_TRIALS.value, name=_NAME.value, distance_unit=_DISTANCE_UNIT.value)
     results, paths = evaluate_run(_WORKDIR.value, overrides, options)
   except (ConfigError, ValueError) as e:
     sys.exit(f"lcx.evaluate: {e}")
@@ -90,6 +93,16 @@ def retrieval_table(results: dict) -> str:
   lines.append(f"\nCells: exact match of greedy decoding / true answer ranked first among "
                f"{round(1 / next(iter(grids.values()))['chance'])} (chance "
                f"{next(iter(grids.values()))['chance']:.0%}), mean over depths.")
+  by_distance = {key: grid["by_distance"] for key, grid in grids.items() if "by_distance" in grid}
+  if by_distance:
+    distances = sorted({int(d) for b in by_distance.values() for d in b["distances"]})
+    unit = next(iter(by_distance.values()))["unit"]
+    lines += ["", f"| by needle distance ({unit}-token segments back) | "
+              + " | ".join(map(str, distances)) + " |", "| --- |" + " ---: |" * len(distances)]
+    for key, b in by_distance.items():
+      cells = [(f"{c['exact']:.0%} / {c['ranked']:.0%} ({c['trials']})"
+                if (c := b["distances"].get(str(d))) else "-") for d in distances]
+      lines.append(f"| {key} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

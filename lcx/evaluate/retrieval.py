@@ -47,12 +47,34 @@ def score_trials(decoder: Decoder, tokenizer, trials: list[retrieval.Trial]) -> 
   return exact, ranked
 
 
+def needle_distance(trial: retrieval.Trial, unit: int) -> int:
+  """How many segments of `unit` tokens the farthest needle the answer needs lies before the
+  question's last token (the one that predicts the answer), segments counted from the prompt's
+  start as a model streaming segments cuts them: 0 is the same segment."""
+  return (len(trial.prompt) - 1) // unit - min(trial.needle_starts) // unit
+
+
+def by_distance(trials, exact, ranked, unit: int) -> dict:
+  """Accuracy per needle distance in segments, pooled over lengths and depths: distance ->
+  {exact, ranked, trials}."""
+  pooled: dict[int, list] = {}
+  for t, e, r in zip(trials, exact, ranked):
+    pooled.setdefault(needle_distance(t, unit), []).append((e, r))
+  return {"unit": unit, "distances": {
+      str(d): {"exact": float(np.mean([e for e, _ in hits])),
+               "ranked": float(np.mean([r for _, r in hits])), "trials": len(hits)}
+      for d, hits in sorted(pooled.items())}}
+
+
 def retrieval_grid(decoder: Decoder, tokenizer, task: str, style: str, lengths, depths,
                    trials: int, text: retrieval.TextHaystack, *, seed: int = 0,
                    params: retrieval.TaskParams = retrieval.TaskParams(),
-                   not_applicable: dict[int, str] | None = None, progress=None) -> dict:
+                   not_applicable: dict[int, str] | None = None, progress=None,
+                   distance_unit: int = 0) -> dict:
   """Accuracy (exact and ranked) per (length, depth) cell over `trials` trials each. Lengths in
-  not_applicable, or too short for the task, get None cells and their reason."""
+  not_applicable, or too short for the task, get None cells and their reason. With a
+  distance_unit (a memory run's segment length), also accuracy by the needle's distance in
+  segments (`by_distance`)."""
   not_applicable = dict(not_applicable or {})
   shortest = retrieval.minimum_length(tokenizer, task, style, params)
   for n in lengths:
@@ -60,6 +82,7 @@ def retrieval_grid(decoder: Decoder, tokenizer, task: str, style: str, lengths, 
       not_applicable[n] = f"the {task} ({style}) prompt needs {shortest} tokens"
   haystack = retrieval.default_haystack(task, style, text, tokenizer)
   exact, ranked = [], []
+  scored = ([], [], [])  # every trial scored, its exact match and its rank, for by_distance
   for length in lengths:
     if length in not_applicable:
       exact.append([None] * len(depths))
@@ -73,16 +96,21 @@ def retrieval_grid(decoder: Decoder, tokenizer, task: str, style: str, lengths, 
       cells += [retrieval.build_trial(tokenizer, task, style, length, depth, rng, haystack,
                                       params=params) for _ in range(trials)]
     hits, firsts = score_trials(decoder, tokenizer, cells)  # every depth in one batch
+    for pool, items in zip(scored, (cells, hits, firsts)):
+      pool.extend(items)
     exact.append([float(np.mean(hits[d * trials:(d + 1) * trials])) for d in range(len(depths))])
     ranked.append([float(np.mean(firsts[d * trials:(d + 1) * trials]))
                    for d in range(len(depths))])
     if progress is not None:
       progress(length, len(depths))
-  return {"task": task, "style": style, "lengths": list(lengths), "depths": list(depths),
+  grid = {"task": task, "style": style, "lengths": list(lengths), "depths": list(depths),
           "trials": trials, "exact": exact, "ranked": ranked,
           "chance": 1 / (params.distractors + 1),
           "longest_at_90": longest_at(lengths, exact, 0.9),
           "not_applicable": {str(k): v for k, v in not_applicable.items()}}
+  if distance_unit:
+    grid["by_distance"] = by_distance(*scored, distance_unit)
+  return grid
 
 
 def longest_at(lengths, accuracy, threshold: float) -> int | None:

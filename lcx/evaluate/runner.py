@@ -36,6 +36,10 @@ class EvalOptions:
   name: str = ""  # output name; empty: derived from the config overrides
   max_batch_tokens: int = 32768
   seed: int = 0
+  # Retrieval accuracy by the needle's distance in segments of this many tokens; 0: the model's
+  # segment_len (none for a plain model). A study gives its window to plain runs too, so that a
+  # full-attention arm is read in the same units as the memory arms.
+  distance_unit: int = 0
 
   def __post_init__(self):
     """Arguments that would give wrong numbers are refused, one line naming the flag."""
@@ -53,6 +57,9 @@ class EvalOptions:
         raise ValueError(f"--{flag}={','.join(given)}: {problem}")
     if self.trials < 0:
       raise ValueError(f"--trials={self.trials} must be >= 0 (0 skips retrieval)")
+    if self.distance_unit < 0:
+      raise ValueError(f"--distance_unit={self.distance_unit} must be >= 0 (0: the model's "
+                       "segment_len)")
     if self.stride < -1:
       raise ValueError(f"--stride={self.stride}: allowed are a positive stride, 0 (the "
                        "pretraining length) or -1 (no sliding window)")
@@ -145,7 +152,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       grids[f"{task}/{style}"] = retrieval_grid(
           decoder, tokenizer, task, style, lengths, options.depths, options.trials, text,
           seed=options.seed, params=retrieval_params(c), not_applicable=unrepresentable,
-          progress=tick)
+          progress=tick, distance_unit=options.distance_unit or run.model.cfg.segment_len)
   bar.close()
 
   return {

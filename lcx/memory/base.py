@@ -91,6 +91,13 @@ class MemoryMechanism(nnx.Module):
                         k_segment_ids_BK=keys.segment_ids_BS, bias_fn=bias_fn)
 
   @classmethod
+  def memory_keys(cls, cfg: MemoryConfig) -> float:
+    """Keys each query attends to besides its segment's, the mean over layers: what the memory
+    adds to attention's FLOPs (lcx.metrics.flops_per_token). cfg.options is filled in."""
+    del cfg
+    return 0.0
+
+  @classmethod
   def validate(cls, cfg: MemoryConfig, train_length: int) -> None:
     """Raise ValueError, one line naming the config field and what it allows, if the mechanism
     cannot work with this model at this training length."""
@@ -139,8 +146,18 @@ def validate(name: str, cfg: MemoryConfig, train_length: int) -> None:
   _lookup(name).validate(cfg, train_length)
 
 
+def _with_options(cls: type[MemoryMechanism], cfg: MemoryConfig) -> MemoryConfig:
+  if cls.Options is not None and cfg.options is None:
+    return dataclasses.replace(cfg, options=cls.Options())
+  return cfg
+
+
 def make(name: str, cfg: MemoryConfig, *, rngs: nnx.Rngs) -> MemoryMechanism:
   cls = _lookup(name)
-  if cls.Options is not None and cfg.options is None:
-    cfg = dataclasses.replace(cfg, options=cls.Options())
-  return cls(cfg, rngs=rngs)
+  return cls(_with_options(cls, cfg), rngs=rngs)
+
+
+def memory_keys(name: str, cfg: MemoryConfig) -> float:
+  """Keys a query attends to in the mechanism's memory, the mean over layers (0 for none)."""
+  cls = _lookup(name)
+  return cls.memory_keys(_with_options(cls, cfg))

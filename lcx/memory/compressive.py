@@ -99,6 +99,11 @@ class CompressiveMemory(MemoryMechanism):
     return CompressiveState(every.last(self.length), compressed)
 
   @classmethod
+  def memory_keys(cls, cfg) -> float:
+    length = cfg.options.length or cfg.segment_len
+    return float(length + (cfg.options.compressed_length or length))
+
+  @classmethod
   def validate(cls, cfg, train_length: int) -> None:
     o = cfg.options
     if o is None:

@@ -82,6 +82,11 @@ class KnnMemory(MemoryMechanism):
         self.cfg.options.size)
 
   @classmethod
+  def memory_keys(cls, cfg) -> float:
+    # one layer scores every entry (the top-k's own attention is k keys more)
+    return (cfg.options.size + cfg.options.k) / cfg.n_layers
+
+  @classmethod
   def validate(cls, cfg, train_length: int) -> None:
     if cfg.scan_layers:
       raise ValueError("config.model.scan_layers=true cannot run knn: its memory is in one layer, "

@@ -48,6 +48,10 @@ class RecurrentMemory(MemoryMechanism):
     return x_BSD[:, T:-T], {**state, "tokens": x_BSD[:, -T:]}
 
   @classmethod
+  def memory_keys(cls, cfg) -> float:
+    return float(cfg.options.tokens)  # the read tokens, before the segment
+
+  @classmethod
   def validate(cls, cfg, train_length: int) -> None:
     if cfg.options is not None and cfg.options.tokens < 1:
       raise ValueError(f"config.model.rmt.tokens={cfg.options.tokens} must be a positive integer")

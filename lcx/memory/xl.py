@@ -35,6 +35,10 @@ class SegmentRecurrence(MemoryMechanism):
     return layer_state.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC).last(self.length)
 
   @classmethod
+  def memory_keys(cls, cfg) -> float:
+    return float(cfg.options.length or cfg.segment_len)
+
+  @classmethod
   def validate(cls, cfg, train_length: int) -> None:
     if cfg.options is not None and cfg.options.length < 0:
       raise ValueError(f"config.model.xl.length={cfg.options.length} must be >= 0 (0: "
