@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make demo   create .venv (when missing or stale), then run the CPU extrapolation study and report
 #   make demo-more  the study's other schemes (T5, KERPLE, FIRE; then xPos, p-RoPE), same folder
-#   make demo-memory  the memory study (experiments/memory.py:cpu) and its report
+#   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
 #   make test   create .venv (when missing or stale), then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -33,6 +33,7 @@ demo-more: $(STAMP)
 
 demo-memory: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu --out $(MEMORY_DIR)
+	$(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu-more --out $(MEMORY_DIR)
 	$(VENV)/bin/python -m lcx.report $(MEMORY_DIR)
 
 test: $(STAMP)

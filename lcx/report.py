@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from lcx import cli  # noqa: E402
 from lcx.claims import claims_table  # noqa: E402
 from lcx.evaluate.plots import depth_mean, log_scale_length_axis  # noqa: E402
+from lcx.evaluate.retrieval import DISTANCE_BUCKETS, pool_distances  # noqa: E402
 from lcx.runs import source_dir  # noqa: E402
 
 MARKERS = "os^vD<>ph*"
@@ -72,15 +73,8 @@ class Variant:
     """Accuracy (exact or ranked) of a task by the needle's distance in segments, pooled over
     styles, lengths and depths into DISTANCE_BUCKETS: bucket -> (accuracy, trials). Empty for an
     evaluation without distances (a plain model evaluated without --distance_unit)."""
-    pooled: dict[str, list] = {}
-    for grid in self.results.get("retrieval", {}).values():
-      if grid["task"] != task or "by_distance" not in grid:
-        continue
-      for distance, cell in grid["by_distance"]["distances"].items():
-        bucket = distance_bucket(int(distance))
-        pooled.setdefault(bucket, []).append((cell[kind] * cell["trials"], cell["trials"]))
-    return {b: (sum(h for h, _ in cells) / sum(n for _, n in cells), sum(n for _, n in cells))
-            for b, cells in pooled.items()}
+    return pool_distances([g["by_distance"] for g in self.results.get("retrieval", {}).values()
+                           if g["task"] == task and "by_distance" in g], kind)
 
   def longest_at_90(self, task: str) -> int | None:
     longest = [g["longest_at_90"] for g in self.results.get("retrieval", {}).values()
@@ -89,17 +83,6 @@ class Variant:
 
   def total_flops(self) -> float:
     return self.pretrain["flops_seen"] + (self.finetune["flops_seen"] if self.finetune else 0.0)
-
-
-# Needle distances in segments, grouped as a memory sees them: the same segment, each of the next
-# three (a small memory's reach), then doubling ranges.
-DISTANCE_BUCKETS = ("0", "1", "2", "3", "4-7", "8-15", "16+")
-
-
-def distance_bucket(distance: int) -> str:
-  if distance < 4:
-    return str(distance)
-  return "4-7" if distance < 8 else "8-15" if distance < 16 else "16+"
 
 
 class Unreadable(ValueError):

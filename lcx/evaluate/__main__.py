@@ -11,6 +11,7 @@ from absl import flags
 from lcx import cli, retrieval
 from lcx.config import ConfigError
 from lcx.evaluate.plots import depth_mean
+from lcx.evaluate.retrieval import DISTANCE_BUCKETS, pool_distances
 from lcx.evaluate.runner import EvalOptions, evaluate_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
@@ -95,13 +96,13 @@ def retrieval_table(results: dict) -> str:
                f"{next(iter(grids.values()))['chance']:.0%}), mean over depths.")
   by_distance = {key: grid["by_distance"] for key, grid in grids.items() if "by_distance" in grid}
   if by_distance:
-    distances = sorted({int(d) for b in by_distance.values() for d in b["distances"]})
     unit = next(iter(by_distance.values()))["unit"]
     lines += ["", f"| by needle distance ({unit}-token segments back) | "
-              + " | ".join(map(str, distances)) + " |", "| --- |" + " ---: |" * len(distances)]
-    for key, b in by_distance.items():
-      cells = [(f"{c['exact']:.0%} / {c['ranked']:.0%} ({c['trials']})"
-                if (c := b["distances"].get(str(d))) else "-") for d in distances]
+              + " | ".join(DISTANCE_BUCKETS) + " |", "| --- |" + " ---: |" * len(DISTANCE_BUCKETS)]
+    for key, record in by_distance.items():
+      exact, ranked = (pool_distances([record], kind) for kind in ("exact", "ranked"))
+      cells = [f"{exact[b][0]:.0%} / {ranked[b][0]:.0%} ({exact[b][1]})" if b in exact else "-"
+               for b in DISTANCE_BUCKETS]
       lines.append(f"| {key} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
