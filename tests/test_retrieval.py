@@ -169,14 +169,15 @@ def test_needle_distance_counts_segments_from_the_prompt_start_to_the_question()
   predicts the answer) minus the farthest needed needle's, segments cut from position 0."""
   for depth in (0.0, 0.5, 1.0):
     t = _trial("passkey", "python", length=700, depth=depth)
-    start, last = min(t.needle_starts), len(t.prompt) - 1
-    assert needle_distance(t, 64) == last // 64 - start // 64
+    end, last = min(t.needle_ends), len(t.prompt) - 1
+    assert TOK.decode(t.prompt[t.needle_starts[0]:end]) == t.needles[0]  # where the needle is
+    assert needle_distance(t, 64) == last // 64 - (end - 1) // 64
     assert needle_distance(t, 10_000) == 0  # one segment holds it all
   assert needle_distance(_trial("passkey", "python", depth=0.0), 64) >= 9  # 700 tokens: 10 segments
   assert needle_distance(_trial("passkey", "python", depth=1.0), 64) <= 1
   # a task that needs several needles is as far as its farthest one
   t = _trial("niah_multivalue", "python", depth=0.5)
-  assert needle_distance(t, 64) == (len(t.prompt) - 1) // 64 - min(t.needle_starts) // 64
+  assert needle_distance(t, 64) == (len(t.prompt) - 1) // 64 - (min(t.needle_ends) - 1) // 64
   pooled = by_distance([_trial("passkey", "python", depth=d) for d in (0.0, 0.0, 1.0)],
                        [True, False, True], [True, True, True], 64)
   far, near = (str(needle_distance(_trial("passkey", "python", depth=d), 64)) for d in (0.0, 1.0))

@@ -48,10 +48,11 @@ def score_trials(decoder: Decoder, tokenizer, trials: list[retrieval.Trial]) -> 
 
 
 def needle_distance(trial: retrieval.Trial, unit: int) -> int:
-  """How many segments of `unit` tokens the farthest needle the answer needs lies before the
-  question's last token (the one that predicts the answer), segments counted from the prompt's
-  start as a model streaming segments cuts them: 0 is the same segment."""
-  return (len(trial.prompt) - 1) // unit - min(trial.needle_starts) // unit
+  """How many segments of `unit` tokens back from the question's last token (the one that
+  predicts the answer) the farthest needle the answer needs lies whole, segments counted from
+  the prompt's start as a model streaming segments cuts them: 0 when a needle ends in the
+  question's own segment (a window without memory sees at least part of it)."""
+  return (len(trial.prompt) - 1) // unit - (min(trial.needle_ends) - 1) // unit
 
 
 def by_distance(trials, exact, ranked, unit: int) -> dict:

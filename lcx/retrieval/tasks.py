@@ -68,6 +68,7 @@ class Trial:
   close: str  # the mark that ends the answer
   alternatives: tuple[np.ndarray, ...]  # wrong answers of the same form, for likelihood ranking
   needle_starts: tuple[int, ...]  # prompt indices of the needles the answer needs
+  needle_ends: tuple[int, ...]  # and where each of them ends (exclusive)
   needles: tuple[str, ...]  # every needle's text, in the order they appear
 
   def accepts(self, text: str) -> bool:
@@ -252,13 +253,14 @@ def build_trial(tokenizer: Tokenizer, task: str, style: str, length: int, depth:
   # At one boundary the needles the answer needs come first, the rest in their own order.
   order = sorted(range(len(where)), key=lambda i: (where[i], pieces.needles[i].role != "answer", i))
   texts = tuple(pieces.needles[i].text for i in order)
-  out, starts, cursor = [np.array([tokenizer.eos_id], np.int32), head], [], 0
+  out, starts, ends, cursor = [np.array([tokenizer.eos_id], np.int32), head], [], [], 0
   offset = 1 + len(head)
   for i in order:
     out.append(hay[cursor:where[i]])
     offset += where[i] - cursor
     if pieces.needles[i].role == "answer":
       starts.append(offset)
+      ends.append(offset + len(needle_tokens[i]))
     out.append(needle_tokens[i])
     offset += len(needle_tokens[i])
     cursor = where[i]
@@ -267,7 +269,7 @@ def build_trial(tokenizer: Tokenizer, task: str, style: str, length: int, depth:
   alternatives = _alternatives(tokenizer, pieces, rng, space, params, tokenizer.decode(prompt))
   return Trial(task, style, length, float(depth), prompt, answer,
                pieces.render(pieces.values), tuple(pieces.values), pieces.ordered, pieces.close,
-               alternatives, tuple(starts), texts)
+               alternatives, tuple(starts), tuple(ends), texts)
 
 
 def _alternatives(tokenizer, pieces: _Pieces, rng, space, params: TaskParams,
