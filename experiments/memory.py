@@ -46,7 +46,7 @@ SCALES = {
                          "model.attention=dense", "train.steps=1000", "eval.every_steps=500",
                          "eval.probe_trials=0"),
             ("--max_tokens=4096", "--tasks=passkey", "--styles=python", "--trials=4",
-             "--depths=0,0.5,1")),
+             "--depths=0,0.25,0.5,0.75,1")),
     "small": ("125m", 256, (*PG19, *MIXTURE, "model.knn.size=4096"),
               ("--max_tokens=262144", "--trials=10")),
     "base": ("350m", 512, (*PG19, *MIXTURE, "model.knn.size=8192"),
@@ -58,7 +58,7 @@ SEEDS = (1, 2)
 # every other arm. `cpu-seeds` repeats the RoPE arms with seeds 1 and 2, evaluated at 1x only
 # (the loss by segment, whose spread it is for).
 CPU_FIRST = ("window", "xl", "knn", "full")
-SEED_EVAL = ("--lengths=256", "--trials=0")
+SEED_EVAL = ("--lengths=256", "--trials=0", "--max_tokens=4096")
 
 
 def _run(name: str, scale: str, seed: int = 0, eval_flags: tuple | None = None) -> Run:
@@ -67,12 +67,19 @@ def _run(name: str, scale: str, seed: int = 0, eval_flags: tuple | None = None) 
   preset, segment_len, overrides, scale_eval_flags = SCALES[scale]
   eval_flags = scale_eval_flags if eval_flags is None else eval_flags
   label = name if seed == 0 else f"{name}-seed{seed}"
-  return Run(label, (
+  stages = [
       Stage("pretrain", "pretrain", f"configs/pretrain.py:{preset}",
             (*overrides, f"model.segment_len={segment_len}", *ARMS[name], f"seed={seed}")),
       Stage("eval", "evaluate", source="pretrain",
             args=(*eval_flags, f"--distance_unit={segment_len}")),
-  ), tags=(name, preset))
+  ]
+  if any(o.startswith("model.memory=") and o != "model.memory=none" for o in ARMS[name]):
+    # the ablation: the same weights with the memory wiped at every segment, on the same text as
+    # the evaluation's (the same lengths and tokens per length), no retrieval
+    same_text = tuple(f for f in eval_flags if f.startswith(("--max_tokens=", "--lengths=")))
+    stages.append(Stage("wiped", "evaluate", source="pretrain",
+                        overrides=("model.memory_reset=true",), args=("--trials=0", *same_text)))
+  return Run(label, tuple(stages), tags=(name, preset))
 
 
 def get_sweep(arg: str = "cpu") -> list[Run]:

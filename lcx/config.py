@@ -50,7 +50,7 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   before overrides are applied to a saved config, so an override of a new field finds it."""
   c = ml_collections.ConfigDict(config.to_dict())
   m, d = c.model, c.data
-  for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len"):
+  for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len", "memory_reset"):
     if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
   option_types = {**positions.option_types(), **memory.option_types()}
@@ -129,6 +129,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     memory.validate(m.memory, model_config(c).memory_config(), d.seq_len)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _require(not m.memory_reset or m.segment_len > 0,
+           "config.model.memory_reset=true wipes the memory between segments, and this model has "
+           "none: set config.model.segment_len (and config.model.memory)")
   _require(c.eval.every_steps >= 0,
            f"config.eval.every_steps={c.eval.every_steps!r} must be >= 0 (0 turns it off)")
   _require(len(c.eval.multiples) > 0 and all(m > 0 for m in c.eval.multiples),

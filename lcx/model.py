@@ -45,6 +45,9 @@ class ModelConfig:
   memory: str = "none"
   segment_len: int = 0
   memory_options: object = None  # the mechanism's own options (lcx.memory: Options), if any
+  # An evaluation ablation: every segment starts from the mechanism's initial state (its memory
+  # wiped), so the same trained weights with and without their memory show what the memory adds.
+  memory_reset: bool = False
 
   def position_config(self) -> positions.PositionConfig:
     return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
@@ -244,11 +247,14 @@ class Transformer(nnx.Module):
     B, L = tokens_BL.shape
     C = min(self.cfg.segment_len or L, L)
     n = -(-L // C)
+    initial = state
     pad = lambda x: jnp.pad(x, ((0, 0), (0, n * C - L)))  # padding: segment id 0, masked
     by_segment = lambda x: pad(x).reshape(B, n, C).swapaxes(0, 1)
 
     def one(state, inputs):
       tokens_BC, positions_BC, segment_ids_BC = inputs
+      if self.cfg.memory_reset:
+        state = initial
       x_BSD, positions_BS, segment_ids_BS = self.memory.wrap(
           state, self._embed(tokens_BC, positions_BC), positions_BC, segment_ids_BC)
       x_BSD, layers = run_blocks(self.blocks, x_BSD, positions_BS, segment_ids_BS, self.position,

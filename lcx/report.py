@@ -104,6 +104,8 @@ def _label(results: dict, finetuned: bool) -> str:
   if model.get("segment_len"):  # a run in segments: its memory mechanism, or its window alone
     mechanism = model.get("memory", "none")
     label += f" window {model['segment_len']}" if mechanism == "none" else f" + {mechanism}"
+    if model.get("memory_reset"):  # the ablation: the same weights, the memory wiped
+      label += " (memory wiped)"
   seed = (results.get("config") or {}).get("seed", 0)
   if seed:  # a study's repeat with another seed
     label += f" seed {seed}"
@@ -210,39 +212,52 @@ def tables(variants: list[Variant]) -> str:
 def segment_table(variants: list[Variant]) -> list[str]:
   """For runs in segments (a memory study): the loss of each segment of the training-length
   window, and the mean of the second and later against the window without memory of the same
-  scheme (what the memory adds)."""
+  scheme and seed (what training with the memory gave), and against the same weights evaluated
+  with their memory wiped (model.memory_reset: what the trained model draws from its memory)."""
   rows = []
   for v in variants:
     first = next((r for r in v.results["perplexity"] if "by_segment" in r), None)
     if first is not None:
       config = v.results.get("config") or {}
+      model = config.get("model", {})
       rows.append((v, first["by_segment"]["loss"], (v.results["scheme"], config.get("seed", 0)),
-                   config.get("model", {}).get("memory", "none") == "none"))
+                   model.get("memory", "none"), bool(model.get("memory_reset"))))
   if not rows:
     return []
-  n = max(len(losses) for _, losses, _, _ in rows)
+  n = max(len(losses) for _, losses, *_ in rows)
   late = lambda losses: float(np.mean(losses[1:]))
-  windows = {key: late(losses) for _, losses, key, is_window in rows if is_window}
+  windows = {key: late(losses) for _, losses, key, mechanism, _ in rows if mechanism == "none"}
+  wiped = {(key, mechanism): late(losses) for _, losses, key, mechanism, reset in rows if reset}
   lines = ["", f"Loss by segment of the window at 1x (the first segment has no memory yet; "
            f"`late`: the mean of segments 2-{n}; `vs window`: late minus the window without "
-           "memory of the same scheme, negative when the memory is used):", "",
+           "memory of the same scheme and seed, trained alike; `vs wiped`: late minus the same "
+           "weights with their memory wiped at every segment; negative when the memory is "
+           "used):", "",
            "| variant | " + " | ".join(f"segment {i + 1}" for i in range(n)) +
-           " | late | vs window |", "| --- |" + " ---: |" * (n + 2)]
+           " | late | vs window | vs wiped |", "| --- |" + " ---: |" * (n + 3)]
   by_arm: dict[str, list[float]] = {}  # an arm across seeds: each seed against its own window
-  for v, losses, key, is_window in rows:
-    versus = ("-" if is_window or key not in windows
-              else f"{late(losses) - windows[key]:+.3f}")
+  for v, losses, key, mechanism, reset in rows:
+    has_memory = mechanism != "none" and not reset
+    versus = (f"{late(losses) - windows[key]:+.3f}" if has_memory and key in windows else "-")
+    versus_wiped = (f"{late(losses) - wiped[key, mechanism]:+.3f}"
+                    if has_memory and (key, mechanism) in wiped else "-")
     cells = " | ".join(f"{x:.3f}" for x in losses) + " | -" * (n - len(losses))
-    lines.append(f"| {v.label} | {cells} | {late(losses):.3f} | {versus} |")
-    if not is_window and key in windows:
+    lines.append(f"| {v.label} | {cells} | {late(losses):.3f} | {versus} | {versus_wiped} |")
+    if has_memory and key in windows:
       arm = v.label.removesuffix(f" seed {key[1]}")
-      by_arm.setdefault(arm, []).append(late(losses) - windows[key])
+      by_arm.setdefault(arm, []).append((late(losses) - windows[key],
+                                         late(losses) - wiped.get((key, mechanism), np.nan)))
   if any(len(diffs) > 1 for diffs in by_arm.values()):
-    lines += ["", "`vs window` over seeds (each seed against the window of its own seed):", "",
-              "| variant | seeds | mean | std | min | max |", "| --- |" + " ---: |" * 5]
+    spread = lambda x: (f"{np.mean(x):+.3f} | {np.std(x):.3f} | {min(x):+.3f} | {max(x):+.3f}"
+                        if x else "- | - | - | -")
+    lines += ["", "Over seeds (each seed against its own window, and against its own weights "
+              "with the memory wiped):", "",
+              "| variant | seeds | vs window mean | std | min | max | vs wiped mean | std | min | "
+              "max |", "| --- |" + " ---: |" * 9]
     for arm, diffs in by_arm.items():
-      lines.append(f"| {arm} | {len(diffs)} | {np.mean(diffs):+.3f} | {np.std(diffs):.3f} | "
-                   f"{min(diffs):+.3f} | {max(diffs):+.3f} |")
+      wiped_diffs = [w for _, w in diffs if not np.isnan(w)]
+      lines.append(f"| {arm} | {len(diffs)} | {spread([d for d, _ in diffs])} | "
+                   f"{spread(wiped_diffs)} |")
   return lines
 
 

@@ -97,6 +97,25 @@ def test_memory_none_with_segments_is_the_fixed_window_baseline():
   np.testing.assert_allclose(_model(segment_len=32)(tokens, pos), plain(tokens, pos), atol=2e-5)
 
 
+@pytest.mark.parametrize("mechanism", ["xl", "knn", "rmt"])
+def test_memory_reset_starts_every_segment_from_the_initial_state(mechanism):
+  """The ablation: with memory_reset the same weights see no memory. XL (no parameters of its
+  own) then computes the window without memory; for every mechanism each segment's output is
+  that of the segment run alone from the initial state."""
+  tokens, pos = _stream(48)
+  reset = _model(memory=mechanism, segment_len=16, memory_reset=True)
+  logits = reset(tokens, pos)
+  if mechanism == "xl":
+    np.testing.assert_allclose(logits, _model(segment_len=16)(tokens, pos), atol=2e-5)
+  for start in (16, 32):
+    np.testing.assert_allclose(logits[:, start:start + 16],
+                               reset(tokens[:, start:start + 16], pos[:, start:start + 16]),
+                               atol=2e-5)
+  kept = _model(memory=mechanism, segment_len=16)(tokens, pos)
+  np.testing.assert_allclose(kept[:, :16], logits[:, :16], atol=2e-5)  # the first: no memory yet
+  assert np.abs(kept[:, 16:] - logits[:, 16:]).max() > 1e-3  # later: the memory changes them
+
+
 def test_a_length_that_is_not_a_multiple_of_the_segment_is_padded_and_cut():
   tokens, pos = _stream(40)
   xl = _model(memory="xl", segment_len=16, memory_options=memory.option_types()["xl"](length=32))
@@ -119,6 +138,8 @@ def test_a_length_that_is_not_a_multiple_of_the_segment_is_padded_and_cut():
      "scan_layers=true cannot run knn"),
     (dict(memory="rmt", segment_len=32, rmt=dict(tokens=0)),
      "rmt.tokens=0 must be a positive integer"),
+    (dict(memory_reset=True), "memory_reset=true wipes the memory between segments, and this "
+                              "model has none: set config.model.segment_len"),
 ])
 def test_the_config_refuses_a_memory_that_cannot_work(fields, message):
   c = pretrain.get_config("tiny")

@@ -49,6 +49,13 @@ def test_memory_study_expands_into_valid_configs(scale):
     # retrieval by distance in the window's segments, the full-length arm too
     unit = [a for a in run.stages[1].args if a.startswith("--distance_unit=")]
     assert unit == [f"--distance_unit={dict(small=256, base=512).get(scale, 64)}"]
+    # every arm with a memory is evaluated again with it wiped, on the evaluation's text
+    wiped = [s for s in run.stages if s.name == "wiped"]
+    assert len(wiped) == (resolved.model.memory != "none")
+    for stage in wiped:
+      assert stage.overrides == ("model.memory_reset=true",) and "--trials=0" in stage.args
+      assert set(stage.args) - {"--trials=0"} == {a for a in run.stages[1].args
+                                                   if a.startswith(("--max_tokens", "--lengths"))}
 
 
 def test_product_and_zip():
@@ -287,23 +294,27 @@ def test_multiprocess_launcher_trains_each_stage_over_two_processes(tiny_study, 
 def test_the_report_names_memory_arms_and_compares_their_late_segments():
   """Runs in segments are labelled by mechanism (or as the window alone) and seed; the segment
   table subtracts the window of the same scheme and seed from each arm's later segments."""
-  def variant(scheme, memory, seed, losses):
+  def variant(scheme, memory, seed, losses, reset=False):
     results = {"scheme": scheme, "config": {"seed": seed, "model": {
-        "memory": memory, "segment_len": 64}},
+        "memory": memory, "segment_len": 64, "memory_reset": reset}},
                "perplexity": [{"multiple": 1.0, "by_segment": {"segment_len": 64,
                                                                "loss": losses}}]}
     return report_lib.Variant(report_lib._label(results, False), results, {}, None)
 
   variants = [variant("rope", "none", 0, [3.0, 3.0, 3.0]), variant("rope", "xl", 0, [3.0, 2.5, 2.0]),
-              variant("rope", "none", 1, [3.0, 2.0, 2.0]), variant("rope", "xl", 1, [3.0, 2.5, 2.5])]
+              variant("rope", "none", 1, [3.0, 2.0, 2.0]), variant("rope", "xl", 1, [3.0, 2.5, 2.5]),
+              variant("rope", "xl", 0, [3.0, 3.0, 2.5], reset=True)]
   assert [v.label for v in variants] == ["rope window 64", "rope + xl", "rope window 64 seed 1",
-                                         "rope + xl seed 1"]
+                                         "rope + xl seed 1", "rope + xl (memory wiped)"]
   table = "\n".join(report_lib.segment_table(variants))
-  assert "| rope + xl | 3.000 | 2.500 | 2.000 | 2.250 | -0.750 |" in table
-  assert "| rope + xl seed 1 | 3.000 | 2.500 | 2.500 | 2.500 | +0.500 |" in table
-  assert "| rope window 64 | 3.000 | 3.000 | 3.000 | 3.000 | - |" in table
-  # the arm over its seeds: mean of -0.750 and +0.500, their std and range
-  assert "| rope + xl | 2 | -0.125 | 0.625 | -0.750 | +0.500 |" in table
+  # vs window: 2.25 - 3.0; vs wiped: 2.25 - 2.75 (its own weights, memory wiped)
+  assert "| rope + xl | 3.000 | 2.500 | 2.000 | 2.250 | -0.750 | -0.500 |" in table
+  assert "| rope + xl seed 1 | 3.000 | 2.500 | 2.500 | 2.500 | +0.500 | - |" in table
+  assert "| rope window 64 | 3.000 | 3.000 | 3.000 | 3.000 | - | - |" in table
+  assert "| rope + xl (memory wiped) | 3.000 | 3.000 | 2.500 | 2.750 | - | - |" in table
+  # the arm over its seeds: mean of -0.750 and +0.500, their std and range; wiped: seed 0 only
+  assert ("| rope + xl | 2 | -0.125 | 0.625 | -0.750 | +0.500 | -0.500 | 0.000 | -0.500 | "
+          "-0.500 |") in table
 
 
 def test_the_report_tables_and_plots_retrieval_by_needle_distance(tmp_path):
