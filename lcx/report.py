@@ -197,9 +197,12 @@ def tables(variants: list[Variant]) -> str:
   lines += retrieval_tables(variants)
   lines += distance_tables(variants)
   lines += segment_table(variants)
+  lines += memory_cost_table(variants)
   lines += ["", "| variant | pretrain tokens | FLOPs | time (s) | tokens/s | peak memory | "
             "fine-tune tokens | FLOPs | time (s) |", "| --- |" + " ---: |" * 8]
   for v in variants:
+    if _memory_wiped(v):  # an evaluation ablation: its arm's row has the same training
+      continue
     p, f = v.pretrain, v.finetune or {}
     lines.append(
         f"| {v.label} | {_si(p['tokens_seen'])} | {_si(p['flops_seen'])} | "
@@ -207,6 +210,44 @@ def tables(variants: list[Variant]) -> str:
         f"{_bytes(p.get('peak_memory_bytes'))} | {_si(f.get('tokens_seen'))} | "
         f"{_si(f.get('flops_seen'))} | {_fmt(f.get('train_seconds'), '.0f')} |")
   return "\n".join(lines)
+
+
+def _memory_wiped(v: Variant) -> bool:
+  return bool((v.results.get("config") or {}).get("model", {}).get("memory_reset"))
+
+
+def memory_cost_table(variants: list[Variant]) -> list[str]:
+  """For runs in segments: what each arm's memory costs next to the window alone of its scheme
+  and seed: the keys a query attends to besides its segment (mean over layers), training
+  tokens/s and step time against the window, evaluation tokens/s (perplexity scoring, streamed)
+  and peak memory."""
+  rows = []
+  for v in variants:
+    config = v.results.get("config") or {}
+    model = config.get("model", {})
+    if model.get("segment_len") and not _memory_wiped(v):
+      rows.append((v, (v.results["scheme"], config.get("seed", 0)), model))
+  if not rows:
+    return []
+  from lcx import config as config_lib  # the model's own count of its memory keys
+  import ml_collections
+  windows = {key: v.pretrain["tokens_per_second"] for v, key, model in rows
+             if model.get("memory", "none") == "none"}
+  lines = ["", "What each memory costs (step time vs window: the window alone of the same scheme "
+           "and seed over this arm's training tokens/s; evaluation tokens/s: perplexity scoring, "
+           "streamed segment by segment):", "",
+           "| variant | memory keys per query | train tokens/s | step time vs window | "
+           "eval tokens/s | peak memory |", "| --- |" + " ---: |" * 5]
+  for v, key, model in rows:
+    cfg = config_lib.model_config(config_lib.fill_missing(
+        ml_collections.ConfigDict(v.results["config"])))
+    keys = cfg.attention_context(v.results["train_length"])[1]
+    speed = v.pretrain["tokens_per_second"]
+    versus = f"{windows[key] / speed:.2f}" if key in windows else "-"
+    lines.append(f"| {v.label} | {keys:g} | {_si(speed)} | {versus} | "
+                 f"{_si(v.results.get('scoring_tokens_per_second'))} | "
+                 f"{_bytes(v.pretrain.get('peak_memory_bytes'))} |")
+  return lines
 
 
 def segment_table(variants: list[Variant]) -> list[str]:

@@ -144,6 +144,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       rows[kind].append(row)
       tick(length)
 
+  scoring_seconds = time.perf_counter() - started  # perplexity only: what tokens/s measures
   grids = {}
   if kinds:
     text = retrieval.TextHaystack(np.concatenate([d[1:] for d in documents]))
@@ -168,6 +169,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       "eval_options": dataclasses.asdict(options), "config": c.to_dict(),
       "perplexity": rows["perplexity"], "sliding": rows["sliding"], "retrieval": grids,
       "seconds": time.perf_counter() - started,
+      "scoring_tokens_per_second": tokens_scored / scoring_seconds if tokens_scored else None,
   }
 
 
