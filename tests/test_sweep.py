@@ -344,3 +344,25 @@ def test_the_report_tables_and_plots_retrieval_by_needle_distance(tmp_path):
   path = report_lib._distance_curves(variants, ["passkey"], report_lib.looks(variants), "t",
                                      tmp_path)
   assert path.stat().st_size > 0
+
+
+def test_the_report_says_what_each_memory_costs_next_to_its_window():
+  """Keys per query come from the model's own count; step time is the window's tokens/s over the
+  arm's; an ablation (memory wiped) gets no row of its own."""
+  def variant(memory, tokens_per_second, reset=False):
+    c = __import__("configs.pretrain", fromlist=["x"]).get_config("tiny")
+    c.unlock()
+    c.data.seq_len, c.model.segment_len, c.model.memory = 256, 64, memory
+    c.model.memory_reset = reset
+    config = config_lib.resolve(c, 1).to_dict()
+    results = {"scheme": "rope", "config": config, "train_length": 256,
+               "scoring_tokens_per_second": 5000.0}
+    return report_lib.Variant(report_lib._label(results, False), results,
+                              {"tokens_per_second": tokens_per_second,
+                               "peak_memory_bytes": 2 ** 30}, None)
+
+  table = "\n".join(report_lib.memory_cost_table(
+      [variant("none", 100.0), variant("xl", 80.0), variant("xl", 80.0, reset=True)]))
+  assert "| rope window 64 | 0 | 100 | 1.00 | 5.00k | 1.00 GiB |" in table
+  assert "| rope + xl | 64 | 80 | 1.25 | 5.00k | 1.00 GiB |" in table
+  assert "wiped" not in table
