@@ -17,9 +17,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lcx import cli  # noqa: E402
+from lcx import config as config_lib  # noqa: E402
 from lcx.claims import claims_table  # noqa: E402
 from lcx.evaluate.plots import depth_mean, log_scale_length_axis  # noqa: E402
 from lcx.evaluate.retrieval import DISTANCE_BUCKETS, pool_distances  # noqa: E402
@@ -229,8 +231,6 @@ def memory_cost_table(variants: list[Variant]) -> list[str]:
       rows.append((v, (v.results["scheme"], config.get("seed", 0)), model))
   if not rows:
     return []
-  from lcx import config as config_lib  # the model's own count of its memory keys
-  import ml_collections
   windows = {key: v.pretrain["tokens_per_second"] for v, key, model in rows
              if model.get("memory", "none") == "none"}
   lines = ["", "What each memory costs (step time vs window: the window alone of the same scheme "
