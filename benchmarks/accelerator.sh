@@ -29,6 +29,10 @@ lengths=${LCX_LENGTHS:-1024,4096}
 bench=($python -m lcx.bench --model="${LCX_MODEL:-125m}" --model_fields=scan_layers=true
        --repeats=3 --tokens_per_step="${LCX_TOKENS:-32768}" --profile_lengths=)
 parts=,${LCX_PARTS:-tests,train,eval,blockwise},
+for p in ${parts//,/ }; do
+  [[ $p =~ ^(tests|train|eval|blockwise)$ ]] || {
+    echo "LCX_PARTS: unknown part '$p'; allowed: tests, train, eval, blockwise"; exit 2; }
+done
 failed=()
 
 part() {  # part NAME SECONDS COMMAND...: run one part with its limit, its output kept
