@@ -9,14 +9,15 @@
 #    against dense, values and gradients),
 # 3. runs `python -m lcx.bench` on the 125m preset (bfloat16): every scheme's train step at
 #    L=1024 and 4096 through `auto` (what each scheme costs as lcx runs it), `none` and ALiBi
-#    also through blockwise (the plain-JAX tiled kernel the biased schemes fall back to), and a
-#    32K-token evaluation; each part writes accelerator-<part>.json and .log (its tables) in
-#    OUT_DIR.
+#    also through blockwise (the plain-JAX tiled kernel the biased schemes fall back to), every
+#    scheme with a bias (and none) through lcx's Pallas kernel on a GPU (the bias computed in
+#    the tile), and a 32K-token evaluation; each part writes accelerator-<part>.json and .log
+#    (its tables) in OUT_DIR.
 #
 # Every part has its own time limit and the script goes on after a failure, so one slow or broken
 # part leaves the others' figures. LCX_SCHEMES (comma-separated), LCX_LENGTHS, LCX_EVAL_LENGTH,
 # LCX_MODEL (a preset), LCX_TOKENS (per train step) and LCX_PARTS (which of
-# tests,train,eval,blockwise; all by default) change the run (a CPU smoke test:
+# tests,train,pallas,eval,blockwise; all by default) change the run (a CPU smoke test:
 # LCX_SKIP_INSTALL=1 LCX_MODEL=tiny LCX_LENGTHS=128 LCX_EVAL_LENGTH=1024 LCX_TOKENS=1024).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +29,10 @@ lengths=${LCX_LENGTHS:-1024,4096}
 # One scan over the layers: the same step, compiled in a fraction of the time.
 bench=($python -m lcx.bench --model="${LCX_MODEL:-125m}" --model_fields=scan_layers=true
        --repeats=3 --tokens_per_step="${LCX_TOKENS:-32768}" --profile_lengths=)
-parts=,${LCX_PARTS:-tests,train,eval,blockwise},
+parts=,${LCX_PARTS:-tests,train,pallas,eval,blockwise},
 for p in ${parts//,/ }; do
-  [[ $p =~ ^(tests|train|eval|blockwise)$ ]] || {
-    echo "LCX_PARTS: unknown part '$p'; allowed: tests, train, eval, blockwise"; exit 2; }
+  [[ $p =~ ^(tests|train|pallas|eval|blockwise)$ ]] || {
+    echo "LCX_PARTS: unknown part '$p'; allowed: tests, train, pallas, eval, blockwise"; exit 2; }
 done
 failed=()
 
@@ -81,6 +82,14 @@ for group in first rest; do
       --implementations=auto --eval_lengths= --out="$out/accelerator-$name.json"
   done
 done
+if command -v nvidia-smi >/dev/null; then  # the Pallas kernel lowers through Triton: GPUs only
+  biased=$($python -c "
+from lcx import bench, positions
+print(','.join(s for s in '$schemes'.split(',') if s == 'none'
+               or positions.bias_kind(bench.VARIANTS[s]['position'])))")
+  part pallas 300 "${bench[@]}" --schemes="$biased" --lengths="$lengths" \
+    --implementations=pallas --eval_lengths= --out="$out/accelerator-pallas.json"
+fi
 part eval 240 "${bench[@]}" --lengths= --eval_lengths="${LCX_EVAL_LENGTH:-32768}" \
   --eval_schemes=none,alibi \
   --implementations=auto --eval_memory_gib=16 --out="$out/accelerator-eval.json"

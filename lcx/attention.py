@@ -8,9 +8,11 @@ of the keys (a cache) is handled too. Segment ids, when given, keep packed docum
 `bias_fn(q_positions, k_positions) -> (B, H, Q, K)` is the position scheme's bias (a
 lcx.positions.Bias, which says what it is); a blockwise kernel calls it per tile, the dense
 reference once. Which kernel takes which bias is `accepts`: the library kernels (cuDNN on GPU,
-splash on TPU) take none, so schemes with one run blockwise there; the native CPU kernel takes a
-fixed bias in the linear closed form (ALiBi's), which it computes itself from the slopes, and
-refuses learned ones, whose gradient it could not return.
+splash on TPU) take none, so schemes with one run blockwise there, or through lcx's own Pallas
+kernel (`pallas`: GPU, and the interpreter on a CPU), which evaluates any bias per tile with its
+parameters' gradient; the native CPU kernel takes a fixed bias in the linear closed form (ALiBi's),
+which it computes itself from the slopes, and refuses learned ones, whose gradient it could not
+return.
 """
 import functools
 import logging
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 
 from lcx import native
 from lcx.blockwise import DEFAULT_BLOCK, blockwise_attention
+from lcx.pallas_attention import pallas_attention
 from lcx.positions.bias import LINEAR, BiasKind
 
 _MASKED = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
@@ -111,15 +114,17 @@ def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
 
 IMPLEMENTATIONS = {"dense": dense_attention, "blockwise": blockwise_attention,
                    "native": native.native_attention, "cudnn": cudnn_attention,
-                   "splash": splash_attention}
+                   "splash": splash_attention, "pallas": pallas_attention}
 CHOICES = (*IMPLEMENTATIONS, "auto")
 # The tiled kernels: they take tile lengths (block_q, block_k) and hold one tile of scores at once.
-TILED = ("blockwise", "native")
+TILED = ("blockwise", "native", "pallas")
 # What each implementation can do: the backends it runs on, and the biases it takes (see accepts).
+# pallas on a CPU runs in the Pallas interpreter: for checking it, far too slow to train with.
 _BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "native": ("cpu",),
-             "cudnn": ("gpu",), "splash": ("tpu",)}
+             "cudnn": ("gpu",), "splash": ("tpu",), "pallas": ("cpu", "gpu")}
 # auto's order of preference on each backend: the fused kernels first where they exist (see
-# benchmarks/README.md for the CPU figures).
+# benchmarks/README.md for the CPU figures). pallas is not in it until a GPU has timed it
+# against blockwise (benchmarks/accelerator.sh measures both).
 _PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("splash", "blockwise"),
                "cpu": ("native", "blockwise")}
 
@@ -134,7 +139,8 @@ def _cannot_run(name: str, backend: str) -> str | None:
 def accepts(name: str, bias: BiasKind | None) -> str | None:
   """None if implementation `name` takes a scheme's bias of this kind (None: no bias), values and
   parameter gradients; otherwise why not."""
-  if bias is None or name in ("dense", "blockwise"):  # they call the function, autodiff included
+  if bias is None or name in ("dense", "blockwise", "pallas"):  # they call the function per tile,
+    # autodiff of it included
     return None
   if name == "native":
     if bias.closed_form != LINEAR:

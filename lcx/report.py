@@ -218,6 +218,14 @@ def _memory_wiped(v: Variant) -> bool:
   return bool((v.results.get("config") or {}).get("model", {}).get("memory_reset"))
 
 
+def _trained_alike(v: Variant) -> tuple:
+  """What a memory arm and its window without memory share: the scheme, the seed and the
+  training data (a study's text-only part must not be read against its retrieval mixture)."""
+  config = v.results.get("config") or {}
+  return (v.results["scheme"], config.get("seed", 0),
+          json.dumps(config.get("data", {}), sort_keys=True))
+
+
 def memory_cost_table(variants: list[Variant]) -> list[str]:
   """For runs in segments: what each arm's memory costs next to the window alone of its scheme
   and seed: the keys a query attends to besides its segment (mean over layers), training
@@ -228,7 +236,7 @@ def memory_cost_table(variants: list[Variant]) -> list[str]:
     config = v.results.get("config") or {}
     model = config.get("model", {})
     if model.get("segment_len") and not _memory_wiped(v):
-      rows.append((v, (v.results["scheme"], config.get("seed", 0)), model))
+      rows.append((v, _trained_alike(v), model))
   if not rows:
     return []
   windows = {key: v.pretrain["tokens_per_second"] for v, key, model in rows
@@ -261,7 +269,7 @@ def segment_table(variants: list[Variant]) -> list[str]:
     if first is not None:
       config = v.results.get("config") or {}
       model = config.get("model", {})
-      rows.append((v, first["by_segment"]["loss"], (v.results["scheme"], config.get("seed", 0)),
+      rows.append((v, first["by_segment"]["loss"], _trained_alike(v),
                    model.get("memory", "none"), bool(model.get("memory_reset"))))
   if not rows:
     return []
@@ -276,7 +284,8 @@ def segment_table(variants: list[Variant]) -> list[str]:
            "used):", "",
            "| variant | " + " | ".join(f"segment {i + 1}" for i in range(n)) +
            " | late | vs window | vs wiped |", "| --- |" + " ---: |" * (n + 3)]
-  by_arm: dict[str, list[float]] = {}  # an arm across seeds: each seed against its own window
+  # an arm across seeds (label, training data): each seed against its own window
+  by_arm: dict[tuple[str, str], list[tuple[float, float]]] = {}
   for v, losses, key, mechanism, reset in rows:
     has_memory = mechanism != "none" and not reset
     versus = (f"{late(losses) - windows[key]:+.3f}" if has_memory and key in windows else "-")
@@ -285,7 +294,7 @@ def segment_table(variants: list[Variant]) -> list[str]:
     cells = " | ".join(f"{x:.3f}" for x in losses) + " | -" * (n - len(losses))
     lines.append(f"| {v.label} | {cells} | {late(losses):.3f} | {versus} | {versus_wiped} |")
     if has_memory and key in windows:
-      arm = v.label.removesuffix(f" seed {key[1]}")
+      arm = (v.label.removesuffix(f" seed {key[1]}"), key[2])
       by_arm.setdefault(arm, []).append((late(losses) - windows[key],
                                          late(losses) - wiped.get((key, mechanism), np.nan)))
   if any(len(diffs) > 1 for diffs in by_arm.values()):
@@ -295,7 +304,7 @@ def segment_table(variants: list[Variant]) -> list[str]:
               "with the memory wiped):", "",
               "| variant | seeds | vs window mean | std | min | max | vs wiped mean | std | min | "
               "max |", "| --- |" + " ---: |" * 9]
-    for arm, diffs in by_arm.items():
+    for (arm, _), diffs in by_arm.items():
       wiped_diffs = [w for _, w in diffs if not np.isnan(w)]
       lines.append(f"| {arm} | {len(diffs)} | {spread([d for d, _ in diffs])} | "
                    f"{spread(wiped_diffs)} |")

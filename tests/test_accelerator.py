@@ -1,5 +1,6 @@
 """The attention kernels on the accelerator itself (GPU or TPU) against dense attention there:
-values and gradients, packed documents, every scheme through `auto` in a whole model.
+values and gradients, packed documents, every scheme through `auto` (and lcx's Pallas kernel on a
+GPU) in a whole model.
 benchmarks/accelerator.sh runs these on the device; on a CPU they are skipped (the same kernels
 are covered there by test_attention_kernels, splash in interpret mode)."""
 import jax
@@ -16,6 +17,8 @@ pytestmark = pytest.mark.skipif(jax.default_backend() == "cpu",
                                 reason="runs on an accelerator (benchmarks/accelerator.sh)")
 # The fused kernel this backend prefers for schemes without a bias (cuDNN, splash).
 FUSED = attention.select("auto", bias=None) if jax.default_backend() != "cpu" else "none"
+# The tiled kernels that compute a scheme's bias per tile here: lcx's Pallas kernel on a GPU.
+TILED = ("blockwise", "pallas") if jax.default_backend() == "gpu" else ("blockwise",)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +46,7 @@ def _loss(fn, q, k, v, pos, seg, bias_fn=None):
 
 
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("implementation", [FUSED, "blockwise"])
+@pytest.mark.parametrize("implementation", [FUSED, *TILED])
 def test_kernel_matches_dense_in_bfloat16(implementation, packed):
   """bfloat16 inputs (what the fused kernels take) against dense in float32 on the same values."""
   q, k, v, pos, seg = _inputs(jnp.bfloat16, packed=packed)
@@ -58,24 +61,29 @@ def test_kernel_matches_dense_in_bfloat16(implementation, packed):
     assert np.abs(g - ref).max() <= 3e-2 * np.abs(ref).max(), implementation
 
 
-def test_blockwise_bias_with_a_parameter_matches_dense_in_float32():
-  """A bias with a parameter (ALiBi's slopes times a learned factor) through the tiled kernel on
+@pytest.mark.parametrize("implementation", TILED)
+def test_tiled_bias_with_a_parameter_matches_dense_in_float32(implementation):
+  """A bias with a parameter (ALiBi's slopes times a learned factor) through a tiled kernel on
   the device: the value and the parameter's gradient equal dense's."""
   q, k, v, pos, seg = _inputs(jnp.float32)
   slopes = positions.alibi_slopes(4)
-  blockwise = attention.make("blockwise", requested="blockwise")
+  kernel = attention.make(implementation, requested=implementation)
   grad = lambda fn: jax.jit(jax.value_and_grad(lambda s: _loss(
       fn, q, k, v, pos, seg, lambda qp, kp: positions.alibi_bias(qp, kp, slopes * s))))
-  (value, g), (ref_value, ref_g) = grad(blockwise)(1.0), grad(dense_attention)(1.0)
+  (value, g), (ref_value, ref_g) = grad(kernel)(1.0), grad(dense_attention)(1.0)
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
   np.testing.assert_allclose(g, ref_g, rtol=1e-4)
   assert abs(float(ref_g)) > 1e-3  # the parameter's gradient is not trivially zero
 
 
+@pytest.mark.parametrize("implementation", ["auto", *TILED[1:]])
 @pytest.mark.parametrize("position", [*positions.available(), "p-rope"])
-def test_every_scheme_trains_the_same_through_auto_as_through_dense(position):
+def test_every_scheme_trains_the_same_through_auto_as_through_dense(position, implementation):
   """A whole bfloat16 model with packed documents: loss and every parameter gradient through the
-  kernel `auto` picks here equal dense's, a learned bias's gradient included."""
+  kernel `auto` picks here (and through the Pallas kernel, for the schemes with a bias) equal
+  dense's, a learned bias's gradient included."""
+  if implementation == "pallas" and positions.bias_kind(position.removeprefix("p-")) is None:
+    pytest.skip("no bias: the Pallas kernel alone is checked above")
   variant = ({"position": "rope", "rope": positions.RopeConfig(keep=0.75)} if position == "p-rope"
              else {"position": position})
 
@@ -97,7 +105,7 @@ def test_every_scheme_trains_the_same_through_auto_as_through_dense(position):
     graphdef, params = nnx.split(model, nnx.Param)
     return jax.jit(jax.value_and_grad(loss))(params)
 
-  (loss, grads), (loss_a, grads_a) = loss_and_grads("dense"), loss_and_grads("auto")
+  (loss, grads), (loss_a, grads_a) = loss_and_grads("dense"), loss_and_grads(implementation)
   np.testing.assert_allclose(loss_a, loss, rtol=2e-2)
   # bfloat16 rounding differs between kernels: each leaf within 5% of its own scale, plus 0.1%
   # of the largest gradient (a leaf whose true gradient is zero, such as FIRE's output offset,

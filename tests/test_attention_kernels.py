@@ -1,6 +1,6 @@
-"""Blockwise and native attention against the dense reference: values and gradients, every
-scheme, uneven lengths, packed documents, learned biases, a sharded mesh; the implementation
-switch and its refusals."""
+"""Blockwise, native and Pallas (interpreted) attention against the dense reference: values and
+gradients, every scheme, uneven lengths, packed documents, learned biases, a sharded mesh; the
+implementation switch and its refusals."""
 import functools
 import os
 import subprocess
@@ -15,6 +15,7 @@ from flax import nnx
 from lcx import attention, blockwise, native, positions, sharding
 from lcx.attention import dense_attention
 from lcx.blockwise import blockwise_attention
+from lcx.pallas_attention import pallas_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 from tests.conftest import ROOT
 
@@ -215,15 +216,33 @@ def test_resolving_a_config_builds_no_kernel_and_the_model_chooses_once(tmp_path
   assert calls.read_text().count("called") == 1
 
 
-def test_blockwise_handles_queries_at_the_end_of_longer_keys_and_uneven_tiles():
-  """A block of queries aligned with the end of the keys (a cache), tiles of different sizes."""
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bias", ["none", "alibi"])
+def test_pallas_kernel_matches_dense_in_interpret_mode(bias, packed):
+  """lcx's Pallas kernel (forward, dK/dV and dQ kernels), interpreted on the CPU."""
+  q, k, v, q_pos, k_pos, seg = _inputs(packed=packed)
+  bias_fn = _alibi(4) if bias == "alibi" else None
+  (value, grads), (value_p, grads_p) = (
+      jax.jit(jax.value_and_grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
+                                 argnums=(0, 1, 2)))(q, k, v)
+      for fn, kw in [(dense_attention, {}), (pallas_attention, dict(block_q=8, block_k=16))])
+  np.testing.assert_allclose(value_p, value, rtol=1e-5)
+  for g, g_p in zip(grads, grads_p):
+    np.testing.assert_allclose(g_p, g, atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("kernel", [blockwise_attention, pallas_attention])
+def test_tiled_kernels_handle_queries_at_the_end_of_longer_keys_and_uneven_tiles(kernel, causal):
+  """A block of queries aligned with the end of the keys (a cache), tiles of different sizes
+  that divide neither length."""
   q, k, v, q_pos, k_pos, seg = _inputs(Q=13, S=41)
   bias_fn = _alibi(4)
   for block_q, block_k in [(4, 16), (16, 4), (5, 7)]:
-    grads = [jax.grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
+    grads = [jax.grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, causal=causal, **kw),
                       argnums=(0, 1, 2))(q, k, v)
              for fn, kw in [(dense_attention, {}),
-                            (blockwise_attention, dict(block_q=block_q, block_k=block_k))]]
+                            (kernel, dict(block_q=block_q, block_k=block_k))]]
     for g, g_b in zip(*grads):
       np.testing.assert_allclose(g_b, g, atol=2e-5)
 
@@ -236,8 +255,9 @@ def test_tiles_above_the_diagonal_are_skipped():
   assert (0, 1) in blockwise.visible_tiles(2, 4, 8, 4, offset=0)
 
 
-@pytest.mark.parametrize("unroll_max_tiles", [0, 64])  # while-loops, and unrolled
-def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(unroll_max_tiles,
+@pytest.mark.parametrize("kernel,unroll_max_tiles", [  # blockwise: while-loops, and unrolled
+    (blockwise_attention, 0), (blockwise_attention, 64), (pallas_attention, None)])
+def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(kernel, unroll_max_tiles,
                                                                     monkeypatch):
   monkeypatch.setattr(blockwise, "UNROLL_MAX_TILES", unroll_max_tiles)
   q, k, v, q_pos, k_pos, seg = _inputs()
@@ -249,18 +269,21 @@ def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(unroll_max_t
 
   grad_dense = jax.grad(lambda w: _loss(dense_attention, q, k, v, q_pos, k_pos, seg,
                                         learned_bias(w)))(weights)
-  grad_tiled = jax.jit(jax.grad(lambda w: _loss(blockwise_attention, q, k, v, q_pos, k_pos, seg,
+  grad_tiled = jax.jit(jax.grad(lambda w: _loss(kernel, q, k, v, q_pos, k_pos, seg,
                                                 learned_bias(w), block_q=8, block_k=8)))(weights)
   np.testing.assert_allclose(grad_tiled, grad_dense, rtol=1e-4)
   assert np.abs(grad_dense).min() > 0
 
 
-@pytest.mark.parametrize("implementation", ["blockwise", "native"])
+@pytest.mark.parametrize("implementation", attention.TILED)
 @pytest.mark.parametrize("position", SCHEMES)
 def test_every_scheme_trains_the_same_through_the_tiled_kernels(position, implementation):
   """A whole model (two layers, packed documents): loss and every parameter gradient, a learned
   bias's included (it must not be silently zero); a kernel that cannot take the scheme's bias
-  refuses it when the model is built."""
+  refuses it when the model is built. (The Pallas kernel, interpreted here, is run for the
+  schemes with a bias: without one it is the kernel the tests above check.)"""
+  if implementation == "pallas" and positions.bias_kind(position) is None:
+    pytest.skip("no bias: the Pallas kernel alone is checked above")
   if attention.accepts(implementation, positions.bias_kind(position)):
     with pytest.raises(ValueError, match=f"'{implementation}' cannot take this position scheme"):
       Transformer(ModelConfig(vocab_size=64, position=position, attention=implementation),
@@ -324,7 +347,11 @@ def test_the_switch_refuses_what_cannot_work_and_auto_falls_back():
     attention.select("cudnn", bias=None, backend="cpu")
   with pytest.raises(ValueError, match="runs on cpu, not on gpu"):
     attention.select("native", bias=None, backend="gpu")
-  with pytest.raises(ValueError, match="allowed: dense, blockwise, native, cudnn, splash, auto"):
+  with pytest.raises(ValueError, match="runs on cpu/gpu, not on tpu"):
+    attention.select("pallas", bias=None, backend="tpu")
+  assert attention.select("pallas", bias=positions.bias_kind("t5"), backend="gpu") == "pallas"
+  with pytest.raises(ValueError,
+                     match="allowed: dense, blockwise, native, cudnn, splash, pallas, auto"):
     attention.select("flash3", bias=None)
 
 

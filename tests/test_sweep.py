@@ -294,8 +294,8 @@ def test_multiprocess_launcher_trains_each_stage_over_two_processes(tiny_study, 
 def test_the_report_names_memory_arms_and_compares_their_late_segments():
   """Runs in segments are labelled by mechanism (or as the window alone) and seed; the segment
   table subtracts the window of the same scheme and seed from each arm's later segments."""
-  def variant(scheme, memory, seed, losses, reset=False):
-    results = {"scheme": scheme, "config": {"seed": seed, "model": {
+  def variant(scheme, memory, seed, losses, reset=False, data=None):
+    results = {"scheme": scheme, "config": {"seed": seed, "data": data or {}, "model": {
         "memory": memory, "segment_len": 64, "memory_reset": reset}},
                "perplexity": [{"multiple": 1.0, "by_segment": {"segment_len": 64,
                                                                "loss": losses}}]}
@@ -315,6 +315,15 @@ def test_the_report_names_memory_arms_and_compares_their_late_segments():
   # the arm over its seeds: mean of -0.750 and +0.500, their std and range; wiped: seed 0 only
   assert ("| rope + xl | 2 | -0.125 | 0.625 | -0.750 | +0.500 | -0.500 | 0.000 | -0.500 | "
           "-0.500 |") in table
+  # trained on other data (a study's retrieval mixture beside its text-only part): compared with
+  # the window trained on that data only, and over seeds apart
+  mixture = {"retrieval": {"fraction": 0.75}}
+  table = "\n".join(report_lib.segment_table(
+      variants + [variant("rope", "none", 0, [3.0, 2.0, 2.0], data=mixture),
+                  variant("rope", "xl", 0, [3.0, 2.5, 2.5], data=mixture)]))
+  assert "| rope + xl | 3.000 | 2.500 | 2.000 | 2.250 | -0.750 | -0.500 |" in table
+  assert "| rope + xl | 3.000 | 2.500 | 2.500 | 2.500 | +0.500 | - |" in table
+  assert "| rope + xl | 1 | +0.500 | 0.000 | +0.500 | +0.500 | - | - | - | - |" in table
 
 
 def test_the_report_tables_and_plots_retrieval_by_needle_distance(tmp_path):

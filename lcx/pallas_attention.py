@@ -1,0 +1,324 @@
+"""Flash attention as a Pallas kernel with the position bias computed inside each tile.
+
+The same algorithm as lcx.blockwise (online softmax over key tiles, the backward pass recomputing
+each tile's probabilities from the saved log-normalizer), written as Pallas kernels so that on a
+GPU (Pallas' Triton lowering) a tile's scores, bias, mask and softmax stay in on-chip memory:
+  - forward: one program per (batch row, head, query tile), looping over the key tiles it sees;
+  - backward: one program per (row, head, key tile) for dK, dV and the bias parameters'
+    gradient, looping over the query tiles that see it; one per (row, head, query tile) for dQ.
+Tiles wholly above the causal diagonal are never visited (the loops' bounds come from the tile
+index), packed documents are kept apart by segment ids compared per tile, and the scheme's bias
+is its own function (the lcx.positions.Bias the model hands every kernel) evaluated on the tile's
+query and key positions, FlexAttention's score modification: no L x L array exists anywhere, and
+a learned bias (T5, KERPLE, FIRE) gets its parameters' gradient from the backward kernel, each
+program adding up its tiles' share.
+
+A bias function returns every head at once ((1, H, bq, bk)); a program keeps its own head's slice
+(a one-hot sum, which lowers where an indexed read of a computed value does not). On a CPU the
+kernels run in Pallas' interpret mode: slow, and exactly what the tests compare with dense.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from lcx.blockwise import DEFAULT_BLOCK, _closure_converted_bias
+
+_NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled apart (lse = inf)
+
+
+def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                     block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK,
+                     interpret: bool | None = None):
+  """Same signature and result as lcx.attention.dense_attention. `interpret` (default: on a CPU)
+  runs the kernels in Pallas' interpreter."""
+  B, Q, H, K = q_BQHK.shape
+  S = k_BKHK.shape[1]
+  bq, bk = min(block_q, Q), min(block_k, S)
+  nq, nk = -(-Q // bq), -(-S // bk)
+  pad_q, pad_k = nq * bq - Q, nk * bk - S
+  packed = q_segment_ids_BQ is not None
+  q_seg = k_seg = None
+  if packed:
+    q_seg = jnp.pad(q_segment_ids_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)))
+    k_seg = jnp.pad(k_segment_ids_BK.astype(jnp.int32), ((0, 0), (0, pad_k)))
+  q_pos = jnp.pad(q_positions_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)))
+  k_pos = jnp.pad(k_positions_BK.astype(jnp.int32), ((0, 0), (0, pad_k)))
+  # The bias as a pure function of one row's tile positions and its closed-over values.
+  bias, (consts, params) = _closure_converted_bias(bias_fn, q_pos[:1, :bq], k_pos[:1, :bk])
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  geometry = _Geometry(B=B, H=H, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
+                       causal_offset=S - Q if causal else None, packed=packed, bias=bias,
+                       const_shapes=tuple(np.shape(c) for c in consts),
+                       param_shapes=tuple(np.shape(p) for p in params), interpret=interpret)
+
+  def heads_first(x, pad):  # (B, L, H, K) -> (B, H, L + pad, K)
+    return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+  q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)
+  o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
+                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg,
+                 tuple(map(_at_least_1d, consts)), tuple(map(_at_least_1d, params)))
+  return o[:, :, :Q].transpose(0, 2, 1, 3)
+
+
+def _at_least_1d(x):
+  """Scalars travel as (1,) arrays (a kernel's operands have at least one axis)."""
+  x = jnp.asarray(x)
+  return x.reshape(1) if x.ndim == 0 else x
+
+
+class _Geometry:
+  """The static description of one call (hashable: a nondiff argument of the custom VJP)."""
+
+  def __init__(self, **fields):
+    self.__dict__.update(fields)
+    self._key = tuple(sorted((k, v if k != "bias" else id(v)) for k, v in fields.items()))
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Geometry) and self._key == other._key
+
+
+# --- what every kernel does to a tile -------------------------------------------------------------
+
+def _key_tiles_seen(g, i):
+  """How many key tiles (from the first) query tile i (traced) visits."""
+  if g.causal_offset is None:
+    return g.nk
+  last_key = (i + 1) * g.bq - 1 + g.causal_offset
+  return jnp.clip(jax.lax.div(last_key, g.bk) + 1, 0, g.nk)
+
+
+def _first_query_tile(g, j):
+  """The first query tile that sees key tile j (traced)."""
+  if g.causal_offset is None:
+    return 0
+  return jnp.clip(jax.lax.div(j * g.bk - g.causal_offset, g.bq), 0, g.nq)
+
+
+def _tile_bias(g, h, q_pos, k_pos, consts, params):
+  """Head h's bias of the tile with these positions, (bq, bk) float32."""
+  consts = [c.reshape(shape) for c, shape in zip(consts, g.const_shapes)]
+  params = [p.reshape(shape) for p, shape in zip(params, g.param_shapes)]
+  bias = g.bias(q_pos[None], k_pos[None], consts, params).astype(jnp.float32)
+  bias = jnp.broadcast_to(bias, (*(1,) * (4 - bias.ndim), *bias.shape))[0]  # (1 or H, bq, bk)
+  if bias.shape[0] == 1:
+    return jnp.broadcast_to(bias[0], (g.bq, g.bk))
+  one_hot = (jnp.arange(g.H) == h).astype(jnp.float32)[:, None, None]
+  return jnp.broadcast_to((bias * one_hot).sum(axis=0), (g.bq, g.bk))
+
+
+def _tile_scores(g, h, i, j, q, k, pos, seg, consts, params):
+  """Scores plus bias of tile (i, j) for head h, float32 (bq, bk), masked keys at -inf; and
+  the mask (None: every key is seen)."""
+  q_pos_ref, k_pos_ref = pos
+  q_rows, k_rows = pl.ds(i * g.bq, g.bq), pl.ds(j * g.bk, g.bk)
+  s = jnp.dot(q, k.T, preferred_element_type=jnp.float32)
+  if g.bias is not None:
+    s = s + _tile_bias(g, h, q_pos_ref[q_rows], k_pos_ref[k_rows], consts, params)
+  q_index = i * g.bq + jnp.arange(g.bq)[:, None]
+  k_index = j * g.bk + jnp.arange(g.bk)[None, :]
+  mask = k_index < g.keys  # padded keys
+  if g.causal_offset is not None:
+    mask = mask & (k_index <= q_index + g.causal_offset)
+  if g.packed:
+    q_seg_ref, k_seg_ref = seg
+    mask = mask & (q_seg_ref[q_rows][:, None] == k_seg_ref[k_rows][None, :])
+  return jnp.where(mask, s, _NO_KEY), mask
+
+
+def _load_bias_args(g, const_refs, param_refs):
+  return [r[...] for r in const_refs], [r[...] for r in param_refs]
+
+
+# --- forward ----------------------------------------------------------------------------------------
+
+def _forward_kernel(g, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, *rest):
+  """Program (b, h, i): query tile i of head h, over the key tiles it sees."""
+  seg, rest = (rest[:2], rest[2:]) if g.packed else ((), rest)
+  n_c, n_p = len(g.const_shapes), len(g.param_shapes)
+  const_refs, param_refs, (o_ref, lse_ref) = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
+  consts, params = _load_bias_args(g, const_refs, param_refs)
+  h, i = pl.program_id(1), pl.program_id(2)
+  q = q_ref[...]
+
+  def visit(j, carry):
+    m, l, acc = carry
+    k = k_ref[pl.ds(j * g.bk, g.bk), :]
+    s, _ = _tile_scores(g, h, i, j, q, k, (q_pos_ref, k_pos_ref), seg, consts, params)
+    m_new = jnp.maximum(m, s.max(axis=-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
+    p = jnp.exp(s - m_safe[:, None])
+    correction = jnp.exp(m - m_safe)
+    pv = jnp.dot(p.astype(v_ref.dtype), v_ref[pl.ds(j * g.bk, g.bk), :],
+                 preferred_element_type=jnp.float32)
+    return m_new, l * correction + p.sum(axis=-1), acc * correction[:, None] + pv
+
+  start = (jnp.full((g.bq,), -jnp.inf, jnp.float32), jnp.zeros((g.bq,), jnp.float32),
+           jnp.zeros((g.bq, g.K), jnp.float32))
+  m, l, acc = jax.lax.fori_loop(0, _key_tiles_seen(g, i), visit, start)
+  l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
+  o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)
+
+
+def _side_specs(g, consts, params):
+  """BlockSpecs of what every program reads in part: its row's positions and segment ids (whole
+  rows: a program slices its tiles), and the bias's values (whole)."""
+  row = lambda length: pl.BlockSpec((None, length), lambda b, h, t: (b, 0))
+  whole = lambda shape: pl.BlockSpec(shape, lambda b, h, t: (0,) * len(shape))
+  specs = [row(g.nq * g.bq), row(g.nk * g.bk)]
+  if g.packed:
+    specs += [row(g.nq * g.bq), row(g.nk * g.bk)]
+  return specs + [whole(x.shape) for x in (*consts, *params)]
+
+
+def _call(g, kernel, grid, in_specs, out_specs, out_shape, name):
+  return pl.pallas_call(functools.partial(kernel, g), grid=grid, in_specs=in_specs,
+                        out_specs=out_specs, out_shape=out_shape, interpret=g.interpret,
+                        name=name)
+
+
+def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
+  """(output (B, H, Lq, K) in q's dtype, log-normalizer (B, H, Lq) float32)."""
+  Lq, Lk = g.nq * g.bq, g.nk * g.bk
+  in_specs = [pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0)),
+              pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, h, 0, 0)),
+              pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, h, 0, 0)),
+              *_side_specs(g, consts, params)]
+  out_specs = [pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0)),
+               pl.BlockSpec((None, None, g.bq), lambda b, h, i: (b, h, i))]
+  out_shape = [jax.ShapeDtypeStruct((g.B, g.H, Lq, g.K), q.dtype),
+               jax.ShapeDtypeStruct((g.B, g.H, Lq), jnp.float32)]
+  segs = (q_seg, k_seg) if g.packed else ()
+  return _call(g, _forward_kernel, (g.B, g.H, g.nq), in_specs, out_specs, out_shape,
+               "lcx_attention_forward")(q, k, v, q_pos, k_pos, *segs, *consts, *params)
+
+
+# --- backward ---------------------------------------------------------------------------------------
+
+def _tile_ds(g, h, i, j, q, k, v, do, lse, delta, pos, seg, consts, params):
+  """(p, ds) of tile (i, j): the probabilities recomputed from lse, and d loss / d (score +
+  bias)."""
+  s, mask = _tile_scores(g, h, i, j, q, k, pos, seg, consts, params)
+  p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
+  dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+  return p, p * (dp - delta[:, None])
+
+
+def _dkv_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k_pos_ref, *rest):
+  """Program (b, h, j): dK and dV of key tile j and its share of the bias parameters' gradient,
+  over the query tiles that see it."""
+  seg, rest = (rest[:2], rest[2:]) if g.packed else ((), rest)
+  n_c, n_p = len(g.const_shapes), len(g.param_shapes)
+  const_refs, param_refs, outs = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
+  dk_ref, dv_ref, dparam_refs = outs[0], outs[1], outs[2:]
+  consts, params = _load_bias_args(g, const_refs, param_refs)
+  h, j = pl.program_id(1), pl.program_id(2)
+  k, v = k_ref[...], v_ref[...]
+  pos = (q_pos_ref, k_pos_ref)
+
+  def visit(i, carry):
+    dk, dv, dparams = carry
+    rows = pl.ds(i * g.bq, g.bq)
+    q, do = q_ref[rows, :], do_ref[rows, :]
+    lse, delta = lse_ref[rows], delta_ref[rows]
+    p, ds = _tile_ds(g, h, i, j, q, k, v, do, lse, delta, pos, seg, consts, params)
+    if params:  # the tile's bias in its parameters, pulled back from ds
+      _, pullback = jax.vjp(
+          lambda ps: _tile_bias(g, h, q_pos_ref[rows], k_pos_ref[pl.ds(j * g.bk, g.bk)],
+                                consts, ps), params)
+      dparams = [a + b for a, b in zip(dparams, pullback(ds)[0])]
+    dv = dv + jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=jnp.float32)
+    dk = dk + jnp.dot(ds.astype(q.dtype).T, q, preferred_element_type=jnp.float32)
+    return dk, dv, dparams
+
+  zeros = jnp.zeros((g.bk, g.K), jnp.float32)
+  dparams = [jnp.zeros(p.shape, jnp.float32) for p in params]
+  dk, dv, dparams = jax.lax.fori_loop(_first_query_tile(g, j), g.nq, visit,
+                                      (zeros, zeros, dparams))
+  dk_ref[...] = dk.astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+  for ref, d in zip(dparam_refs, dparams):
+    ref[...] = d
+
+
+def _dq_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k_pos_ref, *rest):
+  """Program (b, h, i): dQ of query tile i, over the key tiles it sees."""
+  seg, rest = (rest[:2], rest[2:]) if g.packed else ((), rest)
+  n_c, n_p = len(g.const_shapes), len(g.param_shapes)
+  const_refs, param_refs, (dq_ref,) = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
+  consts, params = _load_bias_args(g, const_refs, param_refs)
+  h, i = pl.program_id(1), pl.program_id(2)
+  q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+
+  def visit(j, dq):
+    cols = pl.ds(j * g.bk, g.bk)
+    k = k_ref[cols, :]
+    _, ds = _tile_ds(g, h, i, j, q, k, v_ref[cols, :], do, lse, delta, (q_pos_ref, k_pos_ref),
+                     seg, consts, params)
+    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+  dq = jax.lax.fori_loop(0, _key_tiles_seen(g, i), visit, jnp.zeros((g.bq, g.K), jnp.float32))
+  dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params):
+  Lq, Lk = g.nq * g.bq, g.nk * g.bk
+  # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
+  delta = jnp.einsum("bhqd,bhqd->bhq", do.astype(jnp.float32), o.astype(jnp.float32))
+  segs = (q_seg, k_seg) if g.packed else ()
+  operands = (q, k, v, do, lse, delta, q_pos, k_pos, *segs, *consts, *params)
+  side_specs = _side_specs(g, consts, params)
+  all_q = pl.BlockSpec((None, None, Lq, g.K), lambda b, h, t: (b, h, 0, 0))
+  all_k = pl.BlockSpec((None, None, Lk, g.K), lambda b, h, t: (b, h, 0, 0))
+  all_rows = pl.BlockSpec((None, None, Lq), lambda b, h, t: (b, h, 0))
+  key_tile = pl.BlockSpec((None, None, g.bk, g.K), lambda b, h, j: (b, h, j, 0))
+  query_tile = pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0))
+  query_rows = pl.BlockSpec((None, None, g.bq), lambda b, h, i: (b, h, i))
+
+  # dK, dV (and the bias parameters: one partial sum per program, added up here)
+  param_shapes = [p.shape for p in params]
+  out = _call(g, _dkv_kernel, (g.B, g.H, g.nk),
+              [all_q, key_tile, key_tile, all_q, all_rows, all_rows, *side_specs],
+              [key_tile, key_tile,
+               *(pl.BlockSpec((None, None, None, *s), lambda b, h, j, n=len(s): (b, h, j,
+                                                                                 *(0,) * n))
+                 for s in param_shapes)],
+              [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
+               *(jax.ShapeDtypeStruct((g.B, g.H, g.nk, *s), jnp.float32) for s in param_shapes)],
+              "lcx_attention_dkv")(*operands)
+  dk, dv, dparams = out[0], out[1], [d.sum(axis=(0, 1, 2)) for d in out[2:]]
+  dq = _call(g, _dq_kernel, (g.B, g.H, g.nq),
+             [query_tile, all_k, all_k, query_tile, query_rows, query_rows, *side_specs],
+             query_tile, jax.ShapeDtypeStruct(q.shape, q.dtype), "lcx_attention_dq")(*operands)
+  return dq, dk, dv, dparams
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
+  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params)[0]
+
+
+def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
+  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params)
+  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, consts, params)
+
+
+def _attention_bwd(g, residuals, do):
+  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, consts, params = residuals
+  dq, dk, dv, dparams = _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts,
+                                  params)
+  # None: no gradient for positions, segment ids and the bias's fixed values
+  return (dq, dk, dv, None, None, None, None, tuple(None for _ in consts),
+          tuple(d.reshape(p.shape).astype(p.dtype) for d, p in zip(dparams, params)))
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
