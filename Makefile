@@ -2,14 +2,16 @@
 #   make demo   create .venv (when missing or stale), then run the CPU extrapolation study and report
 #   make demo-more  the study's other schemes (T5, KERPLE, FIRE; then xPos, p-RoPE), same folder
 #   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
+#   make demo-memory-text  its text-only parts (seeds 0, 1, 2; 16 minutes each) and their report
 #   make test   create .venv (when missing or stale), then run the test suite
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/extrapolation-cpu
 MEMORY_DIR ?= runs/memory-cpu
+MEMORY_TEXT_DIR ?= runs/memory-cpu-text
 
-.PHONY: demo demo-more demo-memory test venv
+.PHONY: demo demo-more demo-memory demo-memory-text test venv
 
 venv: $(STAMP)
 
@@ -35,6 +37,13 @@ demo-memory: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu --out $(MEMORY_DIR)
 	$(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu-more --out $(MEMORY_DIR)
 	$(VENV)/bin/python -m lcx.report $(MEMORY_DIR)
+
+# Does a memory lower the loss of text where nothing else differs (no retrieval rows)? 3 seeds.
+demo-memory-text: $(STAMP)
+	for seed in 0 1 2; do \
+	  $(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu-text-$$seed --out $(MEMORY_TEXT_DIR) \
+	    || exit 1; done
+	$(VENV)/bin/python -m lcx.report $(MEMORY_TEXT_DIR)
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 WANDB_MODE=disabled \

@@ -39,6 +39,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="pystdlib", text_dir="", text_glob="**/*", data_dir="~/.cache/lcx/tensorflow_datasets",
       text_key="text", tokenizer="byte", seq_len=128, batch_size=16, document_mask=True,
+      # set when the config is resolved: the hash of a SentencePiece model file, which a resumed
+      # run, a fine-tune and an evaluation find unchanged or refuse
+      tokenizer_sha256="",
   ))
   # A fraction of training rows made retrieval documents (lcx.data.mixture; 0: plain
   # pretraining), the tasks and styles drawn from, and the task sizes training and evaluation share.

@@ -5,12 +5,13 @@ Every problem is reported as one line naming the field and what it allows.
 import dataclasses
 import functools
 import math
+import pathlib
 
 import ml_collections
 
 from lcx import attention, memory, positions, retrieval
 from lcx.data import mixture
-from lcx.data.tokenizers import TOKENIZERS, make_tokenizer
+from lcx.data.tokenizers import SENTENCEPIECE, make_tokenizer
 from lcx.model import REMAT_POLICIES, ModelConfig
 from lcx.sharding import resolve_mesh_shape
 from lcx.train_step import OptimizerConfig
@@ -45,6 +46,23 @@ def _choice(c, name: str, allowed) -> None:
            f"{', '.join(map(str, allowed))}")
 
 
+def _tokenizer(d):
+  """The run's tokenizer, loaded (a SentencePiece file must exist and be one). A SentencePiece
+  path is made absolute and the file's hash recorded in data.tokenizer_sha256; a hash already
+  there (a saved run's) must match the file."""
+  if "tokenizer_sha256" not in d:
+    d.tokenizer_sha256 = ""
+  if d.tokenizer.startswith(SENTENCEPIECE):
+    path = pathlib.Path(d.tokenizer.removeprefix(SENTENCEPIECE)).expanduser()
+    d.tokenizer = f"{SENTENCEPIECE}{path.resolve() if path.exists() else path}"
+  try:
+    tokenizer = make_tokenizer(d.tokenizer, d.tokenizer_sha256)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
+  d.tokenizer_sha256 = getattr(tokenizer, "sha256", "")
+  return tokenizer
+
+
 def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with the fields added since a run was saved filled in as that run behaved. Called
   before overrides are applied to a saved config, so an override of a new field finds it."""
@@ -70,6 +88,8 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     d.retrieval.answer_weight = 1.0
   if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
     c.eval.probe_tasks, c.eval.probe_trials = (), 0
+  if "tokenizer_sha256" not in d:  # runs saved before subword tokenizers: bytes, nothing to hash
+    d.tokenizer_sha256 = ""
   return c
 
 
@@ -97,7 +117,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)
   _choice(c, "model.compute_dtype", DTYPES)
-  _choice(c, "data.tokenizer", tuple(TOKENIZERS))
+  tokenizer = _tokenizer(d)
   _choice(c, "train.schedule", SCHEDULES)
   _choice(c, "wandb.mode", WANDB_MODES)
   if m.rope.original_length == 0:
@@ -118,7 +138,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _positive(c, "model.head_dim")
   if m.max_len == 0:
     m.max_len = d.seq_len
-  tokenizer_vocab = make_tokenizer(d.tokenizer).vocab_size
+  tokenizer_vocab = tokenizer.vocab_size
   if m.vocab_size == 0:
     m.vocab_size = math.ceil(tokenizer_vocab / m.vocab_multiple) * m.vocab_multiple
   _require(m.vocab_size >= tokenizer_vocab,
@@ -145,7 +165,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     _require(bool(c.init_from), "config.init_from is empty; a fine-tune needs the run directory "
              "whose parameters it starts from")
   try:
-    mixture.check(mixture_config(c), make_tokenizer(d.tokenizer), d.seq_len)
+    mixture.check(mixture_config(c), tokenizer, d.seq_len)
     retrieval_params(c)
   except ValueError as e:
     raise ConfigError(f"config.{e}" if str(e).startswith("data.") else
@@ -276,5 +296,11 @@ def inherit_architecture(config: ml_collections.ConfigDict,
   out.model.rope.update(own)
   if not own["original_length"]:
     out.model.rope.original_length = source.model.rope.original_length or source.data.seq_len
+  if out.data.tokenizer not in ("byte", source.data.tokenizer):  # named, and not the source's
+    raise ConfigError(f"config.data.tokenizer={out.data.tokenizer!r}: a fine-tune keeps the "
+                      f"tokenizer of the run it starts from ({source.data.tokenizer!r}); "
+                      "leave data.tokenizer unset")
+  # The source's model file, which must still hash as it did (checked at resolution).
   out.data.tokenizer = source.data.tokenizer
+  out.data.tokenizer_sha256 = source.data.get("tokenizer_sha256", "")
   return out
