@@ -28,7 +28,8 @@ python=${PYTHON:-python3}
 lengths=${LCX_LENGTHS:-1024,4096}
 # One scan over the layers: the same step, compiled in a fraction of the time.
 bench=($python -m lcx.bench --model="${LCX_MODEL:-125m}" --model_fields=scan_layers=true
-       --repeats=3 --tokens_per_step="${LCX_TOKENS:-32768}" --profile_lengths=)
+       --repeats=3 --tokens_per_step="${LCX_TOKENS:-32768}" --profile_lengths=
+       --data_tokenizers=)  # the input pipeline is the host's: measured by lcx.bench on a CPU
 parts=,${LCX_PARTS:-tests,train,pallas,eval,blockwise},
 for p in ${parts//,/ }; do
   [[ $p =~ ^(tests|train|pallas|eval|blockwise)$ ]] || {

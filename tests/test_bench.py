@@ -32,12 +32,14 @@ def test_blockwise_evaluation_memory_grows_linearly_and_dense_quadratically():
   assert blockwise[1] < dense[1] / 10
 
 
-def test_bench_prints_the_tables_and_writes_json(tmp_path):
+def test_bench_prints_the_tables_and_writes_json(tmp_path, data_dir):
   out = tmp_path / "bench.json"
   result = subprocess.run(
       [sys.executable, "-m", "lcx.bench", "--lengths=256", "--eval_lengths=512",
        "--schemes=none,alibi", "--implementations=blockwise,native", "--tokens_per_step=256",
-       "--repeats=1", "--profile_lengths=256", f"--out={out}"], cwd=ROOT, capture_output=True,
+       "--repeats=1", "--profile_lengths=256", f"--out={out}", f"--data_dir={data_dir}",
+       "--data_lengths=256,1024", "--data_batch=32", "--data_batches=2"], cwd=ROOT,
+      capture_output=True,
       text=True, timeout=300,
       env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -55,6 +57,13 @@ def test_bench_prints_the_tables_and_writes_json(tmp_path):
   assert 0 < alibi["mfu"] < 1 and alibi["tokens_per_second"] > 0
   assert numbers["eval"][0]["memory_bytes"] > 0 and numbers["peak_flops"] > 1e9
   assert np.isclose(alibi["tokens_per_second"] * alibi["step_seconds"], 256)
+  # the input pipeline: one row per length, batches from the token cache of the bundled corpus
+  assert "### Input pipeline" in result.stdout
+  assert [(r["tokenizer"], r["length"], r["batch"]) for r in numbers["data"]] == [
+      ("byte", 256, 32), ("byte", 1024, 32)]
+  for r in numbers["data"]:
+    assert np.isclose(r["tokens_per_second"] * r["seconds_per_batch"], 32 * r["length"])
+    assert r["bytes_per_token"] == 1.0 and r["prepare_seconds_per_gb"] > 0
   none = next(r for r in numbers["train"] if r["scheme"] == "none" and
               r["implementation"] == alibi["implementation"])
   assert np.isclose(alibi["time_vs_none"], alibi["round_seconds"][0] / none["round_seconds"][0])

@@ -164,3 +164,28 @@ def test_concurrent_processes_build_the_corpus_once(tmp_path):
   counts = [out.strip().splitlines()[-1] if out.strip() else err[-500:] for out, err in results]
   assert len(set(counts)) == 1 and int(counts[0]) > 0, counts
   assert len(list(tmp_path.glob("pystdlib/*/1.0.0"))) == 1
+
+
+def test_the_token_cache_holds_each_documents_tokens_and_survives_an_interrupted_build(
+    data_dir, tmp_path):
+  """The stream reads documents from a cache built once: each document's ids as encode() gives
+  them (bytes stored as uint8), a folder per tokenizer; a build cut short is never read."""
+  from lcx.data import token_cache
+  docs = Documents("pystdlib", "validation", data_dir=data_dir)
+  tokenizer = ByteTokenizer()
+  cache = token_cache.prepare(docs, tokenizer, tmp_path, progress=False)
+  assert len(cache) == len(docs) and cache.meta["dtype"] == "uint8"
+  for i in range(len(docs)):
+    np.testing.assert_array_equal(cache.tokens(i), tokenizer.encode(docs[i]))
+  assert cache.meta["tokens"] == cache.meta["text_bytes"] == int(cache.lengths().sum())
+  # a build interrupted before its meta.json was written: rebuilt, not read
+  folder = cache.folder
+  (folder / "meta.json").unlink()
+  (folder / "tokens.bin").write_bytes(b"")
+  again = token_cache.prepare(docs, tokenizer, tmp_path, progress=False)
+  np.testing.assert_array_equal(again.tokens(0), tokenizer.encode(docs[0]))
+  assert not list(tmp_path.glob("*.partial-*"))
+  # the stream's rows are slices of the cached documents, each after its EOS
+  stream = _stream(docs, cache_dir=str(tmp_path))
+  row = stream.example(0)
+  assert set(np.unique(row["tokens"])) <= set(range(256)) | {tokenizer.eos_id}

@@ -143,3 +143,16 @@ def test_the_command_line_refuses_what_it_cannot_train(model_file, data_dir, tmp
   done = train("--vocab_size=100000", "--documents=5", f"--out={tmp_path / 'x.model'}")
   assert "is more pieces than 5 documents of this corpus hold" in done.stderr
   assert not (tmp_path / "x.model").exists()
+
+
+def test_the_token_cache_of_a_subword_tokenizer_is_its_own(model_file, data_dir, tmp_path):
+  from lcx.data import token_cache
+  from lcx.data.tokenizers import ByteTokenizer
+  docs = Documents("pystdlib", "validation", data_dir=data_dir)
+  tokenizer = SentencePieceTokenizer(str(model_file))
+  cache = token_cache.prepare(docs, tokenizer, tmp_path, progress=False)
+  assert cache.meta["dtype"] == "uint16" and cache.meta["tokenizer"] == tokenizer.name
+  for i in range(len(docs)):  # encode_many (threads) gives what encode gives
+    np.testing.assert_array_equal(cache.tokens(i), tokenizer.encode(docs[i]))
+  assert cache.meta["text_bytes"] / cache.meta["tokens"] > 1.5
+  assert token_cache.folder_for(docs, ByteTokenizer(), tmp_path) != cache.folder

@@ -1,7 +1,8 @@
 """python -m lcx.bench [--lengths 1024,2048,4096] [--eval_lengths 8192,16384,32768] [--out FILE]
+    [--data_tokenizers byte,sentencepiece:PATH] [--data_lengths 1024,4096] [--data_batch 256]
 
-Prints markdown tables (train step per scheme and length, long-context evaluation, the targets)
-and writes the numbers as JSON. See lcx/bench/__init__.py for what is measured.
+Prints markdown tables (train step per scheme and length, long-context evaluation, the input
+pipeline, the targets) and writes the numbers as JSON. See lcx/bench/__init__.py for what is measured.
 """
 import json
 import pathlib
@@ -14,6 +15,10 @@ from absl import app, flags
 
 from lcx import attention as attention_lib
 from lcx import bench, positions
+from lcx import overrides as overrides_lib
+from lcx.bench import data as data_bench
+from lcx.data.sources import Documents
+from lcx.data.tokenizers import make_tokenizer
 from lcx.model import ModelConfig
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "Train-step sequence lengths.")
@@ -41,6 +46,14 @@ _MODEL = flags.DEFINE_string("model", "bench", "The model: `bench` (train: d_mod
 _MODEL_FIELDS = flags.DEFINE_list("model_fields", [], "ModelConfig fields to change, field=value "
                                   "(e.g. scan_layers=true,attention_block=256).")
 _EVAL_SCHEMES = flags.DEFINE_list("eval_schemes", ["alibi"], "Schemes of the evaluation rows.")
+_DATA_TOKENIZERS = flags.DEFINE_list("data_tokenizers", ["byte"], "The input pipeline's "
+                                     "tokenizers (byte, sentencepiece:PATH; empty: no data rows).")
+_DATA_LENGTHS = flags.DEFINE_list("data_lengths", ["1024", "4096"], "The input pipeline's lengths.")
+_DATA_BATCH = flags.DEFINE_integer("data_batch", 256, "The input pipeline's global batch (rows).")
+_DATA_BATCHES = flags.DEFINE_integer("data_batches", 5, "Batches timed per pipeline row.")
+_DATA_CONFIG = flags.DEFINE_string("data_config", "configs/pretrain.py:tiny", "The run config "
+                                   "whose corpus (data.name, data_dir, ...) the pipeline reads.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "The corpus's data_dir; default the config's.")
 
 # The targets of the issues that asked for this benchmark, checked on every run: the CPU bench
 # model's, and an accelerator preset's (every scheme at full speed, measured against `none`
@@ -49,6 +62,7 @@ TRAIN_LAYERS = bench.TRAIN_MODEL["n_layers"]
 TARGETS = {"rope_overhead": 1.03, "learned_bias_overhead": 1.10, "alibi_overhead": 1.01, "alibi_memory": 1.01, "mfu": 0.75,
            "eval_memory_gib": 8.0}
 PRESET_TARGETS = {"bias_overhead": 1.05, "mfu_causal": 0.50, "eval_memory_gib": 16.0}
+PIPELINE_TOKENS_PER_SECOND = 2e6  # per host, from the token cache (issue 20)
 
 
 def _gib(n):
@@ -255,6 +269,18 @@ def main(argv):
   total = len(lengths) * per_length + sum(
       len(eval_lengths) * len(bench.implementations_for(s, tuple(_IMPLEMENTATIONS.value)))
       for s in _EVAL_SCHEMES.value)
+  data_lengths = [int(n) for n in _DATA_LENGTHS.value]
+  total += len(_DATA_TOKENIZERS.value) * len(data_lengths)
+  try:  # the corpus the pipeline reads, and its tokenizers, checked before anything is timed
+    data = overrides_lib.load_config(_DATA_CONFIG.value).data
+    data.data_dir = _DATA_DIR.value or data.data_dir
+    docs = (Documents(data.name, "train", data_dir=data.data_dir, text_dir=data.text_dir,
+                      text_glob=data.text_glob, text_key=data.text_key)
+            if _DATA_TOKENIZERS.value else None)
+    for name in _DATA_TOKENIZERS.value:
+      make_tokenizer(name)
+  except ValueError as e:
+    sys.exit(f"lcx.bench: {e}")
   progress = tqdm.tqdm(total=total, desc="lcx.bench", unit="config")
   train_rows = bench.run_train_benchmarks(mesh, peak, _SCHEMES.value, lengths,
                                           tuple(_IMPLEMENTATIONS.value), _TOKENS.value,
@@ -271,9 +297,20 @@ def main(argv):
         profiles.append(bench.attention_profile(
             ModelConfig(**train_model), max(1, _TOKENS.value // length), length,
             _REPEATS.value, implementation))
+  data_rows = (data_bench.pipeline_rows(docs, _DATA_TOKENIZERS.value, data_lengths,
+                                        _DATA_BATCH.value, _DATA_BATCHES.value, progress)
+               if docs is not None else [])
   progress.close()
   checks = (target_checks(train_rows, eval_rows, profiles) if _MODEL.value == "bench"
             else preset_target_checks(train_rows, eval_rows))
+  checks += [(f"input pipeline >= {PIPELINE_TOKENS_PER_SECOND / 1e6:g}M tokens/s per host "
+              f"({r['tokenizer']}, L={r['length']}, batch {r['batch']})",
+              r["tokens_per_second"] >= PIPELINE_TOKENS_PER_SECOND,
+              f"{r['tokens_per_second'] / 1e6:.1f}M") for r in data_rows]
+  data_text = "" if not data_rows else (
+      f"\n\n### Input pipeline (one process building the whole global batch from the token cache "
+      f"of {data_rows[0]['corpus']}; first preparation: tokenizing the train split once)\n\n"
+      + data_bench.pipeline_table(data_rows))
   profile_text = "" if not profiles else (
       f"\n\n### Where the attention time goes (one layer of the train model: "
       f"{profiles[0]['heads']} heads x {profiles[0]['head_dim']}, {_TOKENS.value} tokens)"
@@ -287,7 +324,7 @@ def main(argv):
         f"comparable with other codebases; MFU (causal): 6N + 6 n_layers d_attn L, the causal "
         f"half the kernels compute\n\n"
         f"{train_table(train_rows)}\n\n### Forward-only evaluation ({_describe(eval_model)}; "
-        f"one row)\n\n{eval_table(eval_rows)}{profile_text}\n\n### Targets\n\n"
+        f"one row)\n\n{eval_table(eval_rows)}{profile_text}{data_text}\n\n### Targets\n\n"
         "| target | met | measured |\n| --- | --- | ---: |\n"
         + "\n".join(f"| {what} | {'yes' if met else '**no**'} | {value} |"
                      for what, met, value in checks))
@@ -296,7 +333,8 @@ def main(argv):
   out.write_text(json.dumps({"machine": machine, "model": _MODEL.value,
                              "train_model": train_model, "eval_model": eval_model,
                              "peak_flops": peak.best, "train": train_rows,
-                             "eval": eval_rows, "attention_profiles": profiles, "targets": [
+                             "eval": eval_rows, "attention_profiles": profiles,
+                             "data": data_rows, "targets": [
                                  {"target": w, "met": m, "measured": v} for w, m, v in checks]},
                             indent=2) + "\n")
   print(f"\nnumbers in {out}")

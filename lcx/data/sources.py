@@ -60,6 +60,7 @@ class Documents:
                        f"{', '.join(features)}")
     self.name = builder.info.full_name
     self.split = split
+    self.data_dir = data_dir  # resolved: where this split's token cache lives by default
     self.text_key = text_key
     self._source = builder.as_data_source(split=split)
 

@@ -1,5 +1,6 @@
 """The packed training stream: documents -> tokens -> fixed-length sequences.
 
+Documents are tokenized once into a cache on disk (lcx.data.token_cache) and read back by slicing.
 Each document becomes [EOS] + tokens; an epoch concatenates the documents in a seeded order and
 cuts the result into chunks of seq_len + 1 tokens (inputs and shifted targets), visited in a
 seeded order. Example g = step * global_batch + row is a pure function of (seed, g), so:
@@ -14,34 +15,13 @@ too, so all of the above holds with it.
 """
 import concurrent.futures
 import functools
-import hashlib
-import os
-import pathlib
 from typing import Iterator
 
 import numpy as np
 
+from lcx.data import token_cache
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import Tokenizer
-
-
-def document_lengths(docs: Documents, tokenizer: Tokenizer, cache_dir: str | None) -> np.ndarray:
-  """Tokens per document including its EOS; cached on disk because it reads every document."""
-  cache = None
-  if cache_dir:
-    key = hashlib.sha256(f"{docs.name}|{docs.split}|{docs.text_key}|{tokenizer.name}".encode())
-    cache = pathlib.Path(cache_dir) / f"lengths-{key.hexdigest()[:16]}.npy"
-    if cache.exists():
-      lengths = np.load(cache)
-      if len(lengths) == len(docs):
-        return lengths
-  lengths = np.array([len(tokenizer.encode(docs[i])) + 1 for i in range(len(docs))], np.int64)
-  if cache is not None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, lengths)
-    os.replace(tmp, cache)
-  return lengths
 
 
 class PackedStream:
@@ -49,7 +29,8 @@ class PackedStream:
 
   def __init__(self, docs: Documents, tokenizer: Tokenizer, *, seq_len: int, global_batch: int,
                seed: int, document_mask: bool = True, process_index: int = 0,
-               process_count: int = 1, cache_dir: str | None = None, mixture=None):
+               process_count: int = 1, cache_dir: str | None = None, mixture=None,
+               progress: bool = True):
     if global_batch % process_count:
       raise ValueError(f"data.batch_size={global_batch} must be divisible by the number of "
                        f"processes ({process_count})")
@@ -59,7 +40,10 @@ class PackedStream:
     self.mixture = mixture  # lcx.data.mixture.RetrievalMixture: rows it takes are its own
     self.local_batch = global_batch // process_count
     self.first_row = process_index * self.local_batch
-    self.lengths = document_lengths(docs, tokenizer, cache_dir)
+    # every document's tokens, tokenized once (lcx.data.token_cache); +1 for each one's EOS
+    self.cache = token_cache.prepare(docs, tokenizer, cache_dir or f"{docs.data_dir}/lcx_cache",
+                                     progress=progress)
+    self.lengths = self.cache.lengths() + 1
     self.chunks_per_epoch = int(self.lengths.sum()) // (seq_len + 1)
     if self.chunks_per_epoch < 1:
       raise ValueError(f"{docs.name}/{docs.split} has {int(self.lengths.sum())} tokens, fewer than "
@@ -88,8 +72,8 @@ class PackedStream:
     doc_rank = first
     while sum(len(p) for p in pieces) < span:
       doc_start = int(ends[doc_rank - 1]) if doc_rank else 0
-      doc_tokens = np.concatenate([[self.tokenizer.eos_id],
-                                   self.tokenizer.encode(self.docs[order[doc_rank]])])
+      doc_tokens = np.concatenate([np.array([self.tokenizer.eos_id], np.int32),
+                                   self.cache.tokens(int(order[doc_rank]))])
       lo, hi = max(start - doc_start, 0), min(stop - doc_start, len(doc_tokens))
       pieces.append(doc_tokens[lo:hi])
       positions.append(np.arange(hi - lo))

@@ -6,6 +6,7 @@ Any tokenizer with this interface works with the data stream, evaluation and the
 """
 import functools
 import hashlib
+import os
 import pathlib
 from typing import Protocol
 
@@ -34,6 +35,7 @@ class ByteTokenizer:
   pad_id = 256
   eos_id = 257
   vocab_size = 258
+  id_bound = 256  # encode() returns bytes only: a token cache stores them as uint8
 
   def encode(self, text: bytes | str) -> np.ndarray:
     if isinstance(text, str):
@@ -88,6 +90,11 @@ class SentencePieceTokenizer:
     if isinstance(text, bytes):
       text = text.decode("utf-8", errors="replace")
     return np.asarray(self._sp.encode(text), np.int32)
+
+  def encode_many(self, texts: list[bytes]) -> list[np.ndarray]:
+    """encode() of each, on SentencePiece's own threads (preparing a token cache)."""
+    texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t for t in texts]
+    return [np.asarray(ids, np.int32) for ids in self._sp.encode(texts, num_threads=os.cpu_count())]
 
   def _known(self, ids) -> list[int]:
     ids = np.asarray(ids).ravel()
