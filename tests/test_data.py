@@ -79,7 +79,7 @@ def test_a_prepared_tfds_dataset_opens_by_name(data_dir, train_docs):
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare(data_dir):
-  with pytest.raises(ValueError, match=r"data.name='mnist' is not prepared .*`tfds build mnist"):
+  with pytest.raises(ValueError, match=r"data.name='mnist' is not prepared .*`python -m lcx.data.prepare"):
     Documents("mnist", "train", data_dir=data_dir)
 
 
@@ -189,3 +189,33 @@ def test_the_token_cache_holds_each_documents_tokens_and_survives_an_interrupted
   stream = _stream(docs, cache_dir=str(tmp_path))
   row = stream.example(0)
   assert set(np.unique(row["tokens"])) <= set(range(256)) | {tokenizer.eos_id}
+
+
+def test_a_json_lines_corpus_is_split_by_its_file_names_and_prepared_by_one_command(tmp_path):
+  """data.name=jsonl: one document per line, the text in data.text_key; files under train/ and
+  valid/ give those splits; `python -m lcx.data.prepare` builds it and its token caches; a line
+  without the field is one clear message."""
+  import json
+  root = tmp_path / "corpus"
+  for split, n in (("train", 40), ("valid", 4)):
+    (root / split).mkdir(parents=True)
+    (root / split / "part-0.jsonl").write_text("".join(
+        json.dumps({"content": f"{split} document {i}: " + "word " * (40 + i), "id": i}) + "\n"
+        for i in range(n)))
+  flags = [f"--config.data.{k}={v}" for k, v in dict(
+      name="jsonl", text_dir=root, text_key="content", data_dir=tmp_path / "data").items()]
+  done = subprocess.run([sys.executable, "-m", "lcx.data.prepare", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "/train: 40 documents" in done.stdout and "/validation: 4 documents" in done.stdout
+  train = Documents("jsonl", "train", data_dir=str(tmp_path / "data"), text_dir=str(root),
+                    text_key="content")
+  assert len(train) == 40 and train[0].startswith(b"train document ")
+  assert corpora.jsonl_split_of("a/dev.jsonl", 3) == "validation"
+  assert corpora.jsonl_split_of("shard-7.jsonl", 3) in corpora.SPLITS  # hashed
+  (root / "train" / "part-1.jsonl").write_text('{"body": "no content field"}\n')
+  done = subprocess.run([sys.executable, "-m", "lcx.data.prepare", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert "part-1.jsonl:1 has no text field 'content' (data.text_key); its fields: body" in (
+      done.stderr)

@@ -2,13 +2,18 @@
 
   pystdlib  the .py files of the running Python's standard library (no tests, no site-packages)
   text_dir  any directory of text files, selected by a glob
+  jsonl     JSON-lines files under a directory (a local copy of proof-pile, a dump of anything):
+            one document per line, its text in the field data.text_key
 
-Both split documents deterministically by a hash of their relative path: about 98% train,
-1% validation, 1% test. Both are written as array_record and read with tfds data sources, which
-need no TensorFlow.
+pystdlib and text_dir split documents deterministically by a hash of their relative path: about
+98% train, 1% validation, 1% test. jsonl takes the split from the file's path when it names one
+(train, validation/valid/val/dev, test in a folder or file name), else a hash of path and line.
+All are written as array_record and read with tfds data sources, which need no TensorFlow.
 """
 import dataclasses
 import hashlib
+import json
+import re
 import os
 import pathlib
 import sys
@@ -119,3 +124,67 @@ class TextDir(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, examples):
     yield from examples
+
+
+@dataclasses.dataclass(eq=False)
+class JsonLinesConfig(tfds.core.BuilderConfig):
+  root: str = ""
+  glob: str = "**/*.jsonl"
+  field: str = "text"
+
+
+_NAMED_SPLITS = [("train", "train"), ("validation", "validation|valid|val|dev"), ("test", "test")]
+
+
+def jsonl_split_of(relative_path: str, line: int) -> str:
+  """The split a path names (a folder or file called train, valid, test, ...), else hashed."""
+  for split, names in _NAMED_SPLITS:
+    if re.search(rf"(^|[/._-])({names})([/._-]|$)", relative_path.lower()):
+      return split
+  return split_of(f"{relative_path}:{line}")
+
+
+def jsonl_config(root: str, glob: str, field: str) -> JsonLinesConfig:
+  """Named by the folder, the field and a fingerprint of its files (an edited folder rebuilds)."""
+  base = text_dir_config(root, glob)
+  digest = hashlib.sha256(f"{base.name}|{field}".encode()).hexdigest()[:12]
+  slug = base.name.rsplit("_", 1)[0]
+  return JsonLinesConfig(name=f"{slug}_{digest}", root=base.root, glob=glob, field=field)
+
+
+class JsonLines(tfds.core.GeneratorBasedBuilder):
+  """One document per line of JSON-lines files; its text is the line's `field`."""
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = []
+
+  def _info(self):
+    field = self.builder_config.field
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(
+        {field: tfds.features.Text(), "path": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    files = text_dir_files(self.builder_config.root, self.builder_config.glob)
+    present = set()
+    for rel, path in files:  # which splits get documents (an empty split is left out)
+      with open(path, "rb") as f:
+        present |= {jsonl_split_of(rel, i) for i, line in enumerate(f) if line.strip()}
+    return {split: self._examples(files, split) for split in SPLITS if split in present}
+
+  def _generate_examples(self, examples):
+    yield from examples
+
+  def _examples(self, files, split):
+    field = self.builder_config.field
+    for rel, path in files:
+      with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f):
+          if not line.strip() or jsonl_split_of(rel, i) != split:
+            continue
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i + 1} is not JSON ({e.msg})") from None
+          if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise ValueError(f"{path}:{i + 1} has no text field {field!r} (data.text_key); "
+                             f"its fields: {', '.join(record) if isinstance(record, dict) else '-'}")
+          yield f"{rel}:{i}", {field: record[field], "path": f"{rel}:{i + 1}"}

@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 
 from lcx import retrieval
+from lcx.data import token_cache
 from lcx.data.tokenizers import Tokenizer
 
 _SALT = 0x7E7A1  # separates the mixture's random streams from the packing's
@@ -58,7 +59,9 @@ class RetrievalMixture:
     check(cfg, tokenizer, seq_len)
     self.cfg, self.tokenizer = cfg, tokenizer
     self.seq_len, self.seed, self.document_mask = seq_len, seed, document_mask
-    self.haystack = retrieval.DocumentHaystack(docs, tokenizer)
+    # the haystack is read from the split's token cache (the packed stream's too)
+    self.haystack = retrieval.DocumentHaystack(
+        docs, tokenizer, token_cache.prepare(docs, tokenizer, f"{docs.data_dir}/lcx_cache"))
     self.kinds = [(t, s) for t in cfg.tasks for s in cfg.styles]
     self.shortest = {k: retrieval.minimum_length(tokenizer, *k, cfg.params) for k in self.kinds}
 

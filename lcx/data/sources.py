@@ -9,14 +9,25 @@ import tensorflow_datasets as tfds
 from lcx.data import corpora
 
 
-def _builder(name: str, data_dir: str, text_dir: str, text_glob: str):
+LOCAL = ("pystdlib", "text_dir", "jsonl")  # built from files on this machine, on first use
+
+
+def resolved(data_dir: str) -> pathlib.Path:
+  return pathlib.Path(os.path.expanduser(data_dir)).resolve()
+
+
+def _builder(name: str, data_dir: str, text_dir: str, text_glob: str, text_key: str = "text"):
   kwargs = dict(data_dir=data_dir, file_format="array_record")
   if name == "pystdlib":
     return corpora.Pystdlib(**kwargs)
+  if name in ("text_dir", "jsonl") and not text_dir:
+    raise ValueError(f"data.name={name!r} needs data.text_dir, a directory of "
+                     f"{'text' if name == 'text_dir' else 'JSON-lines'} files")
   if name == "text_dir":
-    if not text_dir:
-      raise ValueError("data.name='text_dir' needs data.text_dir, a directory of text files")
     return corpora.TextDir(config=corpora.text_dir_config(text_dir, text_glob), **kwargs)
+  if name == "jsonl":
+    glob = "**/*.jsonl" if text_glob == "**/*" else text_glob  # the default: every .jsonl file
+    return corpora.JsonLines(config=corpora.jsonl_config(text_dir, glob, text_key), **kwargs)
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -40,17 +51,17 @@ class Documents:
 
   def __init__(self, name: str, split: str, *, data_dir: str, text_dir: str = "",
                text_glob: str = "**/*", text_key: str = "text"):
-    data_dir = str(pathlib.Path(os.path.expanduser(data_dir)).resolve())
-    if name in ("pystdlib", "text_dir"):
+    data_dir = str(resolved(data_dir))
+    if name in LOCAL:
       # Built on first use; later calls find it prepared and return at once. The lock makes
       # processes that share data_dir (several JAX processes on a host) build it once.
       with _build_lock(data_dir):
-        _builder(name, data_dir, text_dir, text_glob).download_and_prepare()
-    builder = _builder(name, data_dir, text_dir, text_glob)  # reads the prepared dataset
-    if name not in ("pystdlib", "text_dir") and not builder.is_prepared():
+        _builder(name, data_dir, text_dir, text_glob, text_key).download_and_prepare()
+    builder = _builder(name, data_dir, text_dir, text_glob, text_key)  # the prepared dataset
+    if name not in LOCAL and not builder.is_prepared():  # downloading is lcx.data.prepare's
       raise ValueError(
           f"data.name={name!r} is not prepared in data.data_dir={data_dir!r}; prepare it once with "
-          f"`tfds build {name} --data_dir {data_dir} --file_format array_record`")
+          f"`python -m lcx.data.prepare --config ... --config.data.name={name}`")
     if split not in builder.info.splits:
       raise ValueError(f"split {split!r} does not exist for {name}; it has "
                        f"{', '.join(builder.info.splits)}")

@@ -82,18 +82,21 @@ def nearest(points: np.ndarray, target: float) -> int:
 
 class DocumentHaystack:
   """n consecutive tokens of a split's documents from a random place, read on demand (the
-  training mixture's haystack: a corpus too large to hold tokenized)."""
+  training mixture's haystack: a corpus too large to hold in memory). With a token cache of the
+  split (lcx.data.token_cache) the documents are read from it instead of encoded again."""
 
-  def __init__(self, docs, tokenizer: Tokenizer):
+  def __init__(self, docs, tokenizer: Tokenizer, cache=None):
     if not len(docs):
       raise ValueError(f"a retrieval haystack needs text; {docs.name}/{docs.split} has none")
     self.docs, self.tokenizer = docs, tokenizer
+    self._tokens = cache.tokens if cache is not None else (
+        lambda i: tokenizer.encode(docs[i]))
 
   def take(self, rng: np.random.Generator, n: int) -> np.ndarray:
     index = int(rng.integers(len(self.docs)))
     pieces, have = [], 0
     for step in range(len(self.docs)):
-      tokens = self.tokenizer.encode(self.docs[(index + step) % len(self.docs)])
+      tokens = self._tokens((index + step) % len(self.docs))
       if step == 0 and len(tokens):
         tokens = tokens[int(rng.integers(len(tokens))):]
       pieces.append(tokens)

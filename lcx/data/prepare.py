@@ -1,0 +1,68 @@
+"""Prepare a run config's corpus in data.data_dir, once, before training on it:
+
+  python -m lcx.data.prepare --config configs/pretrain.py:125m --config.data.name=pg19 \
+      [--config.data.tokenizer=sentencepiece:PATH] [--splits train,validation]
+
+1. the dataset: a TFDS dataset by name (pg19, scientific_papers/arxiv, ...) downloaded and
+   written as array_record, or a local one built from files (pystdlib, text_dir, jsonl);
+2. the token cache of each split for the config's tokenizer (lcx.data.token_cache), which the
+   packed stream and the retrieval mixture read.
+A training run does both on first use; doing them here first keeps a pod's hosts from waiting on
+the slowest one, and says what the preparation cost (seconds per GB of text).
+"""
+import sys
+import time
+
+import tensorflow_datasets as tfds
+from absl import flags
+
+from lcx import cli, overrides as overrides_lib
+from lcx.data import sources, token_cache
+from lcx.data.tokenizers import make_tokenizer
+
+_CONFIG = flags.DEFINE_string("config", "configs/pretrain.py:tiny", "The run config whose data.* "
+                              "names the corpus, its data_dir and the tokenizer.")
+_SPLITS = flags.DEFINE_list("splits", ["train", "validation"], "Splits to tokenize.")
+
+
+def prepare_dataset(d) -> None:
+  """Download and write a TFDS dataset as array_record (local corpora build when opened)."""
+  if d.name in sources.LOCAL:
+    return
+  try:
+    builder = tfds.builder(d.name, data_dir=str(sources.resolved(d.data_dir)),
+                           file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"data.name={d.name!r} is neither a bundled corpus "
+                     f"({', '.join(sources.LOCAL)}) nor a TFDS dataset: "
+                     f"{str(e).splitlines()[0]}") from None
+  builder.download_and_prepare()
+
+
+def main(argv, overrides) -> None:
+  if len(argv) > 1:
+    sys.exit(f"lcx.data.prepare: unexpected arguments {argv[1:]}")
+  try:
+    d = overrides_lib.load_config(_CONFIG.value, overrides).data
+    tokenizer = make_tokenizer(d.tokenizer)
+    start = time.perf_counter()
+    prepare_dataset(d)
+    print(f"{d.name}: the dataset is prepared in {sources.resolved(d.data_dir)} "
+          f"({time.perf_counter() - start:.0f} s)")
+    for split in _SPLITS.value:
+      docs = sources.Documents(d.name, split, data_dir=d.data_dir, text_dir=d.text_dir,
+                               text_glob=d.text_glob, text_key=d.text_key)
+      cache = token_cache.prepare(docs, tokenizer, f"{docs.data_dir}/lcx_cache")
+      m = cache.meta
+      print(f"{docs.name}/{split}: {m['documents']:,} documents, {m['tokens']:,} tokens "
+            f"({d.tokenizer}), {m['text_bytes'] / 1e9:.3f} GB of text; tokenized in "
+            f"{m['seconds']:.0f} s ({m['seconds_per_gb']:,.0f} s per GB) into {cache.folder}")
+  except ValueError as e:
+    sys.exit(f"lcx.data.prepare: {e}")
+  except OSError as e:
+    sys.exit(f"lcx.data.prepare: {cli.os_error(e)}")
+
+
+if __name__ == "__main__":
+  cli.quiet_library_logs()
+  cli.run(main)
