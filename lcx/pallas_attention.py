@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from lcx.blockwise import DEFAULT_BLOCK, _closure_converted_bias
+from lcx.blockwise import DEFAULT_BLOCK, _closure_converted_bias, _Geometry
 
 _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled apart (lse = inf)
 
@@ -70,20 +70,6 @@ def _at_least_1d(x):
   """Scalars travel as (1,) arrays (a kernel's operands have at least one axis)."""
   x = jnp.asarray(x)
   return x.reshape(1) if x.ndim == 0 else x
-
-
-class _Geometry:
-  """The static description of one call (hashable: a nondiff argument of the custom VJP)."""
-
-  def __init__(self, **fields):
-    self.__dict__.update(fields)
-    self._key = tuple(sorted((k, v if k != "bias" else id(v)) for k, v in fields.items()))
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __eq__(self, other):
-    return isinstance(other, _Geometry) and self._key == other._key
 
 
 # --- what every kernel does to a tile -------------------------------------------------------------
