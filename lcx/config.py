@@ -82,15 +82,21 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
       m.rope[field.name] = field.default
   if "resume_changes" not in c:
     c.resume_changes = "refuse"
+  fill_missing_data(d)
+  if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
+    c.eval.probe_tasks, c.eval.probe_trials = (), 0
+  return c
+
+
+def fill_missing_data(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """fill_missing's part for config.data, in place (and returned)."""
   if "retrieval" not in d:
     d.retrieval = default_retrieval()
   if "answer_weight" not in d.retrieval:  # runs saved before answer weights: the plain loss
     d.retrieval.answer_weight = 1.0
-  if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
-    c.eval.probe_tasks, c.eval.probe_trials = (), 0
   if "tokenizer_sha256" not in d:  # runs saved before subword tokenizers: bytes, nothing to hash
     d.tokenizer_sha256 = ""
-  return c
+  return d
 
 
 def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:

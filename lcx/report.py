@@ -222,8 +222,9 @@ def _trained_alike(v: Variant) -> tuple:
   """What a memory arm and its window without memory share: the scheme, the seed and the
   training data (a study's text-only part must not be read against its retrieval mixture)."""
   config = v.results.get("config") or {}
-  return (v.results["scheme"], config.get("seed", 0),
-          json.dumps(config.get("data", {}), sort_keys=True))
+  # fields added since a run was saved count as it had them
+  data = config_lib.fill_missing_data(ml_collections.ConfigDict(config.get("data", {})))
+  return (v.results["scheme"], config.get("seed", 0), json.dumps(data.to_dict(), sort_keys=True))
 
 
 def memory_cost_table(variants: list[Variant]) -> list[str]:
