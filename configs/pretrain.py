@@ -1,17 +1,27 @@
-"""Pretraining presets: `--config configs/pretrain.py:tiny` (CPU) or `:125m` / `:350m` (accelerators).
+"""Pretraining presets: `--config configs/pretrain.py:tiny` (CPU, bytes, the bundled corpus) or
+`:125m` / `:350m` (accelerators: pg19 in 32,000 SentencePiece tokens, lengths in tokens).
 
-Every field can be overridden on the command line as `--config.a.b=value`.
+Every field can be overridden on the command line as `--config.a.b=value`. The accelerator
+presets need pg19 prepared and their tokenizer trained once (README, "Pod-scale studies"):
+  python -m lcx.data.prepare --config configs/pretrain.py:125m
+  python -m lcx.tokenizer train --config configs/pretrain.py:125m
+  python -m lcx.data.prepare --config configs/pretrain.py:125m   # the token caches
 """
 import ml_collections
 
 from lcx import config as config_lib
 
-
-# Accelerator sizes (with the byte vocabulary): model, seq_len, steps, learning rate, warmup.
+# Accelerator sizes: model, seq_len (tokens), steps, learning rate, warmup. With the 32,000-piece
+# vocabulary (tied embeddings) the totals are 124M and 341M parameters.
 _ACCELERATOR = {
-    "125m": (dict(d_model=768, n_layers=12, n_heads=12, mlp_dim=3328), 1024, 20000, 6e-4, 1000),
-    "350m": (dict(d_model=1024, n_layers=24, n_heads=16, mlp_dim=3328), 2048, 40000, 3e-4, 2000),
+    "125m": (dict(d_model=768, n_layers=12, n_heads=12, mlp_dim=2560), 1024, 20000, 6e-4, 1000),
+    "350m": (dict(d_model=1024, n_layers=24, n_heads=16, mlp_dim=2816), 2048, 40000, 3e-4, 2000),
 }
+# The accelerator presets' corpus and tokenizer: a 32,000-piece BPE model trained on pg19's train
+# split (python -m lcx.tokenizer train --config configs/pretrain.py:125m writes it here).
+PG19 = dict(name="pg19", text_key="book_text")
+SUBWORD_VOCAB = 32000
+SUBWORD_TOKENIZER = f"sentencepiece:~/.cache/lcx/tokenizers/pg19-bpe-{SUBWORD_VOCAB}.model"
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -81,8 +91,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   if arg in _ACCELERATOR:
     model, seq_len, steps, learning_rate, warmup_steps = _ACCELERATOR[arg]
-    c.model.update(compute_dtype="bfloat16", **model)
-    c.data.update(seq_len=seq_len, batch_size=256)
+    c.model.update(compute_dtype="bfloat16", vocab_size=SUBWORD_VOCAB, **model)
+    c.data.update(seq_len=seq_len, batch_size=256, tokenizer=SUBWORD_TOKENIZER, **PG19)
     c.train.update(steps=steps, learning_rate=learning_rate, warmup_steps=warmup_steps,
                    log_every=50)
     c.checkpoint.every_steps = 1000

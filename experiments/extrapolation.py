@@ -5,8 +5,8 @@ YaRN, then evaluated again.
   python -m lcx.sweep experiments/extrapolation.py:cpu --out runs/extrapolation-cpu  # CPU, 20 min
   python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out runs/extrapolation-cpu
-  python -m lcx.sweep experiments/extrapolation.py:small --out gs://...    # L=1024, pg19
-  python -m lcx.sweep experiments/extrapolation.py:base --out ...          # L=2048, pg19
+  python -m lcx.sweep experiments/extrapolation.py:small --out gs://...    # L=1024 tokens, pg19, 32K SentencePiece
+  python -m lcx.sweep experiments/extrapolation.py:base --out ...          # L=2048 tokens, pg19, 32K SentencePiece
 
 The scales differ only in the argument: model preset, data and evaluation sizes. On a CPU the
 schemes come in parts of at most 20 minutes each (`cpu`: the first five and RoPE's context
@@ -34,7 +34,6 @@ FINETUNES = ("linear", "yarn")  # RoPE scalings fine-tuned at 4x the length
 # (100% at 1x-2x) at 7.16 (README). The study trains them at 3x; the accelerator scales train 20x
 # longer and keep the one rate.
 CPU_BIAS_RATE = ("train.position_lr_scale=3",)
-PG19 = ("data.name=pg19", "data.text_key=book_text")
 # Every stage trains with retrieval rows (lcx.data.mixture): three quarters of the rows, answers
 # weighted 20x, niah_single as the easy task the harder ones are learned from. Python style only
 # at CPU scale, where the prose prompts do not fit in 128 tokens.
@@ -53,8 +52,9 @@ SCALES = {
              "--trials=3", "--depths=0,0.5,1")),
     "cpu-biases": None,  # cpu's settings, the BIASES schemes
     "cpu-rotations": None,  # cpu's settings, the ROTATIONS schemes
-    "small": ("125m", PG19 + MIXTURE, (), ",125m", ("--max_tokens=262144", "--trials=10")),
-    "base": ("350m", PG19 + MIXTURE, (), ",350m", ("--max_tokens=262144", "--trials=10")),
+    # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
+    "small": ("125m", MIXTURE, (), ",125m", ("--max_tokens=262144", "--trials=10")),
+    "base": ("350m", MIXTURE, (), ",350m", ("--max_tokens=262144", "--trials=10")),
 }
 
 

@@ -44,7 +44,6 @@ ROPE_ARMS = ("window", *MECHANISMS)
 # copy is learned inside the window and then reached through the memory; passkey's start at 71.
 MIXTURE = ("data.retrieval.fraction=0.75", "data.retrieval.answer_weight=20",
            "data.retrieval.tasks=('passkey','niah_single')")
-PG19 = ("data.name=pg19", "data.text_key=book_text")
 SCALES = {
     # pretrain preset, segment length, overrides of every run, evaluation flags. The CPU scale:
     # 256-token examples of 4 segments of 64, a kNN memory that holds the 3 segments before
@@ -56,9 +55,10 @@ SCALES = {
                          "eval.probe_trials=0"),
             ("--max_tokens=4096", "--tasks=passkey", "--styles=python", "--trials=4",
              "--depths=0,0.25,0.5,0.75,1")),
-    "small": ("125m", 256, (*PG19, *MIXTURE, "model.knn.size=4096"),
+    # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
+    "small": ("125m", 256, (*MIXTURE, "model.knn.size=4096"),
               ("--max_tokens=262144", "--trials=10")),
-    "base": ("350m", 512, (*PG19, *MIXTURE, "model.knn.size=8192"),
+    "base": ("350m", 512, (*MIXTURE, "model.knn.size=8192"),
              ("--max_tokens=262144", "--trials=10")),
 }
 SEEDS = (1, 2)

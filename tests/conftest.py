@@ -79,3 +79,26 @@ def tiny_study(tmp_path_factory, data_dir):
     os.chdir(cwd)
     os.environ["XLA_FLAGS"] = flags
   return spec, out, states
+
+
+@pytest.fixture(scope="session")
+def small_subword_model(tmp_path_factory, data_dir):
+  """A 512-piece SentencePiece model of the bundled corpus (trained in about a second)."""
+  from lcx import tokenizer as tokenizer_training
+  from lcx.data.sources import Documents
+  path = tmp_path_factory.mktemp("subword") / "sp512.model"
+  path.write_bytes(tokenizer_training.train(Documents("pystdlib", "train", data_dir=data_dir),
+                                            vocab_size=512, model_type="bpe", documents=200,
+                                            seed=0, threads=2))
+  return path
+
+
+@pytest.fixture
+def preset_tokenizer(small_subword_model, tmp_path, monkeypatch):
+  """A home whose ~/.cache/lcx/tokenizers holds the file the accelerator presets name (a small
+  stand-in: the presets' 32,000 vocabulary holds its 512 pieces), so their configs resolve."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  target = pathlib.Path(pretrain.SUBWORD_TOKENIZER.removeprefix("sentencepiece:")).expanduser()
+  target.parent.mkdir(parents=True)
+  shutil.copy(small_subword_model, target)
+  return target

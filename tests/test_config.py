@@ -100,16 +100,24 @@ def test_resolve_fills_derived_fields():
   assert c.model.head_dim == 16 and c.model.max_len == 128 and c.model.vocab_size == 320
 
 
-def test_presets_have_the_advertised_sizes():
+def test_presets_have_the_advertised_sizes(tmp_path, monkeypatch):
   from lcx import config as config_lib
   from lcx.model import count_params
   from lcx.train_step import abstract_model
   sizes = {}
   for preset in ("125m", "350m"):
-    c = resolve(pretrain.get_config(preset), 1)
+    c = pretrain.get_config(preset)
+    assert c.data.tokenizer == pretrain.SUBWORD_TOKENIZER and c.data.name == "pg19"
+    c.data.tokenizer = "byte"  # the shape is the preset's own (vocab_size 32000), no file needed
+    c = resolve(c, 1)
+    assert c.model.vocab_size == 32000
     _, params = abstract_model(config_lib.model_config(c))
     sizes[preset] = count_params(params)["total"] / 1e6
-  assert 110 < sizes["125m"] < 140 and 320 < sizes["350m"] < 380, sizes
+  assert 115 < sizes["125m"] < 135 and 320 < sizes["350m"] < 380, sizes
+  # without its tokenizer trained (a home without one), the preset says how to train it
+  monkeypatch.setenv("HOME", str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match="no such file; train one with"):
+    resolve(pretrain.get_config("125m"), 1)
   with pytest.raises(ValueError, match="unknown preset 'huge'; allowed: tiny, 125m, 350m"):
     pretrain.get_config("huge")
 

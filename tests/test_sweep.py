@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("scale", ["cpu", "cpu-more", "cpu-seeds", "small", "base"])
-def test_memory_study_expands_into_valid_configs(scale):
+def test_memory_study_expands_into_valid_configs(scale, preset_tokenizer):
   """Every mechanism is an arm next to the window without memory and the full-length model, each
   run's config resolves, and its memory and window are the arm's."""
   from lcx import memory
@@ -74,7 +74,7 @@ EVERY = FIRST + BIASES + ROTATIONS
 @pytest.mark.parametrize("scale, names", [("cpu", FIRST), ("cpu-biases", BIASES),
                                           ("cpu-rotations", ROTATIONS), ("small", EVERY),
                                           ("base", EVERY)])
-def test_extrapolation_study_expands_into_valid_configs(scale, names):
+def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tokenizer):
   """Every registered scheme is in the study (the CPU scale in two halves), each run's configs
   resolve, and each trains the scheme it is named after."""
   study, runs = load_sweep(str(ROOT / f"experiments/extrapolation.py:{scale}"))

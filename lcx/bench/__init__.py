@@ -46,8 +46,10 @@ def preset_model(preset: str) -> dict:
   run on one device would resolve them, less those each row sets."""
   from configs import pretrain  # the repository's presets; lcx.bench runs from its root
   from lcx import config as config_lib
-  fields = dataclasses.asdict(config_lib.model_config(config_lib.resolve(
-      pretrain.get_config(preset), 1)))
+  config = pretrain.get_config(preset)
+  # The model's shape is the preset's (its vocab_size is set), whatever tokenizer file is here.
+  config.data.tokenizer = "byte"
+  fields = dataclasses.asdict(config_lib.model_config(config_lib.resolve(config, 1)))
   return {k: v for k, v in fields.items() if k not in _ROW_FIELDS}
 
 

@@ -1,15 +1,18 @@
 """Prepare a run config's corpus in data.data_dir, once, before training on it:
 
-  python -m lcx.data.prepare --config configs/pretrain.py:125m --config.data.name=pg19 \
-      [--config.data.tokenizer=sentencepiece:PATH] [--splits train,validation]
+  python -m lcx.data.prepare --config configs/pretrain.py:125m    # pg19, the preset's tokenizer
+  python -m lcx.data.prepare --config configs/pretrain.py:tiny --config.data.name=jsonl \
+      --config.data.text_dir=DIR [--config.data.tokenizer=sentencepiece:PATH] [--splits ...]
 
 1. the dataset: a TFDS dataset by name (pg19, scientific_papers/arxiv, ...) downloaded and
    written as array_record, or a local one built from files (pystdlib, text_dir, jsonl);
 2. the token cache of each split for the config's tokenizer (lcx.data.token_cache), which the
-   packed stream and the retrieval mixture read.
+   packed stream and the retrieval mixture read; a SentencePiece tokenizer not trained yet (it
+   learns from this dataset) is named with the command that trains it, to run before this again.
 A training run does both on first use; doing them here first keeps a pod's hosts from waiting on
 the slowest one, and says what the preparation cost (seconds per GB of text).
 """
+import pathlib
 import sys
 import time
 
@@ -18,7 +21,7 @@ from absl import flags
 
 from lcx import cli, overrides as overrides_lib
 from lcx.data import sources, token_cache
-from lcx.data.tokenizers import make_tokenizer
+from lcx.data.tokenizers import SENTENCEPIECE, make_tokenizer
 
 _CONFIG = flags.DEFINE_string("config", "configs/pretrain.py:tiny", "The run config whose data.* "
                               "names the corpus, its data_dir and the tokenizer.")
@@ -39,16 +42,27 @@ def prepare_dataset(d) -> None:
   builder.download_and_prepare()
 
 
+def _flags(overrides) -> list[str]:
+  return [f"--config.{o}" for o in overrides]
+
+
 def main(argv, overrides) -> None:
   if len(argv) > 1:
     sys.exit(f"lcx.data.prepare: unexpected arguments {argv[1:]}")
   try:
     d = overrides_lib.load_config(_CONFIG.value, overrides).data
-    tokenizer = make_tokenizer(d.tokenizer)
     start = time.perf_counter()
     prepare_dataset(d)
     print(f"{d.name}: the dataset is prepared in {sources.resolved(d.data_dir)} "
           f"({time.perf_counter() - start:.0f} s)")
+    model_file = d.tokenizer.removeprefix(SENTENCEPIECE)
+    if d.tokenizer.startswith(SENTENCEPIECE) and not pathlib.Path(model_file).expanduser().exists():
+      # the tokenizer is learned from this very dataset: it comes next, then the token caches
+      print(f"the tokenizer {d.tokenizer} does not exist yet: train it with\n"
+            f"  python -m lcx.tokenizer train --config {_CONFIG.value} {' '.join(_flags(overrides))}"
+            f"\nthen run this command again to tokenize the splits")
+      return
+    tokenizer = make_tokenizer(d.tokenizer)
     for split in _SPLITS.value:
       docs = sources.Documents(d.name, split, data_dir=d.data_dir, text_dir=d.text_dir,
                                text_glob=d.text_glob, text_key=d.text_key)
