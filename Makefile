@@ -45,6 +45,7 @@ demo-memory-text: $(STAMP)
 	    || exit 1; done
 	$(VENV)/bin/python -m lcx.report $(MEMORY_TEXT_DIR)
 
+# Two workers (one a core); a file's tests stay on one worker so its module fixtures run once.
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 WANDB_MODE=disabled \
-	  $(VENV)/bin/python -m pytest -q --durations=15 tests
+	  $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 tests

@@ -1,6 +1,7 @@
 """What the command-line entry points share: quiet library logs, one line per failure."""
 import logging
 import sys
+import warnings
 
 from absl import app
 from absl import logging as absl_logging
@@ -19,6 +20,9 @@ def quiet_library_logs() -> None:
     logging.getLogger(name).setLevel(logging.CRITICAL)
   logging.getLogger("lcx").setLevel(logging.INFO)
   sys.unraisablehook = _unraisable
+  # A failed save leaves orbax's unfinished write coroutines behind; Python warns of each when it
+  # collects them at exit, after lcx's one line, which would then no longer be the last.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def _unraisable(info) -> None:

@@ -169,7 +169,8 @@ def test_concurrent_processes_build_the_corpus_once(tmp_path):
 def test_the_token_cache_holds_each_documents_tokens_and_survives_an_interrupted_build(
     data_dir, tmp_path):
   """The stream reads documents from a cache built once: each document's ids as encode() gives
-  them (bytes stored as uint8), a folder per tokenizer; a build cut short is never read."""
+  them (bytes stored as uint8), a folder per tokenizer; a build cut short, or a file cut
+  short later, is never read."""
   from lcx.data import token_cache
   docs = Documents("pystdlib", "validation", data_dir=data_dir)
   tokenizer = ByteTokenizer()
@@ -185,6 +186,11 @@ def test_the_token_cache_holds_each_documents_tokens_and_survives_an_interrupted
   again = token_cache.prepare(docs, tokenizer, tmp_path, progress=False)
   np.testing.assert_array_equal(again.tokens(0), tokenizer.encode(docs[0]))
   assert not list(tmp_path.glob("*.partial-*"))
+  # a tokens file cut short after a finished build (a disk that filled): built again
+  with open(folder / "tokens.bin", "r+b") as f:
+    f.truncate(cache.meta["tokens"] // 2)
+  again = token_cache.prepare(docs, tokenizer, tmp_path, progress=False)
+  np.testing.assert_array_equal(again.tokens(len(docs) - 1), tokenizer.encode(docs[len(docs) - 1]))
   # the stream's rows are slices of the cached documents, each after its EOS
   stream = _stream(docs, cache_dir=str(tmp_path))
   row = stream.example(0)

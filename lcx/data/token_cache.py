@@ -69,7 +69,14 @@ def _complete(folder: pathlib.Path, docs: Documents) -> bool:
     meta = json.loads((folder / "meta.json").read_text())
   except (OSError, ValueError):
     return False
-  return meta.get("format") == _FORMAT and meta.get("documents") == len(docs)
+  if meta.get("format") != _FORMAT or meta.get("documents") != len(docs):
+    return False
+  # a tokens file cut short (a disk that filled, a copy stopped half-way) is built again
+  expected = meta.get("tokens", -1) * np.dtype(meta.get("dtype", "uint8")).itemsize
+  try:
+    return (folder / "tokens.bin").stat().st_size == expected and (folder / "offsets.npy").is_file()
+  except OSError:
+    return False
 
 
 @contextlib.contextmanager
