@@ -19,10 +19,17 @@ def quiet_library_logs() -> None:
   for name in ("absl", "asyncio"):
     logging.getLogger(name).setLevel(logging.CRITICAL)
   logging.getLogger("lcx").setLevel(logging.INFO)
+  # absl's flag parsing resets the levels set here; a filter stays. TFDS warns of every text_dir
+  # and jsonl dataset that it has a config of its own, which is how they are meant to be built.
+  logging.getLogger("absl").addFilter(_not_tfds_custom_config)
   sys.unraisablehook = _unraisable
   # A failed save leaves orbax's unfinished write coroutines behind; Python warns of each when it
   # collects them at exit, after lcx's one line, which would then no longer be the last.
   warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def _not_tfds_custom_config(record: logging.LogRecord) -> bool:
+  return not record.getMessage().startswith("Using custom data configuration")
 
 
 def _unraisable(info) -> None:

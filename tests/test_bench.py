@@ -37,7 +37,7 @@ def test_bench_prints_the_tables_and_writes_json(tmp_path, data_dir):
   result = subprocess.run(
       [sys.executable, "-m", "lcx.bench", "--lengths=256", "--eval_lengths=512",
        "--schemes=none,alibi", "--implementations=blockwise,native", "--tokens_per_step=256",
-       "--repeats=1", "--profile_lengths=256", f"--out={out}", f"--data_dir={data_dir}",
+       "--repeats=1", "--profile_lengths=256", f"--out={out}", f"--config.data.data_dir={data_dir}",
        "--data_lengths=256,1024", "--data_batch=32", "--data_batches=2"], cwd=ROOT,
       capture_output=True,
       text=True, timeout=300,

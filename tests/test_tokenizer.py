@@ -4,6 +4,9 @@ retrieval suite, and the refusals (missing, unreadable or changed model file, a 
 another tokenizer, a vocabulary that does not fit)."""
 import hashlib
 import json
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -156,3 +159,41 @@ def test_the_token_cache_of_a_subword_tokenizer_is_its_own(model_file, data_dir,
     np.testing.assert_array_equal(cache.tokens(i), tokenizer.encode(docs[i]))
   assert cache.meta["text_bytes"] / cache.meta["tokens"] > 1.5
   assert token_cache.folder_for(docs, ByteTokenizer(), tmp_path) != cache.folder
+
+
+def test_the_readme_path_from_a_corpus_to_a_pod_scale_study(data_dir, tmp_path):
+  """README's pod-scale path at tiny size, on the bundled corpus in place of pg19: the sweep
+  refuses to start before the presets' tokenizer exists; prepare builds the dataset and names the
+  command that trains it; that command, as printed, writes it where the presets look; prepare
+  then builds the token caches; the study's `small` scale lays out its stages."""
+  env = dict(os.environ, HOME=str(tmp_path / "home"))
+  corpus = ["--config.data.name=pystdlib", "--config.data.text_key=text",
+            f"--config.data.data_dir={data_dir}"]
+
+  def run(*argv):
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+  sweep = ("-m", "lcx.sweep", "experiments/extrapolation.py:small", f"--out={tmp_path / 'study'}",
+           "--dry_run")
+  refused = run(*sweep)
+  assert refused.returncode == 1 and "pg19-bpe-32000.model, which does not exist yet" in (
+      refused.stderr), refused.stderr[-2000:]
+  prepare = ("-m", "lcx.data.prepare", "--config=configs/pretrain.py:125m", *corpus)
+  first = run(*prepare)
+  assert first.returncode == 0, first.stderr[-2000:]
+  lines = first.stdout.splitlines()
+  command = shlex.split(lines[lines.index(next(l for l in lines if "train it with" in l)) + 1])
+  assert command[:4] == ["python", "-m", "lcx.tokenizer", "train"]
+  trained = run(*command[1:])
+  assert trained.returncode == 0, trained.stderr[-2000:]
+  assert "configs/pretrain.py:125m names it (data.tokenizer)" in trained.stdout
+  model = tmp_path / "home/.cache/lcx/tokenizers/pg19-bpe-32000.model"
+  assert SentencePieceTokenizer(str(model)).vocab_size == 32000
+  second = run(*prepare)
+  assert second.returncode == 0, second.stderr[-2000:]
+  for split in ("train", "validation"):
+    assert re.search(rf"/{split}: [\d,]+ documents, [\d,]+ tokens \(sentencepiece:", second.stdout)
+  planned = run(*sweep)
+  assert planned.returncode == 0, planned.stderr[-2000:]
+  assert planned.stdout.count("-m lcx.train --config=configs/pretrain.py:125m") >= 10

@@ -1,5 +1,8 @@
 """python -m lcx.bench [--lengths 1024,2048,4096] [--eval_lengths 8192,16384,32768] [--out FILE]
     [--data_tokenizers byte,sentencepiece:PATH] [--data_lengths 1024,4096] [--data_batch 256]
+    [--data_config configs/pretrain.py:125m --config.data.data_dir=DIR]
+
+The input pipeline alone (no model timed): --lengths= --eval_lengths= --profile_lengths=
 
 Prints markdown tables (train step per scheme and length, long-context evaluation, the input
 pipeline, the targets) and writes the numbers as JSON. See lcx/bench/__init__.py for what is measured.
@@ -11,10 +14,10 @@ import sys
 
 import jax
 import tqdm
-from absl import app, flags
+from absl import flags
 
 from lcx import attention as attention_lib
-from lcx import bench, positions
+from lcx import bench, cli, positions
 from lcx import overrides as overrides_lib
 from lcx.bench import data as data_bench
 from lcx.data.sources import Documents
@@ -52,8 +55,8 @@ _DATA_LENGTHS = flags.DEFINE_list("data_lengths", ["1024", "4096"], "The input p
 _DATA_BATCH = flags.DEFINE_integer("data_batch", 256, "The input pipeline's global batch (rows).")
 _DATA_BATCHES = flags.DEFINE_integer("data_batches", 5, "Batches timed per pipeline row.")
 _DATA_CONFIG = flags.DEFINE_string("data_config", "configs/pretrain.py:tiny", "The run config "
-                                   "whose corpus (data.name, data_dir, ...) the pipeline reads.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "The corpus's data_dir; default the config's.")
+                                   "whose corpus (data.name, data_dir, ...) the pipeline reads; "
+                                   "--config.data.FIELD=VALUE changes it.")
 
 # The targets of the issues that asked for this benchmark, checked on every run: the CPU bench
 # model's, and an accelerator preset's (every scheme at full speed, measured against `none`
@@ -233,7 +236,7 @@ def _describe(fields: dict) -> str:
           + (f", remat {m.remat}" if m.remat != "none" else ""))
 
 
-def main(argv):
+def main(argv, overrides):
   if len(argv) > 1:
     sys.exit(f"lcx.bench: unexpected arguments {argv[1:]}")
   lengths = [int(n) for n in _LENGTHS.value]
@@ -272,8 +275,7 @@ def main(argv):
   data_lengths = [int(n) for n in _DATA_LENGTHS.value]
   total += len(_DATA_TOKENIZERS.value) * len(data_lengths)
   try:  # the corpus the pipeline reads, and its tokenizers, checked before anything is timed
-    data = overrides_lib.load_config(_DATA_CONFIG.value).data
-    data.data_dir = _DATA_DIR.value or data.data_dir
+    data = overrides_lib.load_config(_DATA_CONFIG.value, overrides).data
     docs = (Documents(data.name, "train", data_dir=data.data_dir, text_dir=data.text_dir,
                       text_glob=data.text_glob, text_key=data.text_key)
             if _DATA_TOKENIZERS.value else None)
@@ -315,16 +317,19 @@ def main(argv):
       f"\n\n### Where the attention time goes (one layer of the train model: "
       f"{profiles[0]['heads']} heads x {profiles[0]['head_dim']}, {_TOKENS.value} tokens)"
       "\n\n" + profile_table(profiles, peak.best, train_rows))
+  train_text = "" if not train_rows else (
+      f"\n\n### Train step (model `{_MODEL.value}`: {_describe(train_model)}; AdamW; "
+      f"{_TOKENS.value} tokens per step)\n\nstep s: the fastest of {_REPEATS.value} rounds; "
+      f"time vs none: the median over rounds of the step's time over `none`'s in the same "
+      f"round; MFU (PaLM): 6N + 12 n_layers d_attn L FLOPs per token, full attention, "
+      f"comparable with other codebases; MFU (causal): 6N + 6 n_layers d_attn L, the causal "
+      f"half the kernels compute\n\n{train_table(train_rows)}")
+  eval_text = "" if not eval_rows else (
+      f"\n\n### Forward-only evaluation ({_describe(eval_model)}; one row)\n\n"
+      f"{eval_table(eval_rows)}")
   print(f"\n## {machine}\n\nmatmul peak in this run (best of the samples taken with every "
-        f"timing round): {peak.best / 1e9:,.0f} GFLOP/s ({train_model['compute_dtype']})\n\n"
-        f"### Train step (model `{_MODEL.value}`: {_describe(train_model)}; AdamW; "
-        f"{_TOKENS.value} tokens per step)\n\nstep s: the fastest of {_REPEATS.value} rounds; "
-        f"time vs none: the median over rounds of the step's time over `none`'s in the same "
-        f"round; MFU (PaLM): 6N + 12 n_layers d_attn L FLOPs per token, full attention, "
-        f"comparable with other codebases; MFU (causal): 6N + 6 n_layers d_attn L, the causal "
-        f"half the kernels compute\n\n"
-        f"{train_table(train_rows)}\n\n### Forward-only evaluation ({_describe(eval_model)}; "
-        f"one row)\n\n{eval_table(eval_rows)}{profile_text}{data_text}\n\n### Targets\n\n"
+        f"timing round): {peak.best / 1e9:,.0f} GFLOP/s ({train_model['compute_dtype']})"
+        f"{train_text}{eval_text}{profile_text}{data_text}\n\n### Targets\n\n"
         "| target | met | measured |\n| --- | --- | ---: |\n"
         + "\n".join(f"| {what} | {'yes' if met else '**no**'} | {value} |"
                      for what, met, value in checks))
@@ -341,4 +346,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

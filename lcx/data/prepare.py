@@ -29,8 +29,10 @@ _SPLITS = flags.DEFINE_list("splits", ["train", "validation"], "Splits to tokeni
 
 
 def prepare_dataset(d) -> None:
-  """Download and write a TFDS dataset as array_record (local corpora build when opened)."""
-  if d.name in sources.LOCAL:
+  """Download and write a TFDS dataset as array_record, or build a local one from its files."""
+  if d.name in sources.LOCAL:  # built (every split at once) the first time it is opened
+    sources.Documents(d.name, "train", data_dir=d.data_dir, text_dir=d.text_dir,
+                      text_glob=d.text_glob, text_key=d.text_key)
     return
   try:
     builder = tfds.builder(d.name, data_dir=str(sources.resolved(d.data_dir)),

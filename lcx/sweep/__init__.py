@@ -24,7 +24,8 @@ import tqdm
 
 from lcx.exit_codes import PREEMPTED_EXIT_CODE
 from lcx.files import write_atomic
-from lcx.overrides import load_module
+from lcx.data.tokenizers import SENTENCEPIECE
+from lcx.overrides import load_config, load_module
 from lcx.sweep import launchers
 
 
@@ -98,6 +99,27 @@ def check_runs(runs: list[Run]) -> None:
       seen.add(stage.name)
 
 
+_CORPUS_FIELDS = tuple(f"data.{f}" for f in ("name", "data_dir", "text_dir", "text_glob", "text_key"))
+
+
+def check_tokenizers(runs: list[Run]) -> None:
+  """A study whose training stages name a SentencePiece model that is not there yet stops now,
+  with the command that trains it, rather than in every job it would start."""
+  for run in runs:
+    for stage in run.stages:
+      if stage.kind != "pretrain":
+        continue
+      data = load_config(stage.config, stage.overrides).data
+      path = data.tokenizer.removeprefix(SENTENCEPIECE)
+      if data.tokenizer.startswith(SENTENCEPIECE) and not pathlib.Path(path).expanduser().exists():
+        corpus = " ".join(shlex.quote(f"--config.{o}") for o in stage.overrides
+                          if o.split("=")[0] in _CORPUS_FIELDS)
+        raise ValueError(
+            f"run {run.name!r} trains with the tokenizer {data.tokenizer}, which does not exist "
+            f"yet: train it with\n  python -m lcx.tokenizer train --config {stage.config} "
+            f"{corpus}".rstrip())
+
+
 def stage_command(study: str, run: Run, stage: Stage, out: pathlib.Path) -> tuple[str, list[str]]:
   """(module, flags) of one stage; W&B groups by study, types by stage kind, tags by run."""
   wandb = [f"wandb.group={study}", f"wandb.tags={tuple(run.tags)!r}"]
@@ -158,6 +180,8 @@ def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "", progress
   out = pathlib.Path(out).expanduser()
   # Remote machines find the study by the path as given (a shared mount); locally, it is absolute.
   out = out if launcher.remote and out.is_absolute() else out.resolve()
+  if not launcher.remote:  # a remote pod's files are not this machine's to check
+    check_tokenizers(runs)
   if dry_run:
     for run in runs:
       jobs = {}

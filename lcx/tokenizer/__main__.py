@@ -80,7 +80,11 @@ def main(argv, overrides) -> None:
   out.with_name(out.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
   print(f"{out}: {vocab_size} pieces ({_TYPE.value}) from {record['documents']} documents of "
         f"{docs.name} in {seconds:.1f} s; {record['validation_bytes_per_token']:.2f} bytes per "
-        f"token on validation\ntrain with --config.data.tokenizer={SENTENCEPIECE}{out}")
+        f"token on validation")
+  if named and pathlib.Path(named).expanduser().resolve() == out:
+    print(f"{_CONFIG.value} names it (data.tokenizer): its runs and lcx.data.prepare use it")
+  else:
+    print(f"train with --config.data.tokenizer={SENTENCEPIECE}{out}")
 
 
 if __name__ == "__main__":
