@@ -1,4 +1,5 @@
 """Tokenizer, corpora builders and splits, and the packed stream's determinism and sharding."""
+import importlib.util
 import subprocess
 import sys
 
@@ -52,18 +53,29 @@ def test_pystdlib_splits_are_disjoint_and_cover_the_stdlib(data_dir):
 
 
 def test_text_dir_builds_from_a_folder(tmp_path, data_dir):
+  """Every text file once, binary ones skipped; hashed splits, or a split folder's own."""
   folder = tmp_path / "corpus"
   (folder / "sub").mkdir(parents=True)
   texts = {f"sub/doc{i}.txt": f"document number {i}\n" * (i + 1) for i in range(30)}
   for rel, text in texts.items():
     (folder / rel).write_text(text)
   (folder / "image.bin").write_bytes(b"\x00\x01binary")
-  splits = {corpora.split_of(rel) for rel in texts}
+  splits = {corpora.text_dir_split_of(rel) for rel in texts}
   docs = {split: Documents("text_dir", split, data_dir=data_dir, text_dir=str(folder),
                            text_glob="**/*") for split in splits}
   read = {docs[s]._source[i]["path"].decode(): docs[s][i].decode()
           for s in docs for i in range(len(docs[s]))}
   assert read == texts  # every text file once, the binary one skipped
+  # a folder named for a split holds that split (pg19's layout: train/, validation/, test/)
+  books = tmp_path / "books"
+  for split, named_folder in (("train", "train"), ("validation", "valid"), ("test", "test")):
+    (books / named_folder).mkdir(parents=True)
+    for i in range(3):
+      (books / named_folder / f"{i}.txt").write_text(f"{split} book {i}\n" * 20)
+  for split in corpora.SPLITS:
+    named = Documents("text_dir", split, data_dir=data_dir, text_dir=str(books))
+    assert sorted(named[i].decode().split()[0] for i in range(len(named))) == [split] * 3
+  assert corpora.text_dir_split_of("test_helpers.py") == corpora.split_of("test_helpers.py")
   with pytest.raises(ValueError, match="has no files matching data.text_glob='\\*.md'"):
     Documents("text_dir", "train", data_dir=data_dir, text_dir=str(folder), text_glob="*.md")
   with pytest.raises(ValueError, match="is not a directory"):
@@ -225,3 +237,17 @@ def test_a_json_lines_corpus_is_split_by_its_file_names_and_prepared_by_one_comm
   assert done.returncode != 0
   assert "part-1.jsonl:1 has no text field 'content' (data.text_key); its fields: body" in (
       done.stderr)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                    reason="TensorFlow is installed: pg19's builder would go on to download")
+def test_preparing_pg19_without_tensorflow_says_what_to_install_or_copy(tmp_path):
+  """TFDS's pg19 builder reads its bucket through TensorFlow, which lcx does not install: one line
+  names the package, and the folder copy that needs no TensorFlow."""
+  done = subprocess.run([sys.executable, "-m", "lcx.data.prepare", "--config=configs/pretrain.py:125m",
+                         f"--config.data.data_dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith("lcx.data.prepare: TFDS's pg19 builder needs the module 'tensorflow'")
+  assert "pip install tensorflow-cpu" in last and "--config.data.name=text_dir" in last

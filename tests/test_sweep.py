@@ -208,6 +208,28 @@ def test_dry_run_prints_one_command_per_stage(capsys, tmp_path):
   assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_the_sweeps_overrides_reach_every_training_stage_and_are_checked_first(capsys, tmp_path):
+  """--config.a.b=value on the sweep's command line: added to each pretrain and fine-tune stage
+  (evaluations read their run's saved config); an unknown field stops the study before a stage
+  runs; a study whose tokenizer is missing names the command that trains it on its corpus."""
+  spec = str(ROOT / "experiments/extrapolation.py:cpu")
+  run_sweep(spec, tmp_path, dry_run=True, only="rope", overrides=("data.text_key=body",))
+  lines = capsys.readouterr().out.strip().splitlines()
+  trains = [line for line in lines if " -m lcx.train " in line]
+  assert len(trains) == 3 and all("--config.data.text_key=body" in line for line in trains)
+  assert not any("text_key" in line for line in lines if " -m lcx.evaluate " in line)
+  with pytest.raises(ValueError, match="run 'none' stage 'pretrain': config.data.txt_key does "
+                                       "not exist; allowed fields there: .*text_key"):
+    run_sweep(spec, tmp_path, dry_run=True, overrides=("data.txt_key=body",))
+  missing = tmp_path / "missing.model"
+  with pytest.raises(ValueError, match=rf"sentencepiece:{missing}, which does not exist yet: "
+                                       r"train it with\n  python -m lcx.tokenizer train --config "
+                                       r"configs/pretrain.py:tiny --config.data.text_dir=/books$"):
+    run_sweep(spec, tmp_path, dry_run=True, overrides=(
+        f"data.tokenizer=sentencepiece:{missing}", "data.text_dir=/books", "train.steps=5"))
+  assert not any(tmp_path.iterdir())
+
+
 def test_launchers_are_parsed_or_refused_with_the_allowed_values():
   assert launchers.parse("multiprocess:2") == launchers.Launcher("multiprocess", ("2",))
   assert launchers.parse("slurm", "--partition=gpu --time=4:00:00").extra == (

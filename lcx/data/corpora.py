@@ -5,9 +5,10 @@
   jsonl     JSON-lines files under a directory (a local copy of proof-pile, a dump of anything):
             one document per line, its text in the field data.text_key
 
-pystdlib and text_dir split documents deterministically by a hash of their relative path: about
-98% train, 1% validation, 1% test. jsonl takes the split from the file's path when it names one
-(train, validation/valid/val/dev, test in a folder or file name), else a hash of path and line.
+pystdlib splits documents deterministically by a hash of their relative path: about 98% train,
+1% validation, 1% test. text_dir does the same except under a folder named for a split (train,
+validation/valid/val/dev, test: a corpus's official splits, pg19's for one). jsonl takes the split
+from a folder or file name that names one, else a hash of path and line.
 All are written as array_record and read with tfds data sources, which need no TensorFlow.
 """
 import dataclasses
@@ -22,6 +23,8 @@ import sysconfig
 import tensorflow_datasets as tfds
 
 SPLITS = ("train", "validation", "test")
+# the names a folder or file may give its split
+_NAMED_SPLITS = [("train", "train"), ("validation", "validation|valid|val|dev"), ("test", "test")]
 _FEATURES = {"text": tfds.features.Text(), "path": tfds.features.Text()}
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -36,9 +39,9 @@ def _is_text(path: pathlib.Path) -> bool:
     return b"\0" not in f.read(8192)
 
 
-def _examples(files: list[tuple[str, pathlib.Path]], split: str):
+def _examples(files: list[tuple[str, pathlib.Path]], split: str, split_fn):
   for rel, path in files:
-    if split_of(rel) != split:
+    if split_fn(rel) != split:
       continue
     data = path.read_bytes()
     if b"\0" in data:  # binary, not text
@@ -46,14 +49,14 @@ def _examples(files: list[tuple[str, pathlib.Path]], split: str):
     yield rel, {"text": data.decode("utf-8", errors="replace"), "path": rel}
 
 
-def _split_generators(files):
+def _split_generators(files, split_fn=split_of):
   """Generators for the splits that get text files: a small folder may leave validation empty."""
   text = [(rel, path) for rel, path in files if _is_text(path)]
   if not text:
     raise ValueError(f"the {len(files)} files found are all binary (they hold NUL bytes); "
                      "data.text_dir needs text files (data.text_glob selects them)")
-  present = {split_of(rel) for rel, _ in text}
-  return {split: _examples(text, split) for split in SPLITS if split in present}
+  present = {split_fn(rel) for rel, _ in text}
+  return {split: _examples(text, split, split_fn) for split in SPLITS if split in present}
 
 
 def stdlib_files() -> list[tuple[str, pathlib.Path]]:
@@ -111,16 +114,28 @@ def text_dir_config(root: str, glob: str) -> TextDirConfig:
   return TextDirConfig(name=f"{slug}_{digest.hexdigest()[:12]}", root=str(base), glob=glob)
 
 
+def text_dir_split_of(relative_path: str) -> str:
+  """The split of the first folder on the path named for one, else the path's hash."""
+  for folder in relative_path.lower().split("/")[:-1]:
+    for split, names in _NAMED_SPLITS:
+      if folder in names.split("|"):
+        return split
+  return split_of(relative_path)
+
+
 class TextDir(tfds.core.GeneratorBasedBuilder):
   """Every text file under a directory; one document per file."""
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Folders named train, validation (valid, val, dev) or test give "
+                            "their split.", "1.0.0": "Splits by a hash of the path."}
   BUILDER_CONFIGS = []
 
   def _info(self):
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(_FEATURES))
 
   def _split_generators(self, dl_manager):
-    return _split_generators(text_dir_files(self.builder_config.root, self.builder_config.glob))
+    return _split_generators(text_dir_files(self.builder_config.root, self.builder_config.glob),
+                             text_dir_split_of)
 
   def _generate_examples(self, examples):
     yield from examples
@@ -131,9 +146,6 @@ class JsonLinesConfig(tfds.core.BuilderConfig):
   root: str = ""
   glob: str = "**/*.jsonl"
   field: str = "text"
-
-
-_NAMED_SPLITS = [("train", "train"), ("validation", "validation|valid|val|dev"), ("test", "test")]
 
 
 def jsonl_split_of(relative_path: str, line: int) -> str:

@@ -28,6 +28,13 @@ _CONFIG = flags.DEFINE_string("config", "configs/pretrain.py:tiny", "The run con
 _SPLITS = flags.DEFINE_list("splits", ["train", "validation"], "Splits to tokenize.")
 
 
+_PACKAGES = {"tensorflow": "tensorflow-cpu"}
+_PG19_FILES = ("; or copy the books (gcloud storage cp -r gs://deepmind-gutenberg/train "
+               "gs://deepmind-gutenberg/validation gs://deepmind-gutenberg/test DIR) and use "
+               "--config.data.name=text_dir --config.data.text_dir=DIR --config.data.text_key=text "
+               "(its train, validation and test folders give pg19's own splits)")
+
+
 def prepare_dataset(d) -> None:
   """Download and write a TFDS dataset as array_record, or build a local one from its files."""
   if d.name in sources.LOCAL:  # built (every split at once) the first time it is opened
@@ -41,7 +48,14 @@ def prepare_dataset(d) -> None:
     raise ValueError(f"data.name={d.name!r} is neither a bundled corpus "
                      f"({', '.join(sources.LOCAL)}) nor a TFDS dataset: "
                      f"{str(e).splitlines()[0]}") from None
-  builder.download_and_prepare()
+  try:
+    builder.download_and_prepare()
+  except ImportError as e:  # pg19's builder reads its Google Cloud Storage bucket through TensorFlow
+    raise ValueError(
+        f"TFDS's {d.name} builder needs the module {e.name!r} to download the dataset, and lcx "
+        f"does not otherwise need it: install it for this preparation (pip install "
+        f"{_PACKAGES.get(e.name, e.name)}) and run this again"
+        + (_PG19_FILES if d.name == "pg19" else "")) from None
 
 
 def _flags(overrides) -> list[str]:

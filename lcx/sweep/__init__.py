@@ -102,16 +102,31 @@ def check_runs(runs: list[Run]) -> None:
 _CORPUS_FIELDS = tuple(f"data.{f}" for f in ("name", "data_dir", "text_dir", "text_glob", "text_key"))
 
 
-def check_tokenizers(runs: list[Run]) -> None:
-  """A study whose training stages name a SentencePiece model that is not there yet stops now,
-  with the command that trains it, rather than in every job it would start."""
+def with_overrides(runs: list[Run], overrides: tuple[str, ...]) -> list[Run]:
+  """The runs with `overrides` ("a.b=value", from the sweep's command line) added to every
+  training stage's; evaluations read the config their run saved."""
+  if not overrides:
+    return runs
+  return [dataclasses.replace(run, stages=tuple(
+      dataclasses.replace(s, overrides=(*s.overrides, *overrides)) if s.kind != "evaluate" else s
+      for s in run.stages)) for run in runs]
+
+
+def check_train_configs(runs: list[Run], local_files: bool) -> None:
+  """Every training stage's config loads with its overrides (an unknown field stops the study
+  now, not a job hours later); with local_files, a SentencePiece model its pretraining names
+  exists, or the study stops with the command that trains it."""
   for run in runs:
     for stage in run.stages:
-      if stage.kind != "pretrain":
+      if stage.kind == "evaluate":
         continue
-      data = load_config(stage.config, stage.overrides).data
+      try:
+        data = load_config(stage.config, stage.overrides).data
+      except ValueError as e:
+        raise ValueError(f"run {run.name!r} stage {stage.name!r}: {e}") from None
       path = data.tokenizer.removeprefix(SENTENCEPIECE)
-      if data.tokenizer.startswith(SENTENCEPIECE) and not pathlib.Path(path).expanduser().exists():
+      if (local_files and stage.kind == "pretrain" and data.tokenizer.startswith(SENTENCEPIECE)
+          and not pathlib.Path(path).expanduser().exists()):
         corpus = " ".join(shlex.quote(f"--config.{o}") for o in stage.overrides
                           if o.split("=")[0] in _CORPUS_FIELDS)
         raise ValueError(
@@ -169,10 +184,12 @@ class Status:
 
 
 def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "", progress: bool = True,
-              launcher: launchers.Launcher = launchers.Launcher("local")) -> dict:
+              launcher: launchers.Launcher = launchers.Launcher("local"),
+              overrides: tuple[str, ...] = ()) -> dict:
   """Runs (or, with a submitting launcher, submits) every stage not yet finished, in order;
   returns the state of every stage."""
   study, runs = load_sweep(spec)
+  runs = with_overrides(runs, tuple(overrides))
   if only:
     runs = [r for r in runs if r.name == only]
     if not runs:
@@ -180,8 +197,7 @@ def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "", progress
   out = pathlib.Path(out).expanduser()
   # Remote machines find the study by the path as given (a shared mount); locally, it is absolute.
   out = out if launcher.remote and out.is_absolute() else out.resolve()
-  if not launcher.remote:  # a remote pod's files are not this machine's to check
-    check_tokenizers(runs)
+  check_train_configs(runs, local_files=not launcher.remote)  # a pod's disks are not this one's
   if dry_run:
     for run in runs:
       jobs = {}

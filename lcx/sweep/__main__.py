@@ -1,7 +1,8 @@
-"""python -m lcx.sweep experiments/<study>.py:ARG --out DIR [--launcher L] [--dry_run] [--only NAME]"""
+"""python -m lcx.sweep experiments/<study>.py:ARG --out DIR [--launcher L] [--dry_run] [--only NAME]
+    [--config.a.b=value ...]   (added to every training stage's overrides)"""
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from lcx import cli
 from lcx.sweep import launchers, run_sweep
@@ -19,14 +20,14 @@ _LAUNCHER_ARGS = flags.DEFINE_string(
     "sbatch.")
 
 
-def main(argv):
+def main(argv, overrides):
   if len(argv) != 2 or not _OUT.value and not _DRY_RUN.value:
     sys.exit("usage: python -m lcx.sweep experiments/<study>.py:ARG --out DIR [--launcher L] "
-             "[--dry_run] [--only NAME]")
+             "[--dry_run] [--only NAME] [--config.a.b=value ...]")
   try:
     launcher = launchers.parse(_LAUNCHER.value, _LAUNCHER_ARGS.value)
     states = run_sweep(argv[1], _OUT.value or "runs/sweep", dry_run=_DRY_RUN.value,
-                       only=_ONLY.value, launcher=launcher)
+                       only=_ONLY.value, launcher=launcher, overrides=tuple(overrides))
   except (ValueError, RuntimeError) as e:
     sys.exit(f"lcx.sweep: {e}")
   except OSError as e:  # --out not a directory, not writable
@@ -36,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
