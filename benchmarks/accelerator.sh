@@ -83,14 +83,13 @@ for group in first rest; do
       --implementations=auto --eval_lengths= --out="$out/accelerator-$name.json"
   done
 done
-if command -v nvidia-smi >/dev/null; then  # the Pallas kernel lowers through Triton: GPUs only
-  biased=$($python -c "
+# lcx's Pallas kernel (Triton on a GPU, Mosaic on a TPU) for none and every scheme with a bias.
+biased=$($python -c "
 from lcx import bench, positions
 print(','.join(s for s in '$schemes'.split(',') if s == 'none'
                or positions.bias_kind(bench.VARIANTS[s]['position'])))")
-  part pallas 300 "${bench[@]}" --schemes="$biased" --lengths="$lengths" \
-    --implementations=pallas --eval_lengths= --out="$out/accelerator-pallas.json"
-fi
+part pallas 300 "${bench[@]}" --schemes="$biased" --lengths="$lengths" \
+  --implementations=pallas --eval_lengths= --out="$out/accelerator-pallas.json"
 part eval 240 "${bench[@]}" --lengths= --eval_lengths="${LCX_EVAL_LENGTH:-32768}" \
   --eval_schemes=none,alibi \
   --implementations=auto --eval_memory_gib=16 --out="$out/accelerator-eval.json"

@@ -121,7 +121,7 @@ TILED = ("blockwise", "native", "pallas")
 # What each implementation can do: the backends it runs on, and the biases it takes (see accepts).
 # pallas on a CPU runs in the Pallas interpreter: for checking it, far too slow to train with.
 _BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "native": ("cpu",),
-             "cudnn": ("gpu",), "splash": ("tpu",), "pallas": ("cpu", "gpu")}
+             "cudnn": ("gpu",), "splash": ("tpu",), "pallas": ("cpu", "gpu", "tpu")}
 # auto's order of preference on each backend: the fused kernels first where they exist (see
 # benchmarks/README.md for the CPU figures). pallas is not in it until a GPU has timed it
 # against blockwise (benchmarks/accelerator.sh measures both).

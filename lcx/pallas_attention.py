@@ -15,7 +15,9 @@ program adding up its tiles' share.
 
 A bias function returns every head at once ((1, H, bq, bk)); a program keeps its own head's slice
 (a one-hot sum, which lowers where an indexed read of a computed value does not). On a CPU the
-kernels run in Pallas' interpret mode: slow, and exactly what the tests compare with dense.
+kernels run in Pallas' interpret mode: slow, and exactly what the tests compare with dense, both
+in the generic interpreter and in the TPU one (`pltpu.force_tpu_interpret_mode`, which simulates
+Mosaic's memory spaces); on a TPU they compile through Mosaic.
 """
 import functools
 

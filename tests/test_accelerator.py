@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(jax.default_backend() == "cpu",
                                 reason="runs on an accelerator (benchmarks/accelerator.sh)")
 # The fused kernel this backend prefers for schemes without a bias (cuDNN, splash).
 FUSED = attention.select("auto", bias=None) if jax.default_backend() != "cpu" else "none"
-# The tiled kernels that compute a scheme's bias per tile here: lcx's Pallas kernel on a GPU.
-TILED = ("blockwise", "pallas") if jax.default_backend() == "gpu" else ("blockwise",)
+# The tiled kernels that compute a scheme's bias per tile here: blockwise and lcx's Pallas kernel.
+TILED = ("blockwise", "pallas")
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Blockwise, native and Pallas (interpreted) attention against the dense reference: values and
 gradients, every scheme, uneven lengths, packed documents, learned biases, a sharded mesh; the
 implementation switch and its refusals."""
+import contextlib
 import functools
 import os
 import subprocess
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.experimental.pallas import tpu as pltpu
 
 from lcx import attention, blockwise, native, positions, sharding
 from lcx.attention import dense_attention
@@ -216,33 +218,45 @@ def test_resolving_a_config_builds_no_kernel_and_the_model_chooses_once(tmp_path
   assert calls.read_text().count("called") == 1
 
 
+def _lowering(name: str | None):
+  """How the Pallas kernel is interpreted on this CPU: Pallas' generic interpreter (what the GPU
+  kernel is checked with), or the TPU one, which simulates Mosaic's memory spaces."""
+  return pltpu.force_tpu_interpret_mode() if name == "tpu" else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("lowering", ["generic", "tpu"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("bias", ["none", "alibi"])
-def test_pallas_kernel_matches_dense_in_interpret_mode(bias, packed):
+def test_pallas_kernel_matches_dense_in_interpret_mode(bias, packed, lowering):
   """lcx's Pallas kernel (forward, dK/dV and dQ kernels), interpreted on the CPU."""
   q, k, v, q_pos, k_pos, seg = _inputs(packed=packed)
   bias_fn = _alibi(4) if bias == "alibi" else None
-  (value, grads), (value_p, grads_p) = (
-      jax.jit(jax.value_and_grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
-                                 argnums=(0, 1, 2)))(q, k, v)
-      for fn, kw in [(dense_attention, {}), (pallas_attention, dict(block_q=8, block_k=16))])
+  with _lowering(lowering):
+    (value, grads), (value_p, grads_p) = (
+        jax.jit(jax.value_and_grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
+                                   argnums=(0, 1, 2)))(q, k, v)
+        for fn, kw in [(dense_attention, {}), (pallas_attention, dict(block_q=8, block_k=16))])
   np.testing.assert_allclose(value_p, value, rtol=1e-5)
   for g, g_p in zip(grads, grads_p):
     np.testing.assert_allclose(g_p, g, atol=2e-5)
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("kernel", [blockwise_attention, pallas_attention])
-def test_tiled_kernels_handle_queries_at_the_end_of_longer_keys_and_uneven_tiles(kernel, causal):
+@pytest.mark.parametrize("kernel,lowering", [(blockwise_attention, None),
+                                             (pallas_attention, "generic"),
+                                             (pallas_attention, "tpu")])
+def test_tiled_kernels_handle_queries_at_the_end_of_longer_keys_and_uneven_tiles(kernel, lowering,
+                                                                                 causal):
   """A block of queries aligned with the end of the keys (a cache), tiles of different sizes
   that divide neither length."""
   q, k, v, q_pos, k_pos, seg = _inputs(Q=13, S=41)
   bias_fn = _alibi(4)
-  for block_q, block_k in [(4, 16), (16, 4), (5, 7)]:
-    grads = [jax.grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, causal=causal, **kw),
-                      argnums=(0, 1, 2))(q, k, v)
-             for fn, kw in [(dense_attention, {}),
-                            (kernel, dict(block_q=block_q, block_k=block_k))]]
+  for block_q, block_k in [(5, 7)] if lowering == "tpu" else [(4, 16), (16, 4), (5, 7)]:
+    with _lowering(lowering):
+      grads = [jax.grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, causal=causal, **kw),
+                        argnums=(0, 1, 2))(q, k, v)
+               for fn, kw in [(dense_attention, {}),
+                              (kernel, dict(block_q=block_q, block_k=block_k))]]
     for g, g_b in zip(*grads):
       np.testing.assert_allclose(g_b, g, atol=2e-5)
 
@@ -255,10 +269,11 @@ def test_tiles_above_the_diagonal_are_skipped():
   assert (0, 1) in blockwise.visible_tiles(2, 4, 8, 4, offset=0)
 
 
-@pytest.mark.parametrize("kernel,unroll_max_tiles", [  # blockwise: while-loops, and unrolled
-    (blockwise_attention, 0), (blockwise_attention, 64), (pallas_attention, None)])
+@pytest.mark.parametrize("kernel,unroll_max_tiles,lowering", [  # blockwise: while-loops, unrolled
+    (blockwise_attention, 0, None), (blockwise_attention, 64, None),
+    (pallas_attention, None, "generic"), (pallas_attention, None, "tpu")])
 def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(kernel, unroll_max_tiles,
-                                                                    monkeypatch):
+                                                                    lowering, monkeypatch):
   monkeypatch.setattr(blockwise, "UNROLL_MAX_TILES", unroll_max_tiles)
   q, k, v, q_pos, k_pos, seg = _inputs()
   weights = jnp.linspace(0.1, 0.5, 4)
@@ -269,19 +284,22 @@ def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(kernel, unro
 
   grad_dense = jax.grad(lambda w: _loss(dense_attention, q, k, v, q_pos, k_pos, seg,
                                         learned_bias(w)))(weights)
-  grad_tiled = jax.jit(jax.grad(lambda w: _loss(kernel, q, k, v, q_pos, k_pos, seg,
-                                                learned_bias(w), block_q=8, block_k=8)))(weights)
+  with _lowering(lowering):
+    grad_tiled = jax.jit(jax.grad(lambda w: _loss(kernel, q, k, v, q_pos, k_pos, seg,
+                                                  learned_bias(w), block_q=8, block_k=8)))(weights)
   np.testing.assert_allclose(grad_tiled, grad_dense, rtol=1e-4)
   assert np.abs(grad_dense).min() > 0
 
 
-@pytest.mark.parametrize("implementation", attention.TILED)
+@pytest.mark.parametrize("implementation", [*attention.TILED, "pallas-tpu"])
 @pytest.mark.parametrize("position", SCHEMES)
 def test_every_scheme_trains_the_same_through_the_tiled_kernels(position, implementation):
   """A whole model (two layers, packed documents): loss and every parameter gradient, a learned
   bias's included (it must not be silently zero); a kernel that cannot take the scheme's bias
-  refuses it when the model is built. (The Pallas kernel, interpreted here, is run for the
-  schemes with a bias: without one it is the kernel the tests above check.)"""
+  refuses it when the model is built. (The Pallas kernel, interpreted here, in the generic and
+  the TPU interpreter, is run for the schemes with a bias: without one it is the kernel the
+  tests above check.)"""
+  implementation, _, lowering = implementation.partition("-")
   if implementation == "pallas" and positions.bias_kind(position) is None:
     pytest.skip("no bias: the Pallas kernel alone is checked above")
   if attention.accepts(implementation, positions.bias_kind(position)):
@@ -307,7 +325,8 @@ def test_every_scheme_trains_the_same_through_the_tiled_kernels(position, implem
     graphdef, params = nnx.split(model, nnx.Param)
     return jax.jit(jax.value_and_grad(loss))(params)
 
-  (loss, grads), (loss_b, grads_b) = loss_and_grads("dense"), loss_and_grads(implementation)
+  with _lowering(lowering):
+    (loss, grads), (loss_b, grads_b) = loss_and_grads("dense"), loss_and_grads(implementation)
   np.testing.assert_allclose(loss_b, loss, rtol=1e-5)
   for g, g_b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_b)):
     np.testing.assert_allclose(g_b, g, atol=3e-6, rtol=1e-4)
@@ -347,9 +366,10 @@ def test_the_switch_refuses_what_cannot_work_and_auto_falls_back():
     attention.select("cudnn", bias=None, backend="cpu")
   with pytest.raises(ValueError, match="runs on cpu, not on gpu"):
     attention.select("native", bias=None, backend="gpu")
-  with pytest.raises(ValueError, match="runs on cpu/gpu, not on tpu"):
-    attention.select("pallas", bias=None, backend="tpu")
-  assert attention.select("pallas", bias=positions.bias_kind("t5"), backend="gpu") == "pallas"
+  with pytest.raises(ValueError, match="runs on cpu/gpu/tpu, not on metal"):
+    attention.check("pallas", bias=None, backend="metal")
+  for backend in ("gpu", "tpu"):
+    assert attention.select("pallas", bias=positions.bias_kind("t5"), backend=backend) == "pallas"
   with pytest.raises(ValueError,
                      match="allowed: dense, blockwise, native, cudnn, splash, pallas, auto"):
     attention.select("flash3", bias=None)
