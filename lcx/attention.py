@@ -195,8 +195,12 @@ def _select(name: str, bias: BiasKind | None, backend: str) -> str:
       log.warning("attention=auto: %s cannot run here (%s); the next choice runs", candidate,
                   reason)
       continue
-    return candidate
-  return "blockwise"
+    break
+  else:
+    candidate = "blockwise"
+  log.info("attention=auto on %s, %s: %s", backend,
+           "no position bias" if bias is None else "a position bias", candidate)
+  return candidate
 
 
 def _splash_where_it_fits(splash, block: int):
