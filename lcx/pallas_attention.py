@@ -25,8 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as pl_triton
 
 from lcx.blockwise import DEFAULT_BLOCK, _closure_converted_bias, _Geometry
+from lcx.positions.bias import Bias
 
 _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled apart (lse = inf)
 
@@ -34,29 +37,37 @@ _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled a
 def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
                      block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK,
-                     interpret: bool | None = None):
+                     interpret: bool | None = None, platform: str | None = None):
   """Same signature and result as lcx.attention.dense_attention. `interpret` (default: on a CPU)
-  runs the kernels in Pallas' interpreter."""
+  runs the kernels in Pallas' interpreter; `platform` ("gpu" or "tpu", default: this backend's)
+  is the compiler the kernels are written for (a test lowers for one without it)."""
   B, Q, H, K = q_BQHK.shape
   S = k_BKHK.shape[1]
   bq, bk = min(block_q, Q), min(block_k, S)
   nq, nk = -(-Q // bq), -(-S // bk)
   pad_q, pad_k = nq * bq - Q, nk * bk - S
   packed = q_segment_ids_BQ is not None
+
+  def as_rows(x, pad):  # (B, L) -> (B, 1, L + pad): Mosaic's blocks must span or tile the
+    return jnp.pad(x.astype(jnp.int32), ((0, 0), (0, pad)))[:, None]  # last two axes
+
   q_seg = k_seg = None
   if packed:
-    q_seg = jnp.pad(q_segment_ids_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)))
-    k_seg = jnp.pad(k_segment_ids_BK.astype(jnp.int32), ((0, 0), (0, pad_k)))
-  q_pos = jnp.pad(q_positions_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)))
-  k_pos = jnp.pad(k_positions_BK.astype(jnp.int32), ((0, 0), (0, pad_k)))
+    q_seg, k_seg = as_rows(q_segment_ids_BQ, pad_q), as_rows(k_segment_ids_BK, pad_k)
+  q_pos, k_pos = as_rows(q_positions_BQ, pad_q), as_rows(k_positions_BK, pad_k)
   # The bias as a pure function of one row's tile positions and its closed-over values.
-  bias, (consts, params) = _closure_converted_bias(bias_fn, q_pos[:1, :bq], k_pos[:1, :bk])
+  if isinstance(bias_fn, Bias):  # a scheme's: the form written for a device kernel
+    bias_fn = bias_fn.per_tile()
+  bias, (consts, params) = _closure_converted_bias(bias_fn, q_pos[:1, 0, :bq], k_pos[:1, 0, :bk])
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
+  if platform is None:
+    platform = jax.default_backend()
   geometry = _Geometry(B=B, H=H, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
                        causal_offset=S - Q if causal else None, packed=packed, bias=bias,
                        const_shapes=tuple(np.shape(c) for c in consts),
-                       param_shapes=tuple(np.shape(p) for p in params), interpret=interpret)
+                       param_shapes=tuple(np.shape(p) for p in params), interpret=interpret,
+                       platform=platform)
 
   def heads_first(x, pad):  # (B, L, H, K) -> (B, H, L + pad, K)
     return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
@@ -64,14 +75,15 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg,
-                 tuple(map(_at_least_1d, consts)), tuple(map(_at_least_1d, params)))
+                 tuple(map(_at_least_2d, consts)), tuple(map(_at_least_2d, params)))
   return o[:, :, :Q].transpose(0, 2, 1, 3)
 
 
-def _at_least_1d(x):
-  """Scalars travel as (1,) arrays (a kernel's operands have at least one axis)."""
+def _at_least_2d(x):
+  """Scalars and vectors travel as (1, n) arrays: a kernel's operands have at least one axis, and
+  the bias parameters' gradients are written in blocks whose last two axes are the array's."""
   x = jnp.asarray(x)
-  return x.reshape(1) if x.ndim == 0 else x
+  return x.reshape(1, -1) if x.ndim < 2 else x
 
 
 # --- what every kernel does to a tile -------------------------------------------------------------
@@ -92,10 +104,10 @@ def _first_query_tile(g, j):
 
 
 def _tile_bias(g, h, q_pos, k_pos, consts, params):
-  """Head h's bias of the tile with these positions, (bq, bk) float32."""
+  """Head h's bias of the tile with these positions ((1, bq) and (1, bk)), (bq, bk) float32."""
   consts = [c.reshape(shape) for c, shape in zip(consts, g.const_shapes)]
   params = [p.reshape(shape) for p, shape in zip(params, g.param_shapes)]
-  bias = g.bias(q_pos[None], k_pos[None], consts, params).astype(jnp.float32)
+  bias = g.bias(q_pos, k_pos, consts, params).astype(jnp.float32)
   bias = jnp.broadcast_to(bias, (*(1,) * (4 - bias.ndim), *bias.shape))[0]  # (1 or H, bq, bk)
   if bias.shape[0] == 1:
     return jnp.broadcast_to(bias[0], (g.bq, g.bk))
@@ -110,7 +122,7 @@ def _tile_scores(g, h, i, j, q, k, pos, seg, consts, params):
   q_rows, k_rows = pl.ds(i * g.bq, g.bq), pl.ds(j * g.bk, g.bk)
   s = jnp.dot(q, k.T, preferred_element_type=jnp.float32)
   if g.bias is not None:
-    s = s + _tile_bias(g, h, q_pos_ref[q_rows], k_pos_ref[k_rows], consts, params)
+    s = s + _tile_bias(g, h, q_pos_ref[:, q_rows], k_pos_ref[:, k_rows], consts, params)
   q_index = i * g.bq + jnp.arange(g.bq)[:, None]
   k_index = j * g.bk + jnp.arange(g.bk)[None, :]
   mask = k_index < g.keys  # padded keys
@@ -118,7 +130,7 @@ def _tile_scores(g, h, i, j, q, k, pos, seg, consts, params):
     mask = mask & (k_index <= q_index + g.causal_offset)
   if g.packed:
     q_seg_ref, k_seg_ref = seg
-    mask = mask & (q_seg_ref[q_rows][:, None] == k_seg_ref[k_rows][None, :])
+    mask = mask & (q_seg_ref[0, q_rows][:, None] == k_seg_ref[:, k_rows])
   return jnp.where(mask, s, _NO_KEY), mask
 
 
@@ -154,13 +166,13 @@ def _forward_kernel(g, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, *rest):
   m, l, acc = jax.lax.fori_loop(0, _key_tiles_seen(g, i), visit, start)
   l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
   o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
-  lse_ref[...] = jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)
+  lse_ref[...] = jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)[None]
 
 
 def _side_specs(g, consts, params):
   """BlockSpecs of what every program reads in part: its row's positions and segment ids (whole
   rows: a program slices its tiles), and the bias's values (whole)."""
-  row = lambda length: pl.BlockSpec((None, length), lambda b, h, t: (b, 0))
+  row = lambda length: pl.BlockSpec((None, 1, length), lambda b, h, t: (b, 0, 0))
   whole = lambda shape: pl.BlockSpec(shape, lambda b, h, t: (0,) * len(shape))
   specs = [row(g.nq * g.bq), row(g.nk * g.bk)]
   if g.packed:
@@ -168,23 +180,37 @@ def _side_specs(g, consts, params):
   return specs + [whole(x.shape) for x in (*consts, *params)]
 
 
+def _compiler_params(g):
+  """Which compiler the kernels are lowered by. On a GPU, Triton: jax's default there is now
+  Mosaic GPU, which lowers neither a transposed tile nor these kernels' loops."""
+  if g.interpret:
+    return None
+  if g.platform == "gpu":
+    return pl_triton.CompilerParams(num_warps=4, num_stages=2)
+  if g.platform == "tpu":
+    # Every program writes its own output block: the grid may be split between cores.
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * 3)
+  raise ValueError(f"the Pallas kernel compiles for gpu or tpu, not {g.platform!r} "
+                   "(on a CPU it runs interpreted)")
+
+
 def _call(g, kernel, grid, in_specs, out_specs, out_shape, name):
   return pl.pallas_call(functools.partial(kernel, g), grid=grid, in_specs=in_specs,
                         out_specs=out_specs, out_shape=out_shape, interpret=g.interpret,
-                        name=name)
+                        compiler_params=_compiler_params(g), name=name)
 
 
 def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
-  """(output (B, H, Lq, K) in q's dtype, log-normalizer (B, H, Lq) float32)."""
+  """(output (B, H, Lq, K) in q's dtype, log-normalizer (B, H, 1, Lq) float32)."""
   Lq, Lk = g.nq * g.bq, g.nk * g.bk
   in_specs = [pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0)),
               pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, h, 0, 0)),
               pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, h, 0, 0)),
               *_side_specs(g, consts, params)]
   out_specs = [pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0)),
-               pl.BlockSpec((None, None, g.bq), lambda b, h, i: (b, h, i))]
+               pl.BlockSpec((None, None, 1, g.bq), lambda b, h, i: (b, h, 0, i))]
   out_shape = [jax.ShapeDtypeStruct((g.B, g.H, Lq, g.K), q.dtype),
-               jax.ShapeDtypeStruct((g.B, g.H, Lq), jnp.float32)]
+               jax.ShapeDtypeStruct((g.B, g.H, 1, Lq), jnp.float32)]
   segs = (q_seg, k_seg) if g.packed else ()
   return _call(g, _forward_kernel, (g.B, g.H, g.nq), in_specs, out_specs, out_shape,
                "lcx_attention_forward")(q, k, v, q_pos, k_pos, *segs, *consts, *params)
@@ -217,11 +243,11 @@ def _dkv_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k
     dk, dv, dparams = carry
     rows = pl.ds(i * g.bq, g.bq)
     q, do = q_ref[rows, :], do_ref[rows, :]
-    lse, delta = lse_ref[rows], delta_ref[rows]
+    lse, delta = lse_ref[0, rows], delta_ref[0, rows]
     p, ds = _tile_ds(g, h, i, j, q, k, v, do, lse, delta, pos, seg, consts, params)
     if params:  # the tile's bias in its parameters, pulled back from ds
       _, pullback = jax.vjp(
-          lambda ps: _tile_bias(g, h, q_pos_ref[rows], k_pos_ref[pl.ds(j * g.bk, g.bk)],
+          lambda ps: _tile_bias(g, h, q_pos_ref[:, rows], k_pos_ref[:, pl.ds(j * g.bk, g.bk)],
                                 consts, ps), params)
       dparams = [a + b for a, b in zip(dparams, pullback(ds)[0])]
     dv = dv + jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=jnp.float32)
@@ -245,7 +271,7 @@ def _dq_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k_
   const_refs, param_refs, (dq_ref,) = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
   consts, params = _load_bias_args(g, const_refs, param_refs)
   h, i = pl.program_id(1), pl.program_id(2)
-  q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+  q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[0], delta_ref[0]
 
   def visit(j, dq):
     cols = pl.ds(j * g.bk, g.bk)
@@ -261,16 +287,16 @@ def _dq_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k_
 def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params):
   Lq, Lk = g.nq * g.bq, g.nk * g.bk
   # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
-  delta = jnp.einsum("bhqd,bhqd->bhq", do.astype(jnp.float32), o.astype(jnp.float32))
+  delta = jnp.einsum("bhqd,bhqd->bhq", do.astype(jnp.float32), o.astype(jnp.float32))[:, :, None]
   segs = (q_seg, k_seg) if g.packed else ()
   operands = (q, k, v, do, lse, delta, q_pos, k_pos, *segs, *consts, *params)
   side_specs = _side_specs(g, consts, params)
   all_q = pl.BlockSpec((None, None, Lq, g.K), lambda b, h, t: (b, h, 0, 0))
   all_k = pl.BlockSpec((None, None, Lk, g.K), lambda b, h, t: (b, h, 0, 0))
-  all_rows = pl.BlockSpec((None, None, Lq), lambda b, h, t: (b, h, 0))
+  all_rows = pl.BlockSpec((None, None, 1, Lq), lambda b, h, t: (b, h, 0, 0))
   key_tile = pl.BlockSpec((None, None, g.bk, g.K), lambda b, h, j: (b, h, j, 0))
   query_tile = pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0))
-  query_rows = pl.BlockSpec((None, None, g.bq), lambda b, h, i: (b, h, i))
+  query_rows = pl.BlockSpec((None, None, 1, g.bq), lambda b, h, i: (b, h, 0, i))
 
   # dK, dV (and the bias parameters: one partial sum per program, added up here)
   param_shapes = [p.shape for p in params]

@@ -241,6 +241,43 @@ def test_pallas_kernel_matches_dense_in_interpret_mode(bias, packed, lowering):
     np.testing.assert_allclose(g_p, g, atol=2e-5)
 
 
+# What lowering for a device checks on this CPU: Pallas' own rules for the target (Mosaic's block
+# shapes, the primitives Triton and Mosaic lower), not what the device compiler does after.
+_DEVICE_CALLS = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("position", [p for p in SCHEMES if positions.bias_kind(p) is not None])
+def test_the_pallas_kernel_lowers_for_tpu_and_gpu(position, platform):
+  """The kernel compiled for a TPU (Mosaic) and a GPU (Triton), lowered here by jax.export for
+  that platform: forward and every gradient (a learned bias's parameters included), bfloat16 at
+  the model's head size, packed documents, queries at the end of longer keys, lengths that are
+  not whole tiles. The interpreters above check the values; this checks that the device
+  compilers are handed kernels Pallas can lower for them."""
+  H, K, Q, S = 4, 64, 200, 300
+  config = ModelConfig(vocab_size=64, d_model=H * K, n_heads=H, head_dim=K, max_len=S,
+                       position=position)
+  graphdef, params = nnx.split(positions.make(position, config.position_config(),
+                                              rngs=nnx.Rngs(0)), nnx.Param)
+  q, k, v = (jnp.zeros((2, n, H, K), jnp.bfloat16) for n in (Q, S, S))
+  k_pos = jnp.broadcast_to(jnp.arange(S), (2, S))
+  seg = (k_pos >= 120).astype(jnp.int32)
+
+  def loss(params, q, k, v):
+    out = pallas_attention(q, k, v, q_positions_BQ=k_pos[:, S - Q:], k_positions_BK=k_pos,
+                           q_segment_ids_BQ=seg[:, S - Q:], k_segment_ids_BK=seg,
+                           bias_fn=nnx.merge(graphdef, params).bias_fn(0), interpret=False,
+                           platform="gpu" if platform == "cuda" else platform)
+    return out.astype(jnp.float32).sum()
+
+  exported = jax.export.export(
+      jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))), platforms=(platform,),
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(_DEVICE_CALLS["cuda"])])(
+          params, q, k, v)
+  text = exported.mlir_module()
+  assert text.count(_DEVICE_CALLS[platform]) == 3  # forward, dK/dV, dQ
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("kernel,lowering", [(blockwise_attention, None),
                                              (pallas_attention, "generic"),

@@ -75,11 +75,20 @@ class PositionScheme(nnx.Module):
     index (an int, or a traced scalar when the layers run as a scan), for per-layer parameters."""
     raise NotImplementedError(f"{type(self).__name__} sets BIAS but has no bias()")
 
+  def tile_bias(self, q_positions_BQ, k_positions_BK, layer) -> jax.Array:
+    """The same bias as `bias`, written with what Pallas lowers in a GPU or TPU kernel (one tile's
+    positions at a time): elementwise work, broadcasts and reductions, no gathers and no matmul
+    over more than two axes. Work on parameters alone (a layer's slice, a row of a table) is
+    done outside the kernel, once (lcx.blockwise hoists it). By default `bias` itself."""
+    return self.bias(q_positions_BQ, k_positions_BK, layer)
+
   def bias_fn(self, layer=0) -> Bias | None:
     """What the attention kernels of `layer` are handed: None for a scheme without a bias."""
     if self.BIAS is None:
       return None
-    return FunctionBias(functools.partial(self.bias, layer=layer), self.BIAS)
+    tile = (None if type(self).tile_bias is PositionScheme.tile_bias
+            else functools.partial(self.tile_bias, layer=layer))
+    return FunctionBias(functools.partial(self.bias, layer=layer), self.BIAS, tile_fn=tile)
 
   def check_length(self, length: int) -> None:
     """Raise ValueError if the scheme cannot represent sequences of `length` tokens."""

@@ -42,15 +42,25 @@ class Bias:
   def __call__(self, q_positions_BQ: jax.Array, k_positions_BK: jax.Array) -> jax.Array:
     raise NotImplementedError
 
+  def per_tile(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The same function as a device kernel evaluates it on a tile (see
+    PositionScheme.tile_bias); by default the bias itself."""
+    return self
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FunctionBias(Bias):
-  """Any pure function of positions (it may close over the scheme's parameters)."""
+  """Any pure function of positions (it may close over the scheme's parameters), and optionally
+  the same function in the form a device kernel lowers."""
   fn: Callable[[jax.Array, jax.Array], jax.Array]
   kind: BiasKind
+  tile_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
   def __call__(self, q_positions_BQ, k_positions_BK):
     return self.fn(q_positions_BQ, k_positions_BK)
+
+  def per_tile(self):
+    return self.tile_fn or self.fn
 
 
 def linear_bias(q_positions_BQ, k_positions_BK, slopes_H) -> jax.Array:

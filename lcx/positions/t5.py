@@ -65,3 +65,15 @@ class T5Bias(PositionScheme):
     bucket_BQK = t5_buckets(distance_BQK, self.buckets, self.max_distance)
     bias_BQKH = jnp.take(self.bias_table[...].astype(jnp.float32), bucket_BQK, axis=0)
     return bias_BQKH.transpose(0, 3, 1, 2)
+
+  def tile_bias(self, q_positions_BQ, k_positions_BK, layer):
+    """The lookup as a sum over buckets of (bucket == b) * row b: no gather. Each row is a
+    slice of the table (taken outside a kernel), each term one select per score."""
+    del layer
+    distance_BQK = q_positions_BQ[:, :, None] - k_positions_BK[:, None, :]
+    bucket_B1QK = t5_buckets(distance_BQK, self.buckets, self.max_distance)[:, None]
+    table = self.bias_table[...].astype(jnp.float32)
+    bias_BHQK = jnp.zeros((*bucket_B1QK.shape[:1], table.shape[1], *bucket_B1QK.shape[2:]))
+    for b in range(self.buckets):
+      bias_BHQK = bias_BHQK + jnp.where(bucket_B1QK == b, table[b][None, :, None, None], 0.0)
+    return bias_BHQK
