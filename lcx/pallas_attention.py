@@ -13,8 +13,10 @@ query and key positions, FlexAttention's score modification: no L x L array exis
 a learned bias (T5, KERPLE, FIRE) gets its parameters' gradient from the backward kernel, each
 program adding up its tiles' share.
 
-A bias function returns every head at once ((1, H, bq, bk)); a program keeps its own head's slice
-(a one-hot sum, which lowers where an indexed read of a computed value does not). On a CPU the
+A program evaluates its own head's bias where the bias's per-head values are recognized (they
+reach it as its head's entry, see _head_columns: every scheme lcx has); otherwise the bias
+function returns every head at once ((1, H, bq, bk)) and the program keeps its head's slice (a
+one-hot sum, which lowers where an indexed read of a computed value does not). On a CPU the
 kernels run in Pallas' interpret mode: slow, and exactly what the tests compare with dense, both
 in the generic interpreter and in the TPU one (`pltpu.force_tpu_interpret_mode`, which simulates
 Mosaic's memory spaces); on a TPU they compile through Mosaic.
@@ -59,15 +61,17 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   if isinstance(bias_fn, Bias):  # a scheme's: the form written for a device kernel
     bias_fn = bias_fn.per_tile()
   bias, (consts, params) = _closure_converted_bias(bias_fn, q_pos[:1, 0, :bq], k_pos[:1, 0, :bk])
+  heads = _head_columns(bias, consts, params, H, bq, bk)
+  const_heads, param_heads = heads[:len(consts)], heads[len(consts):]
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   if platform is None:
     platform = jax.default_backend()
   geometry = _Geometry(B=B, H=H, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
                        causal_offset=S - Q if causal else None, packed=packed, bias=bias,
-                       const_shapes=tuple(np.shape(c) for c in consts),
-                       param_shapes=tuple(np.shape(p) for p in params), interpret=interpret,
-                       platform=platform)
+                       const_shapes=_shapes_seen(consts, const_heads), const_heads=const_heads,
+                       param_shapes=_shapes_seen(params, param_heads), param_heads=param_heads,
+                       interpret=interpret, platform=platform)
 
   def heads_first(x, pad):  # (B, L, H, K) -> (B, H, L + pad, K)
     return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
@@ -75,14 +79,50 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg,
-                 tuple(map(_at_least_2d, consts)), tuple(map(_at_least_2d, params)))
+                 tuple(map(_operand, consts, const_heads)),
+                 tuple(map(_operand, params, param_heads)))
   return o[:, :, :Q].transpose(0, 2, 1, 3)
 
 
-def _at_least_2d(x):
-  """Scalars and vectors travel as (1, n) arrays: a kernel's operands have at least one axis, and
-  the bias parameters' gradients are written in blocks whose last two axes are the array's."""
+def _head_columns(bias, consts, params, H, bq, bk):
+  """For each value the bias reads, whether a program receives only its own head's slice of it.
+
+  A bias evaluated for every head in every program does H times the work one head needs. Once
+  the work on parameters alone is done outside the kernel (lcx.blockwise), a per-head value
+  reaches the tile as a (1, H, 1, 1) column (ALiBi's slopes, a T5 row, KERPLE's r1 and r2, FIRE's
+  output weights): then each program reads its head's entry and evaluates one head's bias. Any
+  other value with an axis of H entries may be per head in a way not recognized here: then every
+  program evaluates all heads and keeps its own (always right, H times the work)."""
+  values = (*consts, *params)
+  column = [np.shape(x) == (1, H, 1, 1) for x in values]
+  if (bias is None or H == 1 or not any(column)
+      or any(H in np.shape(x) and not c for x, c in zip(values, column))):
+    return (False,) * len(values)
+  one_head = lambda xs: [jax.ShapeDtypeStruct((1, 1, 1, 1) if np.shape(x) == (1, H, 1, 1)
+                                              else np.shape(x), x.dtype) for x in xs]
+  try:  # an operation with the head count in its own parameters refuses a single head
+    out = jax.eval_shape(bias, jax.ShapeDtypeStruct((1, bq), jnp.int32),
+                         jax.ShapeDtypeStruct((1, bk), jnp.int32), one_head(consts),
+                         one_head(params))
+  except (TypeError, ValueError):
+    return (False,) * len(values)
+  if len(out.shape) >= 3 and out.shape[-3] != 1:
+    return (False,) * len(values)
+  return tuple(column)
+
+
+def _shapes_seen(values, heads):
+  """The shapes the bias function is evaluated with in a program."""
+  return tuple((1, 1, 1, 1) if head else np.shape(x) for x, head in zip(values, heads))
+
+
+def _operand(x, head):
+  """How a value the bias reads is handed to the kernels: a per-head column as (H, 1, 1) (a
+  program's block is its head's (1, 1)); others whole, scalars and vectors as (1, n) (a kernel's
+  operands have at least one axis, and Mosaic wants a block's last two axes to be the array's)."""
   x = jnp.asarray(x)
+  if head:
+    return x.reshape(-1, 1, 1)
   return x.reshape(1, -1) if x.ndim < 2 else x
 
 
@@ -171,13 +211,19 @@ def _forward_kernel(g, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, *rest):
 
 def _side_specs(g, consts, params):
   """BlockSpecs of what every program reads in part: its row's positions and segment ids (whole
-  rows: a program slices its tiles), and the bias's values (whole)."""
+  rows: a program slices its tiles), and the bias's values (whole, or the program's head's)."""
   row = lambda length: pl.BlockSpec((None, 1, length), lambda b, h, t: (b, 0, 0))
-  whole = lambda shape: pl.BlockSpec(shape, lambda b, h, t: (0,) * len(shape))
   specs = [row(g.nq * g.bq), row(g.nk * g.bk)]
   if g.packed:
     specs += [row(g.nq * g.bq), row(g.nk * g.bk)]
-  return specs + [whole(x.shape) for x in (*consts, *params)]
+  heads = (*g.const_heads, *g.param_heads)
+  return specs + [_value_spec(x.shape, head) for x, head in zip((*consts, *params), heads)]
+
+
+def _value_spec(shape, head):
+  if head:  # (H, 1, 1): the program's head
+    return pl.BlockSpec((None, 1, 1), lambda b, h, t: (h, 0, 0))
+  return pl.BlockSpec(shape, lambda b, h, t: (0,) * len(shape))
 
 
 def _compiler_params(g):
@@ -299,7 +345,8 @@ def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params
   query_rows = pl.BlockSpec((None, None, 1, g.bq), lambda b, h, i: (b, h, 0, i))
 
   # dK, dV (and the bias parameters: one partial sum per program, added up here)
-  param_shapes = [p.shape for p in params]
+  # A program's share of a parameter's gradient, in the block it reads (a head's: (1, 1)).
+  param_shapes = [(1, 1) if head else p.shape for p, head in zip(params, g.param_heads)]
   out = _call(g, _dkv_kernel, (g.B, g.H, g.nk),
               [all_q, key_tile, key_tile, all_q, all_rows, all_rows, *side_specs],
               [key_tile, key_tile,
@@ -309,7 +356,9 @@ def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params
               [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
                *(jax.ShapeDtypeStruct((g.B, g.H, g.nk, *s), jnp.float32) for s in param_shapes)],
               "lcx_attention_dkv")(*operands)
-  dk, dv, dparams = out[0], out[1], [d.sum(axis=(0, 1, 2)) for d in out[2:]]
+  dk, dv = out[0], out[1]
+  dparams = [d.sum(axis=(0, 2)) if head else d.sum(axis=(0, 1, 2))  # a head's: (H, 1, 1)
+             for d, head in zip(out[2:], g.param_heads)]
   dq = _call(g, _dq_kernel, (g.B, g.H, g.nq),
              [query_tile, all_k, all_k, query_tile, query_rows, query_rows, *side_specs],
              query_tile, jax.ShapeDtypeStruct(q.shape, q.dtype), "lcx_attention_dq")(*operands)

@@ -17,6 +17,7 @@ from jax.experimental.pallas import tpu as pltpu
 from lcx import attention, blockwise, native, positions, sharding
 from lcx.attention import dense_attention
 from lcx.blockwise import blockwise_attention
+from lcx import pallas_attention as pallas_attention_lib
 from lcx.pallas_attention import pallas_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 from tests.conftest import ROOT
@@ -257,8 +258,13 @@ def test_the_pallas_kernel_lowers_for_tpu_and_gpu(position, platform):
   H, K, Q, S = 4, 64, 200, 300
   config = ModelConfig(vocab_size=64, d_model=H * K, n_heads=H, head_dim=K, max_len=S,
                        position=position)
-  graphdef, params = nnx.split(positions.make(position, config.position_config(),
-                                              rngs=nnx.Rngs(0)), nnx.Param)
+  scheme = positions.make(position, config.position_config(), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(scheme, nnx.Param)
+  # Each program evaluates its own head's bias (not every head's, H times the work).
+  tile = jnp.broadcast_to(jnp.arange(128), (1, 128))
+  bias, (consts, values) = blockwise._closure_converted_bias(scheme.bias_fn(0).per_tile(), tile,
+                                                             tile)
+  assert any(pallas_attention_lib._head_columns(bias, consts, values, H, 128, 128))
   q, k, v = (jnp.zeros((2, n, H, K), jnp.bfloat16) for n in (Q, S, S))
   k_pos = jnp.broadcast_to(jnp.arange(S), (2, S))
   seg = (k_pos >= 120).astype(jnp.int32)
@@ -306,18 +312,28 @@ def test_tiles_above_the_diagonal_are_skipped():
   assert (0, 1) in blockwise.visible_tiles(2, 4, 8, 4, offset=0)
 
 
-@pytest.mark.parametrize("kernel,unroll_max_tiles,lowering", [  # blockwise: while-loops, unrolled
-    (blockwise_attention, 0, None), (blockwise_attention, 64, None),
-    (pallas_attention, None, "generic"), (pallas_attention, None, "tpu")])
+@pytest.mark.parametrize("kernel,unroll_max_tiles,lowering,per_head", [  # blockwise: while-loops,
+    (blockwise_attention, 0, None, True), (blockwise_attention, 64, None, True),  # unrolled
+    (pallas_attention, None, "generic", True), (pallas_attention, None, "tpu", True),
+    (pallas_attention, None, "generic", False)])  # the Pallas kernel's every-head path
 def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(kernel, unroll_max_tiles,
-                                                                    lowering, monkeypatch):
+                                                                    lowering, per_head,
+                                                                    monkeypatch):
   monkeypatch.setattr(blockwise, "UNROLL_MAX_TILES", unroll_max_tiles)
   q, k, v, q_pos, k_pos, seg = _inputs()
   weights = jnp.linspace(0.1, 0.5, 4)
 
   def learned_bias(w):  # a KERPLE-like log bias with a learned weight per head
-    return lambda qp, kp: -w[None, :, None, None] * jnp.log1p(
-        jnp.abs(qp[:, :, None] - kp[:, None, :]).astype(jnp.float32))[:, None]
+    log_distance = lambda qp, kp: jnp.log1p(
+        jnp.abs(qp[:, :, None] - kp[:, None, :]).astype(jnp.float32))
+    if per_head:  # the weights reach the tile as a (1, H, 1, 1) column: one head per program
+      return lambda qp, kp: -w[None, :, None, None] * log_distance(qp, kp)[:, None]
+    # as (H, 1, 1): not recognized as per head, so every program evaluates all heads
+    return lambda qp, kp: (-w[:, None, None] * log_distance(qp, kp)[0][None])[None]
+
+  tile = jnp.broadcast_to(jnp.arange(8), (1, 8))
+  bias, (consts, params) = blockwise._closure_converted_bias(learned_bias(weights), tile, tile)
+  assert any(pallas_attention_lib._head_columns(bias, consts, params, 4, 8, 8)) == per_head
 
   grad_dense = jax.grad(lambda w: _loss(dense_attention, q, k, v, q_pos, k_pos, seg,
                                         learned_bias(w)))(weights)

@@ -94,9 +94,6 @@ class Fire(PositionScheme):
     x_B1QK = fire_input(q_positions_BQ, k_positions_BK, at(self.c),
                         at(self.threshold_scale) * self.initial_threshold)[:, None]
     w1, b1, w2, b2 = at(self.w1), at(self.b1), at(self.w2), at(self.b2)
-    bias_BHQK = jnp.broadcast_to(b2[None, :, None, None], (x_B1QK.shape[0], w2.shape[1],
-                                                            *x_B1QK.shape[2:]))
-    for f in range(w1.shape[0]):
-      hidden = jax.nn.relu(x_B1QK * w1[f] + b1[f])
-      bias_BHQK = bias_BHQK + hidden * w2[f][None, :, None, None]
-    return bias_BHQK
+    return b2[None, :, None, None] + sum(
+        jax.nn.relu(x_B1QK * w1[f] + b1[f]) * w2[f][None, :, None, None]
+        for f in range(w1.shape[0]))

@@ -68,12 +68,12 @@ class T5Bias(PositionScheme):
 
   def tile_bias(self, q_positions_BQ, k_positions_BK, layer):
     """The lookup as a sum over buckets of (bucket == b) * row b: no gather. Each row is a
-    slice of the table (taken outside a kernel), each term one select per score."""
+    slice of the table (taken outside a kernel), each term a compare and a multiply-add per
+    score."""
     del layer
     distance_BQK = q_positions_BQ[:, :, None] - k_positions_BK[:, None, :]
     bucket_B1QK = t5_buckets(distance_BQK, self.buckets, self.max_distance)[:, None]
     table = self.bias_table[...].astype(jnp.float32)
-    bias_BHQK = jnp.zeros((*bucket_B1QK.shape[:1], table.shape[1], *bucket_B1QK.shape[2:]))
-    for b in range(self.buckets):
-      bias_BHQK = bias_BHQK + jnp.where(bucket_B1QK == b, table[b][None, :, None, None], 0.0)
-    return bias_BHQK
+    # A product, not a where: where would broadcast the tile to every head in the kernel.
+    return sum((bucket_B1QK == b).astype(jnp.float32) * table[b][None, :, None, None]
+               for b in range(self.buckets))
