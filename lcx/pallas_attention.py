@@ -98,12 +98,13 @@ def _head_columns(bias, consts, params, H, bq, bk):
   if (bias is None or H == 1 or not any(column)
       or any(H in np.shape(x) and not c for x, c in zip(values, column))):
     return (False,) * len(values)
-  one_head = lambda xs: [jax.ShapeDtypeStruct((1, 1, 1, 1) if np.shape(x) == (1, H, 1, 1)
-                                              else np.shape(x), x.dtype) for x in xs]
+  heads = column[:len(consts)], column[len(consts):]
+  one_head = lambda xs, heads: [jax.ShapeDtypeStruct(shape, x.dtype)
+                                for x, shape in zip(xs, _shapes_seen(xs, heads))]
   try:  # an operation with the head count in its own parameters refuses a single head
     out = jax.eval_shape(bias, jax.ShapeDtypeStruct((1, bq), jnp.int32),
-                         jax.ShapeDtypeStruct((1, bk), jnp.int32), one_head(consts),
-                         one_head(params))
+                         jax.ShapeDtypeStruct((1, bk), jnp.int32), one_head(consts, heads[0]),
+                         one_head(params, heads[1]))
   except (TypeError, ValueError):
     return (False,) * len(values)
   if len(out.shape) >= 3 and out.shape[-3] != 1:
