@@ -6,7 +6,9 @@
 # 1. installs requirements.txt and the accelerator build of the pinned jax (jax[cuda12] on a host
 #    with nvidia-smi, jax[tpu] otherwise; LCX_SKIP_INSTALL=1 keeps what the host has),
 # 2. runs the kernel tests on the device (tests/test_accelerator.py: every scheme through `auto`
-#    against dense, values and gradients),
+#    against dense, values and gradients), then measures the device's kernel table
+#    (python -m lcx.bench.kernels: one attention layer per kernel, scheme and length), which
+#    `auto` runs by in the parts after it,
 # 3. runs `python -m lcx.bench` on the 125m preset (bfloat16): every scheme's train step at
 #    L=1024 and 4096 through `auto` (what each scheme costs as lcx runs it), `none` and ALiBi
 #    also through blockwise (the plain-JAX tiled kernel the biased schemes fall back to), every
@@ -30,10 +32,11 @@ lengths=${LCX_LENGTHS:-1024,4096}
 bench=($python -m lcx.bench --model="${LCX_MODEL:-125m}" --model_fields=scan_layers=true
        --repeats=3 --tokens_per_step="${LCX_TOKENS:-32768}" --profile_lengths=
        --data_tokenizers=)  # the input pipeline is the host's: measured by lcx.bench on a CPU
-parts=,${LCX_PARTS:-tests,train,pallas,eval,blockwise},
+parts=,${LCX_PARTS:-tests,kernels,train,pallas,eval,blockwise},
 for p in ${parts//,/ }; do
-  [[ $p =~ ^(tests|train|pallas|eval|blockwise)$ ]] || {
-    echo "LCX_PARTS: unknown part '$p'; allowed: tests, train, pallas, eval, blockwise"; exit 2; }
+  [[ $p =~ ^(tests|kernels|train|pallas|eval|blockwise)$ ]] || {
+    echo "LCX_PARTS: unknown part '$p'; allowed: tests, kernels, train, pallas, eval, blockwise"
+    exit 2; }
 done
 failed=()
 
@@ -69,6 +72,15 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
   --format=csv
 
 part tests 240 $python -m pytest -q tests/test_accelerator.py
+# The kernel table `auto` chooses from (lcx.kernel_choice): every kernel that runs each scheme
+# here, one attention layer timed per length; the train and eval parts below then run `auto` by
+# it. Copy it to lcx/kernel_tables/$device.json to make it this device's table for everyone.
+device=$($python -c "from lcx import kernel_choice; print(kernel_choice.device_name())")
+part kernels 180 $python -m lcx.bench.kernels --model="${LCX_MODEL:-125m}" --repeats=3 \
+  --lengths="$lengths,${LCX_EVAL_LENGTH:-32768}" --tokens="${LCX_TOKENS:-32768}" \
+  --out="$out/kernel-table-$device.json"
+table="$(cd "$out" && pwd)/kernel-table-$device.json"
+[ -f "$table" ] && export LCX_KERNEL_TABLE="$table"
 # none, RoPE and ALiBi first at every length (the headline: what a bias costs), then the other
 # schemes with none again as their reference: on GPU a biased scheme's step takes minutes to
 # compile until it has a fused kernel, and a time limit should cut the rest, not the headline.

@@ -14,13 +14,14 @@ parameters' gradient; the native CPU kernel takes a fixed bias in the linear clo
 which it computes itself from the slopes, and refuses learned ones, whose gradient it could not
 return.
 """
+import dataclasses
 import functools
 import logging
 
 import jax
 import jax.numpy as jnp
 
-from lcx import native
+from lcx import kernel_choice, native, positions
 from lcx.blockwise import DEFAULT_BLOCK, blockwise_attention
 from lcx.pallas_attention import pallas_attention
 from lcx.positions.bias import LINEAR, BiasKind
@@ -122,9 +123,12 @@ TILED = ("blockwise", "native", "pallas")
 # pallas on a CPU runs in the Pallas interpreter: for checking it, far too slow to train with.
 _BACKENDS = {"dense": ("cpu", "gpu", "tpu"), "blockwise": ("cpu", "gpu", "tpu"), "native": ("cpu",),
              "cudnn": ("gpu",), "splash": ("tpu",), "pallas": ("cpu", "gpu", "tpu")}
-# auto's order of preference on each backend: the fused kernels first where they exist (see
-# benchmarks/README.md for the CPU figures). pallas is not in it until a GPU has timed it
-# against blockwise (benchmarks/accelerator.sh measures both).
+# The kernels `auto` weighs on each backend where a kernel table measured them (lcx.kernel_choice).
+AUTO_CANDIDATES = {"gpu": ("cudnn", "pallas", "blockwise", "dense"),
+                   "tpu": ("splash", "pallas", "blockwise", "dense"),
+                   "cpu": ("native", "blockwise", "dense")}
+# auto's order of preference where nothing was measured (see benchmarks/README.md for the CPU
+# figures). pallas is not in it: it is chosen only where a table measured it on the device.
 _PREFERENCE = {"gpu": ("cudnn", "blockwise"), "tpu": ("splash", "blockwise"),
                "cpu": ("native", "blockwise")}
 
@@ -169,10 +173,11 @@ def check(name: str, *, bias: BiasKind | None, backend: str | None = None) -> No
 
 
 def select(name: str, *, bias: BiasKind | None, backend: str | None = None) -> str:
-  """The implementation to run for model.attention=name and a scheme whose bias is of kind `bias`
-  (None: no bias): `auto` picks the fastest one that takes the scheme on this backend (logging
-  why it passed over a faster one); a named one that cannot work here is refused with the reason.
-  It may build the native kernel to find out, so the model calls it once, when it is built."""
+  """The implementation model.attention=name runs for a scheme whose bias is of kind `bias`
+  (None: no bias): a named one, refused with the reason if it cannot work here; for `auto`, the
+  first of its fixed order that takes the scheme here (logging why it passed over one), which
+  runs where no kernel table says otherwise (Choice.kernel decides per call). It may build the
+  native kernel to find out, so the model calls it once, when it is built."""
   return _select(name, bias, backend or jax.default_backend())
 
 
@@ -188,53 +193,121 @@ def _select(name: str, bias: BiasKind | None, backend: str) -> str:
   log = logging.getLogger("lcx")
   for candidate in _PREFERENCE.get(backend, ("blockwise",)):
     if reason := accepts(candidate, bias):
-      log.warning("attention=auto: %s cannot take this position scheme's bias (%s); the next "
-                  "choice runs", candidate, reason)
-      continue
-    if reason := _cannot_run(candidate, backend):
+      log.info("attention=auto: %s cannot take this position scheme's bias (%s)", candidate,
+               reason)
+    elif reason := _cannot_run(candidate, backend):
       log.warning("attention=auto: %s cannot run here (%s); the next choice runs", candidate,
                   reason)
-      continue
-    break
-  else:
-    candidate = "blockwise"
-  log.info("attention=auto on %s, %s: %s", backend,
-           "no position bias" if bias is None else "a position bias", candidate)
-  return candidate
+    else:
+      return candidate
+  return "blockwise"
 
 
-def _splash_where_it_fits(splash, block: int):
-  """auto on TPU: splash for lengths it takes (multiples of its tile), blockwise for others."""
-  blockwise = functools.partial(blockwise_attention, block_q=block, block_k=block)
+def takes_call(name: str, *, q_len: int, k_len: int, packed: bool, causal: bool = True,
+               block: int = DEFAULT_BLOCK) -> str | None:
+  """Why kernel `name` cannot take one call of these shapes (None: it can); what `auto` checks
+  per call, beyond the scheme (accepts) and the backend."""
+  if name == "cudnn" and packed:
+    return "it keeps packed documents apart only with a (batch, 1, L, L) mask"
+  if name == "cudnn" and causal and q_len != k_len:
+    return "it needs as many queries as keys under a causal mask"
+  if name == "splash" and not _splash_fits(block, q_len, k_len):
+    return f"it takes lengths that are multiples of its tile ({block})"
+  return None
 
-  def attend(q_BQHK, k_BKHK, v_BKHK, **kw):
-    if _splash_fits(block, q_BQHK.shape[1], k_BKHK.shape[1]):
-      return splash(q_BQHK, k_BKHK, v_BKHK, **kw)
-    logging.getLogger("lcx").warning(
-        "attention=auto: splash takes lengths that are multiples of %d; %d runs blockwise",
-        block, q_BQHK.shape[1])
-    return blockwise(q_BQHK, k_BKHK, v_BKHK, **kw)
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """model.attention resolved for one position scheme on this backend (see `choose`): a named
+  kernel runs every call; `auto` picks per call from the lengths and whether documents are
+  packed, the fastest measured kernel where a table has one (lcx.kernel_choice), else the first
+  of its fixed order that can take the call."""
+  requested: str
+  scheme: str  # the kernel-table key: the scheme's name, or "none" for a scheme without a bias
+  bias: BiasKind | None
+  backend: str
+  block: int = DEFAULT_BLOCK
+  # The measured kernel table auto chooses from (None: its fixed order).
+  table: kernel_choice.Table | None = dataclasses.field(default=None, compare=False, hash=False)
+
+  def kernel(self, q_len: int, k_len: int | None = None, *, packed: bool = False,
+             causal: bool = True, cache: bool = False) -> str:
+    """The kernel a call with q_len queries and k_len keys runs (`cache`: a KV cache's call,
+    where only dense and the tiled kernels take queries aligned to the end of the keys)."""
+    if self.requested != "auto":
+      return self.requested
+    k_len = k_len or q_len
+    usable, passed = [], []
+    for name in AUTO_CANDIDATES.get(self.backend, ("blockwise",)):
+      if accepts(name, self.bias) or _cannot_run(name, self.backend):
+        continue  # said once, when the model was built (select)
+      if cache and name != "dense" and name not in TILED:
+        reason = "it takes no queries aligned to the end of longer keys"
+      else:
+        reason = takes_call(name, q_len=q_len, k_len=k_len, packed=packed, causal=causal,
+                            block=self.block)
+      if reason:
+        passed.append(f"{name}: {reason}")
+      else:
+        usable.append(name)
+    measured = self.table.fastest(self.scheme, k_len, usable) if self.table else None
+    if measured:
+      name, at = measured
+      why = f"the fastest measured at L={at} in {self.table.source}"
+    else:
+      name = next((n for n in _PREFERENCE.get(self.backend, ()) if n in usable), "blockwise")
+      why = ("its fixed order (no kernel table for this device: python -m lcx.bench.kernels "
+             "measures one)" if self.table is None else
+             f"its fixed order ({self.table.source} has no row for {self.scheme})")
+    if passed:
+      why += f"; passed over {'; '.join(passed)}"
+    _log_choice(self.backend, self.scheme, q_len, k_len, packed, cache, name, why)
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _log_choice(backend, scheme, q_len, k_len, packed, cache, name, why):
+  # Cached: a length is traced many times (shapes, init, every jit), its choice logged once.
+  logging.getLogger("lcx").info(
+      "attention=auto on %s, %s, %d queries x %d keys%s%s: %s, %s", backend, scheme, q_len, k_len,
+      ", packed" if packed else "", ", KV cache" if cache else "", name, why)
+
+
+def choose(name: str, *, scheme: str, block: int = DEFAULT_BLOCK,
+           backend: str | None = None) -> Choice:
+  """model.attention=name for position scheme `scheme`, checked as `select` checks it; `auto`
+  reads this device's kernel table here, so a bad one is refused when the model is built."""
+  backend = backend or jax.default_backend()
+  bias = positions.bias_kind(scheme)
+  select(name, bias=bias, backend=backend)
+  table = (kernel_choice.load(kernel_choice.device_name())
+           if name == "auto" and backend == jax.default_backend() else None)
+  return Choice(name, scheme if bias is not None else kernel_choice.NO_BIAS, bias, backend, block,
+                table)
+
+
+def _kernel(name: str, block: int):
+  if name in TILED:
+    return functools.partial(IMPLEMENTATIONS[name], block_q=block, block_k=block)
+  if name == "splash":
+    return functools.partial(splash_attention, block=block)
+  return IMPLEMENTATIONS[name]
+
+
+def make(choice: Choice, *, cache: bool = False):
+  """The attention function of a Choice; `cache`: for a KV cache (decoding), queries aligned to
+  the end of a longer key buffer whose unwritten slots are masked by segment id, which dense and
+  the tiled kernels take (a named cuDNN or splash hands those calls to blockwise)."""
+  if choice.requested != "auto":
+    name = choice.requested
+    if cache and name != "dense" and name not in TILED:
+      name = "blockwise"
+    return _kernel(name, choice.block)
+
+  def attend(q_BQHK, k_BKHK, v_BKHK, *, q_segment_ids_BQ=None, causal=True, **kw):
+    name = choice.kernel(q_BQHK.shape[1], k_BKHK.shape[1], packed=q_segment_ids_BQ is not None,
+                         causal=causal, cache=cache)
+    return _kernel(name, choice.block)(q_BQHK, k_BKHK, v_BKHK, q_segment_ids_BQ=q_segment_ids_BQ,
+                                       causal=causal, **kw)
 
   return attend
-
-
-def make(implementation: str, *, requested: str, block: int = DEFAULT_BLOCK):
-  """The attention function of an implementation `select` chose for model.attention=requested."""
-  if implementation in TILED:
-    return functools.partial(IMPLEMENTATIONS[implementation], block_q=block, block_k=block)
-  if implementation == "splash":
-    splash = functools.partial(splash_attention, block=block)
-    return splash if requested == "splash" else _splash_where_it_fits(splash, block)
-  return IMPLEMENTATIONS[implementation]
-
-
-def make_for_cache(implementation: str, *, block: int = DEFAULT_BLOCK):
-  """The attention function for a KV cache (decoding): queries aligned to the end of a longer key
-  buffer whose unwritten slots are masked by segment id. The chosen kernel serves where it takes
-  that (dense and the tiled ones do); cuDNN and splash want as many queries as keys, so blockwise
-  stands in."""
-  if implementation == "dense":
-    return dense_attention
-  if implementation not in TILED:
-    implementation = "blockwise"
-  return functools.partial(IMPLEMENTATIONS[implementation], block_q=block, block_k=block)

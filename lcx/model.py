@@ -209,13 +209,11 @@ class Transformer(nnx.Module):
                             cfg.param_dtype)
     self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
     self.memory = memory_lib.make(cfg.memory, cfg.memory_config(), rngs=rngs)
-    # The one place the kernel is chosen (auto logs what it passed over).
-    self.attention_implementation = attention.select(cfg.attention,
-                                                     bias=positions.bias_kind(cfg.position))
-    attend = attention.make(self.attention_implementation, requested=cfg.attention,
-                            block=cfg.attention_block)
-    cache_attend = attention.make_for_cache(self.attention_implementation,
-                                            block=cfg.attention_block)
+    # The one place the kernel is chosen (auto then picks per call from the lengths, and logs it).
+    self.attention_choice = attention.choose(cfg.attention, scheme=cfg.position,
+                                             block=cfg.attention_block)
+    attend = attention.make(self.attention_choice)
+    cache_attend = attention.make(self.attention_choice, cache=True)
     self.blocks = nnx.List([Block(cfg, attend, rngs, cache_attend)
                             for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)

@@ -202,7 +202,7 @@ def test_resolving_a_config_builds_no_kernel_and_the_model_chooses_once(tmp_path
       "print('compiler calls after resolving:', calls.exists())\n"
       "for _ in range(3):\n"
       "  model = Transformer(config_lib.model_config(resolved['auto']), rngs=nnx.Rngs(0))\n"
-      "print('auto ->', model.attention_implementation)\n"
+      "print('auto ->', model.attention_choice.kernel(128))\n"
       "try:\n"
       "  Transformer(config_lib.model_config(resolved['native']), rngs=nnx.Rngs(0))\n"
       "except ValueError as e:\n"
@@ -445,13 +445,8 @@ def test_splash_kernel_matches_dense_in_interpret_mode(packed):
     attention.splash_attention(q[:, :100], k[:, :100], v[:, :100], q_positions_BQ=q_pos[:, :100],
                                k_positions_BK=k_pos[:, :100], block=128, interpret=True)
   # auto on TPU takes splash where the lengths fit its tiles and blockwise where they do not.
-  auto = attention._splash_where_it_fits(
-      functools.partial(attention.splash_attention, block=128, interpret=True), block=128)
-  for n in (256, 100):
-    kw = dict(q_positions_BQ=q_pos[:, :n], k_positions_BK=k_pos[:, :n])
-    np.testing.assert_allclose(auto(q[:, :n], k[:, :n], v[:, :n], **kw),
-                               dense_attention(q[:, :n], k[:, :n], v[:, :n], **kw),
-                               rtol=1e-4, atol=1e-5)
+  auto = attention.Choice("auto", "none", None, "tpu", block=128)
+  assert [auto.kernel(n) for n in (256, 100)] == ["splash", "blockwise"]
 
 
 @pytest.mark.parametrize("position", ["learned", "alibi", "kerple"])  # kerple: one bias per layer

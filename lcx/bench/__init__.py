@@ -203,9 +203,11 @@ def train_flops_per_token(model: ModelConfig, seq_len: int, causal: bool = False
                          span, causal, memory_keys)
 
 
-def kernel_of(model: ModelConfig) -> str:
-  """The attention kernel a model runs (what `auto` chose, or the one named)."""
-  return attention_lib.select(model.attention, bias=positions.bias_kind(model.position))
+def kernel_of(model: ModelConfig, length: int, packed: bool) -> str:
+  """The attention kernel a model runs at `length` (what `auto` chooses, or the one named);
+  `packed`: with segment ids, as train batches have."""
+  return attention_lib.choose(model.attention, scheme=model.position,
+                              block=model.attention_block).kernel(length, packed=packed)
 
 
 def single_device_mesh():
@@ -250,7 +252,8 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
       for scheme, t in time_train_steps(steps, repeats, peak).items():
         tokens = batch * length
         rows.append({"scheme": scheme, "length": length, "batch": batch,
-                     "implementation": implementation, "kernel": kernel_of(models[scheme]),
+                     "implementation": implementation,
+                     "kernel": kernel_of(models[scheme], length, packed=True),
                      "step_seconds": t.seconds, "tokens_per_second": tokens / t.seconds,
                      "model_flops": train_flops_per_token(models[scheme], length) * tokens,
                      "causal_model_flops": train_flops_per_token(models[scheme], length,
@@ -288,7 +291,7 @@ def run_eval_benchmarks(lengths, implementations, memory_limit: int, repeats: in
       progress.set_postfix_str(f"eval {scheme} L={length} {implementation}")
       result = time_forward(model, length, repeats, memory_limit)
       row = {"scheme": scheme, "length": length, "implementation": implementation,
-             "kernel": kernel_of(model)}
+             "kernel": kernel_of(model, length, packed=False)}
       if isinstance(result, Timing):
         row.update(seconds=result.seconds, memory_bytes=result.memory_bytes,
                    tokens_per_second=length / result.seconds)

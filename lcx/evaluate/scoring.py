@@ -31,7 +31,7 @@ class Scorer:
                memory_fraction: float = 0.5):
     self.graphdef, self.params = nnx.split(model)
     self.cfg = model.cfg
-    self.implementation = model.attention_implementation
+    self.attention = model.attention_choice
     self.mesh, self.rules = mesh, rules
     self.shards = mesh.shape["data"] * mesh.shape["fsdp"]
     self.max_batch_tokens = max_batch_tokens
@@ -53,7 +53,8 @@ class Scorer:
     (all length x length of them for dense, one tile per query tile for the tiled kernels), plus
     logits and a few residual-stream copies."""
     c = self.cfg
-    side = min(c.attention_block, length) if self.implementation in attention.TILED else length
+    tiled = self.attention.kernel(length) in attention.TILED
+    side = min(c.attention_block, length) if tiled else length
     attention_bytes = 3 * c.n_heads * side * length * 4
     logits = 2 * length * c.vocab_size * 4
     stream = 8 * length * max(c.d_model, c.mlp_dim) * 4
