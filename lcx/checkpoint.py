@@ -242,7 +242,8 @@ def _os_reason(error: Exception) -> str:
   for phrase in _OS_ERRORS:
     if phrase in text:
       return phrase.lower()
-  return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+  first = text.splitlines()[0].split(" See full TensorStore details")[0] if text else ""
+  return f"{type(error).__name__}: {first[:300]}"
 
 
 def _changed_arrays(state: dict, saved: dict | None) -> list[str]:

@@ -1,5 +1,6 @@
 """What the command-line entry points share: quiet library logs, one line per failure."""
 import logging
+import os
 import sys
 import warnings
 
@@ -37,7 +38,17 @@ def _unraisable(info) -> None:
   # the RuntimeError it reports for each is noise once lcx has reported the failure.
   if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
     return
+  # A restore that fails on one array abandons orbax's reads of the others; Python reports each
+  # one's own error (with a TensorStore spec of ~60 lines) when it collects it, after lcx has
+  # already said which checkpoint is damaged and what it did about it.
+  if _is_orbax_coroutine(info.object):
+    return
   sys.__unraisablehook__(info)
+
+
+def _is_orbax_coroutine(obj) -> bool:
+  code = getattr(obj, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
 def os_error(e: OSError) -> str:

@@ -21,6 +21,7 @@ from lcx import overrides as overrides_lib
 from lcx import workdir as workdir_lib
 from lcx.checkpoint import Checkpointer, SaveFailed
 from lcx.data.sources import Documents
+from lcx.data.token_cache import DamagedCache
 from lcx.data.mixture import RetrievalMixture
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import make_tokenizer
@@ -349,6 +350,9 @@ def main(argv, overrides):
     summary = train_and_evaluate(config, _WORKDIR.value)
   except (config_lib.ConfigError, TrainingDiverged, SaveFailed) as e:
     sys.exit(f"lcx.train: {e}")
+  except DamagedCache as e:  # found on a block's first read: nothing of it reached the model
+    sys.exit(f"lcx.train: {e}; the same command builds it again and resumes from the latest "
+             "checkpoint (`python -m lcx.data.prepare` with this config builds it beforehand)")
   except OSError as e:  # a full disk, a lost mount, a data_dir it cannot write
     sys.exit(f"lcx.train: {cli.os_error(e)}; the checkpoints written "
              "so far are kept")

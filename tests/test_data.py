@@ -203,10 +203,72 @@ def test_the_token_cache_holds_each_documents_tokens_and_survives_an_interrupted
     f.truncate(cache.meta["tokens"] // 2)
   again = token_cache.prepare(docs, tokenizer, tmp_path, progress=False)
   np.testing.assert_array_equal(again.tokens(len(docs) - 1), tokenizer.encode(docs[len(docs) - 1]))
+  # what a build killed half-way left (its temporary folder, named for this host and its
+  # process) is removed by the next build on this host; another host's is left alone
+  import socket
+  dead = _a_dead_pid()
+  left = tmp_path / f"{folder.name}.partial-{socket.gethostname()}-{dead}"
+  elsewhere = tmp_path / f"{folder.name}.partial-otherhost-{dead}"
+  left.mkdir()
+  elsewhere.mkdir()
+  (folder / "meta.json").unlink()
+  token_cache.prepare(docs, tokenizer, tmp_path, progress=False)
+  assert not left.exists() and elsewhere.is_dir()
   # the stream's rows are slices of the cached documents, each after its EOS
   stream = _stream(docs, cache_dir=str(tmp_path))
   row = stream.example(0)
   assert set(np.unique(row["tokens"])) <= set(range(256)) | {tokenizer.eos_id}
+
+
+def _a_dead_pid() -> int:
+  child = subprocess.Popen(["true"])
+  child.wait()
+  return child.pid
+
+
+def _overwrite_middle(path, size: int) -> None:
+  """Random bytes over `size` bytes in the middle of a file, its size unchanged."""
+  with open(path, "r+b") as f:
+    f.seek(max(path.stat().st_size // 2 - size // 2, 0))
+    f.write(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+
+
+def test_a_damaged_token_cache_is_never_read(train_docs, tmp_path, caplog):
+  """Every block of the tokens file has a checksum written at build: a small cache is checked
+  whole when opened and rebuilt if damaged; a large one is checked block by block as it is first
+  read, and a damaged block stops the reader (nothing read from it) and removes the cache so that
+  the next start builds it again."""
+  from lcx.data import token_cache
+  tokenizer = ByteTokenizer()
+  cache = token_cache.prepare(train_docs, tokenizer, tmp_path, progress=False)
+  tokens_file = cache.folder / "tokens.bin"
+  intact = tokens_file.read_bytes()
+  assert len(cache.checksums) == -(-len(intact) // token_cache.BLOCK_BYTES) > 4
+  _overwrite_middle(tokens_file, len(intact) // 4)
+  with caplog.at_level("WARNING"):
+    again = token_cache.prepare(train_docs, tokenizer, tmp_path, progress=False)
+  assert "do not match their checksum" in caplog.text and "building it again" in caplog.text
+  assert tokens_file.read_bytes() == intact
+  # damaged offsets: rebuilt too
+  offsets = np.load(cache.folder / "offsets.npy")
+  offsets[3] += 1
+  np.save(cache.folder / "offsets.npy", offsets)
+  again = token_cache.prepare(train_docs, tokenizer, tmp_path, progress=False)
+  np.testing.assert_array_equal(again.offsets, cache.offsets)
+  # checked as read: the blocks before the damage read fine, the damaged one is refused
+  _overwrite_middle(tokens_file, 1000)
+  lazy = token_cache.prepare(train_docs, tokenizer, tmp_path, progress=False, check_at_open_bytes=0)
+  np.testing.assert_array_equal(lazy.tokens(0), tokenizer.encode(train_docs[0]))
+  block_start = (len(intact) // 2) // token_cache.BLOCK_BYTES * token_cache.BLOCK_BYTES
+  first_reader = int(np.argmax(lazy.offsets[1:] > block_start))  # the first document in it
+  with pytest.raises(token_cache.DamagedCache, match=rf"bytes {block_start:,}-.* of tokens.bin do "
+                     r"not match their checksum .*removed it"):
+    for i in range(len(lazy)):
+      lazy.tokens(i)
+  assert i == first_reader
+  assert not lazy.folder.exists()
+  again = token_cache.prepare(train_docs, tokenizer, tmp_path, progress=False)
+  assert tokens_file.read_bytes() == intact
 
 
 def test_a_json_lines_corpus_is_split_by_its_file_names_and_prepared_by_one_command(tmp_path):

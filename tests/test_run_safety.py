@@ -96,6 +96,25 @@ def test_a_run_whose_checkpoints_were_all_set_aside_is_not_restarted(trained_run
     train_and_evaluate(tiny_config, run)
 
 
+def test_every_checkpoint_damaged_is_one_line_without_orbax_noise(trained_run, data_dir, tmp_path):
+  """Array data damaged in every checkpoint: orbax abandons its other reads of each, and Python
+  used to print each abandoned read's error (~60 lines of TensorStore spec apiece) after lcx's
+  refusal."""
+  run = _copy(trained_run, tmp_path)
+  for chunk in run.glob("checkpoints/*/*/ocdbt.process_*/d/*"):
+    data = bytearray(chunk.read_bytes())
+    size = len(data) // 2
+    data[size:] = np.random.default_rng(0).bytes(len(data) - size)
+    chunk.write_bytes(bytes(data))
+  result = _cli("lcx.train", f"--workdir={run}", *_tiny_flags(data_dir), "--config.model.n_heads=4",
+                "--config.train.warmup_steps=2", "--config.checkpoint.every_steps=3",
+                "--config.train.steps=8")
+  line = _one_line_error(result, "lcx.train: every checkpoint of this run was set aside")
+  assert "corrupt_checkpoints: 3, 6" in line
+  assert "Exception ignored" not in result.stderr and len(result.stderr.splitlines()) < 200, (
+      result.stderr[-3000:])
+
+
 def test_checkpoint_values_are_checked_against_their_checksums(trained_run, tiny_config, tmp_path,
                                                                caplog):
   run = _copy(trained_run, tmp_path)
@@ -111,6 +130,31 @@ def test_checkpoint_values_are_checked_against_their_checksums(trained_run, tiny
   assert (run / "corrupt_checkpoints" / "6").is_dir()
   assert _steps(run) == list(range(1, 8))
   assert [r["step"] for r in read_jsonl(run / "metrics.superseded.jsonl")] == [4, 5, 6]
+
+
+def test_a_run_on_a_damaged_token_cache_trains_on_the_rebuilt_one(trained_run, tiny_config,
+                                                                  data_dir, tmp_path, caplog):
+  """4 MiB of random bytes in the middle of the training split's token cache: the run rebuilds
+  it and trains exactly as the run on the intact cache did (it used to train on the garbage)."""
+  from lcx.data import token_cache
+  from lcx.data.sources import Documents
+  from lcx.data.tokenizers import ByteTokenizer
+  data = tmp_path / "data"
+  shutil.copytree(pathlib.Path(data_dir) / "pystdlib", data / "pystdlib")
+  cache = token_cache.prepare(Documents("pystdlib", "train", data_dir=str(data)), ByteTokenizer(),
+                              data / "lcx_cache", progress=False)
+  tokens = cache.folder / "tokens.bin"
+  assert tokens.stat().st_size > 8 << 20
+  with open(tokens, "r+b") as f:
+    f.seek(tokens.stat().st_size // 2 - (2 << 20))
+    f.write(np.random.default_rng(0).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes())
+  tiny_config.data.data_dir = str(data)
+  with caplog.at_level("WARNING"):
+    train_and_evaluate(tiny_config, tmp_path / "run")
+  assert "do not match their checksum" in caplog.text
+  losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+  np.testing.assert_allclose(losses, [r["loss"] for r in read_jsonl(trained_run / "metrics.jsonl")],
+                             rtol=1e-6)
 
 
 def test_a_diverging_run_checkpoints_nothing_and_a_saner_rerun_trains(tiny_config, tmp_path):
