@@ -22,6 +22,7 @@ def get_config(arg: str = "yarn") -> ml_collections.ConfigDict:
   c.model.rope.update(scaling=method, factor=float(LENGTH_FACTOR) if method != "none" else 1.0)
   c.data.seq_len *= LENGTH_FACTOR
   c.data.batch_size = max(c.data.batch_size // LENGTH_FACTOR, 8)  # about the same tokens a step
+  c.data.tokenizer = ""  # the tokenizer of the run in init_from, whatever the preset's
   tiny = (preset or "tiny") == "tiny"
   c.train.update(steps=200 if tiny else 1000, schedule="constant", warmup_steps=20 if tiny else 100,
                  learning_rate=1e-3 if tiny else 3e-5, log_every=10 if tiny else 50)

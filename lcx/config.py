@@ -11,7 +11,7 @@ import ml_collections
 
 from lcx import attention, memory, positions, retrieval
 from lcx.data import mixture
-from lcx.data.tokenizers import SENTENCEPIECE, make_tokenizer
+from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, SENTENCEPIECE, make_tokenizer
 from lcx.model import REMAT_POLICIES, ModelConfig
 from lcx.sharding import resolve_mesh_shape
 from lcx.train_step import OptimizerConfig
@@ -52,6 +52,7 @@ def _tokenizer(d):
   there (a saved run's) must match the file."""
   if "tokenizer_sha256" not in d:
     d.tokenizer_sha256 = ""
+  d.tokenizer = d.tokenizer or DEFAULT_TOKENIZER  # the saved config says which
   if d.tokenizer.startswith(SENTENCEPIECE):
     path = pathlib.Path(d.tokenizer.removeprefix(SENTENCEPIECE)).expanduser()
     d.tokenizer = f"{SENTENCEPIECE}{path.resolve() if path.exists() else path}"
@@ -302,10 +303,10 @@ def inherit_architecture(config: ml_collections.ConfigDict,
   out.model.rope.update(own)
   if not own["original_length"]:
     out.model.rope.original_length = source.model.rope.original_length or source.data.seq_len
-  if out.data.tokenizer not in ("byte", source.data.tokenizer):  # named, and not the source's
+  if out.data.tokenizer not in ("", source.data.tokenizer):  # named, and not the source's
     raise ConfigError(f"config.data.tokenizer={out.data.tokenizer!r}: a fine-tune keeps the "
                       f"tokenizer of the run it starts from ({source.data.tokenizer!r}); "
-                      "leave data.tokenizer unset")
+                      "leave data.tokenizer unset (\"\")")
   # The source's model file, which must still hash as it did (checked at resolution).
   out.data.tokenizer = source.data.tokenizer
   out.data.tokenizer_sha256 = source.data.get("tokenizer_sha256", "")

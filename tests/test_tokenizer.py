@@ -125,7 +125,11 @@ def test_a_changed_model_file_is_refused_and_a_fine_tune_keeps_the_tokenizer(mod
   finetune.data.tokenizer = "sentencepiece:/elsewhere.model"
   with pytest.raises(config_lib.ConfigError, match="a fine-tune keeps the tokenizer of the run"):
     config_lib.inherit_architecture(finetune, saved)
-  finetune.data.tokenizer = "byte"  # unset: the source's, with its recorded hash
+  finetune.data.tokenizer = "byte"  # named: refused too, not taken for "not given"
+  with pytest.raises(config_lib.ConfigError, match=r"config.data.tokenizer='byte': a fine-tune "
+                     r"keeps the tokenizer"):
+    config_lib.inherit_architecture(finetune, saved)
+  finetune.data.tokenizer = ""  # unset: the source's, with its recorded hash
   inherited = config_lib.inherit_architecture(finetune, saved)
   assert inherited.data.tokenizer == saved.data.tokenizer
   assert inherited.data.tokenizer_sha256 == saved.data.tokenizer_sha256
@@ -144,7 +148,12 @@ def test_the_command_line_refuses_what_it_cannot_train(model_file, data_dir, tmp
   done = train("--vocab_size=100", f"--out={tmp_path / 'x.model'}")
   assert "--vocab_size=100 cannot hold the 256 bytes" in done.stderr
   done = train("--vocab_size=100000", "--documents=5", f"--out={tmp_path / 'x.model'}")
-  assert "is more pieces than 5 documents of this corpus hold" in done.stderr
+  assert re.search(r"is more pieces than 5 documents of this corpus hold; use --vocab_size of at "
+                   r"most \d+, or more --documents", done.stderr), done.stderr[-2000:]
+  done = train("--vocab_size=260", "--documents=100", f"--out={tmp_path / 'x.model'}")
+  needed = re.search(r"--vocab_size=260 is too small: .* use --vocab_size of at least (\d+)",
+                     done.stderr)
+  assert needed and int(needed[1]) > 260, done.stderr[-2000:]
   assert not (tmp_path / "x.model").exists()
 
 

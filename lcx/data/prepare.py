@@ -85,7 +85,7 @@ def main(argv, overrides) -> None:
       cache = token_cache.prepare(docs, tokenizer, f"{docs.data_dir}/lcx_cache")
       m = cache.meta
       print(f"{docs.name}/{split}: {m['documents']:,} documents, {m['tokens']:,} tokens "
-            f"({d.tokenizer}), {m['text_bytes'] / 1e9:.3f} GB of text; tokenized in "
+            f"({d.tokenizer or tokenizer.name}), {m['text_bytes'] / 1e9:.3f} GB of text; tokenized in "
             f"{m['seconds']:.0f} s ({m['seconds_per_gb']:,.0f} s per GB) into {cache.folder}")
   except ValueError as e:
     sys.exit(f"lcx.data.prepare: {e}")

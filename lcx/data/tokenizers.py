@@ -111,11 +111,14 @@ class SentencePieceTokenizer:
 
 TOKENIZERS = {"byte": ByteTokenizer}
 ALLOWED = f"{', '.join(TOKENIZERS)}, {SENTENCEPIECE}PATH"
+# What data.tokenizer="" (not given) means; a fine-tune takes its source's tokenizer instead.
+DEFAULT = "byte"
 
 
 def make_tokenizer(name: str, sha256: str = "") -> Tokenizer:
   """The tokenizer data.tokenizer names; with `sha256` (a run's recorded hash of its model
   file), a SentencePiece file that no longer matches is refused."""
+  name = name or DEFAULT
   if name.startswith(SENTENCEPIECE):
     tokenizer = _sentencepiece(name.removeprefix(SENTENCEPIECE))
     if sha256 and tokenizer.sha256 != sha256:

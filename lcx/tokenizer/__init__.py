@@ -6,6 +6,7 @@ normalization and no dummy prefix (decode(encode(text)) == text, byte for byte, 
 count the corpus's own bytes). The same documents, settings and threads give the same file.
 """
 import io
+import re
 
 import numpy as np
 
@@ -48,12 +49,24 @@ def train(docs, *, vocab_size: int, model_type: str, documents: int, seed: int,
         shuffle_input_sentence=False, input_sentence_size=0, num_threads=threads,
         unk_id=0, eos_id=1, bos_id=-1, pad_id=-1, minloglevel=2)
   except RuntimeError as e:
-    if "Vocabulary size is too high" in str(e) or "vocab_size" in str(e):
-      raise ValueError(f"--vocab_size={vocab_size} is more pieces than {documents} documents of "
-                       f"this corpus hold ({str(e).splitlines()[-1].strip()}); use a smaller "
-                       "vocabulary or more --documents") from None
-    raise
+    raise _vocabulary_error(str(e), vocab_size, documents) or e from None
   return model.getvalue()
+
+
+def _vocabulary_error(message: str, vocab_size: int, documents: int) -> ValueError | None:
+  """SentencePiece's refusal of a vocabulary size, saying which way it is wrong and what works."""
+  small = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", message)
+  if small:  # every character seen needs a piece of its own, besides the bytes and specials
+    return ValueError(f"--vocab_size={vocab_size} is too small: the {documents} documents drawn "
+                      f"hold characters that with the 256 bytes and the <unk> and </s> pieces need "
+                      f"{small[1]} pieces; use --vocab_size of at least {small[1]}, or fewer "
+                      "--documents (fewer distinct characters)")
+  large = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)",
+                    message)
+  if large:
+    return ValueError(f"--vocab_size={vocab_size} is more pieces than {documents} documents of this "
+                      f"corpus hold; use --vocab_size of at most {large[1]}, or more --documents")
+  return None
 
 
 def bytes_per_token(tokenizer, docs, count: int = 200) -> float:

@@ -45,7 +45,7 @@ def main(argv, overrides) -> None:
   try:
     c = overrides_lib.load_config(_CONFIG.value, overrides)
   except ValueError as e:
-    sys.exit(str(e))
+    sys.exit(f"lcx.tokenizer: {e}")
   d = c.data
   named = d.tokenizer.removeprefix(SENTENCEPIECE) if d.tokenizer.startswith(SENTENCEPIECE) else ""
   if not (_OUT.value or named):
@@ -63,7 +63,7 @@ def main(argv, overrides) -> None:
     proto = train(docs, vocab_size=vocab_size, model_type=_TYPE.value,
                   documents=_DOCUMENTS.value, seed=_SEED.value, threads=_THREADS.value)
   except (ValueError, OSError) as e:
-    sys.exit(cli.os_error(e) if isinstance(e, OSError) else str(e))
+    sys.exit(f"lcx.tokenizer: {cli.os_error(e) if isinstance(e, OSError) else e}")
   seconds = time.perf_counter() - start
   out.parent.mkdir(parents=True, exist_ok=True)
   temporary = out.with_name(out.name + ".partial")
