@@ -2,6 +2,10 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import pytest
@@ -176,6 +180,37 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
     write_report(tmp_path / "empty")
   with pytest.raises(ValueError, match="is not a directory"):
     write_report(tmp_path / "missing")
+
+
+def test_ctrl_c_stops_the_sweep_and_its_stage_in_one_line(data_dir, tmp_path):
+  """Ctrl-C (SIGINT to the terminal's process group: the sweep and its stage) stops the stage,
+  which keeps its checkpoints; the sweep marks it stopped and says so in one line instead of a
+  KeyboardInterrupt traceback."""
+  out = tmp_path / "study"
+  sweep = subprocess.Popen(
+      [sys.executable, "-m", "lcx.sweep", f"tests/tiny_study.py:{data_dir}", f"--out={out}",
+       "--only=alibi", "--config.train.steps=100000"], cwd=ROOT, start_new_session=True,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    metrics = out / "alibi" / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and sweep.poll() is None and (
+        len(read_jsonl(metrics)) < 4 if metrics.exists() else True):
+      time.sleep(0.2)
+    assert sweep.poll() is None, sweep.communicate()
+    os.killpg(sweep.pid, signal.SIGINT)
+    _, err = sweep.communicate(timeout=180)
+  finally:
+    if sweep.poll() is None:
+      os.killpg(sweep.pid, signal.SIGKILL)
+  assert sweep.returncode == 130 and "Traceback" not in err, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("lcx.sweep: interrupted during alibi/pretrain, which stopped") and (
+      "the same command resumes the study from there" in last), last
+  assert json.loads((out / "status.json").read_text())["alibi"]["pretrain"] == "stopped"
+  assert (out / "alibi" / "pretrain" / "checkpoints" / "3").is_dir()
+  assert "lcx.train: interrupted" in (out / "alibi" / "pretrain.log").read_text()
 
 
 def test_report_of_a_moved_half_finished_study_lists_what_is_missing(tiny_study, tmp_path):

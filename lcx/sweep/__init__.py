@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -215,17 +216,40 @@ def run_sweep(spec: str, out, *, dry_run: bool = False, only: str = "", progress
   bar = tqdm.tqdm(total=len(stages), desc=study, unit="stage", disable=not progress)
   started = time.perf_counter()
   jobs = {}  # (run, stage) -> the id of the job submitted for it
-  for run, stage in stages:
-    bar.set_postfix_str(f"{run.name}/{stage.name}")
-    state = _run_stage(study, run, stage, out, launcher, status, jobs)
-    status.set(run.name, stage.name, state)
-    bar.update(1)
-  bar.close()
+  with bar:  # closed before an interruption's message, which is then the last line
+    for run, stage in stages:
+      bar.set_postfix_str(f"{run.name}/{stage.name}")
+      state = _run_stage(study, run, stage, out, launcher, status, jobs)
+      status.set(run.name, stage.name, state)
+      bar.update(1)
   if progress:
     counts = collections.Counter(s for r in status.states.values() for s in r.values())
     print(f"{study}: {', '.join(f'{n} {state}' for state, n in sorted(counts.items()))} of "
           f"{len(stages)} stages in {time.perf_counter() - started:.0f} s; status in {status.path}")
   return status.states
+
+
+class Interrupted(Exception):
+  """Ctrl-C stopped the sweep (and the stage it was running)."""
+
+
+# Ctrl-C at a terminal reaches the stage too (one process group) and it stops within a step; a
+# stage still running after this long did not get it (the sweep alone was signalled).
+_STOP_GRACE_S = 60
+
+
+def _stop(child: subprocess.Popen) -> int:
+  """Waits for an interrupted stage to stop (it saves nothing half-way); tells it to if it goes
+  on, and kills it on a second Ctrl-C."""
+  try:
+    try:
+      return child.wait(timeout=_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+      child.send_signal(signal.SIGINT)
+      return child.wait()
+  except KeyboardInterrupt:
+    child.kill()
+    return child.wait()
 
 
 def _run_stage(study, run, stage, out, launcher, status, jobs) -> str:
@@ -248,7 +272,15 @@ def _run_stage(study, run, stage, out, launcher, status, jobs) -> str:
     return f"submitted (job {jobs[run.name, stage.name]})"
   status.set(run.name, stage.name, "running")
   with open(log, "a") as f:
-    code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    child = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+      code = child.wait()
+    except KeyboardInterrupt:
+      code = _stop(child)
+      status.set(run.name, stage.name, "stopped")
+      raise Interrupted(f"interrupted during {run.name}/{stage.name}, which stopped (exit {code}; "
+                        f"log {log}) keeping its checkpoints; the same command resumes the study "
+                        "from there") from None
   if code == 0:
     (out / run.name / f"{stage.name}.done").write_text(f"{time.time()}\n")
     return "done"

@@ -5,7 +5,7 @@ import sys
 from absl import flags
 
 from lcx import cli
-from lcx.sweep import launchers, run_sweep
+from lcx.sweep import Interrupted, launchers, run_sweep
 
 _OUT = flags.DEFINE_string("out", None, "Directory of the study's runs.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print each stage's command (as the launcher would "
@@ -28,6 +28,13 @@ def main(argv, overrides):
     launcher = launchers.parse(_LAUNCHER.value, _LAUNCHER_ARGS.value)
     states = run_sweep(argv[1], _OUT.value or "runs/sweep", dry_run=_DRY_RUN.value,
                        only=_ONLY.value, launcher=launcher, overrides=tuple(overrides))
+  except Interrupted as e:
+    print(f"lcx.sweep: {e}", file=sys.stderr)
+    sys.exit(130)  # the shell's status for Ctrl-C
+  except KeyboardInterrupt:  # between stages, or while loading the study
+    print("lcx.sweep: interrupted; finished stages are kept, and the same command goes on "
+          "from where it stopped", file=sys.stderr)
+    sys.exit(130)
   except (ValueError, RuntimeError) as e:
     sys.exit(f"lcx.sweep: {e}")
   except OSError as e:  # --out not a directory, not writable
