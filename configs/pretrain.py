@@ -89,6 +89,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.wandb = ml_collections.ConfigDict(dict(
       mode="auto",  # auto: online with an API key, offline without; or online/offline/disabled
       project="lcx", entity="", name="", group="", job_type="pretrain", tags=(),
+      # an online run whose server has not answered by then logs offline (`wandb sync` later)
+      init_timeout_s=config_lib.WANDB_INIT_TIMEOUT_S,
   ))
 
   if arg in _ACCELERATOR:

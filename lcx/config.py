@@ -19,6 +19,7 @@ from lcx.train_step import OptimizerConfig
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+WANDB_INIT_TIMEOUT_S = 10.0  # W&B's own waits 90 s, and 10 s more to print who is logged in
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,8 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
       m.rope[field.name] = field.default
   if "resume_changes" not in c:
     c.resume_changes = "refuse"
+  if "init_timeout_s" not in c.wandb:
+    c.wandb.init_timeout_s = WANDB_INIT_TIMEOUT_S
   fill_missing_data(d)
   if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
     c.eval.probe_tasks, c.eval.probe_trials = (), 0
@@ -127,6 +130,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   tokenizer = _tokenizer(d)
   _choice(c, "train.schedule", SCHEDULES)
   _choice(c, "wandb.mode", WANDB_MODES)
+  _require(isinstance(c.wandb.init_timeout_s, (int, float)) and c.wandb.init_timeout_s > 0,
+           f"config.wandb.init_timeout_s={c.wandb.init_timeout_s!r} must be a positive number of "
+           "seconds")
   if m.rope.original_length == 0:
     m.rope.original_length = d.seq_len
   _require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate!r} must be positive")

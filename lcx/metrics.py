@@ -142,7 +142,7 @@ class WandbWriter:
     id_file = workdir / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     self.run = init_wandb(
-        mode, dir=str(workdir), id=run_id, resume="allow", config=resolved_config,
+        mode, wandb_config.init_timeout_s, dir=str(workdir), id=run_id, resume="allow", config=resolved_config,
         project=wandb_config.project, entity=wandb_config.entity or None,
         name=wandb_config.name or run_name, group=wandb_config.group or None,
         job_type=wandb_config.job_type, tags=list(wandb_config.tags))
@@ -158,21 +158,29 @@ class WandbWriter:
       self.run.finish()
 
 
-def init_wandb(mode: str, **kwargs):
-  """wandb.init; an online run that cannot reach the server falls back to offline with a warning
-  (`wandb sync` uploads it later) instead of losing the run."""
+def init_wandb(mode: str, timeout_s: float, **kwargs):
+  """wandb.init; an online run that cannot reach the server within timeout_s falls back to
+  offline with one warning (`wandb sync` uploads it later) instead of losing the run."""
   import wandb  # imported only when used: it is slow to import
+  # silent: W&B otherwise asks the server who is logged in, for its greeting, with a wait of its
+  # own (10 s) that init_timeout does not bound; lcx says where the run goes instead.
+  settings = wandb.Settings(init_timeout=timeout_s, silent=True)
   try:
-    return wandb.init(mode=mode, **kwargs)
+    run = wandb.init(mode=mode, settings=settings, **kwargs)
   except Exception as e:  # wandb raises CommError, UsageError, timeouts, ...
     if mode != "online":
       raise
-    log.warning("W&B online logging failed (%s: %s); logging offline instead, upload later with "
-                "`wandb sync`", type(e).__name__, str(e).splitlines()[0][:200])
     wandb.teardown()
     # The failed run may still hold its id in W&B's service process: the offline run takes a new
     # one (on a resume, the rest of the run is logged under it; wandb_run_id records it).
-    return wandb.init(mode="offline", **{**kwargs, "id": secrets.token_hex(4)})
+    run = wandb.init(mode="offline", settings=settings, **{**kwargs, "id": secrets.token_hex(4)})
+    log.warning("W&B online logging failed within wandb.init_timeout_s=%g (%s: %s); logging "
+                "offline instead, upload later with `wandb sync %s`", timeout_s,
+                type(e).__name__, str(e).splitlines()[0][:200], os.path.dirname(run.dir))
+    return run
+  log.info("W&B: logging %s to %s", mode, run.url if mode == "online" else
+           os.path.dirname(run.dir))
+  return run
 
 
 def wandb_mode(wandb_config) -> str:
@@ -192,7 +200,7 @@ def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
     return
   import wandb
   run = init_wandb(
-      mode, dir=str(workdir / "eval"), project=wandb_config.project,
+      mode, wandb_config.init_timeout_s, dir=str(workdir / "eval"), project=wandb_config.project,
       entity=wandb_config.entity or None, group=wandb_config.group or workdir.name,
       job_type="evaluate", name=f"{wandb_config.name or workdir.name}/{results['name']}",
       tags=list(wandb_config.tags) + [results["scheme"]],

@@ -363,15 +363,27 @@ def test_a_read_only_workdir_is_refused_in_one_line(tmp_path, data_dir):
   assert "is not writable (Read-only file system)" in _one_line_error(result, "lcx.train: ")
 
 
-def test_wandb_online_but_unreachable_falls_back_to_offline(tmp_path, data_dir):
-  # A fresh process: W&B reads its settings (the init timeout) once per process.
-  env = dict(WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9",  # nothing listens there
-             WANDB_INIT_TIMEOUT="1", WANDB_MODE="online")
+def test_wandb_online_but_unanswered_falls_back_to_offline_within_its_timeout(tmp_path, data_dir):
+  """A server that takes the connection and never answers (a network that drops packets): W&B
+  would wait 90 s and more; the run waits wandb.init_timeout_s, says so in one line and logs
+  offline."""
+  import socket
+  silent = socket.socket()
+  silent.bind(("127.0.0.1", 0))
+  silent.listen(16)  # the kernel completes the connections; nothing ever reads or answers
+  env = dict(WANDB_API_KEY="x" * 40, WANDB_MODE="online",
+             WANDB_BASE_URL=f"http://127.0.0.1:{silent.getsockname()[1]}")
   flags = [f for f in _tiny_flags(data_dir) if "wandb" not in f]
-  result = _cli("lcx.train", f"--workdir={tmp_path / 'run'}", *flags, "--config.wandb.mode=online",
-                "--config.train.steps=1", env=env)
+  try:
+    result = _cli("lcx.train", f"--workdir={tmp_path / 'run'}", *flags,
+                  "--config.wandb.mode=online", "--config.wandb.init_timeout_s=1",
+                  "--config.train.steps=1", env=env)
+  finally:
+    silent.close()
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "W&B online logging failed" in result.stderr and "logging offline instead" in result.stderr
+  warning = [line for line in result.stderr.splitlines() if "W&B online logging failed" in line]
+  assert len(warning) == 1 and "within wandb.init_timeout_s=1 " in warning[0], result.stderr[-3000:]
+  assert "logging offline instead, upload later with `wandb sync " in warning[0]
   assert _steps(tmp_path / "run") == [1]
   assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 
