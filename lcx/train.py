@@ -225,13 +225,19 @@ def _check_savable(program: TrainProgram, state, batch, step: int, last_saved) -
 def train_and_evaluate(config, workdir, devices=None) -> dict:
   """Trains (or resumes) the run in workdir; returns a summary of where it ended."""
   c, devices = _resolve(config, devices)  # a bad config leaves nothing behind
+  new = not pathlib.Path(workdir).expanduser().exists()
   workdir = workdir_lib.prepare(workdir)  # before anything is built
   is_main = jax.process_index() == 0
-  with contextlib.ExitStack() as stack:
-    if is_main:
-      stack.enter_context(workdir_lib.TrainingLock(workdir))
-    workdir_lib.check_resume(workdir, c, is_main)
-    return _train(c, devices, workdir, is_main)
+  try:
+    with contextlib.ExitStack() as stack:
+      if is_main:
+        stack.enter_context(workdir_lib.TrainingLock(workdir))
+      workdir_lib.check_resume(workdir, c, is_main)
+      return _train(c, devices, workdir, is_main)
+  except BaseException:
+    if new and is_main:  # a start refused before it wrote anything leaves no workdir behind
+      workdir_lib.remove_if_unused(workdir)
+    raise
 
 
 def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:

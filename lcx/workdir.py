@@ -83,6 +83,13 @@ class TrainingLock:
       self.file = None
 
 
+def remove_if_unused(workdir: pathlib.Path) -> None:
+  """Removes a workdir that holds nothing but its (released) training lock."""
+  if {p.name for p in workdir.iterdir()} <= {LOCK_FILE}:
+    (workdir / LOCK_FILE).unlink(missing_ok=True)
+    workdir.rmdir()
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
   out = {}
   for key, value in tree.items():

@@ -166,6 +166,19 @@ def test_an_epoch_visits_every_chunk_once(data_dir):
   assert max(counts.values()) == 1
 
 
+def test_a_dataset_build_that_was_killed_leaves_nothing_behind(data_dir, tmp_path):
+  """TFDS builds into incomplete.<random>_<version>/ and renames it when done; a build killed
+  half-way leaves that folder, which the next opening of the dataset removes."""
+  import shutil
+  Documents("pystdlib", "validation", data_dir=data_dir)  # the session's copy, built once
+  shutil.copytree(f"{data_dir}/pystdlib", tmp_path / "pystdlib")
+  version = next((tmp_path / "pystdlib").glob("*/1.0.0"))
+  abandoned = version.parent / "incomplete.K1LLED_1.0.0"
+  abandoned.mkdir()
+  docs = Documents("pystdlib", "validation", data_dir=str(tmp_path))
+  assert len(docs) > 0 and not abandoned.exists() and version.is_dir()
+
+
 def test_concurrent_processes_build_the_corpus_once(tmp_path):
   """Several processes sharing a data_dir (JAX processes on one host) all get the built corpus."""
   code = ("from lcx.data.sources import Documents; "

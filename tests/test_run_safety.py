@@ -285,6 +285,7 @@ def test_data_mistakes_are_one_line(tmp_path, data_dir):
             f"--config.data.data_dir={data_dir}", "--config.data.name=text_dir"]
   result = _cli(*common, f"--config.data.text_dir={binary}")
   assert "files found are all binary" in _one_line_error(result, "lcx.train: ")
+  assert not (tmp_path / "run").exists()  # a refused start leaves no workdir behind
   result = _cli(*common, f"--config.data.text_dir={one_file}", "--config.eval.every_steps=5",
                 "--config.train.steps=1", "--config.data.seq_len=32")
   assert "eval.every_steps=5 needs a validation split" in _one_line_error(result, "lcx.train: ")

@@ -49,7 +49,7 @@ def prepare_dataset(d) -> None:
                      f"({', '.join(sources.LOCAL)}) nor a TFDS dataset: "
                      f"{str(e).splitlines()[0]}") from None
   try:
-    builder.download_and_prepare()
+    sources.build(builder)
   except ImportError as e:  # pg19's builder reads its Google Cloud Storage bucket through TensorFlow
     raise ValueError(
         f"TFDS's {d.name} builder needs the module {e.name!r} to download the dataset, and lcx "

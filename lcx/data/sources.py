@@ -3,6 +3,7 @@ import contextlib
 import fcntl
 import os
 import pathlib
+import shutil
 
 import tensorflow_datasets as tfds
 
@@ -46,6 +47,17 @@ def _build_lock(data_dir: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def build(builder) -> None:
+  """Builds (or downloads) a TFDS dataset once for the processes sharing its data_dir, first
+  removing what a killed build left: TFDS writes into incomplete.<random>_<version>/ beside the
+  version folder and renames it when done, and never looks at one again. Under the lock no build
+  of this dataset is running, so any such folder is abandoned."""
+  with _build_lock(str(builder.data_dir_root)):
+    for abandoned in pathlib.Path(builder.data_path).parent.glob("incomplete.*"):
+      shutil.rmtree(abandoned, ignore_errors=True)
+    builder.download_and_prepare()
+
+
 class Documents:
   """The documents of one split: len() and [i] -> the text as bytes."""
 
@@ -55,8 +67,7 @@ class Documents:
     if name in LOCAL:
       # Built on first use; later calls find it prepared and return at once. The lock makes
       # processes that share data_dir (several JAX processes on a host) build it once.
-      with _build_lock(data_dir):
-        _builder(name, data_dir, text_dir, text_glob, text_key).download_and_prepare()
+      build(_builder(name, data_dir, text_dir, text_glob, text_key))
     builder = _builder(name, data_dir, text_dir, text_glob, text_key)  # the prepared dataset
     if name not in LOCAL and not builder.is_prepared():  # downloading is lcx.data.prepare's
       raise ValueError(
