@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from lcx import cli  # noqa: E402
 from lcx import config as config_lib  # noqa: E402
 from lcx.claims import claims_table  # noqa: E402
-from lcx.evaluate.plots import depth_mean, log_scale_length_axis  # noqa: E402
+from lcx.evaluate.plots import depth_mean, legend, log_scale_length_axis  # noqa: E402
 from lcx.evaluate.retrieval import DISTANCE_BUCKETS, pool_distances  # noqa: E402
 from lcx.runs import source_dir  # noqa: E402
 
@@ -121,10 +121,54 @@ def _label(results: dict, finetuned: bool) -> str:
   return label
 
 
+# Settings that say where, how or how often a run was computed and logged, or that are derived
+# from others: not what tells two variants apart.
+_NOT_A_DIFFERENCE = ("wandb.", "mesh.", "checkpoint.", "eval.", "data.data_dir",
+                     "data.tokenizer_sha256", "init_from", "init_optimizer", "resume_changes",
+                     "train.peak_flops", "train.log_every", "model.max_len", "model.head_dim",
+                     "model.vocab_size", "model.rope.original_length", "model.attention")
+
+
+def _settings(results: dict) -> dict[str, str]:
+  """What defines an evaluated variant, flat: its run's config and the evaluation's overrides."""
+  def flat(tree, prefix=""):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        yield from flat(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+  settings = {k: v for k, v in flat(results.get("config") or {})
+              if not k.startswith(_NOT_A_DIFFERENCE)}
+  for override in results.get("overrides", []):  # evaluated with, e.g., model.rope.factor=8
+    key, _, value = override.partition("=")
+    settings[key] = value
+  return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in settings.items()}
+
+
+def distinguish(variants: list[Variant], names: list[str], limit: int = 3) -> None:
+  """Variants that would share a label get what differs between them added to it, as a reader
+  would name them (`rope learning_rate=0.001`), or their run's folder when nothing does."""
+  groups: dict[str, list[int]] = {}
+  for i, v in enumerate(variants):
+    groups.setdefault(v.label, []).append(i)
+  for label, members in groups.items():
+    if len(members) < 2:
+      continue
+    settings = [_settings(variants[i].results) for i in members]
+    differing = sorted(k for k in set().union(*settings)
+                       if len({s.get(k, "unset") for s in settings}) > 1)
+    short = {k: k.split(".", 1)[-1] for k in differing}  # data.seq_len -> seq_len
+    for i, s in zip(members, settings):
+      parts = [f"{short[k]}={s.get(k, 'unset')}" for k in differing[:limit]]
+      if len(differing) > limit:
+        parts.append(f"+{len(differing) - limit} more")
+      variants[i].label = f"{label} {' '.join(parts)}" if parts else f"{label} ({names[i]})"
+
+
 def collect(directory: pathlib.Path) -> tuple[list[Variant], list[str]]:
   """(every evaluation under directory with the training summaries behind it, a line for each
   evaluation that could not be read or lacks the training behind it)."""
-  variants, problems = [], []
+  variants, names, problems = [], [], []
   for path in sorted(directory.glob("**/eval/*.json")):
     run_dir = path.parent.parent  # not the path recorded inside: the study may have moved
     try:
@@ -136,8 +180,10 @@ def collect(directory: pathlib.Path) -> tuple[list[Variant], list[str]]:
         variants.append(Variant(_label(results, True), results, pretrain, summary))
       else:
         variants.append(Variant(_label(results, False), results, summary, None))
+      names.append(str(path.relative_to(directory).parent.parent / path.stem))
     except Unreadable as e:
       problems.append(f"{path.relative_to(directory)}: left out, {e}")
+  distinguish(variants, names)
   # Scheme by scheme: the plain run, then its zero-shot variants, then its fine-tunes.
   variants.sort(key=lambda v: (v.results["scheme"], v.finetune is not None, v.label))
   return variants, problems
@@ -295,7 +341,9 @@ def segment_table(variants: list[Variant]) -> list[str]:
     cells = " | ".join(f"{x:.3f}" for x in losses) + " | -" * (n - len(losses))
     lines.append(f"| {v.label} | {cells} | {late(losses):.3f} | {versus} | {versus_wiped} |")
     if has_memory and key in windows:
-      arm = (v.label.removesuffix(f" seed {key[1]}"), key[2])
+      # the label without its seed (nor what told it apart from another run of that seed)
+      unseeded = {**v.results, "config": {**(v.results.get("config") or {}), "seed": 0}}
+      arm = (_label(unseeded, v.finetune is not None), key[2])
       by_arm.setdefault(arm, []).append((late(losses) - windows[key],
                                          late(losses) - wiped.get((key, mechanism), np.nan)))
   if any(len(diffs) > 1 for diffs in by_arm.values()):
@@ -396,7 +444,7 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
     _mark_training_length(ax, variants)
     ax.set(title=f"perplexity vs length ({name})", xlabel="evaluation length (tokens)")
   axes[0].set_ylabel("perplexity")
-  axes[1].legend(fontsize=7)
+  legend(axes[1], fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
   paths["perplexity_vs_length"] = _save(fig, out / "perplexity_vs_length.png")
@@ -412,7 +460,7 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
   _mark_training_length(ax, variants)
   ax.set(xscale="log", xlabel="position in window", ylabel="loss (nats/token)",
          title=f"{title}: loss by position at the longest length")
-  ax.legend(fontsize=7)
+  legend(ax, fontsize=7)
   fig.tight_layout()
   paths["loss_by_position"] = _save(fig, out / "loss_by_position.png")
 
@@ -425,7 +473,7 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
                    marker=look[v.label]["marker"])
     ax.set(xscale="log", xlabel="total training FLOPs (pretrain + fine-tune)",
            ylabel="perplexity", title=f"quality at {multiple}x against compute")
-  axes[1].legend(fontsize=7)
+  legend(axes[1], fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
   paths["quality_vs_compute"] = _save(fig, out / "quality_vs_compute.png")
@@ -455,7 +503,7 @@ def _distance_curves(variants, tasks, look, title, out) -> pathlib.Path:
     ax.set(title=task, xlabel="needle distance (segments before the question)",
            ylim=(-0.03, 1.03))
   axes[0, 0].set_ylabel("exact match")
-  axes[0, 0].legend(fontsize=6)
+  legend(axes[0, 0], fontsize=6)
   fig.suptitle(f"{title}: retrieval by distance (pooled over lengths, depths and styles)")
   fig.tight_layout()
   return _save(fig, out / "retrieval_by_distance.png")
@@ -481,7 +529,7 @@ def _retrieval_curves(variants, tasks, look, title, out) -> pathlib.Path:
     ax.set_ylabel("exact match")
   for ax in list(axes.flat)[len(tasks):]:
     ax.axis("off")
-  axes.flat[0].legend(fontsize=6)
+  legend(axes.flat[0], fontsize=6)
   fig.suptitle(f"{title}: retrieval vs length (mean over depths and styles)")
   fig.tight_layout()
   return _save(fig, out / "retrieval_vs_length.png")

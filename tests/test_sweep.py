@@ -383,6 +383,26 @@ def test_the_report_names_memory_arms_and_compares_their_late_segments():
   assert "| rope + xl | 1 | +0.500 | 0.000 | +0.500 | +0.500 | - | - | - | - |" in table
 
 
+def test_the_report_tells_apart_runs_of_one_scheme_by_what_differs():
+  """Two rope runs with other learning rates are not two identical "rope" rows; settings that
+  only say where or how a run was computed do not count; nothing differing: the run's folder."""
+  def variant(learning_rate, mesh_data=8, seq_len=32):
+    results = {"scheme": "rope", "overrides": [], "config": {
+        "seed": 0, "train": {"learning_rate": learning_rate, "log_every": 1},
+        "data": {"seq_len": seq_len, "data_dir": f"/tmp/{learning_rate}"},
+        "mesh": {"data": mesh_data}, "model": {"position": "rope", "max_len": seq_len}}}
+    return report_lib.Variant(report_lib._label(results, False), results, {}, None)
+
+  variants = [variant(0.003), variant(0.001, mesh_data=1), variant(0.003, seq_len=64)]
+  report_lib.distinguish(variants, ["a/pretrain/eval", "b/pretrain/eval", "c/pretrain/eval"])
+  assert [v.label for v in variants] == [
+      "rope seq_len=32 learning_rate=0.003", "rope seq_len=32 learning_rate=0.001",
+      "rope seq_len=64 learning_rate=0.003"]
+  twins = [variant(0.003), variant(0.003, mesh_data=2)]
+  report_lib.distinguish(twins, ["a/pretrain/eval", "b/pretrain/eval"])
+  assert [v.label for v in twins] == ["rope (a/pretrain/eval)", "rope (b/pretrain/eval)"]
+
+
 def test_the_report_tables_and_plots_retrieval_by_needle_distance(tmp_path):
   """Distances recorded per grid (lcx.evaluate.retrieval.by_distance) are pooled over styles
   into buckets, weighted by trials; a variant without distances is left out of the table."""

@@ -17,6 +17,12 @@ def log_scale_length_axis(ax, lengths) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
+def legend(ax, **kwargs) -> None:
+  """A legend when something on the axes has a label (matplotlib warns of an empty one)."""
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(**kwargs)
+
+
 def _applicable(rows):
   return [r for r in rows if "loss" in r]
 
@@ -36,7 +42,7 @@ def perplexity_vs_length(results: dict, path: pathlib.Path) -> pathlib.Path:
     ax.set_yscale("log")
   ax.set(xlabel="evaluation length (tokens)", ylabel="perplexity",
          title=f"{results['scheme']}: {results['name']}")
-  ax.legend()
+  legend(ax)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -52,7 +58,7 @@ def loss_by_position(results: dict, path: pathlib.Path) -> pathlib.Path:
   ax.axvline(results["train_length"], color="grey", linestyle=":", label="training length")
   ax.set(xscale="log", xlabel="position in window", ylabel="loss (nats/token)",
          title=f"loss by position: {results['scheme']}, {results['name']}")
-  ax.legend(fontsize=8)
+  legend(ax, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -113,7 +119,7 @@ def retrieval_vs_length(grids: dict, train_length: int, title: str,
     ax.set(xlabel="context length (tokens)", title=f"{kind}" + (" match" if kind == "exact"
                                                                else " against distractors"))
   axes[0].set(ylabel="accuracy (mean over depths)", ylim=(-0.03, 1.03))
-  axes[1].legend(fontsize=6)
+  legend(axes[1], fontsize=6)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
