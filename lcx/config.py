@@ -13,7 +13,7 @@ from lcx import attention, memory, positions, retrieval
 from lcx.data import mixture
 from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, SENTENCEPIECE, make_tokenizer
 from lcx.model import REMAT_POLICIES, ModelConfig
-from lcx.sharding import resolve_mesh_shape
+from lcx.sharding import MESH_AXES, resolve_mesh_shape
 from lcx.train_step import OptimizerConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -103,6 +103,22 @@ def fill_missing_data(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return d
 
 
+def _check_rules(rules) -> None:
+  """Each of config.mesh.rules is (logical axis, mesh axes: one name, several, or None), and
+  names only axes the mesh has (JAX's own refusal comes at the first array, in its terms)."""
+  for entry in rules:
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
+      raise ConfigError(f"config.mesh.rules: the entry {entry!r} is not (logical axis name, mesh "
+                        f"axes); e.g. ('embed', 'fsdp'), ('batch', ('data', 'fsdp')), ('mlp', None)")
+    axes = entry[1]
+    named = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    unknown = [a for a in named if a not in MESH_AXES]
+    if not isinstance(named, (tuple, list)) or unknown:
+      raise ConfigError(f"config.mesh.rules: the entry {tuple(entry)!r} names "
+                        f"{unknown[0] if unknown else axes!r}, which is not an axis of the mesh; "
+                        f"its axes: {', '.join(MESH_AXES)} (or None: not sharded)")
+
+
 def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
   """A validated copy with derived fields filled in: head_dim, max_len, vocab_size, mesh sizes."""
   c = fill_missing(config)
@@ -190,6 +206,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     shape = resolve_mesh_shape(c.mesh, num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _check_rules(c.mesh.rules)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape
   batch_shards = c.mesh.data * c.mesh.fsdp
   per_step = batch_shards * t.grad_accum_steps

@@ -74,6 +74,12 @@ def _tiny(**overrides):
     ({"model.rope.keep": 1.5}, 1, r"config.model.rope.keep=1.5 \(p-RoPE\) must be in \[0, 1\]"),
     ({"model.position": "alibi", "model.rope.keep": 0.5}, 1,
      r"config.model.rope.keep=0.5 \(p-RoPE\) needs config.model.position='rope', not 'alibi'"),
+    ({"mesh.rules": (("batch", ("data", "model")),)}, 1,
+     r"config.mesh.rules: the entry \('batch', \('data', 'model'\)\) names 'model', which is not "
+     r"an axis of the mesh; its axes: data, fsdp, tensor \(or None: not sharded\)"),
+    ({"mesh.rules": (("embed",),)}, 1,
+     r"config.mesh.rules: the entry \('embed',\) is not \(logical axis name, mesh axes\)"),
+    ({"wandb.init_timeout_s": -1.0}, 1, r"config.wandb.init_timeout_s=-1.0 must be a positive number"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):
