@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lcx.config import ConfigError
+from lcx.files import naming
 
 log = logging.getLogger(__name__)
 ITEMS = ("params", "optimizer", "meta")  # params alone restore for evaluation and fine-tuning
@@ -229,7 +230,8 @@ class Checkpointer:
     try:
       self.raise_if_failed(wait=True)
     finally:
-      self.manager.close()
+      with naming(self.directory):
+        self.manager.close()
 
 
 _OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Permission denied",

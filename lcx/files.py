@@ -1,6 +1,20 @@
-"""Files that are never seen half-written."""
+"""Files that are never seen half-written, and write errors that name their file."""
+import contextlib
 import os
 import pathlib
+
+
+@contextlib.contextmanager
+def naming(path):
+  """An OSError raised inside that names no file gets `path` as its file: a write, flush or close
+  on an open file (a full disk, a lost mount) raises one without a name, and the one line a
+  command prints must say which file it was."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is not None:
+      raise
+    raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def write_atomic(path, text: str) -> None:
@@ -9,8 +23,9 @@ def write_atomic(path, text: str) -> None:
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
-    tmp.write_text(text)
-  except OSError as e:  # a full disk: the write's error names no file; name the one meant
+    with naming(path):  # the file meant, not its temporary name
+      tmp.write_text(text)
+  except OSError:
     tmp.unlink(missing_ok=True)
-    raise OSError(e.errno, e.strerror, str(path)) from None
+    raise
   os.replace(tmp, path)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lcx.files import write_atomic
+from lcx.files import naming, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class JsonlWriter:
       if row is not None:
         (self.lines if row.get("step", 0) <= resume_step else superseded).append(line)
     if superseded:
-      with open(path.with_suffix(".superseded.jsonl"), "a") as f:
+      superseded_path = path.with_suffix(".superseded.jsonl")
+      with naming(superseded_path), open(superseded_path, "a") as f:
         f.writelines(line + "\n" for line in superseded)
       log.info("%s: %d rows after step %d moved to %s; they are logged again", path,
                len(superseded), resume_step, path.with_suffix(".superseded.jsonl"))
@@ -100,15 +101,14 @@ class JsonlWriter:
       self.file.close()
       self._rewrite()
     line = json.dumps(record) + "\n"
-    try:
+    with naming(self.path):
       self.file.write(line)
-    except OSError as e:  # a full disk: say which file (a write's error names none)
-      raise OSError(e.errno, e.strerror, str(self.path)) from None
     self.size += len(line.encode())
     self.lines.append(line[:-1])
 
   def close(self) -> None:
-    self.file.close()
+    with naming(self.path):
+      self.file.close()
 
 
 def _lines(path: pathlib.Path) -> list[str]:
@@ -147,7 +147,8 @@ class WandbWriter:
         name=wandb_config.name or run_name, group=wandb_config.group or None,
         job_type=wandb_config.job_type, tags=list(wandb_config.tags))
     self.directory = os.path.dirname(self.run.dir)  # run.dir is its files/ folder
-    id_file.write_text(self.run.id)  # a fallback to offline may have taken a new id
+    with naming(id_file):
+      id_file.write_text(self.run.id)  # a fallback to offline may have taken a new id
 
   def write(self, record: dict) -> None:
     if self.run is not None:

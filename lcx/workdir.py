@@ -20,6 +20,7 @@ import ml_collections
 
 from lcx.checkpoint import QUARANTINE
 from lcx.config import ConfigError, fill_missing
+from lcx.files import naming
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lcx-train.lock"
@@ -70,9 +71,10 @@ class TrainingLock:
                          "wait for it to end, stop it, or pass another --workdir") from None
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
+    with naming(self.path):
+      f.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+      f.flush()
     self.file = f
     return self
 

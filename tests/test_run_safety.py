@@ -335,20 +335,23 @@ def test_a_full_disk_stops_the_run_at_once_in_one_line_keeping_its_checkpoints(t
   line = _one_line_error(result, "lcx.train: ")
   # ls lists 12 before 4: sort as numbers
   kept = sorted(int(s) for s in (tmp_path / "checkpoints").read_text().split() if s.isdigit())
-  # Whichever write meets the full disk first says so: a checkpoint, or the metrics it logs
-  # between checkpoints (which of the two depends on timing).
-  match = re.match(r"lcx.train: saving checkpoint (\d+) .* failed \(no space left on "
-                   r"device\); stopped here, earlier checkpoints kept: 4", line)
+  assert kept == list(range(4, 4 * len(kept) + 1, 4))  # every checkpoint written is kept
+  rows = read_jsonl(tmp_path / "metrics.jsonl")  # whole rows, one a step from the first
+  assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+  # Whichever write meets the full disk first says so, naming what it wrote: a checkpoint, or a
+  # file of the run (metrics, a status or summary file, ...); which one depends on timing.
+  match = re.match(r"lcx.train: saving checkpoint (\d+) to \S+ failed \(no space left on "
+                   r"device\); stopped here, earlier checkpoints kept: ([\d, ]+|none)$", line)
   if match is None:
-    assert line == (f"lcx.train: {run}/metrics.jsonl: No space left on device; the checkpoints "
-                    "written so far are kept"), line
-    assert kept and kept == list(range(4, kept[-1] + 1, 4))
+    written = re.match(r"lcx.train: (/\S+): No space left on device; the checkpoints written so "
+                       r"far are kept$", line)
+    assert written and written[1].startswith(str(disk)), line
     return
   failed = int(match[1])
-  assert kept == list(range(4, failed, 4))  # every earlier checkpoint is kept
+  assert kept == list(range(4, failed, 4))
   # Stopped as soon as the failure was known, at the latest before saving again; it used to
   # train on to the next save and fail there with tracebacks.
-  assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] <= failed + 4
+  assert rows[-1]["step"] <= failed + 4
 
 
 @needs_mounts

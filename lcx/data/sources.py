@@ -8,6 +8,7 @@ import shutil
 import tensorflow_datasets as tfds
 
 from lcx.data import corpora
+from lcx.files import naming
 
 
 LOCAL = ("pystdlib", "text_dir", "jsonl")  # built from files on this machine, on first use
@@ -55,7 +56,8 @@ def build(builder) -> None:
   with _build_lock(str(builder.data_dir_root)):
     for abandoned in pathlib.Path(builder.data_path).parent.glob("incomplete.*"):
       shutil.rmtree(abandoned, ignore_errors=True)
-    builder.download_and_prepare()
+    with naming(builder.data_path):  # a full disk's error names no file
+      builder.download_and_prepare()
 
 
 class Documents:

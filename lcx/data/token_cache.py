@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lcx.data.sources import Documents
+from lcx.files import naming
 from lcx.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -199,10 +200,21 @@ def _encode_many(tokenizer: Tokenizer, texts: list[bytes]) -> list[np.ndarray]:
 
 
 def _build(docs: Documents, tokenizer: Tokenizer, folder: pathlib.Path, progress: bool) -> None:
-  dtype = _dtype(tokenizer)
   partial = folder.with_name(f"{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
   shutil.rmtree(partial, ignore_errors=True)
   partial.mkdir(parents=True)
+  try:
+    with naming(folder):  # a full disk's error names no file
+      _write(docs, tokenizer, partial, progress)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  shutil.rmtree(folder, ignore_errors=True)  # a folder from an older format, or damaged
+  os.replace(partial, folder)
+
+
+def _write(docs: Documents, tokenizer: Tokenizer, partial: pathlib.Path, progress: bool) -> None:
+  dtype = _dtype(tokenizer)
   offsets = np.zeros(len(docs) + 1, np.int64)
   checksums = _BlockChecksums(BLOCK_BYTES)
   text_bytes, start = 0, time.perf_counter()
@@ -230,8 +242,6 @@ def _build(docs: Documents, tokenizer: Tokenizer, folder: pathlib.Path, progress
       "seconds_per_gb": round(seconds / max(text_bytes, 1) * 1e9, 1),
       "block_bytes": BLOCK_BYTES,
       "offsets_crc32": zlib.crc32((partial / "offsets.npy").read_bytes())}, indent=2) + "\n")
-  shutil.rmtree(folder, ignore_errors=True)  # a folder from an older format, or damaged
-  os.replace(partial, folder)
 
 
 class _BlockChecksums:
