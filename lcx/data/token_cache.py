@@ -23,6 +23,7 @@ it again.
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -67,7 +68,7 @@ class TokenCache:
     offsets_bytes = (folder / "offsets.npy").read_bytes()
     if zlib.crc32(offsets_bytes) != meta["offsets_crc32"]:
       raise self._damaged("offsets.npy does not match its checksum")
-    self.offsets = np.load(folder / "offsets.npy")
+    self.offsets = np.load(io.BytesIO(offsets_bytes))
     self.itemsize = np.dtype(meta["dtype"]).itemsize
     self.block_bytes = meta["block_bytes"]
     self.checksums = np.load(folder / "checksums.npy")
