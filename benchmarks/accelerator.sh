@@ -72,10 +72,10 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
   --format=csv
 
 part tests 240 $python -m pytest -q tests/test_accelerator.py
-# The kernel table `auto` chooses from (lcx.kernel_choice): every kernel that runs each scheme
+# The kernel table `auto` chooses from (lcx.attention.choice): every kernel that runs each scheme
 # here, one attention layer timed per length; the train and eval parts below then run `auto` by
-# it. Copy it to lcx/kernel_tables/$device.json to make it this device's table for everyone.
-device=$($python -c "from lcx import kernel_choice; print(kernel_choice.device_name())")
+# it. Copy it to lcx/attention/tables/$device.json to make it this device's table for everyone.
+device=$($python -c "from lcx.attention import choice; print(choice.device_name())")
 part kernels 180 $python -m lcx.bench.kernels --model="${LCX_MODEL:-125m}" --repeats=3 \
   --lengths="$lengths,${LCX_EVAL_LENGTH:-32768}" --tokens="${LCX_TOKENS:-32768}" \
   --out="$out/kernel-table-$device.json"

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from lcx import attention, positions
-from lcx.attention import dense_attention
+from lcx.attention.library import dense_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 
 pytestmark = pytest.mark.skipif(jax.default_backend() == "cpu",

@@ -3,6 +3,7 @@ gradients, every scheme, uneven lengths, packed documents, learned biases, a sha
 implementation switch and its refusals."""
 import contextlib
 import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import pytest
 from flax import nnx
 from jax.experimental.pallas import tpu as pltpu
 
-from lcx import attention, blockwise, native, positions, sharding
-from lcx.attention import dense_attention
-from lcx.blockwise import blockwise_attention
-from lcx import pallas_attention as pallas_attention_lib
-from lcx.pallas_attention import pallas_attention
+from lcx import attention, positions, sharding
+from lcx.attention import library, native, tiles
+from lcx.attention import pallas as pallas_attention_lib
+from lcx.attention.blockwise import blockwise_attention
+from lcx.attention.library import dense_attention
+from lcx.attention.pallas import pallas_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 from tests.conftest import ROOT
 
@@ -158,6 +160,26 @@ def test_native_refuses_a_bias_it_cannot_compute():
     assert attention.select("auto", bias=kind, backend="cpu") == "blockwise"
 
 
+def test_the_attention_face_loads_no_kernel_and_every_kernel_is_one_record():
+  """Checking model.attention (what config resolution does) imports no kernel module, nor Pallas;
+  each kernel's code is reached through its record, and the records agree with the kernels'
+  signatures (tiled ones take block_q and block_k)."""
+  script = ("import sys\nfrom lcx import attention, positions\n"
+            "attention.check('pallas', bias=positions.bias_kind('fire'), backend='gpu')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lcx.attention.', "
+            "'jax.experimental.pallas'))))\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "['lcx.attention.choice', 'lcx.attention.kernels', " \
+      "'lcx.attention.tiles']", result.stdout
+  from lcx.attention import kernels
+  for record in kernels.KERNELS.values():
+    parameters = inspect.signature(kernels.function(record.name)).parameters
+    assert {"q_positions_BQ", "bias_fn", "causal"} <= set(parameters), record.name
+    assert record.tiled == ({"block_q", "block_k"} <= set(parameters)), record.name
+
+
 def test_without_a_compiler_auto_keeps_blockwise_and_native_says_why(tmp_path):
   """No C++ compiler (CXX=false) and nothing cached: auto logs why and runs blockwise; asking for
   native by name is refused at start with the compiler's failure."""
@@ -262,7 +284,7 @@ def test_the_pallas_kernel_lowers_for_tpu_and_gpu(position, platform):
   graphdef, params = nnx.split(scheme, nnx.Param)
   # Each program evaluates its own head's bias (not every head's, H times the work).
   tile = jnp.broadcast_to(jnp.arange(128), (1, 128))
-  bias, (consts, values) = blockwise._closure_converted_bias(scheme.bias_fn(0).per_tile(), tile,
+  bias, (consts, values) = tiles.hoisted_bias(scheme.bias_fn(0).per_tile(), tile,
                                                              tile)
   assert any(pallas_attention_lib._head_columns(bias, consts, values, H, 128, 128))
   q, k, v = (jnp.zeros((2, n, H, K), jnp.bfloat16) for n in (Q, S, S))
@@ -305,11 +327,11 @@ def test_tiled_kernels_handle_queries_at_the_end_of_longer_keys_and_uneven_tiles
 
 
 def test_tiles_above_the_diagonal_are_skipped():
-  assert blockwise.visible_tiles(4, 4, 8, 8, offset=0) == tuple(
+  assert tiles.visible_tiles(4, 4, 8, 8, offset=0) == tuple(
       (i, j) for i in range(4) for j in range(i + 1))
-  assert len(blockwise.visible_tiles(4, 4, 8, 8, offset=None)) == 16  # not causal: all
+  assert len(tiles.visible_tiles(4, 4, 8, 8, offset=None)) == 16  # not causal: all
   # A query tile ending at a key tile's first key still visits that tile.
-  assert (0, 1) in blockwise.visible_tiles(2, 4, 8, 4, offset=0)
+  assert (0, 1) in tiles.visible_tiles(2, 4, 8, 4, offset=0)
 
 
 @pytest.mark.parametrize("kernel,unroll_max_tiles,lowering,per_head", [  # blockwise: while-loops,
@@ -332,7 +354,7 @@ def test_a_bias_with_parameters_gets_its_gradient_through_the_tiles(kernel, unro
     return lambda qp, kp: (-w[:, None, None] * log_distance(qp, kp)[0][None])[None]
 
   tile = jnp.broadcast_to(jnp.arange(8), (1, 8))
-  bias, (consts, params) = blockwise._closure_converted_bias(learned_bias(weights), tile, tile)
+  bias, (consts, params) = tiles.hoisted_bias(learned_bias(weights), tile, tile)
   assert any(pallas_attention_lib._head_columns(bias, consts, params, 4, 8, 8)) == per_head
 
   grad_dense = jax.grad(lambda w: _loss(dense_attention, q, k, v, q_pos, k_pos, seg,
@@ -436,13 +458,13 @@ def test_splash_kernel_matches_dense_in_interpret_mode(packed):
   dense = jax.value_and_grad(lambda *a: _loss(dense_attention, *a, q_pos, k_pos, seg, None),
                              argnums=(0, 1, 2))(q, k, v)
   splash = jax.value_and_grad(
-      lambda *a: _loss(attention.splash_attention, *a, q_pos, k_pos, seg, None, block=128,
+      lambda *a: _loss(library.splash_attention, *a, q_pos, k_pos, seg, None, block=128,
                        interpret=True), argnums=(0, 1, 2))(q, k, v)
   np.testing.assert_allclose(splash[0], dense[0], rtol=1e-4)
   for got, want in zip(splash[1], dense[1]):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
   with pytest.raises(ValueError, match="multiples of the tile length"):
-    attention.splash_attention(q[:, :100], k[:, :100], v[:, :100], q_positions_BQ=q_pos[:, :100],
+    library.splash_attention(q[:, :100], k[:, :100], v[:, :100], q_positions_BQ=q_pos[:, :100],
                                k_positions_BK=k_pos[:, :100], block=128, interpret=True)
   # auto on TPU takes splash where the lengths fit its tiles and blockwise where they do not.
   auto = attention.Choice("auto", "none", None, "tpu", block=128)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tqdm
 
-from lcx import bench, kernel_choice
+from lcx import bench
+from lcx.attention import choice as kernel_choice
 from lcx.bench.__main__ import preset_target_checks
 from lcx.model import ModelConfig
 from tests.conftest import ROOT

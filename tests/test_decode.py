@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lcx import native, positions
+from lcx import positions
+from lcx.attention import native
 from lcx.evaluate.decode import Decoder
 from lcx.evaluate.scoring import Scorer
 from lcx.model import ModelConfig, Transformer, token_losses

@@ -1,5 +1,5 @@
-"""`model.attention=auto` from measured speed: the kernel table (lcx.kernel_choice), the choice per
-scheme, length and call, the refusals of a bad table, and lcx.bench.kernels, which measures one."""
+"""`model.attention=auto` from measured speed: the kernel table (lcx.attention.choice), the choice
+per scheme, length and call, the refusals of a bad table, and lcx.bench.kernels, which measures one."""
 import json
 import logging
 import os
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lcx import attention, kernel_choice, positions
-from lcx.attention import dense_attention
+from lcx import attention, positions
+from lcx.attention import choice as kernel_choice
+from lcx.attention.library import dense_attention
 from lcx.bench import kernels as kernels_bench
 from lcx.model import ModelConfig, Transformer
 from tests.conftest import ROOT

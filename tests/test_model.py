@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from lcx import positions
-from lcx.attention import dense_attention
+from lcx.attention.library import dense_attention
 from lcx.model import ModelConfig, Transformer, token_losses
 
 SCHEMES = positions.available()  # every registered scheme

@@ -22,7 +22,8 @@ from flax import nnx
 
 from lcx import attention as attention_lib
 from lcx import positions
-from lcx.blockwise import DEFAULT_BLOCK, visible_tiles
+from lcx.attention.kernels import QUADRATIC
+from lcx.attention.tiles import DEFAULT_BLOCK, visible_tiles
 from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.sharding import make_mesh
@@ -242,7 +243,7 @@ def run_train_benchmarks(mesh, peak: PeakMeter, schemes, lengths, implementation
       steps, models = {}, {}
       for scheme in schemes:
         if (implementation not in implementations_for(scheme, (implementation,))
-            or (implementation == "dense" and scheme not in dense_schemes)):
+            or (implementation in QUADRATIC and scheme not in dense_schemes)):
           continue
         models[scheme] = ModelConfig(**model_fields, **VARIANTS[scheme], max_len=length,
                                      attention=implementation)
@@ -319,7 +320,7 @@ def attention_profile(model: ModelConfig, batch: int, length: int, repeats: int,
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   q, k, v = (jax.random.normal(key, (batch, length, H, K), jnp.float32) for key in keys)
   pos = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  kernel = attention_lib.IMPLEMENTATIONS[implementation]
+  kernel = attention_lib.function(implementation)
   attend = lambda q, k, v, bias_fn=None: kernel(q, k, v, q_positions_BQ=pos, k_positions_BK=pos,
                                                 bias_fn=bias_fn, block_q=block, block_k=block)
   forward = jax.jit(attend)

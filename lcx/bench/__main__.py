@@ -17,6 +17,7 @@ import tqdm
 from absl import flags
 
 from lcx import attention as attention_lib
+from lcx.attention.kernels import QUADRATIC
 from lcx import bench, cli, positions
 from lcx import overrides as overrides_lib
 from lcx.bench import data as data_bench
@@ -267,7 +268,7 @@ def main(argv, overrides):
   machine = (f"{device.device_kind} ({jax.default_backend()}), {platform.processor() or 'cpu'}, "
              f"jax {jax.__version__}")
   runnable = bench.implementations_for("none", tuple(_IMPLEMENTATIONS.value))
-  per_length = sum(len(set(_SCHEMES.value) & set(_DENSE_SCHEMES.value)) if name == "dense"
+  per_length = sum(len(set(_SCHEMES.value) & set(_DENSE_SCHEMES.value)) if name in QUADRATIC
                    else len(_SCHEMES.value) for name in runnable)
   total = len(lengths) * per_length + sum(
       len(eval_lengths) * len(bench.implementations_for(s, tuple(_IMPLEMENTATIONS.value)))

@@ -1,4 +1,4 @@
-"""Timing the kernels `model.attention=auto` chooses from (lcx.kernel_choice).
+"""Timing the kernels `model.attention=auto` chooses from (lcx.attention.choice).
 
 One attention layer, forward and backward (the gradients of q, k, v and of the scheme's bias
 parameters), at the model's heads, head size and compute dtype, per scheme (`none` stands for
@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lcx import attention as attention_lib
-from lcx import bench, kernel_choice, positions
+from lcx import bench, positions
+from lcx.attention import choice as kernel_choice
 from lcx.model import ModelConfig
 
 
@@ -53,9 +54,9 @@ def measure(model: ModelConfig, schemes, lengths, tokens: int, repeats: int, mem
   seconds, skipped = {}, {}
   for scheme in schemes:
     bias = positions.bias_kind(scheme)
-    kernels = [k for k in attention_lib.AUTO_CANDIDATES.get(backend, ("blockwise",))
+    kernels = [k for k in attention_lib.auto_candidates(backend)
                if attention_lib.accepts(k, bias) is None
-               and attention_lib._cannot_run(k, backend) is None]
+               and attention_lib.cannot_run(k, backend) is None]
     key = scheme if bias is not None else kernel_choice.NO_BIAS
     for length in lengths:
       batch = max(1, tokens // length)

@@ -2,7 +2,7 @@
 
 Measures the kernel table `model.attention=auto` chooses from (see lcx.bench.kernels): every
 kernel that can run each scheme on this device, at `--tokens` per call (batch = tokens / length).
-Writes lcx/kernel_tables/<device>.json (--out elsewhere) and prints the table with what `auto`
+Writes lcx/attention/tables/<device>.json (--out elsewhere) and prints the table with what `auto`
 now runs at each length.
 """
 import datetime
@@ -14,7 +14,8 @@ import jax
 import tqdm
 from absl import flags
 
-from lcx import bench, cli, kernel_choice, positions
+from lcx import bench, cli, positions
+from lcx.attention import choice as kernel_choice
 from lcx.bench.kernels import biased_schemes, measure, table_markdown
 from lcx.model import ModelConfig
 
@@ -29,7 +30,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds; each kernel keeps i
 _MEMORY = flags.DEFINE_float("memory_gib", 8.0, "A kernel whose call would need more memory is "
                              "left out at that length (dense at long lengths).")
 _OUT = flags.DEFINE_string("out", "", "Where the table goes; default "
-                           "lcx/kernel_tables/<device>.json.")
+                           "lcx/attention/tables/<device>.json.")
 
 
 def main(argv, overrides):

@@ -1,8 +1,8 @@
 """Flash attention as a Pallas kernel with the position bias computed inside each tile.
 
-The same algorithm as lcx.blockwise (online softmax over key tiles, the backward pass recomputing
-each tile's probabilities from the saved log-normalizer), written as Pallas kernels so that on a
-GPU (Pallas' Triton lowering) a tile's scores, bias, mask and softmax stay in on-chip memory:
+The same algorithm as lcx.attention.blockwise (online softmax over key tiles, the backward pass
+recomputing each tile's probabilities from the saved log-normalizer), written as Pallas kernels so
+that on a GPU (Pallas' Triton lowering) a tile's scores, bias, mask and softmax stay in on-chip memory:
   - forward: one program per (batch row, head, query tile), looping over the key tiles it sees;
   - backward: one program per (row, head, key tile) for dK, dV and the bias parameters'
     gradient, looping over the query tiles that see it; one per (row, head, query tile) for dQ.
@@ -30,7 +30,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
-from lcx.blockwise import DEFAULT_BLOCK, _closure_converted_bias, _Geometry
+from lcx.attention.tiles import DEFAULT_BLOCK, Geometry, hoisted_bias
 from lcx.positions.bias import Bias
 
 _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled apart (lse = inf)
@@ -40,9 +40,9 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
                      block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK,
                      interpret: bool | None = None, platform: str | None = None):
-  """Same signature and result as lcx.attention.dense_attention. `interpret` (default: on a CPU)
-  runs the kernels in Pallas' interpreter; `platform` ("gpu" or "tpu", default: this backend's)
-  is the compiler the kernels are written for (a test lowers for one without it)."""
+  """Same signature and result as lcx.attention.library.dense_attention. `interpret` (default:
+  on a CPU) runs the kernels in Pallas' interpreter; `platform` ("gpu" or "tpu", default: this
+  backend's) is the compiler the kernels are written for (a test lowers for one without it)."""
   B, Q, H, K = q_BQHK.shape
   S = k_BKHK.shape[1]
   bq, bk = min(block_q, Q), min(block_k, S)
@@ -60,14 +60,14 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   # The bias as a pure function of one row's tile positions and its closed-over values.
   if isinstance(bias_fn, Bias):  # a scheme's: the form written for a device kernel
     bias_fn = bias_fn.per_tile()
-  bias, (consts, params) = _closure_converted_bias(bias_fn, q_pos[:1, 0, :bq], k_pos[:1, 0, :bk])
+  bias, (consts, params) = hoisted_bias(bias_fn, q_pos[:1, 0, :bq], k_pos[:1, 0, :bk])
   heads = _head_columns(bias, consts, params, H, bq, bk)
   const_heads, param_heads = heads[:len(consts)], heads[len(consts):]
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   if platform is None:
     platform = jax.default_backend()
-  geometry = _Geometry(B=B, H=H, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
+  geometry = Geometry(B=B, H=H, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
                        causal_offset=S - Q if causal else None, packed=packed, bias=bias,
                        const_shapes=_shapes_seen(consts, const_heads), const_heads=const_heads,
                        param_shapes=_shapes_seen(params, param_heads), param_heads=param_heads,
@@ -88,7 +88,7 @@ def _head_columns(bias, consts, params, H, bq, bk):
   """For each value the bias reads, whether a program receives only its own head's slice of it.
 
   A bias evaluated for every head in every program does H times the work one head needs. Once
-  the work on parameters alone is done outside the kernel (lcx.blockwise), a per-head value
+  the work on parameters alone is done outside the kernel (lcx.attention.tiles), a per-head value
   reaches the tile as a (1, H, 1, 1) column (ALiBi's slopes, a T5 row, KERPLE's r1 and r2, FIRE's
   output weights): then each program reads its head's entry and evaluates one head's bias. Any
   other value with an axis of H entries may be per head in a way not recognized here: then every

@@ -15,20 +15,20 @@ without padded keys or packed documents is not masked at all.
 import functools
 
 import jax
-import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
+
+from lcx.attention.tiles import DEFAULT_BLOCK, Geometry, hoisted_bias, visible_tiles
 
 # Above this many tiles the loops run as XLA while-loops (compile time and code size constant in
 # length); below it they are unrolled, which lets XLA fuse and schedule each tile freely.
 UNROLL_MAX_TILES = 64
-DEFAULT_BLOCK = 128
 
 
 def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                         q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
                         block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
-  """Same signature and result as lcx.attention.dense_attention (see there)."""
+  """Same signature and result as lcx.attention.library.dense_attention (see there)."""
   B, Q, H, K = q_BQHK.shape
   S = k_BKHK.shape[1]
   bq, bk = min(block_q, Q), min(block_k, S)
@@ -46,90 +46,13 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
     return x.transpose(0, 2, 1, 3).reshape(B * H, x.shape[1], K)
 
   offset = S - Q if causal else None  # query q sees keys up to q + offset
-  bias, bias_args = _closure_converted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
-  geometry = _Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, keys=S, causal_offset=offset,
+  bias, bias_args = hoisted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
+  geometry = Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, keys=S, causal_offset=offset,
                        tiles=visible_tiles(nq, nk, bq, bk, offset), bias=bias)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
-
-
-def visible_tiles(nq, nk, bq, bk, offset):
-  """(i, j) of every tile holding a key some query may see: query q sees key k <= q + offset."""
-  return tuple((i, j) for i in range(nq) for j in range(nk)
-               if offset is None or j * bk <= (i + 1) * bq - 1 + offset)
-
-
-def _closure_converted_bias(bias_fn, q_pos_tile, k_pos_tile):
-  """(pure bias(q_pos, k_pos, consts, params), (consts, params)): every value bias_fn closes over
-  becomes an explicit argument of the custom VJP, which returns the gradient of the float ones
-  (learned biases' parameters) and none for the rest (a layer index traced by a scan over layers:
-  left closed over, it would leak out of the VJP).
-
-  What does not depend on the positions (taking a layer's slice of a parameter, clipping it,
-  reshaping a table) runs here, once, in the caller's trace, where autodiff reaches it as usual;
-  only the rest runs per tile. So a kernel sees no more than the bias's work on positions (and a
-  device kernel none of the slicing its compiler may not lower)."""
-  if bias_fn is None:
-    return None, ((), ())
-  closed = jax.make_jaxpr(bias_fn)(q_pos_tile, k_pos_tile)
-  if not closed.out_avals:
-    return None, ((), ())
-  jaxpr = closed.jaxpr
-  read = lambda env, v: v.val if isinstance(v, jax_core.Literal) else env[v]
-  # Parameters: traced floats, and whatever is computed from them. Concrete arrays (ALiBi's
-  # slopes) are constants: no gradient work.
-  env = dict(zip(jaxpr.constvars, closed.consts))
-  learned = {v for v, c in env.items()
-             if isinstance(c, jax.core.Tracer) and jnp.issubdtype(c.dtype, jnp.inexact)}
-  per_tile, tiled = [], set(jaxpr.invars)
-  for eqn in jaxpr.eqns:
-    uses = [v for v in eqn.invars if not isinstance(v, jax_core.Literal)]
-    if any(v in tiled for v in uses):
-      per_tile.append(eqn)
-      tiled.update(eqn.outvars)
-      continue
-    _evaluate(eqn, env, [read(env, v) for v in eqn.invars])
-    if any(v in learned for v in uses):
-      learned.update(eqn.outvars)
-  # The values the per-tile part reads (and an output that needs no position at all).
-  needed = [v for eqn in per_tile for v in eqn.invars] + list(jaxpr.outvars)
-  inputs = list(dict.fromkeys(v for v in needed if not isinstance(v, jax_core.Literal)
-                              and v not in tiled and v not in jaxpr.invars))
-  is_param = [v in learned and jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in inputs]
-  consts = tuple(env[v] for v, p in zip(inputs, is_param) if not p)
-  params = tuple(env[v] for v, p in zip(inputs, is_param) if p)
-
-  def pure(q_pos, k_pos, consts, params):
-    consts, params = iter(consts), iter(params)
-    tile_env = {v: next(params) if p else next(consts) for v, p in zip(inputs, is_param)}
-    tile_env.update(zip(jaxpr.invars, (q_pos, k_pos)))
-    for eqn in per_tile:
-      _evaluate(eqn, tile_env, [read(tile_env, v) for v in eqn.invars])
-    return read(tile_env, jaxpr.outvars[0])
-
-  return pure, (consts, params)
-
-
-def _evaluate(eqn, env, values):
-  """One equation of a jaxpr, its results written to env (what jax.core.eval_jaxpr does)."""
-  results = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
-  env.update(zip(eqn.outvars, results if eqn.primitive.multiple_results else [results]))
-
-
-class _Geometry:
-  """The static description of one attention call (hashable: it is a nondiff argument)."""
-
-  def __init__(self, **fields):
-    self.__dict__.update(fields)
-    self._key = tuple(sorted((k, v if k != "bias" else id(v)) for k, v in fields.items()))
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __eq__(self, other):
-    return isinstance(other, _Geometry) and self._key == other._key
 
 
 def _per_head(g, x):

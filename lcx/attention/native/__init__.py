@@ -4,8 +4,8 @@ It is compiled with the machine's C++ compiler (-march=native) on first use and 
 the source, the compiler flags, jaxlib and the CPU, so a fresh clone needs no build step; where no
 compiler works, `unavailable_reason()` says why and `auto` keeps the JAX blockwise kernel.
 
-`native_attention` has the signature of lcx.attention.dense_attention. It takes no bias but a
-fixed one of the linear closed form (ALiBi's, lcx.positions.LinearBias), which it computes per
+`native_attention` has the signature of lcx.attention.library.dense_attention. It takes no bias
+but a fixed one of the linear closed form (ALiBi's, lcx.positions.LinearBias), which it computes per
 tile from the positions and the slopes; it computes
 in float32 whatever the model's compute dtype (on this CPU bfloat16 is no faster).
 """
@@ -24,11 +24,11 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lcx import sharding
+from lcx.attention.tiles import DEFAULT_BLOCK
 from lcx.positions.bias import LINEAR
 
 SOURCE = Path(__file__).with_name("attention.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
-DEFAULT_BLOCK = 128  # query and key tile length: 128 was fastest on CPU (benchmarks/README.md)
 MAX_BLOCK = 512  # the kernel's per-tile key arrays (attention.cc: kMaxTile)
 
 
@@ -98,7 +98,7 @@ def unavailable_reason() -> str | None:
 def native_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
                      block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
-  """Same signature and result as lcx.attention.dense_attention (see there)."""
+  """Same signature and result as lcx.attention.library.dense_attention (see there)."""
   kind = getattr(bias_fn, "kind", None)
   if bias_fn is not None and (kind is None or kind.closed_form != LINEAR or kind.learned):
     # Its backward returns no slope gradient, so a learned linear bias is refused too.

@@ -1,0 +1,29 @@
+"""Attention kernels behind one signature, and the switch that picks one (model.attention).
+
+  attend(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+         q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True) -> o_BQHK
+
+Causality is by index: query i sees keys j <= i + (K - Q), so a query block aligned with the end
+of the keys (a cache) is handled too. Segment ids, when given, keep packed documents apart.
+`bias_fn(q_positions, k_positions) -> (B, H, Q, K)` is the position scheme's bias (a
+lcx.positions.Bias, which says what it is); a tiled kernel calls it per tile, the dense
+reference once. Which kernel takes which bias is its record's (kernels.py): the library kernels
+(cuDNN on GPU, splash on TPU) take none, so schemes with one run blockwise there, or through
+lcx's own Pallas kernel (`pallas`: GPU, TPU, and the interpreter on a CPU), which evaluates any
+bias per tile with its parameters' gradient; the native CPU kernel takes a fixed bias in the
+linear closed form (ALiBi's), which it computes itself from the slopes, and refuses learned ones,
+whose gradient it could not return.
+
+The package:
+  kernels.py   one record per kernel, and the rules read from them (check, accepts, ...)
+  choice.py    a named kernel or `auto`'s measured choice per call (tables/<device>.json)
+  tiles.py     what the tiled kernels share: tile geometry, the bias split for per-tile use
+  library.py   the dense reference, cuDNN's and splash;  blockwise.py  pallas.py  native/
+Importing this face loads no kernel: each is imported when first used.
+"""
+from lcx.attention.choice import Choice, choose, make, select
+from lcx.attention.kernels import (CHOICES, TILED, accepts, auto_candidates, cannot_run, check,
+                                   function, takes_call)
+
+__all__ = ["CHOICES", "TILED", "Choice", "accepts", "auto_candidates", "cannot_run", "check",
+           "choose", "function", "make", "select", "takes_call"]

@@ -1,0 +1,97 @@
+"""The dense reference and the libraries' kernels: cuDNN's (GPU) and splash (TPU).
+
+Each has the signature lcx.attention describes. Neither library kernel takes a position bias
+computed in the kernel; what each does take of a call is its record's (lcx.attention.kernels).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from lcx.attention.tiles import DEFAULT_BLOCK
+
+_MASKED = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
+
+
+def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                    q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True):
+  """Reference implementation: the full (Q, K) score matrix in float32."""
+  head_dim = q_BQHK.shape[-1]
+  scores_BHQK = jnp.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK,
+                           preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(head_dim))
+  if bias_fn is not None:
+    bias = bias_fn(q_positions_BQ, k_positions_BK)
+    if bias is not None:
+      scores_BHQK = scores_BHQK + bias
+  q_len, k_len = q_BQHK.shape[1], k_BKHK.shape[1]
+  mask = jnp.ones((1, 1, q_len, k_len), dtype=bool)
+  if causal:
+    mask = jnp.tril(mask, k=k_len - q_len)
+  if q_segment_ids_BQ is not None:
+    same = q_segment_ids_BQ[:, :, None] == k_segment_ids_BK[:, None, :]
+    mask = mask & same[:, None, :, :]
+  scores_BHQK = jnp.where(mask, scores_BHQK, _MASKED)
+  probs = jax.nn.softmax(scores_BHQK, axis=-1).astype(v_BKHK.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v_BKHK)
+
+
+def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                    q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True):
+  """cuDNN's fused attention (GPU) through jax.nn.dot_product_attention. It takes no positional
+  bias computed in the kernel, so schemes with a bias are refused (lcx.attention.select)."""
+  del q_positions_BQ, k_positions_BK
+  if bias_fn is not None:
+    raise ValueError("cudnn attention takes no position bias")
+  mask = None
+  if q_segment_ids_BQ is not None:  # packed documents: a (B, 1, Q, K) boolean mask
+    mask = (q_segment_ids_BQ[:, :, None] == k_segment_ids_BK[:, None, :])[:, None]
+  if causal and q_BQHK.shape[1] != k_BKHK.shape[1]:
+    raise ValueError("cudnn attention needs as many queries as keys for a causal mask")
+  return jax.nn.dot_product_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, is_causal=causal,
+                                      implementation="cudnn")
+
+
+def splash_fits(block: int, q_len: int, k_len: int) -> bool:
+  """Splash tiles are multiples of 128 (the TPU's lanes) and must divide both lengths."""
+  return block % 128 == 0 and q_len % block == 0 and k_len % block == 0
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, block_q: int, block_k: int,
+                   interpret: bool):
+  """A splash kernel for one shape (built once: its tile map of the mask is worked out in numpy)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # TPU-only; imported on use
+      splash_attention_kernel as splash, splash_attention_mask as masks)
+  mask = (masks.CausalMask((q_len, k_len), offset=k_len - q_len) if causal
+          else masks.FullMask((q_len, k_len)))
+  blocks = splash.BlockSizes(block_q=block_q, block_kv=block_k, block_kv_compute=block_k,
+                             block_q_dkv=block_q, block_kv_dkv=block_k,
+                             block_kv_dkv_compute=block_k, block_q_dq=block_q, block_kv_dq=block_k)
+  kernel = splash.make_splash_mha(masks.MultiHeadMask([mask] * heads), block_sizes=blocks,
+                                  head_shards=1, q_seq_shards=1, interpret=interpret)
+  return kernel, splash.SegmentIds
+
+
+def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                     block: int = DEFAULT_BLOCK, interpret: bool = False):
+  """TPU splash attention (a Pallas kernel in jax.experimental that skips fully masked tiles),
+  one batch row at a time. It takes no positional bias; `interpret` runs it on CPU (tests)."""
+  del q_positions_BQ, k_positions_BK
+  if bias_fn is not None:
+    raise ValueError("splash attention takes no position bias")
+  B, Q, H, K = q_BQHK.shape
+  S = k_BKHK.shape[1]
+  if not splash_fits(block, Q, S):
+    raise ValueError(f"splash attention needs lengths that are multiples of the tile length "
+                     f"(model.attention_block={block}, itself a multiple of 128); got {Q} queries "
+                     f"and {S} keys. Use model.attention=blockwise")
+  kernel, segment_ids = _splash_kernel(H, Q, S, causal, block, block, interpret)
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)  # splash wants (heads, length, head_dim)
+  q = heads_first(q_BQHK * jnp.asarray(K ** -0.5, q_BQHK.dtype))  # splash does not scale
+  if q_segment_ids_BQ is None:
+    o = jax.vmap(kernel)(q, heads_first(k_BKHK), heads_first(v_BKHK))
+  else:
+    o = jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=segment_ids(qs, ks)))(
+        q, heads_first(k_BKHK), heads_first(v_BKHK), q_segment_ids_BQ, k_segment_ids_BK)
+  return o.transpose(0, 2, 1, 3)
