@@ -11,6 +11,7 @@ import ml_collections
 
 from lcx import attention, memory, positions, retrieval
 from lcx.data import mixture
+from lcx.data.mixture import default_retrieval, fill_missing_data  # the presets' default_retrieval
 from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, SENTENCEPIECE, make_tokenizer
 from lcx.model import REMAT_POLICIES, ModelConfig
 from lcx.sharding import MESH_AXES, resolve_mesh_shape
@@ -90,17 +91,6 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
     c.eval.probe_tasks, c.eval.probe_trials = (), 0
   return c
-
-
-def fill_missing_data(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """fill_missing's part for config.data, in place (and returned)."""
-  if "retrieval" not in d:
-    d.retrieval = default_retrieval()
-  if "answer_weight" not in d.retrieval:  # runs saved before answer weights: the plain loss
-    d.retrieval.answer_weight = 1.0
-  if "tokenizer_sha256" not in d:  # runs saved before subword tokenizers: bytes, nothing to hash
-    d.tokenizer_sha256 = ""
-  return d
 
 
 def _check_rules(rules) -> None:
@@ -270,15 +260,6 @@ def optimizer_defaults() -> dict:
 
 def optimizer_config(c: ml_collections.ConfigDict) -> OptimizerConfig:
   return OptimizerConfig(**_typed(OptimizerConfig, c.train))
-
-
-def default_retrieval() -> ml_collections.ConfigDict:
-  """data.retrieval: the retrieval mixture (off at fraction 0) and the task sizes that training
-  and evaluation share, with the mixture's and the tasks' defaults."""
-  m, p = mixture.MixtureConfig(), retrieval.TaskParams()
-  return ml_collections.ConfigDict(dict(
-      fraction=m.fraction, answer_weight=m.answer_weight, tasks=m.tasks, styles=m.styles,
-      num_keys=p.num_keys, num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops))
 
 
 def retrieval_params(c: ml_collections.ConfigDict) -> retrieval.TaskParams:

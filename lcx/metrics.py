@@ -13,6 +13,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lcx.files import naming, write_atomic
+from lcx.runs import layout
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class WandbWriter:
     self.directory = None  # where W&B writes this run, None when disabled
     if mode == "disabled":
       return
-    id_file = workdir / "wandb_run_id"
+    id_file = workdir / layout.WANDB_ID
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     self.run = init_wandb(
         mode, wandb_config.init_timeout_s, dir=str(workdir), id=run_id, resume="allow", config=resolved_config,
@@ -201,7 +202,7 @@ def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
     return
   import wandb
   run = init_wandb(
-      mode, wandb_config.init_timeout_s, dir=str(workdir / "eval"), project=wandb_config.project,
+      mode, wandb_config.init_timeout_s, dir=str(workdir / layout.EVAL), project=wandb_config.project,
       entity=wandb_config.entity or None, group=wandb_config.group or workdir.name,
       job_type="evaluate", name=f"{wandb_config.name or workdir.name}/{results['name']}",
       tags=list(wandb_config.tags) + [results["scheme"]],

@@ -16,10 +16,12 @@ from jax.experimental import multihost_utils
 from absl import flags
 
 from lcx import config as config_lib
-from lcx import cli, distributed, runs
+from lcx import cli, distributed
 from lcx import overrides as overrides_lib
-from lcx import workdir as workdir_lib
-from lcx.checkpoint import Checkpointer, SaveFailed
+from lcx.runs import layout
+from lcx.runs import restore as runs
+from lcx.runs import workdir as workdir_lib
+from lcx.runs.checkpoint import Checkpointer, SaveFailed
 from lcx.data.sources import Documents
 from lcx.data.token_cache import DamagedCache
 from lcx.data.mixture import RetrievalMixture
@@ -243,7 +245,7 @@ def train_and_evaluate(config, workdir, devices=None) -> dict:
 def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
   mesh, stream, program, evaluator = _build(c, devices)
   if is_main:
-    write_atomic(workdir / "config.json", c.to_json_best_effort(indent=2) + "\n")
+    write_atomic(workdir / layout.CONFIG, c.to_json_best_effort(indent=2) + "\n")
     log.info("resolved config:\n%s", c)
 
   counts = count_params(program.abstract_state["params"])
@@ -259,8 +261,8 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
     if is_main:
       wandb_writer = WandbWriter(c.wandb, workdir, c.to_dict(), run_name=workdir.name)
       cleanup.callback(wandb_writer.close)
-      writers = [JsonlWriter(workdir / "metrics.jsonl", step), wandb_writer]
-      eval_writers = [JsonlWriter(workdir / "eval_metrics.jsonl", step), wandb_writer]
+      writers = [JsonlWriter(workdir / layout.METRICS, step), wandb_writer]
+      eval_writers = [JsonlWriter(workdir / layout.EVAL_METRICS, step), wandb_writer]
       for writer in (writers[0], eval_writers[0]):
         cleanup.callback(writer.close)
     progress = cleanup.enter_context(contextlib.closing(
@@ -316,11 +318,11 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
              "tokens_seen": step * tokens_per_step,
              "flops_seen": step * tokens_per_step * flops_token,
              "init_from": source,
-             "metrics": str(workdir / "metrics.jsonl"), "checkpoints": str(checkpointer.directory),
-             "config": str(workdir / "config.json"),
+             "metrics": str(workdir / layout.METRICS), "checkpoints": str(checkpointer.directory),
+             "config": str(workdir / layout.CONFIG),
              "wandb": wandb_writer.directory if is_main else None}
   if is_main:
-    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(workdir / layout.SUMMARY, json.dumps(summary, indent=2) + "\n")
   return summary
 
 

@@ -27,6 +27,7 @@ import pathlib
 import matplotlib.pyplot as plt
 
 from lcx import report
+from lcx.evaluate.plots import log_scale_length_axis
 
 study = pathlib.Path(os.environ.get("LCX_STUDY_DIR", "runs/extrapolation-cpu"))
 variants, _ = report.collect(study)
@@ -48,8 +49,8 @@ for v in variants:
   rows = [r for r in v.results["perplexity"] if "perplexity" in r]
   ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], label=v.label,
           **look[v.label])
-report.log_scale_length_axis(ax, sorted({r["length"] for v in variants
-                                         for r in v.results["perplexity"]}))
+log_scale_length_axis(ax, sorted({r["length"] for v in variants
+                                  for r in v.results["perplexity"]}))
 ax.set(xlabel="evaluation length (tokens)", ylabel="perplexity")
 ax.legend(fontsize=7)
 

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.experimental.pallas import tpu as pltpu
 
 from lcx import attention, positions, sharding
-from lcx.attention import library, native, tiles
+from lcx.attention import blockwise, library, native, tiles
 from lcx.attention import pallas as pallas_attention_lib
 from lcx.attention.blockwise import blockwise_attention
 from lcx.attention.library import dense_attention

@@ -1,5 +1,5 @@
 """Claims vs measured: each claim's figure and verdict from hand-written study results."""
-from lcx import claims
+from lcx.report import claims
 from lcx.report import Variant
 
 

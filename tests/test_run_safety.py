@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from lcx.checkpoint import CheckpointMismatch
+from lcx.runs.checkpoint import CheckpointMismatch
 from lcx.evaluate.runner import EvalOptions, evaluate_run
 from lcx.metrics import JsonlWriter, read_jsonl
 from lcx.overrides import load_config
 from lcx.train import TrainingDiverged, train_and_evaluate
-from lcx.workdir import WorkdirError
+from lcx.runs.workdir import WorkdirError
 from tests.conftest import ROOT
 
 FAST_EVAL = EvalOptions(lengths=(32,), max_tokens=256, trials=0, stride=-1)
@@ -174,7 +174,7 @@ def test_a_second_training_on_a_workdir_is_refused_until_the_first_is_gone(tiny_
   workdir = tmp_path / "run"
   workdir.mkdir()
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from lcx.workdir import TrainingLock\n"
+      [sys.executable, "-c", "import sys, time; from lcx.runs.workdir import TrainingLock\n"
        f"with TrainingLock(__import__('pathlib').Path({str(workdir)!r})):\n"
        "  print('held', flush=True); time.sleep(120)"],
       cwd=ROOT, stdout=subprocess.PIPE, text=True)

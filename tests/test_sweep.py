@@ -14,6 +14,7 @@ from lcx import config as config_lib
 from lcx import overrides as overrides_lib
 from lcx import positions
 from lcx import report as report_lib
+from lcx.report import plots as report_plots
 from lcx.metrics import read_jsonl
 from lcx.report import write_report
 from lcx.sweep import (Run, Stage, check_runs, launchers, load_sweep, product, run_sweep,
@@ -356,7 +357,7 @@ def test_the_report_names_memory_arms_and_compares_their_late_segments():
         "memory": memory, "segment_len": 64, "memory_reset": reset}},
                "perplexity": [{"multiple": 1.0, "by_segment": {"segment_len": 64,
                                                                "loss": losses}}]}
-    return report_lib.Variant(report_lib._label(results, False), results, {}, None)
+    return report_lib.Variant(report_lib.label(results, False), results, {}, None)
 
   variants = [variant("rope", "none", 0, [3.0, 3.0, 3.0]), variant("rope", "xl", 0, [3.0, 2.5, 2.0]),
               variant("rope", "none", 1, [3.0, 2.0, 2.0]), variant("rope", "xl", 1, [3.0, 2.5, 2.5]),
@@ -383,6 +384,16 @@ def test_the_report_names_memory_arms_and_compares_their_late_segments():
   assert "| rope + xl | 1 | +0.500 | 0.000 | +0.500 | +0.500 | - | - | - | - |" in table
 
 
+def test_the_report_reads_json_without_jax():
+  """lcx.report writes markdown and PNGs from JSON: it imports no JAX, no model and no kernel."""
+  script = ("import sys, lcx.report, lcx.report.__main__\n"
+            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('jax.', "
+            "'lcx.model', 'lcx.attention', 'lcx.config'))))\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+  assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_the_report_tells_apart_runs_of_one_scheme_by_what_differs():
   """Two rope runs with other learning rates are not two identical "rope" rows; settings that
   only say where or how a run was computed do not count; nothing differing: the run's folder."""
@@ -391,7 +402,7 @@ def test_the_report_tells_apart_runs_of_one_scheme_by_what_differs():
         "seed": 0, "train": {"learning_rate": learning_rate, "log_every": 1},
         "data": {"seq_len": seq_len, "data_dir": f"/tmp/{learning_rate}"},
         "mesh": {"data": mesh_data}, "model": {"position": "rope", "max_len": seq_len}}}
-    return report_lib.Variant(report_lib._label(results, False), results, {}, None)
+    return report_lib.Variant(report_lib.label(results, False), results, {}, None)
 
   variants = [variant(0.003), variant(0.001, mesh_data=1), variant(0.003, seq_len=64)]
   report_lib.distinguish(variants, ["a/pretrain/eval", "b/pretrain/eval", "c/pretrain/eval"])
@@ -419,7 +430,7 @@ def test_the_report_tables_and_plots_retrieval_by_needle_distance(tmp_path):
   full = {"scheme": "rope", "base_length": 256, "config": {}, "perplexity": [], "sliding": [],
           "retrieval": {"passkey/python": {**grid("python", {}), "by_distance": None}}}
   del full["retrieval"]["passkey/python"]["by_distance"]
-  variants = [report_lib.Variant(report_lib._label(r, False), r, {"flops_seen": 1.0}, None)
+  variants = [report_lib.Variant(report_lib.label(r, False), r, {"flops_seen": 1.0}, None)
               for r in (knn, full)]
   assert variants[0].by_distance("passkey", "exact") == {"0": (1.0, 2), "4-7": (0.25, 4)}
   assert variants[1].by_distance("passkey", "exact") == {}
@@ -427,8 +438,8 @@ def test_the_report_tables_and_plots_retrieval_by_needle_distance(tmp_path):
   assert "| variant | 0 | 4-7 |" in table
   assert "| rope + knn | 100% / 100% (2) | 25% / 75% (4) |" in table
   assert "| rope |" not in table
-  path = report_lib._distance_curves(variants, ["passkey"], report_lib.looks(variants), "t",
-                                     tmp_path)
+  path = report_plots._distance_curves(variants, ["passkey"], report_lib.looks(variants), "t",
+                                      tmp_path)
   assert path.stat().st_size > 0
 
 
@@ -440,10 +451,11 @@ def test_the_report_says_what_each_memory_costs_next_to_its_window():
     c.unlock()
     c.data.seq_len, c.model.segment_len, c.model.memory = 256, 64, memory
     c.model.memory_reset = reset
-    config = config_lib.resolve(c, 1).to_dict()
-    results = {"scheme": "rope", "config": config, "train_length": 256,
-               "scoring_tokens_per_second": 5000.0}
-    return report_lib.Variant(report_lib._label(results, False), results,
+    resolved = config_lib.resolve(c, 1)
+    results = {"scheme": "rope", "config": resolved.to_dict(), "train_length": 256,
+               "scoring_tokens_per_second": 5000.0,  # what the evaluation records:
+               "memory_keys_per_query": config_lib.model_config(resolved).attention_context(256)[1]}
+    return report_lib.Variant(report_lib.label(results, False), results,
                               {"tokens_per_second": tokens_per_second,
                                "peak_memory_bytes": 2 ** 30}, None)
 

@@ -12,6 +12,7 @@ without the extra weight a small model's gradient is all haystack.
 """
 import dataclasses
 
+import ml_collections
 import numpy as np
 
 from lcx import retrieval
@@ -106,3 +107,23 @@ class RetrievalMixture:
     weights = np.where(np.concatenate(answers)[1:], self.cfg.answer_weight, 1).astype(np.float32)
     return {"tokens": tokens[:-1], "targets": tokens[1:], "positions": pos, "segment_ids": seg,
             "weights": weights}
+
+
+def default_retrieval() -> ml_collections.ConfigDict:
+  """data.retrieval: the retrieval mixture (off at fraction 0) and the task sizes that training
+  and evaluation share, with the mixture's and the tasks' defaults."""
+  m, p = MixtureConfig(), retrieval.TaskParams()
+  return ml_collections.ConfigDict(dict(
+      fraction=m.fraction, answer_weight=m.answer_weight, tasks=m.tasks, styles=m.styles,
+      num_keys=p.num_keys, num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops))
+
+
+def fill_missing_data(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """fill_missing's part for config.data, in place (and returned)."""
+  if "retrieval" not in d:
+    d.retrieval = default_retrieval()
+  if "answer_weight" not in d.retrieval:  # runs saved before answer weights: the plain loss
+    d.retrieval.answer_weight = 1.0
+  if "tokenizer_sha256" not in d:  # runs saved before subword tokenizers: bytes, nothing to hash
+    d.tokenizer_sha256 = ""
+  return d

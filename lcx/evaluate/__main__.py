@@ -11,7 +11,7 @@ from absl import flags
 from lcx import cli, retrieval
 from lcx.config import ConfigError
 from lcx.evaluate.plots import depth_mean
-from lcx.evaluate.retrieval import DISTANCE_BUCKETS, pool_distances
+from lcx.evaluate.records import DISTANCE_BUCKETS, pool_distances
 from lcx.evaluate.runner import EvalOptions, evaluate_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")

@@ -8,10 +8,10 @@ from flax import nnx
 
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
-from lcx.checkpoint import CheckpointMismatch
-from lcx.runs import restore_params, saved_config
+from lcx.runs.checkpoint import CheckpointMismatch
+from lcx.runs.restore import restore_params, saved_config
 from lcx.sharding import make_mesh
-from lcx.workdir import config_changes
+from lcx.runs.workdir import config_changes
 
 
 @dataclasses.dataclass

@@ -20,7 +20,8 @@ from lcx.files import write_atomic
 from lcx.evaluate.loading import LoadedRun, load_run
 from lcx.evaluate.scoring import DoesNotFit, Scorer
 from lcx.metrics import log_evaluation_to_wandb
-from lcx.runs import saved_config, source_dir
+from lcx.runs import layout
+from lcx.runs.restore import saved_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   c = run.config
   train_length = int(c.data.seq_len)
   # Multiples are of the pretraining length, also for a fine-tune, so that runs compare.
-  base_length = (int(saved_config(source_dir(c.init_from, run.workdir)).data.seq_len)
+  base_length = (int(saved_config(layout.source_dir(c.init_from, run.workdir)).data.seq_len)
                  if c.init_from else train_length)
   lengths = tuple(options.lengths) or tuple(m * base_length for m in (1, 2, 4, 8, 16))
   stride = options.stride or base_length
@@ -165,6 +166,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       "scheme_options": (c.model[c.model.position].to_dict()
                          if c.model.position in positions.option_types() else None),
       "train_length": train_length, "base_length": base_length, "split": options.split,
+      # the keys a memory adds to each query's attention at the training length (the report's)
+      "memory_keys_per_query": run.model.cfg.attention_context(train_length)[1],
       "overrides": list(overrides),
       "eval_options": dataclasses.asdict(options), "config": c.to_dict(),
       "perplexity": rows["perplexity"], "sliding": rows["sliding"], "retrieval": grids,
@@ -175,7 +178,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
 
 def write_outputs(results: dict, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
   """RUN/eval/<name>.json and its PNG figures; returns their paths."""
-  out = workdir / "eval"
+  out = workdir / layout.EVAL
   out.mkdir(parents=True, exist_ok=True)
   name = results["name"]
   paths = {"json": out / f"{name}.json"}

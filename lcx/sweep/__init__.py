@@ -27,6 +27,7 @@ from lcx.exit_codes import PREEMPTED_EXIT_CODE
 from lcx.files import write_atomic
 from lcx.data.tokenizers import SENTENCEPIECE
 from lcx.overrides import load_config, load_module
+from lcx.runs import layout
 from lcx.sweep import launchers
 
 
@@ -158,8 +159,8 @@ def finished(out: pathlib.Path, run: Run, stage: Stage) -> bool:
   if (out / run.name / f"{stage.name}.done").exists():
     return True
   if stage.kind == "evaluate":
-    return (out / run.name / stage.source / "eval" / f"{stage.name}.json").exists()
-  summary = out / run.name / stage.name / "summary.json"
+    return (out / run.name / stage.source / layout.EVAL / f"{stage.name}.json").exists()
+  summary = out / run.name / stage.name / layout.SUMMARY
   return summary.exists() and not json.loads(summary.read_text()).get("preempted", True)
 
 

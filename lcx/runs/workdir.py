@@ -18,12 +18,11 @@ import time
 
 import ml_collections
 
-from lcx.checkpoint import QUARANTINE
+from lcx.runs.layout import CHECKPOINTS, CONFIG, LOCK, QUARANTINE
 from lcx.config import ConfigError, fill_missing
 from lcx.files import naming
 
 log = logging.getLogger(__name__)
-LOCK_FILE = ".lcx-train.lock"
 # Fields that only choose how the same computation runs, or that act only at a fresh start.
 _FREE_MODEL_FIELDS = ("attention", "attention_block", "remat", "scan_layers")
 _FRESH_START_ONLY = ("init_from", "init_optimizer")
@@ -56,7 +55,7 @@ class TrainingLock:
   """
 
   def __init__(self, workdir: pathlib.Path):
-    self.path = workdir / LOCK_FILE
+    self.path = workdir / LOCK
     self.file = None
 
   def __enter__(self):
@@ -87,8 +86,8 @@ class TrainingLock:
 
 def remove_if_unused(workdir: pathlib.Path) -> None:
   """Removes a workdir that holds nothing but its (released) training lock."""
-  if {p.name for p in workdir.iterdir()} <= {LOCK_FILE}:
-    (workdir / LOCK_FILE).unlink(missing_ok=True)
+  if {p.name for p in workdir.iterdir()} <= {LOCK}:
+    (workdir / LOCK).unlink(missing_ok=True)
     workdir.rmdir()
 
 
@@ -129,7 +128,7 @@ def has_checkpoints(workdir: pathlib.Path) -> bool:
   """Whether the workdir holds checkpoints, set-aside ones included."""
   # In checkpoints/, a finished save is a folder named by its step (an unfinished one has a
   # suffix); anything in corrupt_checkpoints/ was a checkpoint.
-  return (any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+  return (any(p.name.isdigit() for p in (workdir / CHECKPOINTS).glob("*"))
           or any((workdir / QUARANTINE).glob("*")))
 
 
@@ -139,7 +138,7 @@ def check_resume(workdir: pathlib.Path, config, is_main: bool = True) -> None:
   With config.resume_changes='allow' the changes are logged and the main process keeps the old
   config as config.before-<time>.json beside the new one.
   """
-  saved_path = workdir / "config.json"
+  saved_path = workdir / CONFIG
   if not has_checkpoints(workdir):
     return
   try:

@@ -6,23 +6,15 @@ import jax
 import ml_collections
 
 from lcx import config as config_lib
-from lcx.checkpoint import Checkpointer, CheckpointMismatch
+from lcx.runs.checkpoint import Checkpointer, CheckpointMismatch
+from lcx.runs.layout import CONFIG
 from lcx.train_step import abstract_model, param_shardings
 
 
-def source_dir(recorded, run_dir) -> pathlib.Path:
-  """The run a fine-tune started from: where it was recorded, or, for a study moved or copied
-  since, the folder of that name beside the fine-tune (the sweep lays out a run's stages side by
-  side)."""
-  recorded = pathlib.Path(recorded)
-  beside = pathlib.Path(run_dir).parent / recorded.name
-  return recorded if recorded.exists() or not beside.exists() else beside
-
-
 def saved_config(workdir) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir).expanduser() / "config.json"
+  path = pathlib.Path(workdir).expanduser() / CONFIG
   if not path.exists():
-    raise config_lib.ConfigError(f"{workdir} is not an lcx run: it has no config.json")
+    raise config_lib.ConfigError(f"{workdir} is not an lcx run: it has no {CONFIG}")
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except json.JSONDecodeError as e:

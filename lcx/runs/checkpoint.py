@@ -20,10 +20,10 @@ import orbax.checkpoint as ocp
 
 from lcx.config import ConfigError
 from lcx.files import naming
+from lcx.runs.layout import CHECKPOINTS, QUARANTINE
 
 log = logging.getLogger(__name__)
 ITEMS = ("params", "optimizer", "meta")  # params alone restore for evaluation and fine-tuning
-QUARANTINE = "corrupt_checkpoints"
 
 
 class CheckpointMismatch(ConfigError):
@@ -97,7 +97,7 @@ class Checkpointer:
   """The checkpoints of one run. read_only: never writes, moves or deletes anything."""
 
   def __init__(self, workdir: pathlib.Path, keep: int = 3, read_only: bool = False):
-    self.directory = (workdir / "checkpoints").resolve()
+    self.directory = (workdir / CHECKPOINTS).resolve()
     self.quarantine = workdir.resolve() / QUARANTINE
     self.keep, self.read_only = keep, read_only
     self._pending = None  # the step of a save that may still be running
