@@ -59,7 +59,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # pretraining), the tasks and styles drawn from, and the task sizes training and evaluation share.
   c.data.retrieval = config_lib.default_retrieval()
 
-  # schedule, min_lr_ratio, weight_decay, b1, b2, grad_clip: lcx.train_step.OptimizerConfig's.
+  # schedule, min_lr_ratio, weight_decay, b1, b2, grad_clip: lcx.optimizer.OptimizerConfig's.
   c.train = ml_collections.ConfigDict(dict(
       steps=300, log_every=10, learning_rate=3e-3, warmup_steps=30,
       **config_lib.optimizer_defaults(), grad_accum_steps=1,

@@ -13,9 +13,9 @@ from lcx import attention, memory, positions, retrieval
 from lcx.data import mixture
 from lcx.data.mixture import default_retrieval, fill_missing_data  # the presets' default_retrieval
 from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, SENTENCEPIECE, make_tokenizer
-from lcx.model import REMAT_POLICIES, ModelConfig
+from lcx.model.config import REMAT_POLICIES, ModelConfig
 from lcx.sharding import MESH_AXES, resolve_mesh_shape
-from lcx.train_step import OptimizerConfig
+from lcx.optimizer import OptimizerConfig
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")

@@ -177,7 +177,7 @@ def test_the_model_and_optimizer_defaults_come_from_their_dataclasses():
   from lcx import config as config_lib
   from lcx.model import ModelConfig
   from lcx.positions import RopeConfig
-  from lcx.train_step import OptimizerConfig
+  from lcx.optimizer import OptimizerConfig
   c = resolve(pretrain.get_config("tiny"), 1)
   rope = dataclasses.replace(RopeConfig(), original_length=c.data.seq_len)  # derived, as head_dim
   assert config_lib.model_config(c) == ModelConfig(vocab_size=c.model.vocab_size, rope=rope)
@@ -213,3 +213,16 @@ def test_a_new_scheme_brings_its_own_checks():
       resolve(c, 1)
   finally:
     del base._REGISTRY["even_heads_only"]
+
+
+def test_reading_a_config_builds_no_model_and_loads_no_kernel():
+  """The config, the presets and the sweep driver check and describe configs: they import no
+  transformer, no train step and no attention kernel (nor Pallas), only what describes them."""
+  script = ("import sys, lcx.config, lcx.sweep, configs.pretrain, configs.finetune\n"
+            "print(sorted(m for m in sys.modules if m in ('lcx.model.transformer', "
+            "'lcx.train_step', 'jax.experimental.pallas') or m.startswith(("
+            "'lcx.attention.blockwise', 'lcx.attention.pallas', 'lcx.attention.library', "
+            "'lcx.attention.native'))))\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+  assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -23,7 +23,8 @@ from lcx.metrics import read_jsonl
 from lcx.model import token_losses
 from lcx.sharding import make_mesh
 from lcx.train import train_and_evaluate
-from lcx.train_step import OptimizerConfig, TrainProgram
+from lcx.optimizer import OptimizerConfig
+from lcx.train_step import TrainProgram
 from tests.conftest import ROOT
 
 SCHEMES = positions.available()  # every registered scheme
@@ -246,7 +247,7 @@ def test_position_parameters_get_their_own_rate_and_no_decay():
   and the optimizer state keeps optax.adamw's layout (checkpoints written before still load)."""
   import dataclasses
   import optax
-  from lcx.train_step import learning_rate_schedule, make_optimizer
+  from lcx.optimizer import learning_rate_schedule, make_optimizer
   params = {"position": {"table": np.ones((4, 3), np.float32)},
             "w": np.ones((3, 3), np.float32), "b": np.ones(3, np.float32)}
   grads = jax.tree.map(lambda p: np.full_like(p, 0.5), params)

@@ -4,7 +4,6 @@ Shape legend for names such as x_BLD:
   B batch, L sequence length, D d_model, H heads, K head dim, F mlp dim, V vocabulary.
 Every parameter carries `logical_axes`; lcx.sharding maps them to the mesh.
 """
-import dataclasses
 import math
 
 import jax
@@ -14,61 +13,10 @@ from flax import nnx
 from lcx import attention, positions
 from lcx import memory as memory_lib
 from lcx.memory import KVCache
+from lcx.model.config import REMAT_POLICIES, ModelConfig
 from lcx.sharding import shard
 
 BATCH_ACTIVATION = ("batch", None, None)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  vocab_size: int
-  d_model: int = 64
-  n_layers: int = 2
-  n_heads: int = 4
-  head_dim: int = 16
-  mlp_dim: int = 256
-  mlp: str = "swiglu"
-  tie_embeddings: bool = True
-  position: str = "rope"
-  max_len: int = 128
-  attention: str = "auto"  # lcx.attention.CHOICES; "auto" picks per backend and scheme
-  attention_block: int = 128  # blockwise attention: query and key tile length (128: fastest on CPU)
-  remat: str = "none"  # what each block keeps for the backward pass: none (all), full, dots
-  scan_layers: bool = False  # run the blocks as one lax.scan: compile time constant in depth
-  param_dtype: str = "float32"
-  compute_dtype: str = "float32"
-  norm_eps: float = 1e-6
-  rope: positions.RopeConfig = positions.RopeConfig()
-  position_options: object = None  # the scheme's own options (lcx.positions: Options), if any
-  # Memory (lcx.memory): sequences run as segments of segment_len tokens (0: one segment, the
-  # plain model) with the mechanism's state carried from one to the next.
-  memory: str = "none"
-  segment_len: int = 0
-  memory_options: object = None  # the mechanism's own options (lcx.memory: Options), if any
-  # An evaluation ablation: every segment starts from the mechanism's initial state (its memory
-  # wiped), so the same trained weights with and without their memory show what the memory adds.
-  memory_reset: bool = False
-
-  def position_config(self) -> positions.PositionConfig:
-    return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
-                                    head_dim=self.head_dim, max_len=self.max_len,
-                                    n_layers=self.n_layers,
-                                    param_dtype=self.param_dtype, rope=self.rope,
-                                    options=self.position_options)
-
-  def attention_context(self, seq_len: int) -> tuple[int, float]:
-    """(the length a query's attention runs over, the keys a memory adds to it) at a training
-    length: what the attention term of the FLOP count uses."""
-    if not self.segment_len:
-      return seq_len, 0.0
-    return self.segment_len, memory_lib.memory_keys(self.memory, self.memory_config())
-
-  def memory_config(self) -> memory_lib.MemoryConfig:
-    return memory_lib.MemoryConfig(
-        n_layers=self.n_layers, n_heads=self.n_heads, head_dim=self.head_dim,
-        segment_len=self.segment_len, d_model=self.d_model, param_dtype=self.param_dtype,
-        compute_dtype=self.compute_dtype, scan_layers=self.scan_layers,
-        options=self.memory_options)
 
 
 def _param(rngs, shape, axes, std, dtype):
@@ -291,13 +239,6 @@ class Transformer(nnx.Module):
       x_BCD, cache = block.extend(x_BCD, positions_BC, self.position, cache, layer)
       new_caches.append(cache)
     return self._logits(x_BCD), new_caches
-
-
-REMAT_POLICIES = {
-    "none": None,  # keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each block's input
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
-}
 
 
 def _block_fn(graphdef, scheme_graphdef, remat: str, mechanism_graphdef=None):
