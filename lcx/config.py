@@ -9,7 +9,8 @@ import pathlib
 
 import ml_collections
 
-from lcx import attention, memory, positions, retrieval
+from lcx import attention, memory, positions
+from lcx.data import retrieval
 from lcx.data import mixture
 from lcx.data.mixture import default_retrieval, fill_missing_data  # the presets' default_retrieval
 from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, SENTENCEPIECE, make_tokenizer

@@ -11,7 +11,7 @@ import sys
 from absl import app, flags
 
 from lcx.metrics import has_wandb_key
-from lcx.retrieval import STYLES, TASKS
+from lcx.data.retrieval import STYLES, TASKS
 from lcx.sweep import load_sweep
 
 _ENTITY = flags.DEFINE_string("entity", "", "W&B entity; default: the API key's default entity.")

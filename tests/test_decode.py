@@ -101,7 +101,7 @@ def test_answer_scores_equal_the_full_forward(decoder):
 def test_retrieval_on_a_memory_run_reports_accuracy_by_needle_distance():
   """retrieval_grid on a model streaming segments: every trial lands in one distance (segments of
   the model's segment_len before the question), and the distances' trials add up to the grid's."""
-  from lcx import retrieval
+  from lcx.data import retrieval
   from lcx.data.tokenizers import ByteTokenizer
   from lcx.evaluate.retrieval import retrieval_grid
   tokenizer = ByteTokenizer()

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from lcx import config as config_lib
-from lcx import retrieval
+from lcx.data import retrieval
 from lcx.data.mixture import MixtureConfig, RetrievalMixture, check
 from lcx.data.sources import Documents
 from lcx.data.stream import PackedStream
 from lcx.data.tokenizers import ByteTokenizer
 from lcx.evaluate.retrieval import by_distance, longest_at, needle_distance, score_trials
-from lcx.retrieval import spaces
+from lcx.data.retrieval import spaces
 
 TOK = ByteTokenizer()
 # Real-looking code: a line every 24 characters, so a needle can go anywhere within a line's reach.

@@ -5,7 +5,7 @@ stream stays a pure function of (seed, step): resume, any number of processes an
 see the same rows. A retrieval row is packed with retrieval documents ([EOS] + prompt + answer)
 of random lengths up to seq_len, each of a task and style drawn from those configured, its
 needles at a uniform random depth, its haystack from the train split and its keys and values from
-the training space (disjoint from evaluation's; lcx.retrieval.spaces). With document_mask each
+the training space (disjoint from evaluation's; lcx.data.retrieval.spaces). With document_mask each
 document starts at position 0 in its own segment, as packed documents do. The answer tokens'
 loss may weigh more (answer_weight): they are the few targets that need the far context, and
 without the extra weight a small model's gradient is all haystack.
@@ -15,7 +15,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from lcx import retrieval
+from lcx.data import retrieval
 from lcx.data import token_cache
 from lcx.data.tokenizers import Tokenizer
 

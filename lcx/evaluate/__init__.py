@@ -1,5 +1,5 @@
 """Extrapolation evaluation: perplexity vs length, sliding windows, loss by position, and
-the retrieval suite (lcx.retrieval) scored by greedy decoding and by likelihood ranking.
+the retrieval suite (lcx.data.retrieval) scored by greedy decoding and by likelihood ranking.
 
 `python -m lcx.evaluate --workdir RUN` or `evaluate_run(workdir, overrides, EvalOptions(...))`.
 The evaluation's parts are imported when first asked for, so that readers of its records

@@ -8,7 +8,8 @@ import sys
 
 from absl import flags
 
-from lcx import cli, retrieval
+from lcx import cli
+from lcx.data import retrieval
 from lcx.config import ConfigError
 from lcx.evaluate.plots import depth_mean
 from lcx.evaluate.records import DISTANCE_BUCKETS, pool_distances

@@ -5,7 +5,7 @@ import numpy as np
 from flax import nnx
 
 from lcx import config as config_lib
-from lcx import retrieval
+from lcx.data import retrieval
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import make_tokenizer
 from lcx.evaluate import perplexity as ppl

@@ -2,14 +2,14 @@
   exact   greedy decoding produces the answer (the real test; RULER's all-or-nothing match);
   ranked  the true answer is likelier than each of N wrong answers of the same form (chance
           1 / (N + 1)), which still moves when a model is too weak to produce the answer.
-Trials are generated from the evaluation split (lcx.retrieval) with keys and values from the
+Trials are generated from the evaluation split (lcx.data.retrieval) with keys and values from the
 evaluation space, deterministically from the seed.
 """
 import zlib
 
 import numpy as np
 
-from lcx import retrieval
+from lcx.data import retrieval
 from lcx.evaluate.decode import Decoder
 
 

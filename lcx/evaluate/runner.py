@@ -10,7 +10,8 @@ import tqdm
 
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import make_tokenizer
-from lcx import positions, retrieval
+from lcx import positions
+from lcx.data import retrieval
 from lcx.config import retrieval_params
 from lcx.evaluate import perplexity as ppl
 from lcx.evaluate import plots
@@ -30,7 +31,7 @@ class EvalOptions:
   split: str = "validation"
   max_tokens: int = 16384  # target tokens scored per length (the same text at every length)
   stride: int = 0  # sliding-window stride; 0: the pretraining length; -1: no sliding window
-  tasks: tuple[str, ...] = retrieval.TASKS  # the retrieval suite (lcx.retrieval)
+  tasks: tuple[str, ...] = retrieval.TASKS  # the retrieval suite (lcx.data.retrieval)
   styles: tuple[str, ...] = retrieval.STYLES
   depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
   trials: int = 5  # per (task, style, length, depth) cell; 0 skips retrieval

@@ -16,15 +16,15 @@ The needles the answer needs sit at the requested depth (the nearest boundary to
 haystack), distractor needles at random boundaries, the links of a chain at random boundaries
 after its first needle, in order. Prompt and answer together are exactly length + 1 tokens, so
 the model reads `length` tokens when it predicts the answer's last token. Keys and values come
-from the space asked for (lcx.retrieval.spaces) and never occur in the haystack.
+from the space asked for (lcx.data.retrieval.spaces) and never occur in the haystack.
 """
 import dataclasses
 
 import numpy as np
 
 from lcx.data.tokenizers import Tokenizer
-from lcx.retrieval import haystack as haystacks
-from lcx.retrieval import spaces
+from lcx.data.retrieval import haystack as haystacks
+from lcx.data.retrieval import spaces
 
 TASKS = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
          "variable_tracking")
