@@ -109,7 +109,7 @@ def test_resolve_fills_derived_fields():
 def test_presets_have_the_advertised_sizes(tmp_path, monkeypatch):
   from lcx import config as config_lib
   from lcx.model import count_params
-  from lcx.train_step import abstract_model
+  from lcx.train.step import abstract_model
   sizes = {}
   for preset in ("125m", "350m"):
     c = pretrain.get_config(preset)
@@ -220,7 +220,7 @@ def test_reading_a_config_builds_no_model_and_loads_no_kernel():
   transformer, no train step and no attention kernel (nor Pallas), only what describes them."""
   script = ("import sys, lcx.config, lcx.sweep, configs.pretrain, configs.finetune\n"
             "print(sorted(m for m in sys.modules if m in ('lcx.model.transformer', "
-            "'lcx.train_step', 'jax.experimental.pallas') or m.startswith(("
+            "'lcx.train.step', 'jax.experimental.pallas') or m.startswith(("
             "'lcx.attention.blockwise', 'lcx.attention.pallas', 'lcx.attention.library', "
             "'lcx.attention.native'))))\n")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -24,7 +24,7 @@ from lcx.model import token_losses
 from lcx.sharding import make_mesh
 from lcx.train import train_and_evaluate
 from lcx.optimizer import OptimizerConfig
-from lcx.train_step import TrainProgram
+from lcx.train.step import TrainProgram
 from tests.conftest import ROOT
 
 SCHEMES = positions.available()  # every registered scheme
@@ -69,7 +69,7 @@ def test_data_and_fsdp_meshes_match_single_device(tiny_config, tmp_path, mesh):
 
 
 def test_parameters_are_sharded_by_the_rules(tiny_config):
-  from lcx.train import _build, _resolve
+  from lcx.train.loop import _build, _resolve
   tiny_config.mesh.update(data=1, fsdp=4, tensor=2)
   _, _, program, _ = _build(*_resolve(tiny_config, None))
   state = program.init()

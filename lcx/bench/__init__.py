@@ -28,7 +28,7 @@ from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.sharding import make_mesh
 from lcx.optimizer import OptimizerConfig
-from lcx.train_step import TrainProgram
+from lcx.train.step import TrainProgram
 
 # The rows: every registered scheme, and p-RoPE (RoPE turning only its fastest 75% of pairs).
 VARIANTS = {**{name: {"position": name} for name in positions.available()},
