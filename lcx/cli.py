@@ -1,4 +1,5 @@
-"""What the command-line entry points share: quiet library logs, one line per failure."""
+"""What the command-line entry points share: quiet library logs, one line per failure, the exit
+statuses launchers act on."""
 import logging
 import os
 import sys
@@ -8,6 +9,12 @@ from absl import app
 from absl import logging as absl_logging
 
 from lcx import overrides as overrides_lib
+
+# Exit statuses that launchers act on. lcx.train stopped on a preemption signal after saving a
+# checkpoint: not finished, run it again to resume (EX_TEMPFAIL, "try again later"); slurm.sbatch
+# requeues the job on it, the sweep marks the stage stopped rather than done or failed.
+PREEMPTED_EXIT_CODE = 75
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C, as the shell reports it
 
 
 def quiet_library_logs() -> None:

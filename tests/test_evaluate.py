@@ -19,6 +19,7 @@ from lcx.metrics import read_jsonl
 from lcx.model import ModelConfig, Transformer
 from lcx.sharding import make_mesh
 from lcx.train import train_and_evaluate
+from lcx.runs import layout
 from tests.conftest import ROOT
 
 RULES = (("batch", ("data", "fsdp")),)
@@ -127,7 +128,7 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
        "--config.model.rope.factor=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert cli.returncode == 0, cli.stderr[-2000:]
   assert "| 128 | 4 |" in cli.stdout
-  yarn = json.loads((pretrain_dir / "eval" / "rope.scaling-yarn_rope.factor-4.json").read_text())
+  yarn = json.loads((pretrain_dir / layout.EVAL / "rope.scaling-yarn_rope.factor-4.json").read_text())
   assert yarn["config"]["model"]["rope"]["scaling"] == "yarn"
 
   # Fine-tune at 4x with PI, then evaluate: multiples stay relative to the pretraining length.
@@ -140,7 +141,7 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   ft.init_from = str(pretrain_dir)
   ft_dir = tmp_path / "rope-pi"
   summary = train_and_evaluate(ft, ft_dir)
-  saved = json.loads((ft_dir / "config.json").read_text())
+  saved = json.loads((ft_dir / layout.CONFIG).read_text())
   assert saved["model"]["d_model"] == 32 and saved["data"]["seq_len"] == 512  # architecture kept
   assert saved["model"]["rope"]["original_length"] == 32 and saved["init_from"] == str(pretrain_dir)
   assert summary["init_from"]["step"] == 30 and summary["tokens_seen"] == 4 * 8 * 512
@@ -152,8 +153,8 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   # first update then differs from the fresh optimizer's.
   ft.init_optimizer = True
   train_and_evaluate(ft, tmp_path / "rope-pi-moments")
-  fresh = read_jsonl(ft_dir / "metrics.jsonl")[0]
-  continued = read_jsonl(tmp_path / "rope-pi-moments" / "metrics.jsonl")[0]
+  fresh = read_jsonl(ft_dir / layout.METRICS)[0]
+  continued = read_jsonl(tmp_path / "rope-pi-moments" / layout.METRICS)[0]
   assert continued["step"] == fresh["step"] == 2
   assert continued["learning_rate"] == pytest.approx(fresh["learning_rate"])
   assert continued["loss"] != pytest.approx(fresh["loss"], rel=1e-6)
@@ -169,7 +170,7 @@ def test_learned_positions_are_not_applicable_beyond_their_table(tiny_config, tm
   assert "model.max_len=32" in results["perplexity"][1]["not_applicable"]
   assert "model.max_len=32" in results["sliding"][1]["not_applicable"]
   # The evaluation went to W&B as its own offline run, with the table and the figures.
-  runs = list((tmp_path / "learned" / "eval" / "wandb").glob("offline-run-*/run-*.wandb"))
+  runs = list((tmp_path / "learned" / layout.EVAL / "wandb").glob("offline-run-*/run-*.wandb"))
   wandb_cli = pathlib.Path(sys.executable).parent / "wandb"
   dump = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
                         capture_output=True, text=True, timeout=120, check=True).stdout

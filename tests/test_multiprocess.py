@@ -11,9 +11,10 @@ import time
 import numpy as np
 
 from lcx.data.sources import Documents
-from lcx.exit_codes import PREEMPTED_EXIT_CODE
+from lcx.cli import PREEMPTED_EXIT_CODE
 from lcx.metrics import read_jsonl
 from lcx.train import train_and_evaluate
+from lcx.runs import layout
 from tests.conftest import ROOT
 
 
@@ -39,7 +40,7 @@ def test_two_processes_match_one_and_checkpoints_cross_over(tiny_config, tmp_pat
   result = _launch(2, two, _flags(tiny_config))
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   train_and_evaluate(tiny_config, one)  # one process, the same 8 devices
-  losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl")]
+  losses = lambda d: [r["loss"] for r in read_jsonl(d / layout.METRICS)]
   assert len(losses(two)) == 6
   np.testing.assert_allclose(losses(two), losses(one), rtol=2e-5)
 
@@ -57,7 +58,7 @@ def test_two_processes_match_one_and_checkpoints_cross_over(tiny_config, tmp_pat
   flags = [f for f in _flags(tiny_config) if "train.steps" not in f] + ["--config.train.steps=10"]
   result = _launch(2, tmp_path / "one-continued", flags)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-  assert [r["step"] for r in read_jsonl(tmp_path / "one-continued" / "metrics.jsonl")][-2:] == [9, 10]
+  assert [r["step"] for r in read_jsonl(tmp_path / "one-continued" / layout.METRICS)][-2:] == [9, 10]
 
 
 def test_a_failing_process_stops_the_launch(tiny_config, tmp_path):
@@ -82,7 +83,7 @@ def _start_pair(config, workdir, log_dir, extra=()):
        f"--workdir={workdir}", *flags, f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={i}", "--config.checkpoint.every_steps=100000",
        *extra], cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-  metrics = workdir / "metrics.jsonl"
+  metrics = workdir / layout.METRICS
   deadline = time.time() + 180
   while time.time() < deadline and not (metrics.exists() and len(read_jsonl(metrics)) >= 3):
     time.sleep(0.5)
@@ -123,11 +124,11 @@ def test_sigterm_on_one_host_gives_one_consistent_checkpoint(tiny_config, tmp_pa
   finally:
     _stop(procs, logs)
   assert codes == [PREEMPTED_EXIT_CODE] * 2  # stopped, not finished: launchers resume it
-  saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+  saved = [int(s) for s in os.listdir(workdir / layout.CHECKPOINTS) if s.isdigit()]
   assert len(saved) == 1
-  summary = json.loads((workdir / "summary.json").read_text())
+  summary = json.loads((workdir / layout.SUMMARY).read_text())
   assert summary["preempted"] and summary["step"] == saved[0]
   # It resumes, here in one process.
   tiny_config.train.steps = saved[0] + 1
   train_and_evaluate(tiny_config, workdir)
-  assert read_jsonl(workdir / "metrics.jsonl")[-1]["step"] == saved[0] + 1
+  assert read_jsonl(workdir / layout.METRICS)[-1]["step"] == saved[0] + 1

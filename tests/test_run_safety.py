@@ -18,6 +18,7 @@ from lcx.metrics import JsonlWriter, read_jsonl
 from lcx.overrides import load_config
 from lcx.train import TrainingDiverged, train_and_evaluate
 from lcx.runs.workdir import WorkdirError
+from lcx.runs import layout
 from tests.conftest import ROOT
 
 FAST_EVAL = EvalOptions(lengths=(32,), max_tokens=256, trials=0, stride=-1)
@@ -33,7 +34,7 @@ def _listing(workdir: pathlib.Path) -> list[str]:
 
 
 def _steps(workdir) -> list[int]:
-  return [r["step"] for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")]
+  return [r["step"] for r in read_jsonl(pathlib.Path(workdir) / layout.METRICS)]
 
 
 def test_evaluating_with_a_typo_is_one_error_and_moves_nothing(trained_run, tiny_config, tmp_path):
@@ -42,7 +43,7 @@ def test_evaluating_with_a_typo_is_one_error_and_moves_nothing(trained_run, tiny
   with pytest.raises(CheckpointMismatch, match=r"model.n_layers: 2 -> 3.*blocks/2/attn/wk is not "
                      r"in the checkpoint"):
     evaluate_run(run, ["model.n_layers=3"], FAST_EVAL, progress=False)
-  assert _listing(run) == before and not (run / "corrupt_checkpoints").exists()
+  assert _listing(run) == before and not (run / layout.QUARANTINE).exists()
   # The run resumes where it was, its metrics intact.
   tiny_config.train.steps = 7
   train_and_evaluate(tiny_config, run)
@@ -52,7 +53,7 @@ def test_evaluating_with_a_typo_is_one_error_and_moves_nothing(trained_run, tiny
 def test_resume_refuses_architecture_and_data_changes_and_allows_them_on_request(
     trained_run, tiny_config, tmp_path):
   run = _copy(trained_run, tmp_path)
-  saved = (run / "config.json").read_text()
+  saved = (run / layout.CONFIG).read_text()
   for field, value in (("model", dict(d_model=64)), ("model", dict(position="alibi")),
                        ("data", dict(seq_len=64))):
     config = tiny_config.copy_and_resolve_references()
@@ -60,14 +61,14 @@ def test_resume_refuses_architecture_and_data_changes_and_allows_them_on_request
     name, new = next(iter(value.items()))
     with pytest.raises(WorkdirError, match=rf"{field}.{name}: .* -> {new!r}.*resume_changes=allow"):
       train_and_evaluate(config, run)
-    assert (run / "config.json").read_text() == saved and _steps(run) == list(range(1, 7))
+    assert (run / layout.CONFIG).read_text() == saved and _steps(run) == list(range(1, 7))
   # Schedule fields may change: the run goes on to step 8 with a new rate.
   tiny_config.train.update(steps=8, learning_rate=1e-3)
   tiny_config.model.position = "alibi"
   tiny_config.resume_changes = "allow"
   train_and_evaluate(tiny_config, run)
   assert _steps(run) == list(range(1, 9))
-  assert json.loads((run / "config.json").read_text())["model"]["position"] == "alibi"
+  assert json.loads((run / layout.CONFIG).read_text())["model"]["position"] == "alibi"
   kept = list(run.glob("config.before-*.json"))
   assert len(kept) == 1 and kept[0].read_text() == saved
 
@@ -86,12 +87,12 @@ def test_a_run_whose_checkpoints_were_all_set_aside_is_not_restarted(trained_run
                                                                       tmp_path):
   run = _copy(trained_run, tmp_path)
   for step in (3, 6):
-    _damage(run / "checkpoints" / str(step))
-  metrics = (run / "metrics.jsonl").read_text()
+    _damage(run / layout.CHECKPOINTS / str(step))
+  metrics = (run / layout.METRICS).read_text()
   with pytest.raises(WorkdirError, match="set aside as damaged.*corrupt_checkpoints: 3, 6"):
     train_and_evaluate(tiny_config, run)
-  assert sorted(os.listdir(run / "corrupt_checkpoints")) == ["3", "6"]
-  assert (run / "metrics.jsonl").read_text() == metrics
+  assert sorted(os.listdir(run / layout.QUARANTINE)) == ["3", "6"]
+  assert (run / layout.METRICS).read_text() == metrics
   with pytest.raises(WorkdirError, match="set aside"):  # and not on the next try either
     train_and_evaluate(tiny_config, run)
 
@@ -119,15 +120,15 @@ def test_checkpoint_values_are_checked_against_their_checksums(trained_run, tiny
                                                                caplog):
   run = _copy(trained_run, tmp_path)
   # Checkpoint 6's parameter files replaced by step 3's: every file reads back without an error.
-  shutil.rmtree(run / "checkpoints" / "6" / "params")
-  shutil.copytree(run / "checkpoints" / "3" / "params", run / "checkpoints" / "6" / "params")
+  shutil.rmtree(run / layout.CHECKPOINTS / "6" / "params")
+  shutil.copytree(run / layout.CHECKPOINTS / "3" / "params", run / layout.CHECKPOINTS / "6" / "params")
   with caplog.at_level("ERROR"):
     results, _ = evaluate_run(run, [], FAST_EVAL, progress=False)
   assert results["checkpoint_step"] == 3  # evaluation skips it and moves nothing
-  assert "differ from the checksums" in caplog.text and (run / "checkpoints" / "6").is_dir()
+  assert "differ from the checksums" in caplog.text and (run / layout.CHECKPOINTS / "6").is_dir()
   tiny_config.train.steps = 7
   train_and_evaluate(tiny_config, run)  # training sets it aside and resumes from step 3
-  assert (run / "corrupt_checkpoints" / "6").is_dir()
+  assert (run / layout.QUARANTINE / "6").is_dir()
   assert _steps(run) == list(range(1, 8))
   assert [r["step"] for r in read_jsonl(run / "metrics.superseded.jsonl")] == [4, 5, 6]
 
@@ -152,8 +153,8 @@ def test_a_run_on_a_damaged_token_cache_trains_on_the_rebuilt_one(trained_run, t
   with caplog.at_level("WARNING"):
     train_and_evaluate(tiny_config, tmp_path / "run")
   assert "do not match their checksum" in caplog.text
-  losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
-  np.testing.assert_allclose(losses, [r["loss"] for r in read_jsonl(trained_run / "metrics.jsonl")],
+  losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / layout.METRICS)]
+  np.testing.assert_allclose(losses, [r["loss"] for r in read_jsonl(trained_run / layout.METRICS)],
                              rtol=1e-6)
 
 
@@ -163,11 +164,11 @@ def test_a_diverging_run_checkpoints_nothing_and_a_saner_rerun_trains(tiny_confi
   with pytest.raises(TrainingDiverged, match="cannot train on|not finite"):
     train_and_evaluate(tiny_config, tmp_path / "run")
   # Step 1's parameters give a finite loss but gradients that are not: no checkpoint holds them.
-  assert not [s for s in os.listdir(tmp_path / "run" / "checkpoints") if s.isdigit()]
+  assert not [s for s in os.listdir(tmp_path / "run" / layout.CHECKPOINTS) if s.isdigit()]
   tiny_config.train.update(learning_rate=1e-3, steps=3)
   train_and_evaluate(tiny_config, tmp_path / "run")
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0
-             for r in read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+             for r in read_jsonl(tmp_path / "run" / layout.METRICS))
 
 
 def test_a_second_training_on_a_workdir_is_refused_until_the_first_is_gone(tiny_config, tmp_path):
@@ -182,7 +183,7 @@ def test_a_second_training_on_a_workdir_is_refused_until_the_first_is_gone(tiny_
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(WorkdirError, match=rf"in use by another training \(pid {holder.pid} "):
       train_and_evaluate(tiny_config, workdir)
-    assert not (workdir / "config.json").exists()
+    assert not (workdir / layout.CONFIG).exists()
   finally:
     holder.kill()  # dies without releasing anything: its lock is stale
     holder.wait()
@@ -193,7 +194,7 @@ def test_a_second_training_on_a_workdir_is_refused_until_the_first_is_gone(tiny_
 
 def test_metrics_survive_a_cut_off_line_and_a_deleted_file(trained_run, tiny_config, tmp_path):
   run = _copy(trained_run, tmp_path)
-  with open(run / "metrics.jsonl", "a") as f:
+  with open(run / layout.METRICS, "a") as f:
     f.write('{"step": 7, "loss": 2.')  # a crash in the middle of a write
   assert _steps(run) == list(range(1, 7))  # readers skip it
   tiny_config.train.steps = 8
@@ -334,9 +335,9 @@ def test_a_full_disk_stops_the_run_at_once_in_one_line_keeping_its_checkpoints(t
                                        (tmp_path / "err.log").read_text())
   line = _one_line_error(result, "lcx.train: ")
   # ls lists 12 before 4: sort as numbers
-  kept = sorted(int(s) for s in (tmp_path / "checkpoints").read_text().split() if s.isdigit())
+  kept = sorted(int(s) for s in (tmp_path / layout.CHECKPOINTS).read_text().split() if s.isdigit())
   assert kept == list(range(4, 4 * len(kept) + 1, 4))  # every checkpoint written is kept
-  rows = read_jsonl(tmp_path / "metrics.jsonl")  # whole rows, one a step from the first
+  rows = read_jsonl(tmp_path / layout.METRICS)  # whole rows, one a step from the first
   assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
   # Whichever write meets the full disk first says so, naming what it wrote: a checkpoint, or a
   # file of the run (metrics, a status or summary file, ...); which one depends on timing.
@@ -399,7 +400,7 @@ def test_evaluate_command_line_mistakes_are_one_line(trained_run):
       (["--config.model.n_layers=3"], "the overrides change model.n_layers: 2 -> 3")):
     result = _cli("lcx.evaluate", f"--workdir={trained_run}", *args)
     assert expected in _one_line_error(result, "lcx.evaluate: ")
-  assert not (trained_run / "corrupt_checkpoints").exists()
+  assert not (trained_run / layout.QUARANTINE).exists()
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -424,8 +425,8 @@ def test_multiprocess_launch_stops_promptly_naming_the_failed_process(tiny_confi
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 180
-    while time.time() < deadline and len(read_jsonl(workdir / "metrics.jsonl")
-                                         if (workdir / "metrics.jsonl").exists() else []) < 2:
+    while time.time() < deadline and len(read_jsonl(workdir / layout.METRICS)
+                                         if (workdir / layout.METRICS).exists() else []) < 2:
       time.sleep(0.3)
     peer = subprocess.run(["pgrep", "-f", f"process_id=1 .*--workdir={workdir}"],
                           capture_output=True, text=True).stdout.split()

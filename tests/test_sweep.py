@@ -17,6 +17,7 @@ from lcx import report as report_lib
 from lcx.report import plots as report_plots
 from lcx.metrics import read_jsonl
 from lcx.report import write_report
+from lcx.runs import layout
 from lcx.sweep import (Run, Stage, check_runs, launchers, load_sweep, product, run_sweep,
                        zip_)
 from tests.conftest import ROOT
@@ -128,9 +129,9 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
   assert all(s == "done" for run in states.values() for s in run.values()), states
   assert json.loads((out / "status.json").read_text()) == states
   for run in ("alibi", "rope"):
-    assert (out / run / "pretrain" / "eval" / "eval.json").exists()
-  assert (out / "rope" / "finetune-yarn" / "eval" / "eval-finetune-yarn.json").exists()
-  finetune = json.loads((out / "rope" / "finetune-yarn" / "config.json").read_text())
+    assert (out / run / "pretrain" / layout.EVAL / "eval.json").exists()
+  assert (out / "rope" / "finetune-yarn" / layout.EVAL / "eval-finetune-yarn.json").exists()
+  finetune = json.loads((out / "rope" / "finetune-yarn" / layout.CONFIG).read_text())
   assert finetune["init_from"] == str(out / "rope" / "pretrain")
   assert finetune["wandb"]["group"] == "tiny_study-" + data_dir
   assert finetune["wandb"]["tags"] == ["rope"] and finetune["wandb"]["job_type"] == "finetune"
@@ -142,13 +143,13 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
 
   # An interrupted pretraining: only its step-3 checkpoint exists and it is not marked done.
   pretrain = out / "alibi" / "pretrain"
-  straight = read_jsonl(pretrain / "metrics.jsonl")
-  shutil.rmtree(pretrain / "checkpoints" / "6")
+  straight = read_jsonl(pretrain / layout.METRICS)
+  shutil.rmtree(pretrain / layout.CHECKPOINTS / "6")
   os.remove(out / "alibi" / "pretrain.done")
-  os.remove(pretrain / "summary.json")
+  os.remove(pretrain / layout.SUMMARY)
   run_sweep(spec, out, only="alibi", progress=False)
   assert set(json.loads((out / "status.json").read_text())) == {"alibi", "rope"}  # rope's kept
-  resumed = read_jsonl(pretrain / "metrics.jsonl")
+  resumed = read_jsonl(pretrain / layout.METRICS)
   assert [r["step"] for r in resumed] == list(range(1, 7))
   assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
   assert "resumed from" in (out / "alibi" / "pretrain.log").read_text()
@@ -194,7 +195,7 @@ def test_ctrl_c_stops_the_sweep_and_its_stage_in_one_line(data_dir, tmp_path):
       env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    metrics = out / "alibi" / "pretrain" / "metrics.jsonl"
+    metrics = out / "alibi" / "pretrain" / layout.METRICS
     deadline = time.time() + 240
     while time.time() < deadline and sweep.poll() is None and (
         len(read_jsonl(metrics)) < 4 if metrics.exists() else True):
@@ -210,7 +211,7 @@ def test_ctrl_c_stops_the_sweep_and_its_stage_in_one_line(data_dir, tmp_path):
   assert last.startswith("lcx.sweep: interrupted during alibi/pretrain, which stopped") and (
       "the same command resumes the study from there" in last), last
   assert json.loads((out / "status.json").read_text())["alibi"]["pretrain"] == "stopped"
-  assert (out / "alibi" / "pretrain" / "checkpoints" / "3").is_dir()
+  assert (out / "alibi" / "pretrain" / layout.CHECKPOINTS / "3").is_dir()
   assert "lcx.train: interrupted" in (out / "alibi" / "pretrain.log").read_text()
 
 
@@ -219,19 +220,19 @@ def test_report_of_a_moved_half_finished_study_lists_what_is_missing(tiny_study,
   # The study as if it had been run in `produced` (the paths recorded inside point there), then
   # moved to `moved`: nothing at the recorded paths exists any more.
   produced, moved = tmp_path / "produced", tmp_path / "moved"
-  shutil.copytree(out, produced, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+  shutil.copytree(out, produced, ignore=shutil.ignore_patterns(layout.CHECKPOINTS, "wandb"))
   for path in produced.rglob("*.json"):
     path.write_text(path.read_text().replace(str(out), str(produced)))
   produced.rename(moved)
-  (moved / "rope" / "finetune-yarn" / "eval" / "eval-finetune-yarn.json").unlink()  # not run yet
-  cut = moved / "alibi" / "pretrain" / "eval" / "eval.json"
+  (moved / "rope" / "finetune-yarn" / layout.EVAL / "eval-finetune-yarn.json").unlink()  # not run yet
+  cut = moved / "alibi" / "pretrain" / layout.EVAL / "eval.json"
   cut.write_text(cut.read_text()[:200])  # a crash mid-write
   report, table = write_report(moved)
   assert "| rope |" in table and "| rope FT yarn x4 |" not in table
   assert "- rope/eval-finetune-yarn: not finished, no outputs yet (sweep status: done)" in table
   assert "- alibi/pretrain/eval/eval.json: left out" in table and "not valid JSON" in table
   assert "Not in this report" in report.read_text()
-  (moved / "rope" / "pretrain" / "eval" / "eval.json").unlink()
+  (moved / "rope" / "pretrain" / layout.EVAL / "eval.json").unlink()
   with pytest.raises(ValueError, match="holds no evaluated lcx runs.*eval.json is not valid JSON"):
     write_report(moved)
 
@@ -322,7 +323,7 @@ def test_slurm_launcher_submits_the_study_as_a_chain_of_jobs(tmp_path, monkeypat
   (tmp_path / "submitted").unlink()
   pretrain = out / "rope" / "pretrain"
   pretrain.mkdir(parents=True)
-  (pretrain / "summary.json").write_text(json.dumps({"preempted": False}))
+  (pretrain / layout.SUMMARY).write_text(json.dumps({"preempted": False}))
   states = run_sweep(str(ROOT / "experiments/extrapolation.py:cpu"), out, only="rope",
                      launcher=launchers.parse("slurm"), progress=False)
   assert states["rope"]["pretrain"] == "done"
@@ -343,10 +344,10 @@ def test_multiprocess_launcher_trains_each_stage_over_two_processes(tiny_study, 
   assert states == {"alibi": {"pretrain": "done", "eval": "done"}}, (
       out / "alibi" / "pretrain.log").read_text()[-3000:]
   assert (tmp_path / "logs" / "process_1.log").stat().st_size > 0  # the second process ran
-  losses = [r["loss"] for r in read_jsonl(out / "alibi" / "pretrain" / "metrics.jsonl")]
-  expected = [r["loss"] for r in read_jsonl(single / "alibi" / "pretrain" / "metrics.jsonl")]
+  losses = [r["loss"] for r in read_jsonl(out / "alibi" / "pretrain" / layout.METRICS)]
+  expected = [r["loss"] for r in read_jsonl(single / "alibi" / "pretrain" / layout.METRICS)]
   assert losses == pytest.approx(expected, rel=2e-5)
-  assert (out / "alibi" / "pretrain" / "eval" / "eval.json").exists()
+  assert (out / "alibi" / "pretrain" / layout.EVAL / "eval.json").exists()
 
 
 def test_the_report_names_memory_arms_and_compares_their_late_segments():

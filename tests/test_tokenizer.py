@@ -18,6 +18,7 @@ from lcx import config as config_lib
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import SentencePieceTokenizer, make_tokenizer
 from lcx import tokenizer as tokenizer_training
+from lcx.runs import layout
 from tests.conftest import ROOT, make_tiny_config
 
 VOCAB = 1024
@@ -71,7 +72,7 @@ def test_a_subword_run_trains_evaluates_and_retrieves(model_file, data_dir, tmp_
   c.checkpoint.every_steps = 8
   workdir = tmp_path / "run"
   train_and_evaluate(c, workdir)
-  saved = json.loads((workdir / "config.json").read_text())
+  saved = json.loads((workdir / layout.CONFIG).read_text())
   assert saved["data"]["tokenizer"] == f"sentencepiece:{model_file}"
   assert saved["data"]["tokenizer_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
   assert saved["model"]["vocab_size"] >= VOCAB

@@ -17,7 +17,7 @@ from lcx import config as config_lib
 from lcx import positions
 
 from lcx.data.sources import Documents
-from lcx.exit_codes import PREEMPTED_EXIT_CODE
+from lcx.cli import PREEMPTED_EXIT_CODE
 from lcx.data.tokenizers import ByteTokenizer
 from lcx.metrics import read_jsonl
 from lcx.model import token_losses
@@ -25,13 +25,14 @@ from lcx.sharding import make_mesh
 from lcx.train import train_and_evaluate
 from lcx.optimizer import OptimizerConfig
 from lcx.train.step import TrainProgram
+from lcx.runs import layout
 from tests.conftest import ROOT
 
 SCHEMES = positions.available()  # every registered scheme
 
 
 def _losses(workdir) -> list[float]:
-  return [r["loss"] for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")]
+  return [r["loss"] for r in read_jsonl(pathlib.Path(workdir) / layout.METRICS)]
 
 
 def _run(config, workdir, devices=None):
@@ -94,14 +95,14 @@ def test_resume_matches_straight_run(tiny_config, tmp_path, memory):
     _with_memory(tiny_config)
   straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
   straight = _run(tiny_config, straight_dir)
-  assert sorted(os.listdir(straight_dir / "checkpoints")) == ["3", "6"]
+  assert sorted(os.listdir(straight_dir / layout.CHECKPOINTS)) == ["3", "6"]
   # An interrupted run: it got to step 6 but only the step-3 checkpoint survived.
   shutil.copytree(straight_dir, resumed_dir)
-  shutil.rmtree(resumed_dir / "checkpoints" / "6")
+  shutil.rmtree(resumed_dir / layout.CHECKPOINTS / "6")
   resumed = _run(tiny_config, resumed_dir)
-  assert [r["step"] for r in read_jsonl(resumed_dir / "metrics.jsonl")] == list(range(1, 7))
+  assert [r["step"] for r in read_jsonl(resumed_dir / layout.METRICS)] == list(range(1, 7))
   np.testing.assert_allclose(resumed, straight, rtol=1e-6)
-  meta = json.loads((resumed_dir / "checkpoints" / "6" / "meta" / "metadata").read_text())
+  meta = json.loads((resumed_dir / layout.CHECKPOINTS / "6" / "meta" / "metadata").read_text())
   assert meta["step"] == 6 and meta["tokens_seen"] == 6 * 8 * 32
 
 
@@ -109,17 +110,17 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained_run, tiny_conf
                                                           caplog):
   workdir = shutil.copytree(trained_run, tmp_path / "run")
   straight = _losses(workdir)
-  for path in (workdir / "checkpoints" / "6" / "params").rglob("*"):
+  for path in (workdir / layout.CHECKPOINTS / "6" / "params").rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")
   # A save that was cut off before it was finalized stays a temporary folder; it is ignored.
-  shutil.copytree(workdir / "checkpoints" / "3", workdir / "checkpoints" / "9.orbax-checkpoint-tmp")
+  shutil.copytree(workdir / layout.CHECKPOINTS / "3", workdir / layout.CHECKPOINTS / "9.orbax-checkpoint-tmp")
   tiny_config.train.steps = 7
   with caplog.at_level("ERROR"):
     resumed = _run(tiny_config, workdir)
   assert "does not restore" in caplog.text and "checkpoints/6" in caplog.text
-  assert (workdir / "corrupt_checkpoints" / "6").is_dir()  # kept, not deleted
-  assert sorted(os.listdir(workdir / "checkpoints"))[:3] == ["3", "6", "7"]
+  assert (workdir / layout.QUARANTINE / "6").is_dir()  # kept, not deleted
+  assert sorted(os.listdir(workdir / layout.CHECKPOINTS))[:3] == ["3", "6", "7"]
   # Steps 4-6 were retrained from step 3 (the schedule differs now: 7 steps, not 6).
   assert len(resumed) == 7 and resumed[:3] == straight[:3]
 
@@ -139,7 +140,7 @@ def test_tiny_run_learns_well_below_unigram_entropy(tiny_config, tmp_path, data_
   tiny_config.train.update(steps=200, log_every=25, warmup_steps=20)
   tiny_config.checkpoint.every_steps = 200
   train_and_evaluate(tiny_config, tmp_path / "run")
-  records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  records = read_jsonl(tmp_path / "run" / layout.METRICS)
   entropy = _unigram_entropy(data_dir)
   assert 2.5 < entropy < 4.0  # nats per byte of Python source
   final = np.mean([r["loss"] for r in records[-3:]])
@@ -153,7 +154,7 @@ def test_tiny_run_learns_well_below_unigram_entropy(tiny_config, tmp_path, data_
   attention_half = 6 * 2 * 64 * 64 * records[-1]["tokens_per_second"] / records[-1]["peak_flops"]
   assert records[-1]["mfu"] - records[-1]["mfu_causal"] == pytest.approx(attention_half)
   assert 50 * 2**20 < records[-1]["peak_memory_bytes"] < 20 * 2**30
-  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  saved = json.loads((tmp_path / "run" / layout.CONFIG).read_text())
   assert saved["model"]["head_dim"] == 16 and saved["mesh"]["data"] == 8
 
 
@@ -169,7 +170,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
                           stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 120
-    metrics = workdir / "metrics.jsonl"
+    metrics = workdir / layout.METRICS
     while time.time() < deadline and not (metrics.exists() and len(_losses(workdir)) >= 3):
       time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -177,9 +178,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
   finally:
     proc.kill()
   assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]  # stopped early: not finished
-  saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+  saved = [int(s) for s in os.listdir(workdir / layout.CHECKPOINTS) if s.isdigit()]
   assert len(saved) == 1 and 3 <= saved[0] < 100000
-  summary = json.loads((workdir / "summary.json").read_text())
+  summary = json.loads((workdir / layout.SUMMARY).read_text())
   assert summary["preempted"] and summary["step"] == saved[0]
   assert "outputs in" in out
   # The next start resumes there.
@@ -197,7 +198,7 @@ def test_wandb_offline_run_is_written(tiny_config, tmp_path, monkeypatch):
   train_and_evaluate(tiny_config, tmp_path / "run")
   runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
   assert len(runs) == 1 and runs[0].stat().st_size > 0
-  run_id = (tmp_path / "run" / "wandb_run_id").read_text()
+  run_id = (tmp_path / "run" / layout.WANDB_ID).read_text()
   assert run_id in runs[0].name
   # Read the offline run back: W&B holds the same losses as metrics.jsonl.
   wandb_cli = pathlib.Path(sys.executable).parent / "wandb"
@@ -211,7 +212,7 @@ def test_wandb_offline_run_is_written(tiny_config, tmp_path, monkeypatch):
 def test_eval_during_training_logs_a_length_sweep(tiny_config, tmp_path):
   tiny_config.eval.update(every_steps=3, multiples=(1, 4), max_tokens=512)
   train_and_evaluate(tiny_config, tmp_path / "run")
-  records = read_jsonl(tmp_path / "run" / "eval_metrics.jsonl")
+  records = read_jsonl(tmp_path / "run" / layout.EVAL_METRICS)
   assert [r["step"] for r in records] == [3, 6]
   for r in records:
     assert set(r) == {"step", "eval/loss_x1", "eval/perplexity_x1", "eval/loss_x4",
@@ -279,7 +280,7 @@ def test_the_retrieval_probe_scores_fixed_trials_during_training(tiny_config, tm
   tiny_config.eval.update(every_steps=3, multiples=(1,), max_tokens=512,
                           probe_tasks=("niah_single", "niah_multikey"), probe_trials=4)
   train_and_evaluate(tiny_config, tmp_path / "run")
-  records = read_jsonl(tmp_path / "run" / "eval_metrics.jsonl")
+  records = read_jsonl(tmp_path / "run" / layout.EVAL_METRICS)
   assert [r["step"] for r in records] == [3, 6]
   for r in records:  # niah_multikey (python) needs 84 tokens and fits; prose is not trained
     assert {k for k in r if "retrieval" in k} == {

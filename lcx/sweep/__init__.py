@@ -23,7 +23,7 @@ import time
 
 import tqdm
 
-from lcx.exit_codes import PREEMPTED_EXIT_CODE
+from lcx.cli import PREEMPTED_EXIT_CODE
 from lcx.files import write_atomic
 from lcx.data.tokenizers import SENTENCEPIECE
 from lcx.overrides import load_config, load_module

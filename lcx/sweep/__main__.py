@@ -30,11 +30,11 @@ def main(argv, overrides):
                        only=_ONLY.value, launcher=launcher, overrides=tuple(overrides))
   except Interrupted as e:
     print(f"lcx.sweep: {e}", file=sys.stderr)
-    sys.exit(130)  # the shell's status for Ctrl-C
+    sys.exit(cli.INTERRUPTED_EXIT_CODE)
   except KeyboardInterrupt:  # between stages, or while loading the study
     print("lcx.sweep: interrupted; finished stages are kept, and the same command goes on "
           "from where it stopped", file=sys.stderr)
-    sys.exit(130)
+    sys.exit(cli.INTERRUPTED_EXIT_CODE)
   except (ValueError, RuntimeError) as e:
     sys.exit(f"lcx.sweep: {e}")
   except OSError as e:  # --out not a directory, not writable

@@ -11,7 +11,6 @@ from lcx import cli
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
 from lcx.data.token_cache import DamagedCache
-from lcx.exit_codes import PREEMPTED_EXIT_CODE
 from lcx.runs.checkpoint import SaveFailed
 from lcx.train import distributed
 from lcx.train.loop import TrainingDiverged, train_and_evaluate
@@ -69,7 +68,7 @@ def main(argv, overrides):
   if summary["wandb"]:
     print(f"  wandb        {summary['wandb']}")
   if summary["preempted"]:
-    sys.exit(PREEMPTED_EXIT_CODE)
+    sys.exit(cli.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
