@@ -9,6 +9,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -83,3 +84,11 @@ def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   if active is None:
     return x
   return jax.lax.with_sharding_constraint(x, named_sharding(active[0], names, active[1]))
+
+
+def param_shardings(abstract_params, mesh: Mesh, rules: Rules):
+  """Each parameter's NamedSharding from its logical axis names (nnx Params carry them)."""
+  def one(variable):
+    names = variable.get_metadata().get("logical_axes") or (None,) * variable.value.ndim
+    return variable.replace(value=named_sharding(mesh, names, rules))
+  return jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))

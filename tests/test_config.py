@@ -109,7 +109,7 @@ def test_resolve_fills_derived_fields():
 def test_presets_have_the_advertised_sizes(tmp_path, monkeypatch):
   from lcx import config as config_lib
   from lcx.model import count_params
-  from lcx.train.step import abstract_model
+  from lcx.model.transformer import abstract_model
   sizes = {}
   for preset in ("125m", "350m"):
     c = pretrain.get_config(preset)

@@ -5,7 +5,8 @@ first asked for, so that reading a model's configuration builds and loads no Fla
 """
 _PARTS = {"ModelConfig": "config", "REMAT_POLICIES": "config",
           "Transformer": "transformer", "token_losses": "transformer",
-          "count_params": "transformer", "project": "transformer", "run_blocks": "transformer"}
+          "count_params": "transformer", "project": "transformer", "run_blocks": "transformer",
+          "abstract_model": "transformer"}
 __all__ = sorted(_PARTS)
 
 

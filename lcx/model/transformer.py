@@ -309,3 +309,9 @@ def count_params(params_state) -> dict[str, int]:
     if keys & {"embedding", "head", "table"}:
       embedding += n
   return {"total": total, "non_embedding": total - embedding}
+
+
+def abstract_model(model_cfg: ModelConfig):
+  """(graphdef, abstract params) without allocating anything."""
+  model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+  return nnx.split(model, nnx.Param)

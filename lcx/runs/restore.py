@@ -8,7 +8,8 @@ import ml_collections
 from lcx import config as config_lib
 from lcx.runs.checkpoint import Checkpointer, CheckpointMismatch
 from lcx.runs.layout import CONFIG
-from lcx.train.step import abstract_model, param_shardings
+from lcx.model.transformer import abstract_model
+from lcx.sharding import param_shardings
 
 
 def saved_config(workdir) -> ml_collections.ConfigDict:

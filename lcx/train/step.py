@@ -6,29 +6,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lcx.model.config import ModelConfig
-from lcx.model.transformer import Transformer, token_losses
+from lcx.model.transformer import Transformer, abstract_model, token_losses
 from lcx.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from lcx.sharding import Rules, activation_sharding, named_sharding, shard
+from lcx.sharding import Rules, activation_sharding, named_sharding, param_shardings, shard
 
 BATCH_NAMES = ("batch", None)
-
-
-def _is_variable(x) -> bool:
-  return isinstance(x, nnx.Variable)
-
-
-def abstract_model(model_cfg: ModelConfig):
-  """(graphdef, abstract params) without allocating anything."""
-  model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
-  return nnx.split(model, nnx.Param)
-
-
-def param_shardings(abstract_params, mesh: Mesh, rules: Rules):
-  """Each parameter's NamedSharding from its logical axis names."""
-  def one(variable):
-    names = variable.get_metadata().get("logical_axes") or (None,) * variable.value.ndim
-    return variable.replace(value=named_sharding(mesh, names, rules))
-  return jax.tree.map(one, abstract_params, is_leaf=_is_variable)
 
 
 class TrainProgram:
@@ -46,7 +28,8 @@ class TrainProgram:
     params_sh = param_shardings(abstract_params, mesh, rules)
     opt_sh = optax.tree_map_params(
         self.tx, lambda _, sharding: sharding, self.abstract_state["opt_state"], params_sh,
-        transform_non_params=lambda _: replicated, is_leaf=_is_variable)
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, nnx.Variable))
     self.state_shardings = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
     self.batch_sharding = named_sharding(mesh, BATCH_NAMES, rules)
     self.init = jax.jit(self._init_state, out_shardings=self.state_shardings)
