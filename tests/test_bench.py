@@ -12,7 +12,7 @@ import tqdm
 
 from lcx import bench
 from lcx.attention import choice as kernel_choice
-from lcx.bench.__main__ import preset_target_checks
+from lcx.bench.targets import preset_target_checks
 from lcx.model import ModelConfig
 from tests.conftest import ROOT
 

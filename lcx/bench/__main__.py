@@ -5,7 +5,8 @@
 The input pipeline alone (no model timed): --lengths= --eval_lengths= --profile_lengths=
 
 Prints markdown tables (train step per scheme and length, long-context evaluation, the input
-pipeline, the targets) and writes the numbers as JSON. See lcx/bench/__init__.py for what is measured.
+pipeline, the targets) and writes the numbers as JSON. See lcx/bench/__init__.py for what is
+measured.
 """
 import json
 import pathlib
@@ -18,9 +19,11 @@ from absl import flags
 
 from lcx import attention as attention_lib
 from lcx.attention.kernels import QUADRATIC
-from lcx import bench, cli, positions
+from lcx import bench, cli
 from lcx import overrides as overrides_lib
 from lcx.bench import data as data_bench
+from lcx.bench.tables import eval_table, profile_table, train_table
+from lcx.bench.targets import PIPELINE_TOKENS_PER_SECOND, preset_target_checks, target_checks
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import make_tokenizer
 from lcx.model import ModelConfig
@@ -58,176 +61,6 @@ _DATA_BATCHES = flags.DEFINE_integer("data_batches", 5, "Batches timed per pipel
 _DATA_CONFIG = flags.DEFINE_string("data_config", "configs/pretrain.py:tiny", "The run config "
                                    "whose corpus (data.name, data_dir, ...) the pipeline reads; "
                                    "--config.data.FIELD=VALUE changes it.")
-
-# The targets of the issues that asked for this benchmark, checked on every run: the CPU bench
-# model's, and an accelerator preset's (every scheme at full speed, measured against `none`
-# through `auto`, whatever kernel it picks).
-TRAIN_LAYERS = bench.TRAIN_MODEL["n_layers"]
-TARGETS = {"rope_overhead": 1.03, "learned_bias_overhead": 1.10, "alibi_overhead": 1.01, "alibi_memory": 1.01, "mfu": 0.75,
-           "eval_memory_gib": 8.0}
-PRESET_TARGETS = {"bias_overhead": 1.05, "mfu_causal": 0.50, "eval_memory_gib": 16.0}
-PIPELINE_TOKENS_PER_SECOND = 2e6  # per host, from the token cache (issue 20)
-
-
-def _gib(n):
-  return f"{n / 2 ** 30:.2f}"
-
-
-def _ratio(x):
-  return "-" if x is None else f"{x:.3f}"
-
-
-def train_table(rows) -> str:
-  lines = ["| scheme | L | batch | attention | step s | tokens/s | MFU (PaLM) | MFU (causal) | "
-           "time vs none | memory GiB | memory vs none |", "| --- | ---: | ---: | --- | ---: | "
-           "---: | ---: | ---: | ---: | ---: | ---: |"]
-  for r in rows:
-    kernel = r["implementation"] + (f" ({r['kernel']})" if r["kernel"] != r["implementation"]
-                                    else "")
-    lines.append(f"| {r['scheme']} | {r['length']} | {r['batch']} | {kernel} | "
-                 f"{r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
-                 f"{100 * r['mfu']:.1f}% | {100 * r['mfu_causal']:.1f}% | "
-                 f"{_ratio(r['time_vs_none'])} | "
-                 f"{_gib(r['memory_bytes'])} | {_ratio(r['memory_vs_none'])} |")
-  return "\n".join(lines)
-
-
-def eval_table(rows) -> str:
-  lines = ["| scheme | length | attention | seconds | tokens/s | memory GiB |",
-           "| --- | ---: | --- | ---: | ---: | ---: |"]
-  for r in rows:
-    if r["seconds"] is None:  # over the budget: what it would need
-      timing, memory = "not run | -", f"{_gib(r['memory_bytes'])} (needed)"
-    else:
-      timing = f"{r['seconds']:.2f} | {r['tokens_per_second']:,.0f}"
-      memory = _gib(r["memory_bytes"])
-    kernel = r["implementation"] + (f" ({r['kernel']})" if r["kernel"] != r["implementation"]
-                                    else "")
-    lines.append(f"| {r['scheme']} | {r['length']} | {kernel} | {timing} | {memory} |")
-  return "\n".join(lines)
-
-
-def profile_table(profiles, peak: float, train_rows) -> str:
-  """Where one layer's attention time goes, one column per kernel, against the matmul peak and
-  the train step with that kernel."""
-  def column(p):
-    rate = p["forward_backward_matmul_flops"] / p["forward_backward_seconds"]
-    step = next((r for r in train_rows if r["scheme"] == "none" and r["length"] == p["length"]
-                 and r["implementation"] == p["implementation"]), None)
-    share = "-" if step is None else (
-        f"{100 * TRAIN_LAYERS * p['forward_backward_seconds'] / step['step_seconds']:.0f}% of "
-        f"{step['step_seconds']:.2f} s")
-    bias_cost = (p["alibi_vs_none"] - 1) * p["forward_backward_seconds"]
-    bias_share = "-" if step is None else (
-        f"{100 * TRAIN_LAYERS * bias_cost / step['step_seconds']:+.1f}%")
-    return [str(p["batch"]), f"{1e3 * p['forward_seconds']:.0f} ms",
-            f"{1e3 * p['forward_backward_seconds']:.0f} ms",
-            f"{p['forward_backward_matmul_flops'] / 1e9:.1f} GFLOP ({p['tiles']} tiles)",
-            f"{rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of peak", share,
-            f"{1e3 * p['forward_backward_alibi_seconds']:.0f} ms ({p['alibi_vs_none']:.3f}x)",
-            bias_share]
-
-  p = profiles[0]
-  what = ["batch", "forward", "forward + backward",
-          f"matmul work in it (the visible {p['block']}x{p['block']} tiles, 7 products each)",
-          "its matmul rate", f"{TRAIN_LAYERS} layers of it in the `none` train step",
-          "forward + backward with ALiBi's bias (timed in alternation with the line above; "
-          "the ratio is the median of the rounds' ratios)",
-          f"what the bias adds to the `none` train step ({TRAIN_LAYERS} layers)"]
-  columns = [column(p) for p in profiles]
-  lines = ["| what | " + " | ".join(f"{p['implementation']} L={p['length']}" for p in profiles)
-           + " |",
-           "| --- |" + " ---: |" * len(profiles)]
-  lines += [f"| {w} | " + " | ".join(c[i] for c in columns) + " |" for i, w in enumerate(what)]
-  tile = max(p["tile_matmul_flops_per_second"] for p in profiles)
-  lines.append(f"\nOne XLA tile product alone (batch x heads of {p['block']}x{p['head_dim']} @ "
-               f"{p['head_dim']}x{p['block']}, what the blockwise kernel is made of), the best of "
-               f"the lengths: {tile / 1e9:.0f} GFLOP/s = {100 * tile / peak:.0f}% of peak.")
-  return "\n".join(lines)
-
-
-def target_checks(train_rows, eval_rows, profiles=()) -> list[tuple[str, bool, str]]:
-  """(what, met, the measurement) for each target the rows can answer. The ALiBi overhead is also
-  checked from the kernel timed alone (profiles), where the train step's noise does not reach."""
-  checks = []
-  ran = {r["implementation"] for r in train_rows}
-  best = next((name for name in ("native", "blockwise") if name in ran), None)
-  for r in train_rows:
-    # A learned bias is measured through the fastest kernel that takes it, against none there.
-    kind = positions.bias_kind(bench.VARIANTS[r["scheme"]]["position"])
-    if kind is not None and kind.learned:
-      fastest = bench.implementations_for(r["scheme"], (best, "blockwise"))[:1]
-      if (r["implementation"],) == fastest and r["time_vs_none"] is not None:
-        checks.append((f"{r['scheme']} step time <= {TARGETS['learned_bias_overhead']}x none at "
-                       f"L={r['length']} ({r['implementation']})",
-                       r["time_vs_none"] <= TARGETS["learned_bias_overhead"],
-                       _ratio(r["time_vs_none"])))
-      continue
-    if r["implementation"] != best:
-      continue
-    if r["scheme"] in ("rope", "xpos", "p-rope"):  # the rotations: within RoPE's figure
-      checks.append((f"{r['scheme']} step time <= {TARGETS['rope_overhead']}x none at "
-                     f"L={r['length']}", r["time_vs_none"] <= TARGETS["rope_overhead"],
-                     _ratio(r["time_vs_none"])))
-    if r["scheme"] == "alibi":
-      checks.append((f"ALiBi step time <= {TARGETS['alibi_overhead']}x none at L={r['length']}",
-                     r["time_vs_none"] <= TARGETS["alibi_overhead"], _ratio(r["time_vs_none"])))
-      checks.append((f"ALiBi memory <= {TARGETS['alibi_memory']}x none at L={r['length']}",
-                     r["memory_vs_none"] <= TARGETS["alibi_memory"], _ratio(r["memory_vs_none"])))
-    if r["scheme"] == "none" and r["length"] == 1024:
-      checks.append((f"MFU >= {100 * TARGETS['mfu']:.0f}% (d512 4L, L=1024, batch "
-                     f"{r['batch']}, none)", r["mfu"] >= TARGETS["mfu"], f"{100 * r['mfu']:.1f}%"))
-  for p in profiles:
-    step = next((r for r in train_rows if r["scheme"] == "none" and r["length"] == p["length"]
-                 and r["implementation"] == p["implementation"] == best), None)
-    if step:
-      added = TRAIN_LAYERS * (p["alibi_vs_none"] - 1) * p["forward_backward_seconds"]
-      ratio = 1 + added / step["step_seconds"]
-      checks.append((f"ALiBi step time <= {TARGETS['alibi_overhead']}x none at L={p['length']}, "
-                     f"from the {best} kernel timed alone ({TRAIN_LAYERS} layers' added time)",
-                     ratio <= TARGETS["alibi_overhead"], _ratio(ratio)))
-  by = {(r["scheme"], r["length"], r["implementation"]): r for r in train_rows}
-  for (scheme, length, implementation), r in by.items():
-    dense = by.get((scheme, length, "dense"))
-    if implementation in attention_lib.TILED and dense and scheme == "none":
-      speedup = dense["step_seconds"] / r["step_seconds"]
-      checks.append((f"{implementation} {'no slower than' if length <= 1024 else 'faster than'} "
-                     f"dense at L={length}", speedup >= 1.0 if length <= 1024 else speedup > 1.0,
-                     f"{speedup:.2f}x"))
-  for r in eval_rows:
-    if r["implementation"] == best and r["length"] == max(e["length"] for e in eval_rows):
-      checks.append((f"evaluation of {r['length']} tokens within {TARGETS['eval_memory_gib']} "
-                     "GiB", r["seconds"] is not None and r["memory_bytes"] <= TARGETS[
-                         "eval_memory_gib"] * 2 ** 30, f"{_gib(r['memory_bytes'])} GiB"))
-  return checks
-
-
-def preset_target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
-  """An accelerator preset's targets: every scheme within PRESET_TARGETS['bias_overhead'] of
-  `none` through `auto` (whichever kernels it picks for each), the causal MFU of `none` at
-  L=1024, and the longest evaluation within its memory budget."""
-  checks = []
-  for r in train_rows:
-    if r["implementation"] != "auto":
-      continue
-    if r["scheme"] != "none" and r["time_vs_none"] is not None:
-      checks.append((f"{r['scheme']} step time <= {PRESET_TARGETS['bias_overhead']}x none at "
-                     f"L={r['length']} (auto: {r['kernel']})",
-                     r["time_vs_none"] <= PRESET_TARGETS["bias_overhead"],
-                     _ratio(r["time_vs_none"])))
-    if r["scheme"] == "none" and r["length"] == 1024:
-      checks.append((f"causal MFU >= {100 * PRESET_TARGETS['mfu_causal']:.0f}% at L=1024 "
-                     f"(none, {r['kernel']})", r["mfu_causal"] >= PRESET_TARGETS["mfu_causal"],
-                     f"{100 * r['mfu_causal']:.1f}%"))
-  longest = max((r["length"] for r in eval_rows), default=None)
-  for r in eval_rows:
-    if r["length"] == longest:
-      checks.append((f"evaluation of {r['length']} tokens ({r['scheme']}, {r['kernel']}) within "
-                     f"{PRESET_TARGETS['eval_memory_gib']:.0f} GiB", r["seconds"] is not None
-                     and r["memory_bytes"] <= PRESET_TARGETS["eval_memory_gib"] * 2 ** 30,
-                     f"{_gib(r['memory_bytes'])} GiB"))
-  return checks
-
 
 def _describe(fields: dict) -> str:
   m = ModelConfig(**fields)
