@@ -79,7 +79,7 @@ class PositionScheme(nnx.Module):
     """The same bias as `bias`, written with what Pallas lowers in a GPU or TPU kernel (one tile's
     positions at a time): elementwise work, broadcasts and reductions, no gathers and no matmul
     over more than two axes. Work on parameters alone (a layer's slice, a row of a table) is
-    done outside the kernel, once (lcx.blockwise hoists it). By default `bias` itself."""
+    done outside the kernel, once (lcx.attention.tiles hoists it). By default `bias` itself."""
     return self.bias(q_positions_BQ, k_positions_BK, layer)
 
   def bias_fn(self, layer=0) -> Bias | None:

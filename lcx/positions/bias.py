@@ -71,8 +71,8 @@ def linear_bias(q_positions_BQ, k_positions_BK, slopes_H) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinearBias(Bias):
-  """-slope_h * |q - k| with fixed per-head slopes: a kernel that knows the form (lcx.native)
-  computes it in registers from the slopes."""
+  """-slope_h * |q - k| with fixed per-head slopes: a kernel that knows the form
+  (lcx.attention.native) computes it in registers from the slopes."""
   slopes_H: jax.Array
   kind: BiasKind = FIXED_LINEAR
 
