@@ -67,6 +67,15 @@ def _tokenizer(d):
   return tokenizer
 
 
+def _option_types() -> dict[str, type]:
+  """model.<name> -> its Options: every position scheme's and memory mechanism's that has some."""
+  return {**positions.option_types(), **memory.option_types()}
+
+
+# Options that moved: (section, field) -> the section a run saved before the move kept it in.
+_MOVED_OPTIONS = {("xpos", field): "rope" for field in ("base", "fraction", "layout")}
+
+
 def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with the fields added since a run was saved filled in as that run behaved. Called
   before overrides are applied to a saved config, so an override of a new field finds it."""
@@ -75,15 +84,22 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len", "memory_reset"):
     if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
-  option_types = {**positions.option_types(), **memory.option_types()}
-  for name, options in option_types.items():  # schemes and mechanisms added since: defaults
+  for name, options in _option_types().items():  # sections and fields added since: defaults
     if name not in m:
-      m[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
-  if "yarn_ramp" not in m.rope:  # a YaRN run saved before the option ramped over the turns
-    m.rope.yarn_ramp = "turns" if m.rope.scaling == "yarn" else "dims"
-  for field in dataclasses.fields(positions.RopeConfig):  # later options: their defaults
-    if field.name not in m.rope:
-      m.rope[field.name] = field.default
+      m[name] = ml_collections.ConfigDict()
+    section = m[name]
+    for field in dataclasses.fields(options):
+      if field.name in section:
+        continue
+      moved = _MOVED_OPTIONS.get((name, field.name))
+      if moved and moved in m:  # a run saved before the field moved here keeps its value
+        section[field.name] = m[moved][field.name]
+        if m.position == name:  # and the old place goes back to its default, unused
+          m[moved][field.name] = getattr(_option_types()[moved](), field.name)
+      elif name == "rope" and field.name == "yarn_ramp":  # YaRN saved before the option: turns
+        section.yarn_ramp = "turns" if section.scaling == "yarn" else "dims"
+      else:
+        section[field.name] = field.default
   if "resume_changes" not in c:
     c.resume_changes = "refuse"
   if "init_timeout_s" not in c.wandb:
@@ -140,8 +156,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _require(isinstance(c.wandb.init_timeout_s, (int, float)) and c.wandb.init_timeout_s > 0,
            f"config.wandb.init_timeout_s={c.wandb.init_timeout_s!r} must be a positive number of "
            "seconds")
-  if m.rope.original_length == 0:
-    m.rope.original_length = d.seq_len
+  for name in _option_types():  # a length option left 0 means the training length
+    if m[name].get("original_length") == 0:
+      m[name].original_length = d.seq_len
   _require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate!r} must be positive")
   _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps!r} must be >= 0")
   _require(0 <= t.min_lr_ratio <= 1, f"config.train.min_lr_ratio={t.min_lr_ratio!r} must be in [0, 1]")
@@ -165,6 +182,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
            f"config.model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
            f"{tokenizer_vocab}; use 0 or at least {tokenizer_vocab}")
   try:  # the position scheme and the memory mechanism check their own options
+    positions.check_options(m.position, _sections(m, positions.option_types()))
+    memory.check_options(m.memory, _sections(m, memory.option_types()))
     positions.validate(m.position, model_config(c).position_config(), d.seq_len)
     memory.validate(m.memory, model_config(c).memory_config(), d.seq_len)
   except ValueError as e:
@@ -235,21 +254,25 @@ def _typed(cls, node: ml_collections.ConfigDict, *, skip=()) -> dict:
   return out
 
 
-# ModelConfig fields the config holds as sections of their own (model.rope, model.<scheme>,
-# model.<memory mechanism>).
-_OPTIONS_FIELDS = ("rope", "position_options", "memory_options")
+def _sections(m: ml_collections.ConfigDict, option_types: dict[str, type]) -> dict[str, object]:
+  """model.<name> of each of `option_types` as its Options."""
+  return {name: options(**_typed(options, m[name])) for name, options in option_types.items()}
+
+
+# ModelConfig fields the config holds as sections of their own (model.<scheme>, model.<memory
+# mechanism>: the chosen ones' become these).
+_OPTIONS_FIELDS = ("position_options", "memory_options")
 
 
 def model_defaults() -> ml_collections.ConfigDict:
-  """config.model with its defaults from the model's dataclasses (ModelConfig, RopeConfig and each
-  position scheme's Options), the one place they live, plus the fields only the config has:
-  head_dim, max_len and vocab_size 0 (derived at resolution: d_model // n_heads, data.seq_len,
-  the tokenizer's vocabulary padded to a multiple of vocab_multiple)."""
+  """config.model with its defaults from the model's dataclasses (ModelConfig and each position
+  scheme's and memory mechanism's Options), the one place they live, plus the fields only the
+  config has: head_dim, max_len and vocab_size 0 (derived at resolution: d_model // n_heads,
+  data.seq_len, the tokenizer's vocabulary padded to a multiple of vocab_multiple)."""
   c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=_OPTIONS_FIELDS))
   c.update(head_dim=0, max_len=0, vocab_size=0, vocab_multiple=64)
-  c.rope = ml_collections.ConfigDict(dataclasses.asdict(positions.RopeConfig()))
-  # model.t5, model.xl, ...: each scheme's and each memory mechanism's own options
-  for name, options in {**positions.option_types(), **memory.option_types()}.items():
+  # model.rope, model.t5, model.xl, ...: each scheme's and each memory mechanism's own options
+  for name, options in _option_types().items():
     c[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
   return c
 
@@ -279,35 +302,30 @@ def mixture_config(c: ml_collections.ConfigDict) -> mixture.MixtureConfig:
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   """The model's dataclass from a resolved config."""
   m = c.model
-  options = positions.option_types().get(m.position)
-  memory_options = memory.option_types().get(m.memory)
   return ModelConfig(
       **_typed(ModelConfig, m, skip=_OPTIONS_FIELDS),
-      rope=positions.RopeConfig(**_typed(positions.RopeConfig, m.rope)),
-      position_options=options and options(**_typed(options, m[m.position])),
-      memory_options=memory_options and memory_options(**_typed(memory_options, m[m.memory])))
-
-
-# What a fine-tune sets for itself; every other model field comes from the run it starts from.
-_FINETUNE_OWN_ROPE = ("scaling", "factor", "original_length", "beta_fast", "beta_slow",
-                      "yarn_ramp")
+      position_options=_sections(m, positions.option_types()).get(m.position),
+      memory_options=_sections(m, memory.option_types()).get(m.memory))
 
 
 def inherit_architecture(config: ml_collections.ConfigDict,
                          source: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """config with the model and tokenizer of the run it fine-tunes (`source`, its saved config).
 
-  The fine-tune keeps its own attention implementation and RoPE scaling; an unset
-  rope.original_length becomes the source's, so scaling is relative to the pretraining length.
+  The fine-tune keeps its own attention implementation and the options a scheme lists in its
+  Options' FINETUNE_OWN (RoPE's context extension); an unset original_length becomes the
+  source's, so scaling is relative to the pretraining length.
   """
   out = ml_collections.ConfigDict(config.to_dict())
-  own = {k: out.model.rope[k] for k in _FINETUNE_OWN_ROPE}
+  own = {name: {field: out.model[name][field] for field in getattr(options, "FINETUNE_OWN", ())}
+         for name, options in _option_types().items()}
   attention = out.model.attention
-  out.model = ml_collections.ConfigDict(source.model.to_dict())
+  out.model = ml_collections.ConfigDict(fill_missing(source).model.to_dict())
   out.model.attention = attention
-  out.model.rope.update(own)
-  if not own["original_length"]:
-    out.model.rope.original_length = source.model.rope.original_length or source.data.seq_len
+  for name, fields in own.items():
+    if fields.get("original_length") == 0:
+      fields["original_length"] = out.model[name].original_length or source.data.seq_len
+    out.model[name].update(fields)
   if out.data.tokenizer not in ("", source.data.tokenizer):  # named, and not the source's
     raise ConfigError(f"config.data.tokenizer={out.data.tokenizer!r}: a fine-tune keeps the "
                       f"tokenizer of the run it starts from ({source.data.tokenizer!r}); "

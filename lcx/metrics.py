@@ -206,7 +206,7 @@ def log_evaluation_to_wandb(wandb_config, workdir: pathlib.Path, results: dict,
       entity=wandb_config.entity or None, group=wandb_config.group or workdir.name,
       job_type="evaluate", name=f"{wandb_config.name or workdir.name}/{results['name']}",
       tags=list(wandb_config.tags) + [results["scheme"]],
-      config={k: results[k] for k in ("run", "name", "checkpoint_step", "scheme", "rope",
+      config={k: results[k] for k in ("run", "name", "checkpoint_step", "scheme", "scheme_options",
                                       "train_length", "overrides", "eval_options")})
   columns = ["kind", "length", "multiple", "loss", "perplexity", "bits_per_byte", "tokens",
              "not_applicable"]

@@ -84,8 +84,8 @@ def test_every_scheme_trains_the_same_through_auto_as_through_dense(position, im
   dense's, a learned bias's gradient included."""
   if implementation == "pallas" and positions.bias_kind(position.removeprefix("p-")) is None:
     pytest.skip("no bias: the Pallas kernel alone is checked above")
-  variant = ({"position": "rope", "rope": positions.RopeConfig(keep=0.75)} if position == "p-rope"
-             else {"position": position})
+  variant = ({"position": "rope", "position_options": positions.RopeOptions(keep=0.75)}
+             if position == "p-rope" else {"position": position})
 
   def loss_and_grads(implementation):
     model = Transformer(ModelConfig(vocab_size=64, d_model=128, n_layers=2, n_heads=2,

@@ -2,7 +2,6 @@
 gradients, every scheme, uneven lengths, packed documents, learned biases, a sharded mesh; the
 implementation switch and its refusals."""
 import contextlib
-import functools
 import inspect
 import os
 import subprocess

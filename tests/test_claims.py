@@ -1,5 +1,7 @@
 """Claims vs measured: each claim's figure and verdict from hand-written study results."""
-from lcx.report import claims
+import dataclasses
+
+from lcx.report import claims, variants
 from lcx.report import Variant
 
 
@@ -44,6 +46,27 @@ def test_claims_read_the_study_and_apply_their_rules():
       claims.REFUTES)
   lines = claims.claims_table(study)
   assert len(lines) == 2 + len(claims.CLAIMS) and "| RoPE costs 10-15% more compute" in lines[2]
+
+
+def test_results_with_ropes_options_as_its_schemes_read_as_those_written_before():
+  """Evaluations now carry model.rope as the RoPE scheme's options ("scheme_options") and not at
+  all for other schemes; a study mixing them with older results labels and judges them alike."""
+  def today(variant):
+    results = dict(variant.results)
+    rope = results.pop("rope")
+    results["scheme_options"] = rope if results["scheme"] == "rope" else None
+    return dataclasses.replace(variant, results=results)
+  study = [_variant("rope", [10, 30, 90, 200, 400]), _variant("alibi", [11, 11.5, 11.8, 12, 14]),
+           _variant("rope", [40, 40, 45, 99, 99], scaling="linear", factor=4.0),
+           _variant("rope", [10.5, 10.6, 10.8, 30, 90], scaling="linear", factor=4.0,
+                    finetune_steps=200)]
+  new = [today(v) for v in study]
+  assert "rope" not in new[0].results and new[1].results["scheme_options"] is None
+  label = lambda v: variants.label(v.results, v.finetune is not None)
+  assert [label(v) for v in new] == [label(v) for v in study]
+  assert label(new[3]) == "rope FT linear x4"
+  for claim in claims.CLAIMS:
+    assert claim.measure(new) == claim.measure(study)
 
 
 def test_claims_the_study_cannot_judge_say_so():

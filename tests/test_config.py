@@ -171,20 +171,47 @@ def test_a_run_saved_before_the_later_schemes_gets_their_defaults():
   assert filled.model.xpos.gamma == 512.0
 
 
+def test_an_xpos_run_saved_with_its_rotation_in_model_rope_keeps_it():
+  """xPos's base, fraction and layout were model.rope's until RoPE's options became the RoPE
+  scheme's own: a saved xPos run finds them in model.xpos (model.rope back at its defaults, which
+  under xPos must stay so), and another scheme's saved run keeps its model.rope as it was."""
+  import ml_collections
+  from lcx.config import fill_missing, model_config
+  saved = _tiny(**{"model.position": "xpos", "model.rope.base": 500.0,
+                   "model.rope.layout": "interleaved", "model.xpos.gamma": 64.0}).to_dict()
+  for field in ("base", "fraction", "layout"):
+    del saved["model"]["xpos"][field]
+  old = ml_collections.ConfigDict(saved)
+  filled = fill_missing(old)
+  assert (filled.model.xpos.base, filled.model.xpos.layout) == (500.0, "interleaved")
+  assert (filled.model.rope.base, filled.model.rope.layout) == (10000.0, "half")
+  assert model_config(resolve(old, 1)).position_options == positions.XposOptions(
+      gamma=64.0, base=500.0, layout="interleaved")
+  saved["model"]["position"] = "rope"
+  assert fill_missing(ml_collections.ConfigDict(saved)).model.rope.base == 500.0
+  # set today under xPos, model.rope's rotation would do nothing: refused, pointing at RoPE
+  with pytest.raises(ConfigError, match=r"config.model.rope.base=500.0 needs config.model."
+                                        r"position='rope', not 'xpos'; allowed with 'xpos': 10000"):
+    resolve(_tiny(**{"model.position": "xpos", "model.rope.base": 500.0}), 1)
+  with pytest.raises(ConfigError, match=r"config.model.xpos.layout='zigzag' is not allowed"):
+    resolve(_tiny(**{"model.xpos.layout": "zigzag"}), 1)  # checked where it has no effect too
+
+
 def test_the_model_and_optimizer_defaults_come_from_their_dataclasses():
   """The tiny preset states no model or optimizer default of its own: resolved, it is the
   dataclasses' defaults with the derived fields filled in."""
   from lcx import config as config_lib
   from lcx.model import ModelConfig
-  from lcx.positions import RopeConfig
+  from lcx.positions import RopeOptions
   from lcx.optimizer import OptimizerConfig
   c = resolve(pretrain.get_config("tiny"), 1)
-  rope = dataclasses.replace(RopeConfig(), original_length=c.data.seq_len)  # derived, as head_dim
-  assert config_lib.model_config(c) == ModelConfig(vocab_size=c.model.vocab_size, rope=rope)
+  rope = dataclasses.replace(RopeOptions(), original_length=c.data.seq_len)  # derived, as head_dim
+  assert config_lib.model_config(c) == ModelConfig(vocab_size=c.model.vocab_size,
+                                                   position_options=rope)
   assert config_lib.optimizer_config(c) == OptimizerConfig(learning_rate=3e-3, warmup_steps=30,
                                                            steps=300)
   c.model.rope.factor = 4  # an integer for a float field, as a command line may give it
-  assert config_lib.model_config(c).rope.factor == 4.0
+  assert config_lib.model_config(c).position_options.factor == 4.0
 
 
 def test_a_new_scheme_brings_its_own_checks():
@@ -207,12 +234,12 @@ def test_a_new_scheme_brings_its_own_checks():
     with pytest.raises(ConfigError, match=r"n_heads=1 must be even for even_heads_only"):
       resolve(_tiny(**{"model.position": "even_heads_only", "model.n_heads": 1}), 1)
     c = _tiny(**{"model.position": "even_heads_only"})
-    c.model.rope.scaling = "linear"  # RoPE's options are refused for it by the base class
+    c.model.rope.scaling = "linear"  # RoPE's options are refused for it (lcx.registry)
     with pytest.raises(ConfigError, match=r"needs config.model.position='rope', not "
                                           r"'even_heads_only'"):
       resolve(c, 1)
   finally:
-    del base._REGISTRY["even_heads_only"]
+    base.REGISTRY.unregister("even_heads_only")
 
 
 def test_reading_a_config_builds_no_model_and_loads_no_kernel():

@@ -1,6 +1,5 @@
 """The KV-cache decode path against the full forward: logits token by token, greedy decoding, and
 answer likelihoods, for every scheme family and attention kernel."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,10 +17,10 @@ VOCAB = 64
 
 
 def _model(position="rope", scaling="none", attention_impl="dense", **fields):
-  rope = positions.RopeConfig(scaling=scaling, factor=4.0, original_length=16)
+  rope = positions.RopeOptions(scaling=scaling, factor=4.0, original_length=16)
   cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64,
                     position=position, max_len=64, attention=attention_impl, attention_block=16,
-                    rope=rope, **fields)
+                    position_options=rope if position == "rope" else None, **fields)
   return Transformer(cfg, rngs=nnx.Rngs(0))
 
 

@@ -179,11 +179,12 @@ def test_a_registered_scheme_plugs_into_the_model():
     np.testing.assert_array_equal(plain[:, 0], recency[:, 0])  # nothing before token 0
     assert not np.allclose(plain[:, 1:], recency[:, 1:], atol=1e-4)
   finally:
-    positions.base._REGISTRY.pop("test_recency")
+    positions.base.REGISTRY.unregister("test_recency")
 
 
 def _rope_cfg(scaling, factor, original_length=128, **kw):
-  return positions.RopeConfig(scaling=scaling, factor=factor, original_length=original_length, **kw)
+  return positions.RopeOptions(scaling=scaling, factor=factor, original_length=original_length,
+                               **kw)
 
 
 @pytest.mark.parametrize("scaling", sorted(positions.ROPE_SCALINGS))
@@ -290,9 +291,10 @@ def test_yarn_ramps_differ_where_it_matters():
 
 
 def _cfg(options=None, n_layers=2, n_heads=3, head_dim=8, **rope):
+  """A scheme's config: its options, or RoPE's given as keywords."""
   return positions.PositionConfig(d_model=16, n_heads=n_heads, head_dim=head_dim, max_len=64,
-                                  n_layers=n_layers, options=options,
-                                  rope=positions.RopeConfig(**rope))
+                                  n_layers=n_layers,
+                                  options=positions.RopeOptions(**rope) if rope else options)
 
 
 @pytest.mark.parametrize("name", positions.available())

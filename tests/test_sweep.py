@@ -12,7 +12,6 @@ import pytest
 
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
-from lcx import positions
 from lcx import report as report_lib
 from lcx.report import plots as report_plots
 from lcx.metrics import read_jsonl

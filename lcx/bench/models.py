@@ -12,7 +12,7 @@ from lcx.sharding import make_mesh
 
 # The rows: every registered scheme, and p-RoPE (RoPE turning only its fastest 75% of pairs).
 VARIANTS = {**{name: {"position": name} for name in positions.available()},
-            "p-rope": {"position": "rope", "rope": positions.RopeConfig(keep=0.75)}}
+            "p-rope": {"position": "rope", "position_options": positions.RopeOptions(keep=0.75)}}
 SCHEMES = tuple(VARIANTS)
 # The train-step model of the MFU target: d 512, 4 layers, 8 heads, GELU MLP 2048, bytes.
 TRAIN_MODEL = dict(vocab_size=256, d_model=512, n_layers=4, n_heads=8, head_dim=64, mlp_dim=2048,
@@ -20,7 +20,7 @@ TRAIN_MODEL = dict(vocab_size=256, d_model=512, n_layers=4, n_heads=8, head_dim=
 # The evaluation model: the `tiny` preset's shape.
 EVAL_MODEL = dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, head_dim=16, mlp_dim=256)
 # Fields every row sets itself (the scheme, its length and kernel), left out of a preset's model.
-_ROW_FIELDS = ("position", "rope", "position_options", "max_len", "attention")
+_ROW_FIELDS = ("position", "position_options", "max_len", "attention")
 
 
 def preset_model(preset: str) -> dict:

@@ -161,9 +161,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   return {
       "run": str(run.workdir), "name": options.name or default_name(overrides),
       "checkpoint_step": run.step, "scheme": c.model.position,
-      # model.rope is checked for every scheme (scaling and keep only act on RoPE), and the
-      # scheme's own section where it has one (model.t5, model.fire, ...)
-      "rope": c.model.rope.to_dict(),
+      # the scheme's own section where it has one (model.rope, model.t5, ...)
       "scheme_options": (c.model[c.model.position].to_dict()
                          if c.model.position in positions.option_types() else None),
       "train_length": train_length, "base_length": base_length, "split": options.split,

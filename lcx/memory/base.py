@@ -21,9 +21,11 @@ The entries carry explicit positions, so every position scheme composes with eve
 and segment ids, so a query never sees memory from another document (0 marks an empty slot).
 """
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 from flax import nnx
+
+from lcx.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +43,8 @@ class MemoryConfig:
 
 
 class MemoryMechanism(nnx.Module):
-  """A mechanism with options of its own names a frozen dataclass of them as `Options`: the config
-  then has a section model.<mechanism name> with those fields."""
+  """A mechanism with options of its own names them as `Options` (the convention in
+  lcx.registry)."""
   Options: type | None = None
 
   def __init__(self, cfg: MemoryConfig, *, rngs: nnx.Rngs):
@@ -104,17 +106,9 @@ class MemoryMechanism(nnx.Module):
     del cfg, train_length
 
 
-_REGISTRY: dict[str, type[MemoryMechanism]] = {}
-
-
-def register(name: str) -> Callable[[type[MemoryMechanism]], type[MemoryMechanism]]:
-  def add(cls):
-    if name in _REGISTRY:
-      raise ValueError(f"memory mechanism {name!r} is registered twice")
-    _REGISTRY[name] = cls
-    return cls
-  return add
-
+REGISTRY: Registry[MemoryMechanism] = Registry("memory mechanism", "model.memory")
+register = REGISTRY.register
+option_types = REGISTRY.option_types
 
 # `none`: segments (if model.segment_len is set) attend within themselves only: the fixed-window
 # baseline the mechanisms are compared with.
@@ -122,18 +116,7 @@ register("none")(MemoryMechanism)
 
 
 def available() -> tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
-
-
-def _lookup(name: str) -> type[MemoryMechanism]:
-  if name not in _REGISTRY:
-    raise ValueError(f"model.memory={name!r} is unknown; allowed: {', '.join(available())}")
-  return _REGISTRY[name]
-
-
-def option_types() -> dict[str, type]:
-  """Each registered mechanism that has options of its own: name -> its Options dataclass."""
-  return {name: cls.Options for name, cls in sorted(_REGISTRY.items()) if cls.Options is not None}
+  return REGISTRY.names()
 
 
 def validate(name: str, cfg: MemoryConfig, train_length: int) -> None:
@@ -143,21 +126,19 @@ def validate(name: str, cfg: MemoryConfig, train_length: int) -> None:
   if name != "none" and cfg.segment_len == 0:
     raise ValueError(f"config.model.memory={name!r} carries a state between segments; set "
                      f"config.model.segment_len to a length in [1, {train_length}]")
-  _lookup(name).validate(cfg, train_length)
+  REGISTRY.lookup(name).validate(REGISTRY.with_options(name, cfg), train_length)
 
 
-def _with_options(cls: type[MemoryMechanism], cfg: MemoryConfig) -> MemoryConfig:
-  if cls.Options is not None and cfg.options is None:
-    return dataclasses.replace(cfg, options=cls.Options())
-  return cfg
+def check_options(name: str, sections: dict[str, object]) -> None:
+  """Every mechanism's options as the config holds them, with `name` the chosen one (see
+  lcx.registry)."""
+  REGISTRY.check_sections(name, sections)
 
 
 def make(name: str, cfg: MemoryConfig, *, rngs: nnx.Rngs) -> MemoryMechanism:
-  cls = _lookup(name)
-  return cls(_with_options(cls, cfg), rngs=rngs)
+  return REGISTRY.lookup(name)(REGISTRY.with_options(name, cfg), rngs=rngs)
 
 
 def memory_keys(name: str, cfg: MemoryConfig) -> float:
   """Keys a query attends to in the mechanism's memory, the mean over layers (0 for none)."""
-  cls = _lookup(name)
-  return cls.memory_keys(_with_options(cls, cfg))
+  return REGISTRY.lookup(name).memory_keys(REGISTRY.with_options(name, cfg))

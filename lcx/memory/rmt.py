@@ -53,5 +53,5 @@ class RecurrentMemory(MemoryMechanism):
 
   @classmethod
   def validate(cls, cfg, train_length: int) -> None:
-    if cfg.options is not None and cfg.options.tokens < 1:
+    if cfg.options.tokens < 1:
       raise ValueError(f"config.model.rmt.tokens={cfg.options.tokens} must be a positive integer")

@@ -30,13 +30,12 @@ class ModelConfig:
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
   norm_eps: float = 1e-6
-  rope: positions.RopeConfig = positions.RopeConfig()
-  position_options: object = None  # the scheme's own options (lcx.positions: Options), if any
+  position_options: object = None  # the scheme's own options (model.rope, ...), defaults if None
   # Memory (lcx.memory): sequences run as segments of segment_len tokens (0: one segment, the
   # plain model) with the mechanism's state carried from one to the next.
   memory: str = "none"
   segment_len: int = 0
-  memory_options: object = None  # the mechanism's own options (lcx.memory: Options), if any
+  memory_options: object = None  # the mechanism's own options (model.xl, ...), defaults if None
   # An evaluation ablation: every segment starts from the mechanism's initial state (its memory
   # wiped), so the same trained weights with and without their memory show what the memory adds.
   memory_reset: bool = False
@@ -45,8 +44,7 @@ class ModelConfig:
     return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
                                     head_dim=self.head_dim, max_len=self.max_len,
                                     n_layers=self.n_layers,
-                                    param_dtype=self.param_dtype, rope=self.rope,
-                                    options=self.position_options)
+                                    param_dtype=self.param_dtype, options=self.position_options)
 
   def attention_context(self, seq_len: int) -> tuple[int, float]:
     """(the length a query's attention runs over, the keys a memory adds to it) at a training

@@ -9,27 +9,13 @@ kernels receive it as a lcx.positions.bias.Bias (`bias_fn`), which says what it 
 """
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 from flax import nnx
 
 from lcx.positions.bias import Bias, BiasKind, FunctionBias
-
-
-@dataclasses.dataclass(frozen=True)
-class RopeConfig:
-  base: float = 10000.0
-  fraction: float = 1.0  # share of each head's dims that rotate (GPT-NeoX partial rotary)
-  layout: str = "half"  # "half": pairs (i, i + d/2); "interleaved": pairs (2i, 2i + 1)
-  # Context extension (lcx.positions.rope_scaling): method, factor s, and the training length.
-  scaling: str = "none"
-  factor: float = 1.0
-  original_length: int = 0
-  beta_fast: float = 32.0  # YaRN: dims turning more than this often in original_length keep theta
-  beta_slow: float = 1.0  # YaRN: dims turning less than this are fully interpolated
-  yarn_ramp: str = "dims"  # YaRN: "dims" (the reference code's ramp) or "turns" (the paper's)
-  keep: float = 1.0  # p-RoPE: the share of rotary pairs that keep their frequency (the fastest)
+from lcx.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,16 +27,13 @@ class PositionConfig:
   max_len: int
   n_layers: int = 1
   param_dtype: str = "float32"
-  rope: RopeConfig = RopeConfig()
-  options: Any = None  # the scheme's own Options (see PositionScheme.Options), or None
+  options: Any = None  # the scheme's own Options (see lcx.registry), its defaults where None
 
 
 class PositionScheme(nnx.Module):
   """Identity at every hook; a scheme overrides the hooks it uses.
 
-  A scheme with options of its own names a frozen dataclass of them, with their defaults, as
-  `Options`: the config then has a section model.<scheme name> with those fields, and the scheme
-  receives them as cfg.options (its defaults when built without a config).
+  A scheme with options of its own names them as `Options` (the convention in lcx.registry).
   A scheme with a bias says what it is in `BIAS` (learned or fixed; a closed form a kernel may
   compute itself), which kernels read before they are chosen.
   """
@@ -97,62 +80,39 @@ class PositionScheme(nnx.Module):
   @classmethod
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     """Raise ValueError, one line naming the config field and what it allows, if the scheme
-    cannot work with this model config at this training length (config resolution calls it; a
-    scheme with options checks them here). The base: model.rope's values are valid (a typo is
-    refused even where the option has no effect), and RoPE's context extension and p-RoPE's
-    keep are RoPE's."""
-    del train_length
-    from lcx.positions.rope import check_options  # rope.py builds on this module
-    check_options(cfg.rope)
-    name = next(k for k, v in _REGISTRY.items() if v is cls)
-    if cfg.rope.scaling != "none":
-      raise ValueError(f"config.model.rope.scaling={cfg.rope.scaling!r} needs "
-                       f"config.model.position='rope', not {name!r}; allowed with {name!r}: none")
-    if cfg.rope.keep != 1.0:
-      raise ValueError(f"config.model.rope.keep={cfg.rope.keep!r} (p-RoPE) needs "
-                       f"config.model.position='rope', not {name!r}; allowed with {name!r}: 1.0")
+    cannot work with this model config at this training length (config resolution calls it, with
+    cfg.options filled in)."""
+    del cfg, train_length
 
 
-_REGISTRY: dict[str, type[PositionScheme]] = {}
-
-
-def register(name: str) -> Callable[[type[PositionScheme]], type[PositionScheme]]:
-  def add(cls):
-    if name in _REGISTRY:
-      raise ValueError(f"position scheme {name!r} is registered twice")
-    _REGISTRY[name] = cls
-    return cls
-  return add
+REGISTRY: Registry[PositionScheme] = Registry("position scheme", "model.position")
+register = REGISTRY.register
+option_types = REGISTRY.option_types
 
 
 def available() -> tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
+  return REGISTRY.names()
 
 
 def bias_kind(name: str) -> BiasKind | None:
   """What the registered scheme's attention-logit bias is (None: it has none), which a kernel
   must be able to take."""
-  if name not in _REGISTRY:
-    raise ValueError(f"model.position={name!r} is unknown; allowed: {', '.join(available())}")
-  return _REGISTRY[name].BIAS
-
-
-def option_types() -> dict[str, type]:
-  """Each registered scheme that has options of its own: name -> its Options dataclass."""
-  return {name: cls.Options for name, cls in sorted(_REGISTRY.items()) if cls.Options is not None}
+  return REGISTRY.lookup(name).BIAS
 
 
 def validate(name: str, cfg: PositionConfig, train_length: int) -> None:
   """The registered scheme's checks of a model config (see PositionScheme.validate)."""
-  if name not in _REGISTRY:
-    raise ValueError(f"model.position={name!r} is unknown; allowed: {', '.join(available())}")
-  _REGISTRY[name].validate(cfg, train_length)
+  REGISTRY.lookup(name).validate(REGISTRY.with_options(name, cfg), train_length)
+
+
+def check_options(name: str, sections: dict[str, object]) -> None:
+  """Every scheme's options as the config holds them, with `name` the chosen scheme (see
+  lcx.registry: each section's check, and no scheme-only field set for another scheme)."""
+  REGISTRY.check_sections(name, sections)
 
 
 def make(name: str, cfg: PositionConfig, *, rngs: nnx.Rngs) -> PositionScheme:
-  if name not in _REGISTRY:
-    raise ValueError(f"model.position={name!r} is unknown; allowed: {', '.join(available())}")
-  return _REGISTRY[name](cfg, rngs=rngs)
+  return REGISTRY.lookup(name)(REGISTRY.with_options(name, cfg), rngs=rngs)
 
 
 @register("none")

@@ -51,7 +51,7 @@ class Fire(PositionScheme):
   BIAS = LEARNED_FUNCTION
 
   def __init__(self, cfg: PositionConfig, *, rngs: nnx.Rngs):
-    o = cfg.options or FireOptions()
+    o = cfg.options
     self.shared, self.initial_threshold = o.shared, float(o.threshold)
     n, F, H, dtype = 1 if o.shared else cfg.n_layers, o.hidden, cfg.n_heads, cfg.param_dtype
 
@@ -69,7 +69,7 @@ class Fire(PositionScheme):
   @classmethod
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     super().validate(cfg, train_length)
-    o = cfg.options or FireOptions()
+    o = cfg.options
     if isinstance(o.hidden, bool) or not isinstance(o.hidden, int) or o.hidden < 1:
       raise ValueError(f"config.model.fire.hidden={o.hidden!r} must be a positive integer")
     if not isinstance(o.shared, bool):

@@ -53,7 +53,7 @@ class Kerple(PositionScheme):
   BIAS = LEARNED_FUNCTION
 
   def __init__(self, cfg: PositionConfig, *, rngs: nnx.Rngs):
-    self.kind = (cfg.options or KerpleOptions()).kind
+    self.kind = cfg.options.kind
     r1_scale, r2_scale = (2.0, 1.0) if self.kind == "log" else (1.0, 2.0)
     shape, dtype = (cfg.n_layers, cfg.n_heads), jnp.dtype(cfg.param_dtype)
     uniform = lambda scale: nnx.Param(scale * jax.random.uniform(rngs.params(), shape, dtype),
@@ -63,7 +63,7 @@ class Kerple(PositionScheme):
   @classmethod
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     super().validate(cfg, train_length)
-    kind = (cfg.options or KerpleOptions()).kind
+    kind = cfg.options.kind
     if kind not in KINDS:
       raise ValueError(f"config.model.kerple.kind={kind!r} is not allowed; allowed: "
                        f"{', '.join(KINDS)}")

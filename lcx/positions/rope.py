@@ -28,13 +28,63 @@ p-RoPE (Barbero et al., 2025; rope.keep = p) keeps the fastest p of the rotary p
 frequency of the rest, the slowest, to zero: those dims carry no position (semantic channels that
 no distance can rotate away). It applies after any scaling, so it composes with all of them.
 """
+import dataclasses
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from lcx.positions.base import PositionConfig, PositionScheme, RopeConfig, register
+from lcx.positions.base import PositionConfig, PositionScheme, register
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeOptions:
+  """model.rope."""
+  base: float = 10000.0
+  fraction: float = 1.0  # share of each head's dims that rotate (GPT-NeoX partial rotary)
+  layout: str = "half"  # "half": pairs (i, i + d/2); "interleaved": pairs (2i, 2i + 1)
+  # Context extension (see above): method, factor s, and the training length (0: data.seq_len).
+  scaling: str = "none"
+  factor: float = 1.0
+  original_length: int = 0
+  beta_fast: float = 32.0  # YaRN: dims turning more than this often in original_length keep theta
+  beta_slow: float = 1.0  # YaRN: dims turning less than this are fully interpolated
+  yarn_ramp: str = "dims"  # YaRN: "dims" (the reference code's ramp) or "turns" (the paper's)
+  keep: float = 1.0  # p-RoPE: the share of rotary pairs that keep their frequency (the fastest)
+
+  # Set under another scheme these would do nothing: refused there (lcx.registry).
+  SCHEME_ONLY: ClassVar[dict[str, str]] = {"base": "", "fraction": "", "layout": "",
+                                           "scaling": "", "keep": " (p-RoPE)"}
+  # What a fine-tune sets for itself (its context extension); the rest is the source run's.
+  FINETUNE_OWN: ClassVar[tuple[str, ...]] = ("scaling", "factor", "original_length", "beta_fast",
+                                             "beta_slow", "yarn_ramp")
+
+  def check(self) -> None:
+    """One line naming the first field with a value it does not allow."""
+    checks = (
+        (self.layout in LAYOUTS, f"config.model.rope.layout={self.layout!r} is not allowed; "
+                                 f"allowed: {', '.join(LAYOUTS)}"),
+        (0 < self.fraction <= 1, f"config.model.rope.fraction={self.fraction!r} must be in (0, 1]"),
+        (self.base > 0, f"config.model.rope.base={self.base!r} must be positive"),
+        (self.scaling in SCALINGS, f"config.model.rope.scaling={self.scaling!r} is not allowed; "
+                                   f"allowed: {', '.join(SCALINGS)}"),
+        (self.factor >= 1, f"config.model.rope.factor={self.factor!r} must be >= 1"),
+        (self.beta_fast > self.beta_slow > 0,
+         f"config.model.rope.beta_fast={self.beta_fast} and beta_slow={self.beta_slow} must "
+         "satisfy beta_fast > beta_slow > 0"),
+        (self.yarn_ramp in YARN_RAMPS, f"config.model.rope.yarn_ramp={self.yarn_ramp!r} is not "
+                                       f"allowed; allowed: {', '.join(YARN_RAMPS)}"),
+        (0 <= self.keep <= 1, f"config.model.rope.keep={self.keep!r} (p-RoPE) must be in [0, 1]"),
+        (self.original_length > 0, f"config.model.rope.original_length={self.original_length!r} "
+                                   "must be a positive integer"),
+    )
+    for ok, problem in checks:
+      if not ok:
+        raise ValueError(problem)
+
+
+LAYOUTS = ("half", "interleaved")
 
 
 def rope_inverse_frequencies(rotary_dim: int, base: float = 10000.0) -> jax.Array:
@@ -47,6 +97,12 @@ def rope_inverse_frequencies(rotary_dim: int, base: float = 10000.0) -> jax.Arra
 def rotary_dim(head_dim: int, fraction: float) -> int:
   """Dims that rotate: the fraction of head_dim, rounded down to an even number."""
   return int(head_dim * fraction) // 2 * 2
+
+
+def check_rotary_pair(section: str, head_dim: int, fraction: float) -> None:
+  if rotary_dim(head_dim, fraction) < 2:
+    raise ValueError(f"config.model.{section}.fraction={fraction} leaves no rotary pair in "
+                     f"head_dim {head_dim}")
 
 
 def rotary_cos_sin(positions_BL: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -178,7 +234,7 @@ def _yarn(dim, cfg, length):
   return (1 - gamma) * inv_freq / cfg.factor + gamma * inv_freq, yarn_temperature(cfg.factor)
 
 
-SCALINGS: dict[str, Callable[[int, RopeConfig, int], tuple[jax.Array, float]]] = {
+SCALINGS: dict[str, Callable[[int, RopeOptions, int], tuple[jax.Array, float]]] = {
     "none": _none, "linear": _linear, "ntk": _ntk, "dynamic_ntk": _dynamic_ntk, "yarn": _yarn,
 }
 
@@ -197,7 +253,7 @@ def keep_fastest(inv_freq: jax.Array, keep: float) -> jax.Array:
   return jnp.where(jnp.arange(inv_freq.shape[0]) < kept, inv_freq, 0.0)
 
 
-def scaled_frequencies(rotary_dim: int, cfg: RopeConfig, length: int) -> tuple[jax.Array, float]:
+def scaled_frequencies(rotary_dim: int, cfg: RopeOptions, length: int) -> tuple[jax.Array, float]:
   """(inverse frequencies, q/k scale) of `cfg.scaling` and `cfg.keep` for sequences of `length`
   tokens."""
   if cfg.scaling not in SCALINGS:
@@ -207,46 +263,19 @@ def scaled_frequencies(rotary_dim: int, cfg: RopeConfig, length: int) -> tuple[j
   return keep_fastest(inv_freq, cfg.keep), scale
 
 
-def check_options(r: RopeConfig) -> None:
-  """One line naming the first model.rope field with a value it does not allow (checked for
-  every scheme: a typo in an option is refused even where the option has no effect)."""
-  checks = (
-      (r.layout in ("half", "interleaved"),
-       f"config.model.rope.layout={r.layout!r} is not allowed; allowed: half, interleaved"),
-      (0 < r.fraction <= 1, f"config.model.rope.fraction={r.fraction!r} must be in (0, 1]"),
-      (r.base > 0, f"config.model.rope.base={r.base!r} must be positive"),
-      (r.scaling in SCALINGS, f"config.model.rope.scaling={r.scaling!r} is not allowed; "
-                              f"allowed: {', '.join(SCALINGS)}"),
-      (r.factor >= 1, f"config.model.rope.factor={r.factor!r} must be >= 1"),
-      (r.beta_fast > r.beta_slow > 0,
-       f"config.model.rope.beta_fast={r.beta_fast} and beta_slow={r.beta_slow} must satisfy "
-       "beta_fast > beta_slow > 0"),
-      (r.yarn_ramp in YARN_RAMPS, f"config.model.rope.yarn_ramp={r.yarn_ramp!r} is not allowed; "
-                                  f"allowed: {', '.join(YARN_RAMPS)}"),
-      (0 <= r.keep <= 1, f"config.model.rope.keep={r.keep!r} (p-RoPE) must be in [0, 1]"),
-      (r.original_length > 0,
-       f"config.model.rope.original_length={r.original_length!r} must be a positive integer"),
-  )
-  for ok, problem in checks:
-    if not ok:
-      raise ValueError(problem)
-
-
 @register("rope")
 class Rope(PositionScheme):
+  Options = RopeOptions
 
   def __init__(self, cfg: PositionConfig, *, rngs):
     del rngs
-    self.rope = cfg.rope
-    self.rotary_dim = rotary_dim(cfg.head_dim, cfg.rope.fraction)
+    self.rope = cfg.options
+    self.rotary_dim = rotary_dim(cfg.head_dim, cfg.options.fraction)
 
   @classmethod
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     del train_length
-    check_options(cfg.rope)
-    if rotary_dim(cfg.head_dim, cfg.rope.fraction) < 2:
-      raise ValueError(f"config.model.rope.fraction={cfg.rope.fraction} leaves no rotary pair in "
-                       f"head_dim {cfg.head_dim}")
+    check_rotary_pair("rope", cfg.head_dim, cfg.options.fraction)
 
   def rotate(self, q_BLHK, k_BLHK, positions_BL, length=None):
     inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope,

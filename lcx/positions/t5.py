@@ -42,7 +42,7 @@ class T5Bias(PositionScheme):
   BIAS = LEARNED_FUNCTION
 
   def __init__(self, cfg: PositionConfig, *, rngs: nnx.Rngs):
-    options = cfg.options or T5Options()
+    options = cfg.options
     self.buckets, self.max_distance = options.buckets, options.max_distance
     init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)  # T5's initialization
     self.bias_table = nnx.Param(
@@ -52,7 +52,7 @@ class T5Bias(PositionScheme):
   @classmethod
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     super().validate(cfg, train_length)
-    o = cfg.options or T5Options()
+    o = cfg.options
     if isinstance(o.buckets, bool) or not isinstance(o.buckets, int) or o.buckets < 2:
       raise ValueError(f"config.model.t5.buckets={o.buckets!r} must be an integer >= 2")
     if not o.max_distance > o.buckets // 2:

@@ -15,12 +15,29 @@ import jax
 import jax.numpy as jnp
 
 from lcx.positions.base import PositionConfig, PositionScheme, register
-from lcx.positions.rope import rope_inverse_frequencies, rotary_cos_sin, rotary_dim, rotate_by
+from lcx.positions.rope import (LAYOUTS, check_rotary_pair, rope_inverse_frequencies,
+                                rotary_cos_sin, rotary_dim, rotate_by)
 
 
 @dataclasses.dataclass(frozen=True)
 class XposOptions:
+  """model.xpos: the decay, and the rotation it rides on (as model.rope's fields of those names)."""
   gamma: float = 512.0  # the decay's length scale, in tokens (the paper's scale_base)
+  base: float = 10000.0
+  fraction: float = 1.0
+  layout: str = "half"
+
+  def check(self) -> None:
+    checks = (
+        (self.gamma > 0, f"config.model.xpos.gamma={self.gamma!r} must be positive (tokens)"),
+        (self.base > 0, f"config.model.xpos.base={self.base!r} must be positive"),
+        (0 < self.fraction <= 1, f"config.model.xpos.fraction={self.fraction!r} must be in (0, 1]"),
+        (self.layout in LAYOUTS, f"config.model.xpos.layout={self.layout!r} is not allowed; "
+                                 f"allowed: {', '.join(LAYOUTS)}"),
+    )
+    for ok, problem in checks:
+      if not ok:
+        raise ValueError(problem)
 
 
 def xpos_zeta(rotary_dim: int) -> jax.Array:
@@ -40,24 +57,19 @@ class Xpos(PositionScheme):
 
   def __init__(self, cfg: PositionConfig, *, rngs):
     del rngs
-    self.rope = cfg.rope
-    self.gamma = float((cfg.options or XposOptions()).gamma)
-    self.rotary_dim = rotary_dim(cfg.head_dim, cfg.rope.fraction)
+    self.options = cfg.options
+    self.gamma = float(cfg.options.gamma)
+    self.rotary_dim = rotary_dim(cfg.head_dim, cfg.options.fraction)
 
   @classmethod
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
-    super().validate(cfg, train_length)  # RoPE's values; no context extension
-    if rotary_dim(cfg.head_dim, cfg.rope.fraction) < 2:
-      raise ValueError(f"config.model.rope.fraction={cfg.rope.fraction} leaves no rotary pair in "
-                       f"head_dim {cfg.head_dim}")
-    gamma = (cfg.options or XposOptions()).gamma
-    if not gamma > 0:
-      raise ValueError(f"config.model.xpos.gamma={gamma!r} must be positive (tokens)")
+    del train_length
+    check_rotary_pair("xpos", cfg.head_dim, cfg.options.fraction)
 
   def rotate(self, q_BLHK, k_BLHK, positions_BL, length=None):
-    inv_freq = rope_inverse_frequencies(self.rotary_dim, self.rope.base)
+    inv_freq = rope_inverse_frequencies(self.rotary_dim, self.options.base)
     cos, sin = rotary_cos_sin(positions_BL, inv_freq)
     scale = xpos_scales(positions_BL, xpos_zeta(self.rotary_dim), self.gamma,
                         (length or positions_BL.shape[1]) // 2)
-    return (rotate_by(q_BLHK, cos * scale, sin * scale, self.rope.layout),
-            rotate_by(k_BLHK, cos / scale, sin / scale, self.rope.layout))
+    return (rotate_by(q_BLHK, cos * scale, sin * scale, self.options.layout),
+            rotate_by(k_BLHK, cos / scale, sin / scale, self.options.layout))

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Callable
 
+from lcx.report.variants import rope_options
+
 SUPPORTS, REFUTES, UNKNOWN = "supports", "does not support", "cannot tell"
 EXTRAPOLATES = 1.1  # "extrapolates to M x": perplexity at M x within 10% of its own at 1x
 FAILS = 1.5  # "fails past the training length": perplexity at 2x over 1.5 times its 1x
@@ -27,7 +29,7 @@ class Claim:
 def _plain(variants, scheme):
   """The pretrained run of a scheme, evaluated as trained (no scaling, no fine-tune)."""
   for v in variants:
-    rope = v.results.get("rope") or {}
+    rope = rope_options(v.results)
     if (v.results["scheme"] == scheme and v.finetune is None
         and rope.get("scaling", "none") == "none" and rope.get("keep", 1.0) == 1.0):
       return v
@@ -36,7 +38,7 @@ def _plain(variants, scheme):
 
 def _rope_variant(variants, scaling, finetuned):
   for v in variants:
-    rope = v.results.get("rope") or {}
+    rope = rope_options(v.results)
     if rope.get("scaling") == scaling and (v.finetune is not None) == finetuned:
       return v
   return None
@@ -135,7 +137,7 @@ def _pi_steps(variants):
   tuned, rope = _rope_variant(variants, "linear", True), _plain(variants, "rope")
   if tuned is None or rope is None:
     return "needs rope and its PI fine-tune", UNKNOWN
-  multiple = tuned.results["rope"]["factor"]
+  multiple = rope_options(tuned.results)["factor"]
   after, base = tuned.at("perplexity", multiple), rope.at("perplexity", 1)
   if after is None or base is None:
     return f"needs the fine-tune at {multiple:g}x and rope at 1x", UNKNOWN

@@ -82,6 +82,14 @@ def _read(path: pathlib.Path) -> dict:
     raise Unreadable(f"{path} is not valid JSON ({e}); rerun the stage that writes it") from None
 
 
+def rope_options(results: dict) -> dict:
+  """model.rope as the run was evaluated with it ({} for another scheme). Results written before
+  RoPE's options were its scheme's options carry them as "rope" for every scheme."""
+  if "rope" in results:
+    return results["rope"] or {}
+  return (results.get("scheme_options") or {}) if results["scheme"] == "rope" else {}
+
+
 def label(results: dict, finetuned: bool) -> str:
   label = results["scheme"]
   model = (results.get("config") or {}).get("model", {})
@@ -93,7 +101,7 @@ def label(results: dict, finetuned: bool) -> str:
   seed = (results.get("config") or {}).get("seed", 0)
   if seed:  # a study's repeat with another seed
     label += f" seed {seed}"
-  rope = results.get("rope") or {}
+  rope = rope_options(results)
   if rope.get("keep", 1.0) != 1.0:
     label = f"p-rope {rope['keep']:g}"
   if rope.get("scaling", "none") != "none":
