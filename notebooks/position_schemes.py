@@ -67,7 +67,7 @@ distance = np.arange(0, 4 * TRAIN_LENGTH)
 q = jnp.ones((1, 1, 1, HEAD_DIM))
 fig, ax = plt.subplots(figsize=(8, 3.5))
 for scaling in ("none", "linear", "ntk", "yarn"):
-  cfg = positions.RopeConfig(scaling=scaling, factor=4.0, original_length=TRAIN_LENGTH)
+  cfg = positions.RopeOptions(scaling=scaling, factor=4.0, original_length=TRAIN_LENGTH)
   freqs, scale = positions.scaled_frequencies(HEAD_DIM, cfg, 4 * TRAIN_LENGTH)
   q0 = positions.apply_rope(q, jnp.zeros((1, 1)), freqs, scale=scale)[0, 0, 0]
   k = positions.apply_rope(jnp.ones((1, len(distance), 1, HEAD_DIM)), jnp.asarray(distance)[None],
@@ -86,7 +86,7 @@ ax.legend()
 # %%
 fig, (ax_f, ax_x) = plt.subplots(1, 2, figsize=(11, 3.5))
 for keep in (1.0, 0.75, 0.25):
-  cfg = positions.RopeConfig(keep=keep)
+  cfg = positions.RopeOptions(keep=keep)
   freqs, _ = positions.scaled_frequencies(HEAD_DIM, cfg, TRAIN_LENGTH)
   ax_f.semilogy(np.arange(HEAD_DIM // 2), np.maximum(np.asarray(freqs), 1e-6), ".-",
                 label=f"keep {keep:g}")

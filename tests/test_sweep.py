@@ -162,7 +162,7 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
               if line.startswith("| rope FT yarn x4 |"))
   assert cost.startswith("| rope FT yarn x4 | 1.54k | ")  # pretrain: 6 steps x 8 x 32 tokens
   assert "| 1.02k | " in cost  # the fine-tune's own: 2 steps x 8 x 64
-  for name in ("perplexity_vs_length", "loss_by_position", "quality_vs_compute",
+  for name in ("overview", "perplexity_vs_length", "loss_by_position", "quality_vs_compute",
                "retrieval_vs_length", "retrieval_passkey", "retrieval_niah_single"):
     assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert f"figures/{name}.png" in text

@@ -22,8 +22,9 @@ The package:
 Importing this face loads no kernel: each is imported when first used.
 """
 from lcx.attention.choice import Choice, choose, make, select
-from lcx.attention.kernels import (CHOICES, TILED, accepts, auto_candidates, cannot_run, check,
-                                   function, takes_call)
+from lcx.attention.kernels import (CHOICES, FALLBACK, REFERENCE, TILED, accepts, auto_candidates,
+                                   cannot_run, check, function, preference, takes_call)
 
-__all__ = ["CHOICES", "TILED", "Choice", "accepts", "auto_candidates", "cannot_run", "check",
-           "choose", "function", "make", "select", "takes_call"]
+__all__ = ["CHOICES", "FALLBACK", "REFERENCE", "TILED", "Choice", "accepts", "auto_candidates",
+           "cannot_run", "check", "choose", "function", "make", "preference", "select",
+           "takes_call"]

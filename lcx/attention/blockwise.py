@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lcx.attention.tiles import DEFAULT_BLOCK, Geometry, hoisted_bias, visible_tiles
+from lcx.attention.tiles import (DEFAULT_BLOCK, Geometry, first_query_tile, hoisted_bias,
+                                key_tiles_seen, visible_tiles)
 
 # Above this many tiles the loops run as XLA while-loops (compile time and code size constant in
 # length); below it they are unrolled, which lets XLA fuse and schedule each tile freely.
@@ -123,22 +124,6 @@ def _put_rows(x, update, i, size):
   return jax.lax.dynamic_update_slice_in_dim(x, update.astype(x.dtype), i * size, axis=1)
 
 
-def _key_tiles_seen(g, i):
-  """How many key tiles (from the first) query tile i visits; i may be traced."""
-  if g.causal_offset is None:
-    return g.nk
-  return jnp.clip(((i + 1) * g.bq - 1 + g.causal_offset) // g.bk + 1, 0, g.nk) if isinstance(
-      i, jax.Array) else min(max(((i + 1) * g.bq - 1 + g.causal_offset) // g.bk + 1, 0), g.nk)
-
-
-def _first_query_tile(g, j):
-  """The first query tile that sees key tile j; j may be traced."""
-  if g.causal_offset is None:
-    return 0
-  first = (j * g.bk - g.causal_offset) // g.bq
-  return jnp.maximum(first, 0) if isinstance(j, jax.Array) else max(first, 0)
-
-
 def _loop(lo, hi, body, carry, unrolled: bool):
   """body(index, carry) for index in [lo, hi): a Python loop or an XLA while-loop."""
   if unrolled:
@@ -171,7 +156,7 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
 
     start = (jnp.full((n, g.bq), -jnp.inf, jnp.float32), jnp.zeros((n, g.bq), jnp.float32),
              jnp.zeros((n, g.bq, d), jnp.float32))
-    m, l, acc = _loop(0, _key_tiles_seen(g, i), visit, start, unrolled)
+    m, l, acc = _loop(0, key_tiles_seen(g, i), visit, start, unrolled)
     l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
     return ((acc / l_safe[..., None]).astype(q.dtype),
             jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf))
@@ -236,8 +221,8 @@ def _attention_bwd(g, residuals, do):
     dk, dv, dbias = [], [], jax.tree.map(zeros, bias_params)
     for j in range(g.nk):
       dk_j, dv_j = key_start()
-      for i in range(_first_query_tile(g, j), g.nq):
-        if _key_tiles_seen(g, i) <= j:
+      for i in range(first_query_tile(g, j), g.nq):
+        if key_tiles_seen(g, i) <= j:
           continue
         dq_t, dk_t, dv_t, d_params = tile(i, j)
         dq[i], dk_j, dv_j = dq[i] + dq_t, dk_j + dk_t, dv_j + dv_t
@@ -253,7 +238,7 @@ def _attention_bwd(g, residuals, do):
         dq = _put_rows(dq, _rows(dq, i, g.bq) + dq_t, i, g.bq)  # in place in the loop
         return dk_j + dk_t, dv_j + dv_t, dq, jax.tree.map(jnp.add, dbias, d_params)
 
-      dk_j, dv_j, dq, dbias = jax.lax.fori_loop(_first_query_tile(g, j), g.nq, visit,
+      dk_j, dv_j, dq, dbias = jax.lax.fori_loop(first_query_tile(g, j), g.nq, visit,
                                                 (*key_start(), *carry))
       return (dq, dbias), (dk_j, dv_j)
 

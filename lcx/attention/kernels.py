@@ -83,6 +83,7 @@ CHOICES = (*KERNELS, "auto")
 TILED = tuple(k.name for k in KERNELS.values() if k.tiled)
 QUADRATIC = tuple(k.name for k in KERNELS.values() if k.quadratic)
 FALLBACK = "blockwise"  # runs everywhere and takes every bias
+REFERENCE = "dense"  # the full score matrix: what every other kernel is checked and timed against
 
 
 def auto_candidates(backend: str) -> tuple[str, ...]:

@@ -30,7 +30,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
-from lcx.attention.tiles import DEFAULT_BLOCK, Geometry, hoisted_bias
+from lcx.attention.tiles import (DEFAULT_BLOCK, Geometry, first_query_tile, hoisted_bias,
+                                key_tiles_seen)
 from lcx.positions.bias import Bias
 
 _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled apart (lse = inf)
@@ -130,18 +131,11 @@ def _operand(x, head):
 # --- what every kernel does to a tile -------------------------------------------------------------
 
 def _key_tiles_seen(g, i):
-  """How many key tiles (from the first) query tile i (traced) visits."""
-  if g.causal_offset is None:
-    return g.nk
-  last_key = (i + 1) * g.bq - 1 + g.causal_offset
-  return jnp.clip(jax.lax.div(last_key, g.bk) + 1, 0, g.nk)
+  return key_tiles_seen(g, i, jax.lax.div)  # one integer op in the kernel (floor is three)
 
 
 def _first_query_tile(g, j):
-  """The first query tile that sees key tile j (traced)."""
-  if g.causal_offset is None:
-    return 0
-  return jnp.clip(jax.lax.div(j * g.bk - g.causal_offset, g.bq), 0, g.nq)
+  return first_query_tile(g, j, jax.lax.div)
 
 
 def _tile_bias(g, h, q_pos, k_pos, consts, params):

@@ -1,6 +1,8 @@
 """What the tiled kernels (blockwise, pallas) share: the tile length, which tiles a causal call
 visits, the static description of a call, and the position bias split into its work on
 parameters (done once, outside the tiles) and its work on positions (done per tile)."""
+import operator
+
 import jax
 import jax.numpy as jnp
 
@@ -11,6 +13,25 @@ def visible_tiles(nq, nk, bq, bk, offset):
   """(i, j) of every tile holding a key some query may see: query q sees key k <= q + offset."""
   return tuple((i, j) for i in range(nq) for j in range(nk)
                if offset is None or j * bk <= (i + 1) * bq - 1 + offset)
+
+
+def key_tiles_seen(g, i, div=operator.floordiv):
+  """How many key tiles (from the first) query tile i of a call with geometry g visits; i may be
+  traced. `div`: the integer division the kernel's compiler lowers (Pallas: lax.div, which
+  truncates; the same as floor here, where a negative quotient is clipped to 0)."""
+  if g.causal_offset is None:
+    return g.nk
+  seen = div((i + 1) * g.bq - 1 + g.causal_offset, g.bk) + 1
+  return jnp.clip(seen, 0, g.nk) if isinstance(i, jax.Array) else min(max(seen, 0), g.nk)
+
+
+def first_query_tile(g, j, div=operator.floordiv):
+  """The first query tile that sees key tile j; j may be traced. (Never past the last query
+  tile: the keys end `causal_offset` after the queries, so j * bk - offset < Q.)"""
+  if g.causal_offset is None:
+    return 0
+  first = div(j * g.bk - g.causal_offset, g.bq)
+  return jnp.maximum(first, 0) if isinstance(j, jax.Array) else max(first, 0)
 
 
 def hoisted_bias(bias_fn, q_pos_tile, k_pos_tile):

@@ -1,5 +1,5 @@
-"""The report's figures: perplexity vs length, loss by position, quality against compute, and
-retrieval vs length, by length and depth, and by needle distance. Every figure draws a variant in
+"""The report's figures: an overview, perplexity vs length, loss by position, quality against
+compute, and retrieval vs length, by length and depth, and by needle distance. Every figure draws a variant in
 the same colour and marker."""
 import pathlib
 
@@ -84,6 +84,7 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
   paths["quality_vs_compute"] = _save(fig, out / "quality_vs_compute.png")
 
   tasks = list(dict.fromkeys(t for v in variants for t in v.retrieval_tasks()))
+  paths["overview"] = _overview(variants, tasks[:1], look, title, out)
   if tasks:
     paths["retrieval_vs_length"] = _retrieval_curves(variants, tasks, look, title, out)
   for task in tasks:
@@ -91,6 +92,35 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
   if any(v.by_distance(task, "exact") for v in variants for task in tasks):
     paths["retrieval_by_distance"] = _distance_curves(variants, tasks, look, title, out)
   return paths
+
+
+def _overview(variants, tasks, look, title, out) -> pathlib.Path:
+  """The study at a glance, small (README-sized): perplexity vs length, and exact match vs
+  length on the first retrieval task where there is one."""
+  fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(5 * (1 + len(tasks)), 3.6), squeeze=False)
+  ax = axes[0, 0]
+  for v in variants:
+    rows = [r for r in v.results["perplexity"] if "perplexity" in r]
+    ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], label=v.label,
+            markersize=4, **look[v.label])
+  log_scale_length_axis(ax, sorted({r["length"] for v in variants
+                                    for r in v.results["perplexity"]}))
+  _mark_training_length(ax, variants)
+  ax.set(yscale="log", title="perplexity vs length", xlabel="evaluation length (tokens)")
+  for ax, task in zip(axes[0, 1:], tasks):
+    for v in variants:
+      points = [(m * v.results["base_length"], v.retrieval(task, "exact", m)) for m in MULTIPLES]
+      points = [(n, a) for n, a in points if a is not None]
+      if points:
+        ax.plot(*zip(*points), markersize=4, **look[v.label])
+    log_scale_length_axis(ax, sorted({m * v.results["base_length"] for v in variants
+                                      for m in MULTIPLES}))
+    _mark_training_length(ax, variants)
+    ax.set(title=f"{task}: exact match", xlabel="context length (tokens)", ylim=(-0.03, 1.03))
+  legend(axes[0, -1], fontsize=6)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return _save(fig, out / "overview.png", dpi=80)
 
 
 def _distance_curves(variants, tasks, look, title, out) -> pathlib.Path:
@@ -168,7 +198,7 @@ def _retrieval_heatmaps(variants, task, title, out) -> pathlib.Path:
   return _save(fig, out / f"retrieval_{task}.png")
 
 
-def _save(fig, path: pathlib.Path) -> pathlib.Path:
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+def _save(fig, path: pathlib.Path, dpi: int = 120) -> pathlib.Path:
+  fig.savefig(path, dpi=dpi, bbox_inches="tight")
   plt.close(fig)
   return path
