@@ -84,6 +84,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       ("embed", "fsdp"),
       ("vocab", "tensor"),
       ("heads", "tensor"),
+      ("kv_heads", "tensor"),
       ("mlp", "tensor"),
   )
 

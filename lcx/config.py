@@ -84,6 +84,10 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len", "memory_reset"):
     if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
+  if "n_kv_heads" not in m:  # runs saved before grouped-query attention: one per query head
+    m.n_kv_heads = m.n_heads
+  if c.get("mesh") and "rules" in c.mesh:
+    c.mesh.rules = _with_kv_heads_rule(c.mesh.rules)
   for name, options in _option_types().items():  # sections and fields added since: defaults
     if name not in m:
       m[name] = ml_collections.ConfigDict()
@@ -108,6 +112,21 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
     c.eval.probe_tasks, c.eval.probe_trials = (), 0
   return c
+
+
+def _with_kv_heads_rule(rules) -> tuple:
+  """Rules that map the key/value heads as the query heads where they do not say otherwise (rules
+  written before grouped-query attention, or that leave it implicit)."""
+  rules = tuple(tuple(r) if isinstance(r, list) else r for r in rules)
+  pairs = {r[0]: r[1] for r in rules if isinstance(r, tuple) and len(r) == 2}
+  if "kv_heads" in pairs or "heads" not in pairs:
+    return rules
+  return (*rules, ("kv_heads", pairs["heads"]))
+
+
+def _maps_to(rules, logical: str, mesh_axis: str) -> bool:
+  axes = next((r[1] for r in rules if r[0] == logical), None)
+  return axes == mesh_axis or (isinstance(axes, (tuple, list)) and mesh_axis in axes)
 
 
 def _check_rules(rules) -> None:
@@ -173,6 +192,12 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
              "or set config.model.head_dim")
     m.head_dim = m.d_model // m.n_heads
   _positive(c, "model.head_dim")
+  if m.n_kv_heads == 0:
+    m.n_kv_heads = m.n_heads
+  _require(m.n_kv_heads > 0 and m.n_heads % m.n_kv_heads == 0,
+           f"config.model.n_kv_heads={m.n_kv_heads} must divide config.model.n_heads={m.n_heads} "
+           f"(allowed: {', '.join(str(g) for g in range(1, m.n_heads + 1) if m.n_heads % g == 0)}; "
+           "0: n_heads)")
   if m.max_len == 0:
     m.max_len = d.seq_len
   tokenizer_vocab = tokenizer.vocab_size
@@ -226,6 +251,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   for name, size in (("n_heads", m.n_heads), ("mlp_dim", m.mlp_dim), ("vocab_size", m.vocab_size)):
     _require(size % c.mesh.tensor == 0,
              f"config.model.{name}={size} must be divisible by config.mesh.tensor={c.mesh.tensor}")
+  if _maps_to(c.mesh.rules, "kv_heads", "tensor"):
+    _require(m.n_kv_heads % c.mesh.tensor == 0,
+             f"config.model.n_kv_heads={m.n_kv_heads} must be divisible by config.mesh.tensor="
+             f"{c.mesh.tensor}, or add ('kv_heads', None) to config.mesh.rules to keep the "
+             "key/value heads whole on every device")
   _require(m.d_model % c.mesh.fsdp == 0,
            f"config.model.d_model={m.d_model} must be divisible by config.mesh.fsdp={c.mesh.fsdp}")
   c.lock()

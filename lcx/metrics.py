@@ -24,7 +24,9 @@ def flops_per_token(non_embedding_params: int, n_layers: int, attention_width: i
   against every key (comparable with other codebases' MFU); `causal` counts the half that causal
   kernels compute (6 n_layers d_attn L), the work actually done. A model in segments passes its
   segment length as L and the keys its memory adds per query (the mean over layers), which every
-  query sees whole: 12 n_layers d_attn M either way."""
+  query sees whole: 12 n_layers d_attn M either way. d_attn is the query heads' width: with
+  grouped-query attention every query head still meets every key; only N (the smaller key/value
+  projections) shrinks."""
   window = (6.0 if causal else 12.0) * seq_len + 12.0 * memory_keys
   return 6.0 * non_embedding_params + window * n_layers * attention_width
 

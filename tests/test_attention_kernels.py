@@ -15,6 +15,7 @@ from flax import nnx
 from jax.experimental.pallas import tpu as pltpu
 
 from lcx import attention, positions, sharding
+from lcx import memory as memory_lib
 from lcx.attention import blockwise, library, native, tiles
 from lcx.attention import pallas as pallas_attention_lib
 from lcx.attention.blockwise import blockwise_attention
@@ -506,3 +507,119 @@ def test_bfloat16_compute_with_float32_weights_through_blockwise():
     losses[implementation], grads = jax.jit(jax.value_and_grad(loss))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))  # master weights
   np.testing.assert_allclose(losses["blockwise"], losses["dense"], rtol=1e-2)
+
+
+# --- grouped-query attention ------------------------------------------------------------------
+
+def _repeat_heads(x, heads):
+  """(B, L, G, K) -> (B, L, heads, K): each key/value head repeated for its group of query heads,
+  what grouped-query attention must equal (and what no kernel should need to build)."""
+  return jnp.repeat(x, heads // x.shape[2], axis=2)
+
+
+_GQA_KERNELS = {  # each kernel that runs here, with its own arguments and a bias it takes
+    "blockwise": (blockwise_attention, dict(block_q=8, block_k=8), "t5"),
+    "blockwise-loop": (blockwise_attention, dict(block_q=2, block_k=2), "t5"),  # while-loops
+    "native": (native.native_attention, dict(block_q=8, block_k=8), "alibi"),
+    "pallas": (pallas_attention, dict(block_q=8, block_k=8), "t5"),
+    "pallas-tpu": (pallas_attention, dict(block_q=8, block_k=8), "t5"),
+    "splash": (library.splash_attention, dict(block=128, interpret=True), None),
+    "dense": (dense_attention, {}, "t5"),
+}
+
+
+@pytest.mark.parametrize("kernel", _GQA_KERNELS)
+def test_every_kernel_takes_fewer_key_value_heads_than_query_heads(kernel):
+  """Grouped-query attention (4 query heads, 2 key/value heads) equals multi-head attention over
+  the key/value heads repeated for their groups: values, dQ, and dK / dV summed over each group,
+  with packed documents, queries at the end of longer keys (a cache) and a position bias (a
+  learned one where the kernel takes it, whose gradient must agree too)."""
+  fn, kw, scheme = _GQA_KERNELS[kernel]
+  if kernel == "native" and native.unavailable_reason():
+    pytest.skip(native.unavailable_reason())
+  Q, S = (256, 256) if kernel == "splash" else (29, 37)  # splash: lengths that fill its tiles
+  q, k, v, q_pos, k_pos, seg = _inputs(Q=Q, S=S, H=4, K=8, packed=True)
+  k, v = k[:, :, :2], v[:, :, :2]
+  seg = None if kernel == "splash" else seg  # (splash's packing is checked above)
+  made = scheme and positions.make(scheme, positions.PositionConfig(
+      d_model=32, n_heads=4, head_dim=8, max_len=64), rngs=nnx.Rngs(0))
+  bias_fn = made and (made.bias_fn(0) if kernel != "native" else
+                      positions.LinearBias(positions.alibi_slopes(4)))
+  with _lowering("tpu" if kernel == "pallas-tpu" else None):
+    if kernel == "blockwise-loop":
+      with _unroll_max_tiles(0):
+        got = jax.value_and_grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
+                                 argnums=(0, 1, 2))(q, k, v)
+    else:
+      got = jax.value_and_grad(lambda *a: _loss(fn, *a, q_pos, k_pos, seg, bias_fn, **kw),
+                               argnums=(0, 1, 2))(q, k, v)
+  want = jax.value_and_grad(
+      lambda q, k, v: _loss(dense_attention, q, _repeat_heads(k, 4), _repeat_heads(v, 4), q_pos,
+                            k_pos, seg, bias_fn), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  assert [g.shape for g in got[1]] == [q.shape, k.shape, v.shape]
+  for g, w in zip(got[1], want[1]):
+    np.testing.assert_allclose(g, w, atol=3e-5, rtol=1e-4)
+
+
+@contextlib.contextmanager
+def _unroll_max_tiles(n):
+  before, blockwise.UNROLL_MAX_TILES = blockwise.UNROLL_MAX_TILES, n
+  try:
+    yield
+  finally:
+    blockwise.UNROLL_MAX_TILES = before
+
+
+def _as_multi_head(params, heads):
+  """A grouped-query model's parameters as the multi-head model that equals it: wk and wv with
+  each key/value head repeated for its group."""
+  def repeat(path, x):
+    name = jax.tree_util.keystr(path)
+    if "'wk'" in name or "'wv'" in name:
+      return jnp.repeat(x, heads // x.shape[-2], axis=-2)
+    return x
+  return jax.tree_util.tree_map_with_path(repeat, params)
+
+
+@pytest.mark.parametrize("variant", [*SCHEMES, "rope+xl", "rope+compressive", "rope+knn",
+                                     "alibi+xl"])
+def test_every_scheme_and_memory_with_grouped_query_attention(variant):
+  """The per-scheme GQA column: a model with 2 key/value heads for 4 query heads (through the
+  kernel auto picks here, packed documents) equals the multi-head model whose wk and wv repeat
+  each key/value head for its group: loss, and every gradient (wk's and wv's summed over the
+  group). The memory arms hold only the key/value heads."""
+  position, _, mechanism = variant.partition("+")
+  memory_fields = dict(memory=mechanism, segment_len=16) if mechanism else {}
+  if mechanism == "knn":
+    memory_fields["memory_options"] = memory_lib.option_types()["knn"](size=32, k=4)
+
+  def model(kv_heads):
+    return Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4,
+                                   n_kv_heads=kv_heads, head_dim=8, mlp_dim=64, max_len=48,
+                                   position=position, attention_block=16, **memory_fields),
+                       rngs=nnx.Rngs(0))
+
+  grouped, multi = model(2), model(4)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 48), 0, 64)
+  segments = jnp.asarray(np.stack([np.arange(48) >= 30, np.arange(48) >= 7]).astype(np.int32))
+  pos = jnp.broadcast_to(jnp.arange(48), (2, 48)) - jnp.asarray([[0] * 30 + [30] * 18,
+                                                                 [0] * 7 + [7] * 41])
+
+  def loss_and_grads(model, params):
+    graphdef, _ = nnx.split(model, nnx.Param)
+    loss = lambda p: token_losses(nnx.merge(graphdef, p)(tokens[:, :-1], pos[:, :-1],
+                                                         segments[:, :-1]), tokens[:, 1:]).mean()
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  params = nnx.state(grouped, nnx.Param)
+  assert params["blocks"][0]["attn"]["wk"][...].shape == (32, 2, 8)
+  loss_g, grads_g = loss_and_grads(grouped, params)
+  loss_m, grads_m = loss_and_grads(multi, _as_multi_head(params, 4))
+  np.testing.assert_allclose(loss_g, loss_m, rtol=1e-5)
+  summed = jax.tree_util.tree_map_with_path(  # a group's repeated heads' gradients, added up
+      lambda path, g: (g.reshape(*g.shape[:-2], 2, 2, g.shape[-1]).sum(-2)
+                       if "'wk'" in jax.tree_util.keystr(path) or "'wv'" in
+                       jax.tree_util.keystr(path) else g), grads_m)
+  for g, m in zip(jax.tree.leaves(grads_g), jax.tree.leaves(summed)):
+    np.testing.assert_allclose(g, m, atol=3e-6, rtol=1e-4)

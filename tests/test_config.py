@@ -80,6 +80,11 @@ def _tiny(**overrides):
     ({"mesh.rules": (("embed",),)}, 1,
      r"config.mesh.rules: the entry \('embed',\) is not \(logical axis name, mesh axes\)"),
     ({"wandb.init_timeout_s": -1.0}, 1, r"config.wandb.init_timeout_s=-1.0 must be a positive number"),
+    ({"model.n_kv_heads": 3}, 1, r"config.model.n_kv_heads=3 must divide config.model.n_heads=4 "
+                                 r"\(allowed: 1, 2, 4; 0: n_heads\)"),
+    ({"model.n_kv_heads": 1, "mesh.tensor": 2, "mesh.data": 4}, 8,
+     r"config.model.n_kv_heads=1 must be divisible by config.mesh.tensor=2, or add \('kv_heads', "
+     r"None\) to config.mesh.rules"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):
@@ -171,6 +176,20 @@ def test_a_run_saved_before_the_later_schemes_gets_their_defaults():
   assert filled.model.xpos.gamma == 512.0
 
 
+def test_a_run_saved_before_grouped_query_attention_resolves_as_it_ran():
+  """A config saved before model.n_kv_heads and the kv_heads rule: one key/value head per query
+  head, and the key/value projections sharded as the query heads were."""
+  import ml_collections
+  saved = _tiny(**{"model.n_heads": 8}).to_dict()
+  del saved["model"]["n_kv_heads"]
+  saved["mesh"]["rules"] = [list(r) for r in saved["mesh"]["rules"] if r[0] != "kv_heads"]
+  c = resolve(ml_collections.ConfigDict(saved), 1)
+  assert c.model.n_kv_heads == 8
+  assert dict(c.mesh.rules)["kv_heads"] == dict(c.mesh.rules)["heads"] == "tensor"
+  assert resolve(_tiny(**{"model.n_heads": 8, "model.n_kv_heads": 2}), 1).model.n_kv_heads == 2
+  assert resolve(_tiny(), 1).model.n_kv_heads == 4  # 0: as many as the query heads
+
+
 def test_an_xpos_run_saved_with_its_rotation_in_model_rope_keeps_it():
   """xPos's base, fraction and layout were model.rope's until RoPE's options became the RoPE
   scheme's own: a saved xPos run finds them in model.xpos (model.rope back at its defaults, which
@@ -207,7 +226,8 @@ def test_the_model_and_optimizer_defaults_come_from_their_dataclasses():
   c = resolve(pretrain.get_config("tiny"), 1)
   rope = dataclasses.replace(RopeOptions(), original_length=c.data.seq_len)  # derived, as head_dim
   assert config_lib.model_config(c) == ModelConfig(vocab_size=c.model.vocab_size,
-                                                   position_options=rope)
+                                                   position_options=rope,
+                                                   n_kv_heads=4)  # derived: n_heads
   assert config_lib.optimizer_config(c) == OptimizerConfig(learning_rate=3e-3, warmup_steps=30,
                                                            steps=300)
   c.model.rope.factor = 4  # an integer for a float field, as a command line may give it

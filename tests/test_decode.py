@@ -33,14 +33,20 @@ def _full_logits(model, tokens):
 CASES = [(name, "none", ("dense", "blockwise")[i % 2])
          for i, name in enumerate(positions.available())]
 CASES += [("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense")]
+# grouped-query attention: the cache holds the 2 key/value heads of 4 query heads
+CASES += [("rope", "none", "blockwise-gqa"), ("t5", "none", "dense-gqa")]
 if native.unavailable_reason() is None:
-  CASES += [("alibi", "none", "native"), ("rope", "none", "native")]
+  CASES += [("alibi", "none", "native"), ("rope", "none", "native"),
+            ("alibi", "none", "native-gqa")]
 
 
 @pytest.mark.parametrize("position, scaling, attention_impl", CASES)
 def test_prompt_then_one_token_at_a_time_gives_the_full_forward_logits(position, scaling,
                                                                        attention_impl):
-  model = _model(position, scaling, attention_impl)
+  attention_impl, _, gqa = attention_impl.partition("-")
+  model = _model(position, scaling, attention_impl, **({"n_kv_heads": 2} if gqa else {}))
+  if gqa:
+    assert model.empty_caches(3, 8)[0].k_BSHK.shape == (3, 8, 2, 8)
   tokens = np.random.default_rng(0).integers(0, VOCAB, (3, 45)).astype(np.int32)
   window, prompt = tokens.shape[1], 37
   expected = _full_logits(model, tokens)

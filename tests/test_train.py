@@ -45,12 +45,14 @@ def _with_memory(config):
   config.model.update(memory="xl", segment_len=8)
 
 
-@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl"])
+@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa"])
 def test_sharded_matches_single_device(tiny_config, tmp_path, position):
-  position, _, mechanism = position.partition("+")
+  position, _, variant = position.partition("+")
   tiny_config.model.position = position
-  if mechanism:
+  if variant == "xl":
     _with_memory(tiny_config)
+  if variant == "gqa":  # 2 key/value heads for 4 query heads, split over tensor=2 as they are
+    tiny_config.model.n_kv_heads = 2
   tiny_config.train.steps = 4
   tiny_config.mesh.update(data=1, fsdp=1, tensor=1)
   single = _run(tiny_config, tmp_path / "one", devices=jax.devices()[:1])
@@ -76,6 +78,8 @@ def test_parameters_are_sharded_by_the_rules(tiny_config):
   state = program.init()
   wq = state["params"]["blocks"][0]["attn"]["wq"][...]  # (D, H, K): embed->fsdp, heads->tensor
   assert wq.addressable_shards[0].data.shape == (32 // 4, 4 // 2, 8)
+  wk = state["params"]["blocks"][0]["attn"]["wk"][...]  # (D, G, K): kv_heads->tensor as well
+  assert wk.addressable_shards[0].data.shape == (32 // 4, 4 // 2, 8)
   mu = state["opt_state"][1][0].mu["blocks"][0]["attn"]["wq"][...]
   assert mu.sharding == wq.sharding  # the optimizer state follows its parameter
 

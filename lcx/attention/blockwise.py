@@ -8,7 +8,10 @@ bias is computed per tile from the tile's positions (never a T x T array), and t
 storing them. A bias with parameters (T5, FIRE, ...) gets its gradient through the same tiles.
 
 Layout inside: (B*H, L, K), so every tile product is one batched matmul with the batch leading;
-a bias is added to the tile viewed as (B, H, bq, bk), in whatever shape the scheme makes it.
+a bias is added to the tile viewed as (B, H, bq, bk), in whatever shape the scheme makes it. Keys
+and values may have G < H heads (grouped-query attention), laid out (B*G, L, K): the R = H / G
+query heads of a group meet its keys in one product (query-head operands viewed as
+(B*G, R, ...)), so keys and values are never repeated, and dK, dV sum over the group.
 Queries come scaled by 1/sqrt(K) (once, not per tile), and a tile wholly below the causal diagonal
 without padded keys or packed documents is not masked at all.
 """
@@ -31,7 +34,7 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
                         block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
   """Same signature and result as lcx.attention.library.dense_attention (see there)."""
   B, Q, H, K = q_BQHK.shape
-  S = k_BKHK.shape[1]
+  S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   bq, bk = min(block_q, Q), min(block_k, S)
   nq, nk = -(-Q // bq), -(-S // bk)
   pad_q, pad_k = nq * bq - Q, nk * bk - S
@@ -42,18 +45,35 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
   q_pos = jnp.pad(q_positions_BQ, ((0, 0), (0, pad_q)))
   k_pos = jnp.pad(k_positions_BK, ((0, 0), (0, pad_k)))
 
-  def heads_first(x, pad):  # (B, L, H, K) -> (B*H, L + pad, K)
+  def heads_first(x, pad):  # (B, L, H or G, K) -> (B*H or B*G, L + pad, K)
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    return x.transpose(0, 2, 1, 3).reshape(B * H, x.shape[1], K)
+    return x.transpose(0, 2, 1, 3).reshape(B * x.shape[2], x.shape[1], K)
 
   offset = S - Q if causal else None  # query q sees keys up to q + offset
   bias, bias_args = hoisted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
-  geometry = Geometry(B=B, H=H, bq=bq, bk=bk, nq=nq, nk=nk, keys=S, causal_offset=offset,
-                       tiles=visible_tiles(nq, nk, bq, bk, offset), bias=bias)
+  geometry = Geometry(B=B, H=H, R=H // G, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
+                       causal_offset=offset, tiles=visible_tiles(nq, nk, bq, bk, offset), bias=bias)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
+
+
+def _einsum(g, equation, *operands, query_heads):
+  """jnp.einsum (float32) of tiles whose leading axis runs over the query heads (B*H) or the
+  key/value heads (B*G); `query_heads`: for each operand and then the result, whether it runs over
+  the query heads. With R query heads per key/value head, those operands are viewed as
+  (B*G, R, ...), so a group meets its keys in one product and a per-key result sums the group."""
+  if g.R == 1:
+    return jnp.einsum(equation, *operands, preferred_element_type=jnp.float32)
+  inputs, output = equation.split("->")
+  *grouped, grouped_out = query_heads
+  spec = lambda s, by_query: "nr" + s[1:] if by_query else s
+  views = [x.reshape(-1, g.R, *x.shape[1:]) if by_query else x
+           for x, by_query in zip(operands, grouped)]
+  y = jnp.einsum(",".join(map(spec, inputs.split(","), grouped)) + "->"
+                 + spec(output, grouped_out), *views, preferred_element_type=jnp.float32)
+  return y.reshape(-1, *y.shape[2:]) if grouped_out else y
 
 
 def _per_head(g, x):
@@ -91,7 +111,7 @@ def _tile_mask(g, i, j, q_seg, k_seg):
 def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, with_vjp=False):
   """Scores of tile (i, j) plus bias, float32 (B*H, bq, bk); q comes scaled. With `with_vjp`,
   also the VJP of the tile's bias in its parameters (None without parameters)."""
-  s = jnp.einsum("nqd,nkd->nqk", q_t, k_t, preferred_element_type=jnp.float32)
+  s = _einsum(g, "nqd,nkd->nqk", q_t, k_t, query_heads=(True, False, True))
   if g.bias is None:
     return (s, None) if with_vjp else s
   consts, params = bias_args
@@ -150,8 +170,8 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
       p = jnp.exp(s - m_safe[..., None])
       correction = jnp.exp(m - m_safe)
-      pv = jnp.einsum("nqk,nkd->nqd", p.astype(v.dtype), _rows(v, j, g.bk),
-                      preferred_element_type=jnp.float32)
+      pv = _einsum(g, "nqk,nkd->nqd", p.astype(v.dtype), _rows(v, j, g.bk),
+                   query_heads=(True, False, True))
       return m_new, l * correction + p.sum(axis=-1), acc * correction[..., None] + pv
 
     start = (jnp.full((n, g.bq), -jnp.inf, jnp.float32), jnp.zeros((n, g.bq), jnp.float32),
@@ -175,14 +195,14 @@ def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bi
   q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
   s, bias_vjp = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, with_vjp=True)
   p = _where(g, _tile_mask(g, i, j, q_seg, k_seg), jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
-  dv_t = jnp.einsum("nqk,nqd->nkd", p.astype(do.dtype), do_t, preferred_element_type=jnp.float32)
-  dp = jnp.einsum("nqd,nkd->nqk", do_t, v_t, preferred_element_type=jnp.float32)
+  dv_t = _einsum(g, "nqk,nqd->nkd", p.astype(do.dtype), do_t, query_heads=(True, True, False))
+  dp = _einsum(g, "nqd,nkd->nqk", do_t, v_t, query_heads=(True, False, True))
   ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (score + bias)
   # a bias with parameters: their gradient is ds through the tile's bias
   d_params = bias_vjp(ds) if bias_vjp else ()
   ds = ds.astype(q.dtype)
-  dq_t = jnp.einsum("nqk,nkd->nqd", ds, k_t, preferred_element_type=jnp.float32)
-  dk_t = jnp.einsum("nqk,nqd->nkd", ds, q_t, preferred_element_type=jnp.float32)
+  dq_t = _einsum(g, "nqk,nkd->nqd", ds, k_t, query_heads=(True, False, True))
+  dk_t = _einsum(g, "nqk,nqd->nkd", ds, q_t, query_heads=(True, True, False))
   return dq_t, dk_t, dv_t, d_params
 
 
@@ -209,12 +229,14 @@ def _attention_bwd(g, residuals, do):
   q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args = residuals
   bias_consts, bias_params = bias_args
   n, _, d = q.shape
+  n_kv = k.shape[0]  # B*G: the key/value heads' rows
   # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
   delta = jnp.einsum("nqd,nqd->nq", do.astype(jnp.float32), o.astype(jnp.float32))
   tile = lambda i, j: _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg,
                                   bias_args)
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
-  key_start = lambda: (jnp.zeros((n, g.bk, d), jnp.float32), jnp.zeros((n, g.bk, d), jnp.float32))
+  key_start = lambda: (jnp.zeros((n_kv, g.bk, d), jnp.float32),
+                       jnp.zeros((n_kv, g.bk, d), jnp.float32))
 
   if len(g.tiles) <= UNROLL_MAX_TILES:
     dq = [jnp.zeros((n, g.bq, d), jnp.float32) for _ in range(g.nq)]
@@ -244,7 +266,7 @@ def _attention_bwd(g, residuals, do):
 
     (dq, dbias), (dk, dv) = jax.lax.scan(key_tile, (zeros(q), jax.tree.map(zeros, bias_params)),
                                          jnp.arange(g.nk))
-    dk, dv = (x.transpose(1, 0, 2, 3).reshape(n, g.nk * g.bk, d) for x in (dk, dv))
+    dk, dv = (x.transpose(1, 0, 2, 3).reshape(n_kv, g.nk * g.bk, d) for x in (dk, dv))
   dbias = jax.tree.map(lambda d_, p: d_.astype(p.dtype), dbias, bias_params)
   # Integer inputs have no gradient (segment ids may be None: no packed documents).
   no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)

@@ -15,10 +15,17 @@ _MASKED = -1e30  # finite, so a fully masked row gives a uniform softmax rather 
 
 def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True):
-  """Reference implementation: the full (Q, K) score matrix in float32."""
-  head_dim = q_BQHK.shape[-1]
-  scores_BHQK = jnp.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK,
-                           preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(head_dim))
+  """Reference implementation: the full (Q, K) score matrix in float32. Keys and values may have
+  fewer heads than the queries (grouped-query attention: each serves H / G query heads)."""
+  B, Q, H, head_dim = q_BQHK.shape
+  S, G = k_BKHK.shape[1], k_BKHK.shape[2]
+  if G == H:
+    scores_BHQK = jnp.einsum("bqhd,bkhd->bhqk", q_BQHK, k_BKHK,
+                             preferred_element_type=jnp.float32)
+  else:  # each key/value head against its group of query heads, never repeated
+    scores_BHQK = jnp.einsum("bqgrd,bkgd->bgrqk", q_BQHK.reshape(B, Q, G, H // G, head_dim),
+                             k_BKHK, preferred_element_type=jnp.float32).reshape(B, H, Q, S)
+  scores_BHQK = scores_BHQK / jnp.sqrt(jnp.float32(head_dim))
   if bias_fn is not None:
     bias = bias_fn(q_positions_BQ, k_positions_BK)
     if bias is not None:
@@ -32,13 +39,17 @@ def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     mask = mask & same[:, None, :, :]
   scores_BHQK = jnp.where(mask, scores_BHQK, _MASKED)
   probs = jax.nn.softmax(scores_BHQK, axis=-1).astype(v_BKHK.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v_BKHK)
+  if G == H:
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v_BKHK)
+  o = jnp.einsum("bgrqk,bkgd->bqgrd", probs.reshape(B, G, H // G, Q, S), v_BKHK)
+  return o.reshape(B, Q, H, head_dim)
 
 
 def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True):
-  """cuDNN's fused attention (GPU) through jax.nn.dot_product_attention. It takes no positional
-  bias computed in the kernel, so schemes with a bias are refused (lcx.attention.select)."""
+  """cuDNN's fused attention (GPU) through jax.nn.dot_product_attention, which takes fewer key/value
+  heads than query heads as they are. It takes no positional bias computed in the kernel, so
+  schemes with a bias are refused (lcx.attention.select)."""
   del q_positions_BQ, k_positions_BK
   if bias_fn is not None:
     raise ValueError("cudnn attention takes no position bias")
@@ -58,8 +69,9 @@ def splash_fits(block: int, q_len: int, k_len: int) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, block_q: int, block_k: int,
-                   interpret: bool):
-  """A splash kernel for one shape (built once: its tile map of the mask is worked out in numpy)."""
+                   interpret: bool, shared_kv: bool = False):
+  """A splash kernel for one shape (built once: its tile map of the mask is worked out in numpy).
+  `shared_kv`: `heads` query heads share one key/value head (splash's multi-query form)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # TPU-only; imported on use
       splash_attention_kernel as splash, splash_attention_mask as masks)
   mask = (masks.CausalMask((q_len, k_len), offset=k_len - q_len) if causal
@@ -67,8 +79,9 @@ def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, block_q: in
   blocks = splash.BlockSizes(block_q=block_q, block_kv=block_k, block_kv_compute=block_k,
                              block_q_dkv=block_q, block_kv_dkv=block_k,
                              block_kv_dkv_compute=block_k, block_q_dq=block_q, block_kv_dq=block_k)
-  kernel = splash.make_splash_mha(masks.MultiHeadMask([mask] * heads), block_sizes=blocks,
-                                  head_shards=1, q_seq_shards=1, interpret=interpret)
+  make = splash.make_splash_mqa if shared_kv else splash.make_splash_mha
+  kernel = make(masks.MultiHeadMask([mask] * heads), block_sizes=blocks, head_shards=1,
+                q_seq_shards=1, interpret=interpret)
   return kernel, splash.SegmentIds
 
 
@@ -76,22 +89,29 @@ def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
                      block: int = DEFAULT_BLOCK, interpret: bool = False):
   """TPU splash attention (a Pallas kernel in jax.experimental that skips fully masked tiles),
-  one batch row at a time. It takes no positional bias; `interpret` runs it on CPU (tests)."""
+  one batch row at a time; with fewer key/value heads (G) than query heads, its multi-query form
+  for each group of H / G query heads. It takes no positional bias; `interpret` runs it on CPU
+  (tests)."""
   del q_positions_BQ, k_positions_BK
   if bias_fn is not None:
     raise ValueError("splash attention takes no position bias")
   B, Q, H, K = q_BQHK.shape
-  S = k_BKHK.shape[1]
+  S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   if not splash_fits(block, Q, S):
     raise ValueError(f"splash attention needs lengths that are multiples of the tile length "
                      f"(model.attention_block={block}, itself a multiple of 128); got {Q} queries "
                      f"and {S} keys. Use model.attention=blockwise")
-  kernel, segment_ids = _splash_kernel(H, Q, S, causal, block, block, interpret)
+  kernel, segment_ids = _splash_kernel(H // G if G < H else H, Q, S, causal, block, block,
+                                       interpret, shared_kv=G < H)
   heads_first = lambda x: x.transpose(0, 2, 1, 3)  # splash wants (heads, length, head_dim)
   q = heads_first(q_BQHK * jnp.asarray(K ** -0.5, q_BQHK.dtype))  # splash does not scale
+  k, v = heads_first(k_BKHK), heads_first(v_BKHK)
   if q_segment_ids_BQ is None:
-    o = jax.vmap(kernel)(q, heads_first(k_BKHK), heads_first(v_BKHK))
+    one_row = lambda q, k, v, qs, ks: kernel(q, k, v)
   else:
-    o = jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=segment_ids(qs, ks)))(
-        q, heads_first(k_BKHK), heads_first(v_BKHK), q_segment_ids_BQ, k_segment_ids_BK)
-  return o.transpose(0, 2, 1, 3)
+    one_row = lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=segment_ids(qs, ks))
+  if G < H:  # each key/value head with its group of query heads, (B, G, R, Q, K) and (B, G, S, K)
+    q = q.reshape(B, G, H // G, Q, K)
+    one_row = jax.vmap(one_row, in_axes=(0, 0, 0, None, None))
+  o = jax.vmap(one_row)(q, k, v, q_segment_ids_BQ, k_segment_ids_BK)
+  return o.reshape(B, H, Q, K).transpose(0, 2, 1, 3)

@@ -45,7 +45,7 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   on a CPU) runs the kernels in Pallas' interpreter; `platform` ("gpu" or "tpu", default: this
   backend's) is the compiler the kernels are written for (a test lowers for one without it)."""
   B, Q, H, K = q_BQHK.shape
-  S = k_BKHK.shape[1]
+  S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   bq, bk = min(block_q, Q), min(block_k, S)
   nq, nk = -(-Q // bq), -(-S // bk)
   pad_q, pad_k = nq * bq - Q, nk * bk - S
@@ -68,13 +68,13 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     interpret = jax.default_backend() == "cpu"
   if platform is None:
     platform = jax.default_backend()
-  geometry = Geometry(B=B, H=H, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
+  geometry = Geometry(B=B, H=H, R=H // G, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
                        causal_offset=S - Q if causal else None, packed=packed, bias=bias,
                        const_shapes=_shapes_seen(consts, const_heads), const_heads=const_heads,
                        param_shapes=_shapes_seen(params, param_heads), param_heads=param_heads,
                        interpret=interpret, platform=platform)
 
-  def heads_first(x, pad):  # (B, L, H, K) -> (B, H, L + pad, K)
+  def heads_first(x, pad):  # (B, L, H or G, K) -> (B, H or G, L + pad, K)
     return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
 
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)
@@ -241,12 +241,19 @@ def _call(g, kernel, grid, in_specs, out_specs, out_shape, name):
                         compiler_params=_compiler_params(g), name=name)
 
 
+def _kv_head(g):
+  """Query head h's key/value head: h itself, or its group's with R query heads per group
+  (grouped-query attention: each program reads its group's keys, never a repeated copy)."""
+  return (lambda h: h) if g.R == 1 else (lambda h: h // g.R)
+
+
 def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
   """(output (B, H, Lq, K) in q's dtype, log-normalizer (B, H, 1, Lq) float32)."""
   Lq, Lk = g.nq * g.bq, g.nk * g.bk
+  kv = _kv_head(g)
   in_specs = [pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0)),
-              pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, h, 0, 0)),
-              pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, h, 0, 0)),
+              pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, kv(h), 0, 0)),
+              pl.BlockSpec((None, None, Lk, g.K), lambda b, h, i: (b, kv(h), 0, 0)),
               *_side_specs(g, consts, params)]
   out_specs = [pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0)),
                pl.BlockSpec((None, None, 1, g.bq), lambda b, h, i: (b, h, 0, i))]
@@ -332,26 +339,35 @@ def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params
   segs = (q_seg, k_seg) if g.packed else ()
   operands = (q, k, v, do, lse, delta, q_pos, k_pos, *segs, *consts, *params)
   side_specs = _side_specs(g, consts, params)
+  kv = _kv_head(g)
   all_q = pl.BlockSpec((None, None, Lq, g.K), lambda b, h, t: (b, h, 0, 0))
-  all_k = pl.BlockSpec((None, None, Lk, g.K), lambda b, h, t: (b, h, 0, 0))
+  all_k = pl.BlockSpec((None, None, Lk, g.K), lambda b, h, t: (b, kv(h), 0, 0))
   all_rows = pl.BlockSpec((None, None, 1, Lq), lambda b, h, t: (b, h, 0, 0))
   key_tile = pl.BlockSpec((None, None, g.bk, g.K), lambda b, h, j: (b, h, j, 0))
+  kv_tile = pl.BlockSpec((None, None, g.bk, g.K), lambda b, h, j: (b, kv(h), j, 0))
   query_tile = pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0))
   query_rows = pl.BlockSpec((None, None, 1, g.bq), lambda b, h, i: (b, h, 0, i))
 
   # dK, dV (and the bias parameters: one partial sum per program, added up here)
   # A program's share of a parameter's gradient, in the block it reads (a head's: (1, 1)).
   param_shapes = [(1, 1) if head else p.shape for p, head in zip(params, g.param_heads)]
+  # Each program writes its query head's share of dK, dV; with groups (R > 1) they are added up
+  # here, in float32.
+  kv_grad = (lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)) if g.R == 1 else (
+      lambda x: jax.ShapeDtypeStruct((g.B, g.H, *x.shape[2:]), jnp.float32))
   out = _call(g, _dkv_kernel, (g.B, g.H, g.nk),
-              [all_q, key_tile, key_tile, all_q, all_rows, all_rows, *side_specs],
+              [all_q, kv_tile, kv_tile, all_q, all_rows, all_rows, *side_specs],
               [key_tile, key_tile,
                *(pl.BlockSpec((None, None, None, *s), lambda b, h, j, n=len(s): (b, h, j,
                                                                                  *(0,) * n))
                  for s in param_shapes)],
-              [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
+              [kv_grad(k), kv_grad(v),
                *(jax.ShapeDtypeStruct((g.B, g.H, g.nk, *s), jnp.float32) for s in param_shapes)],
               "lcx_attention_dkv")(*operands)
   dk, dv = out[0], out[1]
+  if g.R > 1:
+    dk, dv = (d.reshape(g.B, -1, g.R, *d.shape[2:]).sum(2).astype(x.dtype)
+              for d, x in ((dk, k), (dv, v)))
   dparams = [d.sum(axis=(0, 2)) if head else d.sum(axis=(0, 1, 2))  # a head's: (H, 1, 1)
              for d, head in zip(out[2:], g.param_heads)]
   dq = _call(g, _dq_kernel, (g.B, g.H, g.nq),

@@ -35,11 +35,16 @@ class MemoryConfig:
   n_heads: int
   head_dim: int
   segment_len: int
+  n_kv_heads: int = 0  # the heads of the keys and values it holds (0: n_heads)
   d_model: int = 0
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
   scan_layers: bool = False
   options: Any = None  # the mechanism's own Options, or None
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
 
 
 class MemoryMechanism(nnx.Module):

@@ -58,7 +58,7 @@ class CompressiveMemory(MemoryMechanism):
     return self.cfg.options.compressed_length or self.length
 
   def init_layers(self, batch: int) -> list[CompressiveState]:
-    empty = lambda n: KVCache.empty(batch, n, self.cfg.n_heads, self.cfg.head_dim,
+    empty = lambda n: KVCache.empty(batch, n, self.cfg.kv_heads, self.cfg.head_dim,
                                     jnp.dtype(self.cfg.compute_dtype))
     return [CompressiveState(empty(self.length), empty(self.compressed_length))
             for _ in range(self.cfg.n_layers)]

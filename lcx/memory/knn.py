@@ -22,19 +22,31 @@ from lcx.memory.cache import KVCache
 
 def retrieve(q_BCHK, memory: KVCache, segment_ids_BC, k: int):
   """Attention of each query over its top-k memory entries of the same document: (output
-  (B, C, H, K), whether it had any such entry (B, C, H))."""
-  K = q_BCHK.shape[-1]
-  scores_BHCS = jnp.einsum("bchk,bshk->bhcs", q_BCHK, memory.k_BSHK.astype(q_BCHK.dtype),
-                           preferred_element_type=jnp.float32) * K ** -0.5
+  (B, C, H, K), whether it had any such entry (B, C, H)). The memory may hold fewer heads than
+  the queries (G, grouped-query attention): each serves its H / G query heads."""
+  B, C, H, K = q_BCHK.shape
+  S, G = memory.k_BSHK.shape[1], memory.k_BSHK.shape[2]
+  k_BSGK = memory.k_BSHK.astype(q_BCHK.dtype)
+  if G == H:
+    scores_BHCS = jnp.einsum("bchk,bshk->bhcs", q_BCHK, k_BSGK, preferred_element_type=jnp.float32)
+  else:  # each memory head against its group of query heads, never repeated
+    scores_BHCS = jnp.einsum("bcgrk,bsgk->bgrcs", q_BCHK.reshape(B, C, G, H // G, K), k_BSGK,
+                             preferred_element_type=jnp.float32).reshape(B, H, C, S)
+  scores_BHCS = scores_BHCS * K ** -0.5
   same = segment_ids_BC[:, None, :, None] == memory.segment_ids_BS[:, None, None, :]
   scores_BHCS = jnp.where(same, scores_BHCS, -jnp.inf)
   top_BHCk, index_BHCk = jax.lax.top_k(scores_BHCS, min(k, memory.size))
   found_BHCk = jnp.isfinite(top_BHCk)
   probs_BHCk = jax.nn.softmax(jnp.where(found_BHCk, top_BHCk, -1e30), axis=-1)
   probs_BHCk = jnp.where(found_BHCk, probs_BHCk, 0.0)
-  v_BHSK = memory.v_BSHK.transpose(0, 2, 1, 3)
-  picked_BHCkK = jax.vmap(jax.vmap(lambda v, i: v[i]))(v_BHSK, index_BHCk)
-  o_BHCK = jnp.einsum("bhck,bhckd->bhcd", probs_BHCk.astype(v_BHSK.dtype), picked_BHCkK)
+  v_BGSK = memory.v_BSHK.transpose(0, 2, 1, 3)
+  if G == H:
+    picked_BHCkK = jax.vmap(jax.vmap(lambda v, i: v[i]))(v_BGSK, index_BHCk)
+  else:  # the R query heads of a group pick from its one memory head
+    index_BGRCk = index_BHCk.reshape(B, G, H // G, C, -1)
+    picked_BHCkK = jax.vmap(jax.vmap(lambda v, i: v[i]))(v_BGSK, index_BGRCk).reshape(
+        B, H, C, index_BHCk.shape[-1], K)
+  o_BHCK = jnp.einsum("bhck,bhckd->bhcd", probs_BHCk.astype(v_BGSK.dtype), picked_BHCkK)
   return o_BHCK.transpose(0, 2, 1, 3), found_BHCk.any(axis=-1).transpose(0, 2, 1)
 
 
@@ -58,7 +70,7 @@ class KnnMemory(MemoryMechanism):
 
   def init_layers(self, batch: int) -> list:
     state = [None] * self.cfg.n_layers
-    state[self.layer] = KVCache.empty(batch, self.cfg.options.size, self.cfg.n_heads,
+    state[self.layer] = KVCache.empty(batch, self.cfg.options.size, self.cfg.kv_heads,
                                       self.cfg.head_dim, jnp.dtype(self.cfg.compute_dtype))
     return state
 

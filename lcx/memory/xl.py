@@ -22,7 +22,7 @@ class SegmentRecurrence(MemoryMechanism):
     return self.cfg.options.length or self.cfg.segment_len
 
   def init_layers(self, batch: int) -> list[KVCache]:
-    return [KVCache.empty(batch, self.length, self.cfg.n_heads, self.cfg.head_dim,
+    return [KVCache.empty(batch, self.length, self.cfg.kv_heads, self.cfg.head_dim,
                           jnp.dtype(self.cfg.compute_dtype)) for _ in range(self.cfg.n_layers)]
 
   def entries(self, layer_state: KVCache, layer) -> KVCache:

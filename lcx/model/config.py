@@ -17,6 +17,9 @@ class ModelConfig:
   d_model: int = 64
   n_layers: int = 2
   n_heads: int = 4
+  # Key/value heads (grouped-query attention: each serves n_heads / n_kv_heads query heads);
+  # 0: n_heads (multi-head attention).
+  n_kv_heads: int = 0
   head_dim: int = 16
   mlp_dim: int = 256
   mlp: str = "swiglu"
@@ -40,6 +43,10 @@ class ModelConfig:
   # wiped), so the same trained weights with and without their memory show what the memory adds.
   memory_reset: bool = False
 
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
   def position_config(self) -> positions.PositionConfig:
     return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
                                     head_dim=self.head_dim, max_len=self.max_len,
@@ -55,8 +62,8 @@ class ModelConfig:
 
   def memory_config(self) -> memory_lib.MemoryConfig:
     return memory_lib.MemoryConfig(
-        n_layers=self.n_layers, n_heads=self.n_heads, head_dim=self.head_dim,
-        segment_len=self.segment_len, d_model=self.d_model, param_dtype=self.param_dtype,
+        n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.kv_heads,
+        head_dim=self.head_dim, segment_len=self.segment_len, d_model=self.d_model, param_dtype=self.param_dtype,
         compute_dtype=self.compute_dtype, scan_layers=self.scan_layers,
         options=self.memory_options)
 

@@ -1,7 +1,8 @@
 """The decoder-only transformer (Flax NNX): pre-norm blocks, RMSNorm, SwiGLU or GELU MLP.
 
 Shape legend for names such as x_BLD:
-  B batch, L sequence length, D d_model, H heads, K head dim, F mlp dim, V vocabulary.
+  B batch, L sequence length, D d_model, H heads, G key/value heads (H for multi-head
+  attention), K head dim, F mlp dim, V vocabulary.
 Every parameter carries `logical_axes`; lcx.sharding maps them to the mesh.
 """
 import math
@@ -50,11 +51,12 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None):
-    D, H, K = cfg.d_model, cfg.n_heads, cfg.head_dim
+    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
     out_std = 1.0 / math.sqrt(H * K * 2 * cfg.n_layers)
     self.wq = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
-    self.wk = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
-    self.wv = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
+    # G <= H key/value heads (grouped-query attention), sharded by their own logical axis
+    self.wk = _param(rngs, (D, G, K), ("embed", "kv_heads", None), D ** -0.5, cfg.param_dtype)
+    self.wv = _param(rngs, (D, G, K), ("embed", "kv_heads", None), D ** -0.5, cfg.param_dtype)
     self.wo = _param(rngs, (H, K, D), ("heads", None, "embed"), out_std, cfg.param_dtype)
     self.attend = attend
     self.cache_attend = cache_attend
@@ -226,7 +228,7 @@ class Transformer(nnx.Module):
   def empty_caches(self, batch: int, size: int) -> list[KVCache]:
     """One empty cache per layer with room for `size` tokens: the whole window to be decoded."""
     self.position.check_length(size)
-    return [KVCache.empty(batch, size, self.cfg.n_heads, self.cfg.head_dim,
+    return [KVCache.empty(batch, size, self.cfg.kv_heads, self.cfg.head_dim,
                           jnp.dtype(self.cfg.compute_dtype)) for _ in self.blocks]
 
   def extend(self, tokens_BC, positions_BC, caches: list[KVCache]):

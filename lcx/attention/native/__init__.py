@@ -110,7 +110,7 @@ def native_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   if reason := unavailable_reason():
     raise RuntimeError(f"model.attention='native' cannot run: {reason}")
   B, Q, H, _ = q_BQHK.shape
-  S = k_BKHK.shape[1]
+  S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   segments = q_segment_ids_BQ is not None
   if not segments:
     q_segment_ids_BQ, k_segment_ids_BK = jnp.zeros((B, Q), jnp.int32), jnp.zeros((B, S), jnp.int32)
@@ -123,23 +123,30 @@ def native_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
               as_i32(q_segment_ids_BQ), as_i32(k_segment_ids_BK),
               slopes_H.astype(jnp.float32))
   run = functools.partial(_attention, tuple(sorted(config.items())))
-  mesh_specs = _shard_specs()
+  mesh_specs = _shard_specs(grouped=G < H)
   if mesh_specs is not None:  # one kernel call per shard: rows and heads are independent
-    mesh, rows_heads, rows, heads = mesh_specs
-    run = jax.shard_map(run, mesh=mesh, in_specs=(rows_heads,) * 3 + (rows,) * 4 + (heads,),
+    mesh, rows_heads, rows_kv_heads, rows, heads = mesh_specs
+    run = jax.shard_map(run, mesh=mesh,
+                        in_specs=(rows_heads, rows_kv_heads, rows_kv_heads, *(rows,) * 4, heads),
                         out_specs=rows_heads, check_vma=False)
   return run(*operands).astype(q_BQHK.dtype)
 
 
-def _shard_specs():
-  """(mesh, spec of (B, L, H, K), of (B, L), of (H,)) under lcx.sharding's active mesh, or None.
-  XLA cannot partition a custom call, so without this it would gather every shard to run it."""
+def _shard_specs(grouped: bool):
+  """(mesh, spec of (B, L, H, K), of (B, L, G, K), of (B, L), of (H,)) under lcx.sharding's
+  active mesh, or None. XLA cannot partition a custom call, so without this it would gather
+  every shard to run it."""
   active = sharding.active()
   if active is None:
     return None
   mesh, rules = active
   batch, heads = sharding.logical_to_spec(("batch", "heads"), rules)
-  return mesh, P(batch, None, heads, None), P(batch, None), P(heads)
+  _, kv_heads = sharding.logical_to_spec(("batch", "kv_heads"), rules)  # an array of its own
+  if grouped and heads != kv_heads:  # a shard's query heads must be those of its own groups
+    raise ValueError(f"native attention with grouped-query attention needs the key/value heads "
+                     f"sharded as the query heads (config.mesh.rules: heads -> {heads}, kv_heads "
+                     f"-> {kv_heads}); use blockwise")
+  return mesh, P(batch, None, heads, None), P(batch, None, kv_heads, None), P(batch, None), P(heads)
 
 
 def _call(target, results, operands, config):
@@ -166,10 +173,16 @@ def _attention_fwd(config, q, k, v, q_pos, k_pos, q_seg, k_seg, slopes):
 
 def _attention_bwd(config, residuals, do):
   q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, slopes = residuals
-  shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
+  # dK and dV come per query head (B, S, H, K); a group's share one key/value head
+  per_query_head = (*k.shape[:2], q.shape[2], k.shape[3])
+  shapes = tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in (q.shape, per_query_head,
+                                                                per_query_head))
   dq, dk, dv = _call("lcx_attention_bwd", shapes,
                      (q, k, v, o, lse, do.astype(jnp.float32), q_pos, k_pos, q_seg, k_seg,
                       slopes), config)
+  G = k.shape[2]
+  if G < q.shape[2]:
+    dk, dv = (d.reshape(*d.shape[:2], G, -1, d.shape[3]).sum(3) for d in (dk, dv))
   no_grad = lambda x: np.zeros(x.shape, jax.dtypes.float0)
   return (dq, dk, dv, no_grad(q_pos), no_grad(k_pos), no_grad(q_seg), no_grad(k_seg),
           jnp.zeros_like(slopes))

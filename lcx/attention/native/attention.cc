@@ -162,6 +162,7 @@ void parallel_for(ffi::ThreadPool& pool, int n, const F& body) {
 // The static description of one call, and what every tile needs to know about masking and bias.
 struct Geometry {
   int B, Q, S, H, K;  // batch, queries, keys, heads, head dim
+  int G;              // key/value heads: each serves H / G query heads (grouped-query attention)
   int Kp;             // head dim padded to a multiple of 16
   int bq, bk, bkp;    // tile lengths (bkp: bk padded to a multiple of 16)
   bool causal;
@@ -176,27 +177,29 @@ struct Geometry {
   }
 };
 
-// One (batch row, head): its q, k, v (and dO) gathered from the (B, L, H, K) layout into
-// contiguous, zero-padded rows, q scaled by 1/sqrt(K), k and v also transposed for the products
-// that contract over the head dim.
+// One (batch row, head): its q, k, v (and dO) gathered from the (B, L, H, K) layout (k and v
+// from (B, L, G, K), its group's head) into contiguous, zero-padded rows, q scaled by
+// 1/sqrt(K), k and v also transposed for the products that contract over the head dim.
 struct Head {
   const Geometry& g;
-  int b, h;
+  int b, h, kv;  // kv: the key/value head of query head h
   const int32_t *q_pos, *k_pos, *q_seg, *k_seg;
   float slope;
   std::vector<float> q, k, kt, v, vt;
 
   Head(const Geometry& g, int b, int h, const int32_t* q_pos, const int32_t* k_pos,
        const int32_t* q_seg, const int32_t* k_seg, const float* slopes)
-      : g(g), b(b), h(h), q_pos(q_pos + int64_t(b) * g.Q), k_pos(k_pos + int64_t(b) * g.S),
+      : g(g), b(b), h(h), kv(h / (g.H / g.G)), q_pos(q_pos + int64_t(b) * g.Q),
+        k_pos(k_pos + int64_t(b) * g.S),
         q_seg(q_seg + int64_t(b) * g.Q), k_seg(k_seg + int64_t(b) * g.S),
         slope(g.bias ? slopes[h] : 0.f) {}
 
-  // x (B, L, H, K) -> rows (L, Kp), times `scale`.
-  void gather(const float* x, int len, float scale, std::vector<float>& out) const {
+  // x (B, L, heads, K) -> rows (L, Kp) of head `head`, times `scale`.
+  void gather(const float* x, int len, int heads, int head, float scale,
+              std::vector<float>& out) const {
     out.assign(size_t(len) * g.Kp, 0.f);
     for (int t = 0; t < len; ++t) {
-      const float* src = x + ((int64_t(b) * len + t) * g.H + h) * g.K;
+      const float* src = x + ((int64_t(b) * len + t) * heads + head) * g.K;
       float* dst = out.data() + size_t(t) * g.Kp;
       for (int d = 0; d < g.K; ++d) dst[d] = src[d] * scale;
     }
@@ -281,6 +284,9 @@ ffi::Error check_shapes(const Geometry& g) {
   if (g.bq < 1 || g.bk < 1 || g.bkp > kMaxTile)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "lcx native attention: tile lengths must be in 1..512");
+  if (g.G < 1 || g.H % g.G != 0)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "lcx native attention: key/value heads must divide the query heads");
   return ffi::Error::Success();
 }
 
@@ -289,6 +295,7 @@ Geometry make_geometry(ffi::AnyBuffer::Dimensions qd, ffi::AnyBuffer::Dimensions
                        int64_t bias) {
   Geometry g;
   g.B = int(qd[0]), g.Q = int(qd[1]), g.H = int(qd[2]), g.K = int(qd[3]), g.S = int(kd[1]);
+  g.G = int(kd[2]);
   g.Kp = round_up(g.K, W);
   g.bq = int(std::min<int64_t>(bq, g.Q)), g.bk = int(std::min<int64_t>(bk, g.S));
   g.bkp = round_up(g.bk, W);
@@ -313,9 +320,9 @@ ffi::Error Forward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
   parallel_for(pool, g.B * g.H, [&](int item) {
     Head head(g, item / g.H, item % g.H, q_pos.typed_data(), k_pos.typed_data(),
               q_seg.typed_data(), k_seg.typed_data(), slopes.typed_data());
-    head.gather(q.typed_data(), g.Q, scale, head.q);
-    head.gather(k.typed_data(), g.S, 1.f, head.k);
-    head.gather(v.typed_data(), g.S, 1.f, head.v);
+    head.gather(q.typed_data(), g.Q, g.H, head.h, scale, head.q);
+    head.gather(k.typed_data(), g.S, g.G, head.kv, 1.f, head.k);
+    head.gather(v.typed_data(), g.S, g.G, head.kv, 1.f, head.v);
     head.kt = head.transpose(head.k, g.S);
     const int kt_cols = head.transposed_cols();
     std::vector<float> s(size_t(g.bq) * g.bkp), acc(size_t(g.bq) * g.Kp), m(g.bq), l(g.bq);
@@ -387,11 +394,11 @@ ffi::Error Backward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
     Head head(g, item / g.H, item % g.H, q_pos.typed_data(), k_pos.typed_data(),
               q_seg.typed_data(), k_seg.typed_data(), slopes.typed_data());
     std::vector<float> o_rows, d_o_rows;
-    head.gather(q.typed_data(), g.Q, scale, head.q);
-    head.gather(k.typed_data(), g.S, 1.f, head.k);
-    head.gather(v.typed_data(), g.S, 1.f, head.v);
-    head.gather(o.typed_data(), g.Q, 1.f, o_rows);
-    head.gather(d_o.typed_data(), g.Q, 1.f, d_o_rows);
+    head.gather(q.typed_data(), g.Q, g.H, head.h, scale, head.q);
+    head.gather(k.typed_data(), g.S, g.G, head.kv, 1.f, head.k);
+    head.gather(v.typed_data(), g.S, g.G, head.kv, 1.f, head.v);
+    head.gather(o.typed_data(), g.Q, g.H, head.h, 1.f, o_rows);
+    head.gather(d_o.typed_data(), g.Q, g.H, head.h, 1.f, d_o_rows);
     head.kt = head.transpose(head.k, g.S);
     head.vt = head.transpose(head.v, g.S);
     const int kt_cols = head.transposed_cols();
@@ -439,7 +446,7 @@ ffi::Error Backward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
              dq_rows.data() + size_t(q0) * g.Kp, g.Kp, true);
         gemm(nk, g.Kp, nq, ds.data(), 1, g.bkp, q_tile, g.Kp, dk_tile.data(), g.Kp, true);
       }
-      for (int c = 0; c < nk; ++c) {
+      for (int c = 0; c < nk; ++c) {  // per query head: a group's are added up by the caller
         const int64_t at = ((int64_t(head.b) * g.S + k0 + c) * g.H + head.h) * g.K;
         for (int d = 0; d < g.K; ++d) {
           dk_out[at + d] = dk_tile[size_t(c) * g.Kp + d];
