@@ -4,6 +4,7 @@ the same colour and marker."""
 import pathlib
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -107,6 +108,9 @@ def _overview(variants, tasks, look, title, out) -> pathlib.Path:
                                     for r in v.results["perplexity"]}))
   _mark_training_length(ax, variants)
   ax.set(yscale="log", title="perplexity vs length", xlabel="evaluation length (tokens)")
+  ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 3, 5, 7)))  # 7, 10, 20, ...
+  ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+  ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   for ax, task in zip(axes[0, 1:], tasks):
     for v in variants:
       points = [(m * v.results["base_length"], v.retrieval(task, "exact", m)) for m in MULTIPLES]
@@ -117,7 +121,9 @@ def _overview(variants, tasks, look, title, out) -> pathlib.Path:
                                       for m in MULTIPLES}))
     _mark_training_length(ax, variants)
     ax.set(title=f"{task}: exact match", xlabel="context length (tokens)", ylim=(-0.03, 1.03))
-  legend(axes[0, -1], fontsize=6)
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+             frameon=False)  # one legend for both panels, beside them
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   return _save(fig, out / "overview.png", dpi=80)
