@@ -141,8 +141,10 @@ def _shard_specs(grouped: bool):
     return None
   mesh, rules = active
   batch, heads = sharding.logical_to_spec(("batch", "heads"), rules)
-  _, kv_heads = sharding.logical_to_spec(("batch", "kv_heads"), rules)  # an array of its own
-  if grouped and heads != kv_heads:  # a shard's query heads must be those of its own groups
+  kv_heads = heads  # multi-head: keys and values split as the queries
+  if grouped:  # their own logical axis (an array of its own: the mesh axis is free again)
+    _, kv_heads = sharding.logical_to_spec(("batch", "kv_heads"), rules)
+  if heads != kv_heads:  # a shard's query heads must be those of its own groups
     raise ValueError(f"native attention with grouped-query attention needs the key/value heads "
                      f"sharded as the query heads (config.mesh.rules: heads -> {heads}, kv_heads "
                      f"-> {kv_heads}); use blockwise")
