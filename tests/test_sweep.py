@@ -184,9 +184,9 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
 
 
 def test_ctrl_c_stops_the_sweep_and_its_stage_in_one_line(data_dir, tmp_path):
-  """Ctrl-C (SIGINT to the terminal's process group: the sweep and its stage) stops the stage,
-  which keeps its checkpoints; the sweep marks it stopped and says so in one line instead of a
-  KeyboardInterrupt traceback."""
+  """Ctrl-C (SIGINT to the terminal's process group: the sweep and its stage) stops the stage at
+  the end of its step with a checkpoint of it; the sweep marks it stopped and says so in one line
+  instead of a KeyboardInterrupt traceback."""
   out = tmp_path / "study"
   sweep = subprocess.Popen(
       [sys.executable, "-m", "lcx.sweep", f"tests/tiny_study.py:{data_dir}", f"--out={out}",
@@ -211,7 +211,11 @@ def test_ctrl_c_stops_the_sweep_and_its_stage_in_one_line(data_dir, tmp_path):
       "the same command resumes the study from there" in last), last
   assert json.loads((out / "status.json").read_text())["alibi"]["pretrain"] == "stopped"
   assert (out / "alibi" / "pretrain" / layout.CHECKPOINTS / "3").is_dir()
-  assert "lcx.train: interrupted" in (out / "alibi" / "pretrain.log").read_text()
+  stage_log = (out / "alibi" / "pretrain.log").read_text()
+  # the stage stopped at the end of a step and saved it (an interrupt anywhere else could hang)
+  assert "lcx.train: interrupted; saved a checkpoint at step" in stage_log
+  step = int(stage_log.split("saved a checkpoint at step ")[-1].split(",")[0])
+  assert (out / "alibi" / "pretrain" / layout.CHECKPOINTS / str(step)).is_dir()
 
 
 def test_report_of_a_moved_half_finished_study_lists_what_is_missing(tiny_study, tmp_path):

@@ -56,6 +56,9 @@ def main(argv, overrides):
   except KeyboardInterrupt:
     sys.exit("lcx.train: interrupted; the checkpoints written so far are kept, and the same "
              "command resumes from the latest")
+  if summary["interrupted"]:
+    sys.exit(f"lcx.train: interrupted; saved a checkpoint at step {summary['step']}, and the same "
+             "command resumes from there")
   if summary["final_loss"] is None:
     print(f"\nnothing to train: {summary['workdir']} is already at step {summary['step']}")
   else:

@@ -46,7 +46,10 @@ class TrainingDiverged(FloatingPointError):
 
 
 class _StopFlag:
-  """SIGTERM (preemption) -> the loop saves a checkpoint and returns.
+  """SIGTERM (preemption) -> the loop saves a checkpoint and returns. So does a first Ctrl-C
+  (SIGINT) in one process, at the end of the step it came in (an interrupt raised anywhere else,
+  an orbax save or a worker thread, could leave the process unable to exit); a second one
+  interrupts at once.
 
   One process catches the signal itself. Several processes leave it to JAX's preemption notifier,
   which tells every process and agrees on one step at which all of them stop: one consistent
@@ -54,21 +57,25 @@ class _StopFlag:
   """
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = self.interrupted = False
+    self._previous = {}
     self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
     if not self._multiprocess:
       try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {s: signal.signal(s, self._handle)
+                          for s in (signal.SIGTERM, signal.SIGINT)}
       except ValueError:  # not the main thread: no signal handling there
-        self._previous = None
+        self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     self.requested = True
+    if signum == signal.SIGINT:
+      self.interrupted = True
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def reached(self, step: int) -> bool:
     """Whether to checkpoint and stop after `step`; called by every process at every step."""
@@ -77,8 +84,8 @@ class _StopFlag:
     return self.requested
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _resolve(config, devices):
@@ -298,12 +305,14 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
           for writer in eval_writers:
             writer.write(eval_record)
         if preempted:
-          log.warning("SIGTERM: saved a checkpoint at step %d in %s; exiting", step,
-                      checkpointer.directory)
+          log.warning("%s: saved a checkpoint at step %d in %s; exiting",
+                      "Ctrl-C" if stop.interrupted else "SIGTERM", step, checkpointer.directory)
           break
 
   last = record.last or {}
+  # An interrupted run is unfinished like a preempted one (a sweep resumes it); it says which.
   summary = {"workdir": str(workdir), "step": step, "preempted": preempted,
+             "interrupted": preempted and stop.interrupted,
              "params": counts["total"], "non_embedding_params": counts["non_embedding"],
              "final_loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
              "mfu": last.get("mfu"), "mfu_causal": last.get("mfu_causal"),
