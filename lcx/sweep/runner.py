@@ -11,7 +11,7 @@ import time
 
 import tqdm
 
-from lcx.cli import PREEMPTED_EXIT_CODE
+from lcx.cli import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from lcx.files import write_atomic
 from lcx.runs import layout
 from lcx.sweep import launchers
@@ -159,10 +159,14 @@ def _run_stage(study, run, stage, out, launcher, status, jobs) -> str:
       code = child.wait()
     except KeyboardInterrupt:
       code = _stop(child)
+      interrupted = True
+    else:  # Ctrl-C may reach the stage alone, or the sweep only after the stage has exited
+      interrupted = code == INTERRUPTED_EXIT_CODE
+    if interrupted:
       status.set(run.name, stage.name, "stopped")
       raise Interrupted(f"interrupted during {run.name}/{stage.name}, which stopped (exit {code}; "
                         f"log {log}) keeping its checkpoints; the same command resumes the study "
-                        "from there") from None
+                        "from there")
   if code == 0:
     (out / run.name / f"{stage.name}.done").write_text(f"{time.time()}\n")
     return "done"

@@ -53,12 +53,14 @@ def main(argv, overrides):
   except OSError as e:  # a full disk, a lost mount, a data_dir it cannot write
     sys.exit(f"lcx.train: {cli.os_error(e)}; the checkpoints written "
              "so far are kept")
-  except KeyboardInterrupt:
-    sys.exit("lcx.train: interrupted; the checkpoints written so far are kept, and the same "
-             "command resumes from the latest")
-  if summary["interrupted"]:
-    sys.exit(f"lcx.train: interrupted; saved a checkpoint at step {summary['step']}, and the same "
-             "command resumes from there")
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before the training loop
+    print("lcx.train: interrupted; the checkpoints written so far are kept, and the same "
+          "command resumes from the latest", file=sys.stderr)
+    sys.exit(cli.INTERRUPTED_EXIT_CODE)
+  if summary["interrupted"]:  # the status tells a sweep, whether or not the signal reached it
+    print(f"lcx.train: interrupted; saved a checkpoint at step {summary['step']}, and the same "
+          "command resumes from there", file=sys.stderr)
+    sys.exit(cli.INTERRUPTED_EXIT_CODE)
   if summary["final_loss"] is None:
     print(f"\nnothing to train: {summary['workdir']} is already at step {summary['step']}")
   else:
