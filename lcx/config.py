@@ -13,7 +13,7 @@ from lcx import attention, memory, positions
 from lcx.data import retrieval
 from lcx.data import mixture
 from lcx.data.mixture import default_retrieval, fill_missing_data  # the presets' default_retrieval
-from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, SENTENCEPIECE, make_tokenizer
+from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, FILE_PREFIXES, make_tokenizer
 from lcx.model.config import REMAT_POLICIES, ModelConfig
 from lcx.sharding import MESH_AXES, resolve_mesh_shape
 from lcx.optimizer import OptimizerConfig
@@ -50,15 +50,16 @@ def _choice(c, name: str, allowed) -> None:
 
 
 def _tokenizer(d):
-  """The run's tokenizer, loaded (a SentencePiece file must exist and be one). A SentencePiece
-  path is made absolute and the file's hash recorded in data.tokenizer_sha256; a hash already
+  """The run's tokenizer, loaded (a SentencePiece or tokenizer.json file must exist and be one).
+  A file's path is made absolute and its hash recorded in data.tokenizer_sha256; a hash already
   there (a saved run's) must match the file."""
   if "tokenizer_sha256" not in d:
     d.tokenizer_sha256 = ""
   d.tokenizer = d.tokenizer or DEFAULT_TOKENIZER  # the saved config says which
-  if d.tokenizer.startswith(SENTENCEPIECE):
-    path = pathlib.Path(d.tokenizer.removeprefix(SENTENCEPIECE)).expanduser()
-    d.tokenizer = f"{SENTENCEPIECE}{path.resolve() if path.exists() else path}"
+  for prefix in FILE_PREFIXES:
+    if d.tokenizer.startswith(prefix):
+      path = pathlib.Path(d.tokenizer.removeprefix(prefix)).expanduser()
+      d.tokenizer = f"{prefix}{path.resolve() if path.exists() else path}"
   try:
     tokenizer = make_tokenizer(d.tokenizer, d.tokenizer_sha256)
   except ValueError as e:
@@ -81,7 +82,8 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   before overrides are applied to a saved config, so an override of a new field finds it."""
   c = ml_collections.ConfigDict(config.to_dict())
   m, d = c.model, c.data
-  for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len", "memory_reset"):
+  for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len", "memory_reset",
+               "tied_logit_scale"):
     if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
   if "n_kv_heads" not in m:  # runs saved before grouped-query attention: one per query head

@@ -24,6 +24,9 @@ class ModelConfig:
   mlp_dim: int = 256
   mlp: str = "swiglu"
   tie_embeddings: bool = True
+  # Tied embeddings: the logits x @ E^T are multiplied by this. 0: d_model ** -0.5, lcx's own
+  # (unit-variance logits at init); 1: as Llama-family models compute them (imported ones).
+  tied_logit_scale: float = 0.0
   position: str = "rope"
   max_len: int = 128
   attention: str = "auto"  # lcx.attention.CHOICES; "auto" picks per backend and scheme

@@ -219,8 +219,8 @@ class Transformer(nnx.Module):
   def _logits(self, x_BLD):
     x_BLD = self.final_norm(x_BLD)
     if self.cfg.tie_embeddings:
-      # Scaled so that unit-variance embeddings give unit-variance logits at init.
-      w_DV = self.embedding[...].T * self.cfg.d_model ** -0.5
+      # By default scaled so that unit-variance embeddings give unit-variance logits at init.
+      w_DV = self.embedding[...].T * (self.cfg.tied_logit_scale or self.cfg.d_model ** -0.5)
     else:
       w_DV = self.head[...]
     return project(x_BLD, w_DV).astype(jnp.float32)

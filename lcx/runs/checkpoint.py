@@ -72,6 +72,11 @@ def _path_name(path) -> str:
   return "/".join(parts)
 
 
+def flat_arrays(tree) -> dict:
+  """{key path ('blocks/0/attn/wq'): leaf} of a state, in the tree's own order."""
+  return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _shapes(tree) -> dict[str, tuple]:
   return {_path_name(path): (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
@@ -125,11 +130,12 @@ class Checkpointer:
     would wait for it too), so that its failure is reported as its own."""
     self.raise_if_failed(wait=True)
     meta = {**meta, "fingerprints": fingerprints(state)}
+    items = {"params": ocp.args.StandardSave(state["params"]), "meta": ocp.args.JsonSave(meta)}
+    optimizer = {k: v for k, v in state.items() if k != "params"}
+    if optimizer:  # a state of parameters alone (an imported model) has no optimizer item
+      items["optimizer"] = ocp.args.StandardSave(optimizer)
     try:
-      self.manager.save(step, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(state["params"]),
-          optimizer=ocp.args.StandardSave({k: v for k, v in state.items() if k != "params"}),
-          meta=ocp.args.JsonSave(meta)), force=True)
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # orbax raises OSError, ValueError, ... from the file system
       raise self._failure(step, e) from None
     self._pending = step
@@ -165,6 +171,12 @@ class Checkpointer:
     """CheckpointMismatch when the saved arrays' shapes or structure differ from the target.
     Metadata that cannot be read counts as damage and is left to the restore."""
     items = ("params",) if params_only else ("params", "optimizer")
+    if not params_only and not (self.directory / str(step) / "optimizer").exists() and (
+        self.directory / str(step) / "params").exists():
+      raise CheckpointMismatch(
+          f"checkpoint {self.directory}/{step} holds parameters only (an imported model has no "
+          "optimizer state): train from it in a new workdir with --config.init_from="
+          f"{self.directory.parent}")
     handler = ocp.StandardCheckpointHandler()
     problems = []
     for item in items:
