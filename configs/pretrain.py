@@ -50,9 +50,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="pystdlib", text_dir="", text_glob="**/*", data_dir="~/.cache/lcx/tensorflow_datasets",
       # "" (not given): bytes, or for a fine-tune (init_from) the tokenizer of the run it starts
-      # from; or byte, or sentencepiece:PATH
+      # from; or byte, sentencepiece:PATH, or hf:PATH (a tokenizer.json)
       text_key="text", tokenizer="", seq_len=128, batch_size=16, document_mask=True,
-      # set when the config is resolved: the hash of a SentencePiece model file, which a resumed
+      # set when the config is resolved: the hash of a tokenizer file, which a resumed
       # run, a fine-tune and an evaluation find unchanged or refuse
       tokenizer_sha256="",
   ))

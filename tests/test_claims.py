@@ -95,3 +95,33 @@ def test_the_retrieval_claim_weighs_the_number_of_trials():
   assert judge(0.50, 0.60, 1000)[1] == claims.REFUTES  # alibi better, measured tightly
   # every trial right for both: the half-trial shrinkage keeps the interval from vanishing
   assert judge(1.0, 1.0, 3)[1] == claims.UNKNOWN
+
+
+def test_the_context_extension_claims_on_a_pretrained_models_variants():
+  """The pretrained study's claims (experiments/pretrained.py): each reads the zero-shot variant
+  with the smallest factor >= 2, and YaRN's retrieval at 2x by depth."""
+  def with_depths(variant, multiple, by_depth):
+    depths = sorted(by_depth)
+    grid = {"task": "passkey", "style": "python", "lengths": [int(100 * multiple)],
+            "depths": depths, "trials": 5, "exact": [[by_depth[d] for d in depths]],
+            "ranked": [[by_depth[d] for d in depths]], "longest_at_90": None}
+    results = {**variant.results, "retrieval": {"passkey/python": grid}}
+    return dataclasses.replace(variant, results=results)
+  rope = with_depths(_variant("rope", [10, 30, 90, 200, 400]), 1, {0.0: 1.0, 0.5: 1.0, 1.0: 0.8})
+  study = [rope,
+           with_depths(_variant("rope", [10.2, 10.8, 40, 99, 99], scaling="yarn", factor=2.0), 2,
+                       {0.0: 0.0, 0.25: 0.2, 0.5: 0.8, 1.0: 1.0}),
+           _variant("rope", [10.1, 11, 12, 99, 99], scaling="yarn", factor=4.0),
+           _variant("rope", [10, 11.5, 30, 99, 99], scaling="dynamic_ntk", factor=2.0),
+           _variant("rope", [10.4, 12.5, 30, 99, 99], scaling="ntk", factor=2.0)]
+  assert claims._yarn_flat(study) == (
+      "YaRN s=2 zero-shot: perplexity 10.80 at 2x, rope 10.00 at 1x (+8%)", claims.SUPPORTS)
+  assert claims._dynamic_vs_static(study) == (
+      "perplexity at 2x: dynamic NTK (s=2) 11.50, static NTK (s=2) 12.50", claims.SUPPORTS)
+  assert claims._yarn_crops(study) == (
+      "YaRN at 2x: exact 10% for needles before the last 1x window, 90% inside it (rope at 1x: "
+      "93%)", claims.SUPPORTS)
+  # no retrieval beyond 1x (the CPU parts): the claim cannot be judged
+  assert claims._yarn_crops([rope, _variant("rope", [10] * 5, scaling="yarn", factor=2.0)])[1] == (
+      claims.UNKNOWN)
+  assert claims._dynamic_vs_static(study[:3])[1] == claims.UNKNOWN

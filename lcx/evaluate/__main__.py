@@ -17,8 +17,11 @@ from lcx.evaluate.runner import EvalOptions, evaluate_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
 _LENGTHS = flags.DEFINE_list("lengths", [], "Evaluation lengths; default 1x-16x the training length.")
-_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split to score.")
-_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 16384, "Target tokens scored per length.")
+_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test", "train"],
+                           "Split to score (train: for an imported model, which never saw lcx's "
+                           "splits, when the held-out ones lack documents long enough).")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 16384, "Target tokens scored per length; 0 skips "
+                                   "perplexity (retrieval only).")
 _STRIDE = flags.DEFINE_integer("stride", 0, "Sliding-window stride; 0: the pretraining length; "
                                "-1: no sliding window.")
 _TASKS = flags.DEFINE_list("tasks", list(retrieval.TASKS), "Retrieval tasks.")

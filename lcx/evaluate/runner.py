@@ -29,7 +29,8 @@ from lcx.runs.restore import saved_config
 class EvalOptions:
   lengths: tuple[int, ...] = ()  # empty: 1x, 2x, 4x, 8x and 16x the training length
   split: str = "validation"
-  max_tokens: int = 16384  # target tokens scored per length (the same text at every length)
+  # target tokens scored per length (the same text at every length); 0 skips perplexity
+  max_tokens: int = 16384
   stride: int = 0  # sliding-window stride; 0: the pretraining length; -1: no sliding window
   tasks: tuple[str, ...] = retrieval.TASKS  # the retrieval suite (lcx.data.retrieval)
   styles: tuple[str, ...] = retrieval.STYLES
@@ -65,8 +66,8 @@ class EvalOptions:
     if self.stride < -1:
       raise ValueError(f"--stride={self.stride}: allowed are a positive stride, 0 (the "
                        "pretraining length) or -1 (no sliding window)")
-    if self.max_tokens <= 0:
-      raise ValueError(f"--max_tokens={self.max_tokens} must be a positive integer")
+    if self.max_tokens < 0:
+      raise ValueError(f"--max_tokens={self.max_tokens} must be >= 0 (0 skips perplexity)")
     if "/" in self.name or self.name.startswith("."):
       raise ValueError(f"--name={self.name!r}: a file name inside RUN/eval/, without '/' or a "
                        "leading '.'")
@@ -116,7 +117,9 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   segments = ppl.common_segments(documents, max(scored), options.max_tokens) if scored else []
 
   kinds = [(t, st) for t in options.tasks for st in options.styles] if options.trials else []
-  total = len(lengths) * (1 + (options.stride >= 0) + len(kinds) * len(options.depths))
+  measures = () if not options.max_tokens else (
+      ("perplexity", "sliding") if options.stride >= 0 else ("perplexity",))
+  total = len(lengths) * (len(measures) + len(kinds) * len(options.depths))
   bar = tqdm.tqdm(total=total, desc=f"eval {run.workdir.name}", unit="task", disable=not progress)
   started = time.perf_counter()
   tokens_scored = 0
@@ -127,10 +130,13 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
 
   rows = {"perplexity": [], "sliding": []}
   for length in lengths:
-    for kind in ("perplexity", "sliding") if options.stride >= 0 else ("perplexity",):
+    for kind in measures:
       row = {"length": length, "multiple": length / base_length}
       if length in skip:
         row["not_applicable"] = skip[length]
+      elif kind == "sliding" and stride >= length:  # the non-overlapping windows again
+        row.update({k: v for k, v in rows["perplexity"][-1].items() if k not in row
+                    and k not in ("by_position", "by_segment")}, stride=length)
       else:
         try:
           if kind == "perplexity":

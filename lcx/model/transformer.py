@@ -175,15 +175,22 @@ class Transformer(nnx.Module):
     """Next-token logits (float32) for tokens at explicit integer positions. With
     model.segment_len set, the tokens run as consecutive segments with the memory mechanism's
     state carried from one to the next, starting empty."""
-    self.position.check_length(tokens_BL.shape[1])
     if not self.cfg.segment_len:  # the plain model
-      return self._logits(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
-                                     positions_BL, segment_ids_BL, self.position,
-                                     remat=self.cfg.remat, scan=self.cfg.scan_layers))
+      return self.unembed(self.features(tokens_BL, positions_BL, segment_ids_BL))
+    self.position.check_length(tokens_BL.shape[1])
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones(tokens_BL.shape, jnp.int32)
     return self.segments(tokens_BL, positions_BL, segment_ids_BL,
                          self.memory.init_state(tokens_BL.shape[0]))[0]
+
+  def features(self, tokens_BL, positions_BL, segment_ids_BL=None):
+    """The plain model's last normalized hidden states (B, L, D): logits are unembed() of them,
+    which a long evaluation takes a slice of positions at a time (a 32K x 49K logit array is
+    6 GiB)."""
+    self.position.check_length(tokens_BL.shape[1])
+    return self.final_norm(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
+                                      positions_BL, segment_ids_BL, self.position,
+                                      remat=self.cfg.remat, scan=self.cfg.scan_layers))
 
   def _embed(self, tokens_BL, positions_BL):
     x_BLD = jnp.take(self.embedding[...], tokens_BL, axis=0).astype(self.cfg.compute_dtype)
@@ -217,7 +224,10 @@ class Transformer(nnx.Module):
     return logits_NBCV.swapaxes(0, 1).reshape(B, n * C, -1)[:, :L], state
 
   def _logits(self, x_BLD):
-    x_BLD = self.final_norm(x_BLD)
+    return self.unembed(self.final_norm(x_BLD))
+
+  def unembed(self, x_BLD):
+    """Logits (float32) of normalized hidden states."""
     if self.cfg.tie_embeddings:
       # By default scaled so that unit-variance embeddings give unit-variance logits at init.
       w_DV = self.embedding[...].T * (self.cfg.tied_logit_scale or self.cfg.d_model ** -0.5)

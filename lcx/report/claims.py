@@ -154,6 +154,73 @@ def _pi_steps(variants):
   return figure, SUPPORTS if steps < 1000 else REFUTES
 
 
+def _zero_shot(variants, scaling, at_least: float = 2.0):
+  """The zero-shot variant of a RoPE scaling with the smallest factor >= at_least."""
+  found = [v for v in variants if v.finetune is None
+           and rope_options(v.results).get("scaling") == scaling
+           and rope_options(v.results).get("factor", 1.0) >= at_least]
+  return min(found, key=lambda v: rope_options(v.results)["factor"], default=None)
+
+
+def _yarn_flat(variants):
+  yarn, rope = _zero_shot(variants, "yarn"), _plain(variants, "rope")
+  if yarn is None or rope is None:
+    return "needs rope and a zero-shot YaRN with s >= 2", UNKNOWN
+  base, two = rope.at("perplexity", 1), yarn.at("perplexity", 2)
+  if base is None or two is None:
+    return "needs rope at 1x and YaRN at 2x", UNKNOWN
+  s = rope_options(yarn.results)["factor"]
+  figure = (f"YaRN s={s:g} zero-shot: perplexity {two:.2f} at 2x, rope {base:.2f} at 1x "
+            f"({two / base - 1:+.0%})")
+  return figure, SUPPORTS if two <= EXTRAPOLATES * base else REFUTES
+
+
+def _dynamic_vs_static(variants):
+  dynamic, static = _zero_shot(variants, "dynamic_ntk"), _zero_shot(variants, "ntk")
+  if dynamic is None or static is None:
+    return "needs zero-shot dynamic and static NTK", UNKNOWN
+  d, n = dynamic.at("perplexity", 2), static.at("perplexity", 2)
+  if d is None or n is None:
+    return "needs both at 2x", UNKNOWN
+  fd, fn = (rope_options(v.results)["factor"] for v in (dynamic, static))
+  figure = f"perplexity at 2x: dynamic NTK (s={fd:g}) {d:.2f}, static NTK (s={fn:g}) {n:.2f}"
+  return figure, SUPPORTS if d < n else REFUTES
+
+
+def _depths_exact(v, multiple) -> list[tuple[float, float, int]]:
+  """(depth, exact match, trials) at a multiple, pooled over the retrieval grids."""
+  pooled: dict[float, list] = {}
+  for grid in v.results.get("retrieval", {}).values():
+    for length, row in zip(grid["lengths"], grid["exact"]):
+      if math.isclose(length / v.results["base_length"], multiple) and None not in row:
+        for depth, value in zip(grid["depths"], row):
+          pooled.setdefault(depth, []).append((value, grid["trials"]))
+  return [(d, sum(a * n for a, n in hits) / sum(n for _, n in hits), sum(n for _, n in hits))
+          for d, hits in sorted(pooled.items())]
+
+
+def _yarn_crops(variants):
+  """At 2x, cropping to the training length keeps only needles in the last half (depth >= 0.5):
+  YaRN behaves so when it retrieves those about as well as the plain model at 1x and the earlier
+  ones far worse."""
+  yarn, rope = _zero_shot(variants, "yarn"), _plain(variants, "rope")
+  if yarn is None or rope is None:
+    return "needs rope and a zero-shot YaRN with s >= 2", UNKNOWN
+  at_2x, at_1x = _depths_exact(yarn, 2), _depths_exact(rope, 1)
+  if not at_2x or not at_1x:
+    return "needs retrieval at 2x (YaRN) and 1x (rope)", UNKNOWN
+  late = [a for d, a, _ in at_2x if d >= 0.5]
+  early = [a for d, a, _ in at_2x if d < 0.5]
+  if not late or not early:
+    return "needs depths on both sides of 0.5 at 2x", UNKNOWN
+  reference = sum(a for _, a, _ in at_1x) / len(at_1x)
+  late_mean, early_mean = sum(late) / len(late), sum(early) / len(early)
+  figure = (f"YaRN at 2x: exact {early_mean:.0%} for needles before the last 1x window, "
+            f"{late_mean:.0%} inside it (rope at 1x: {reference:.0%})")
+  cropped = early_mean <= 0.5 * late_mean and late_mean >= reference - FEW_POINTS
+  return figure, SUPPORTS if cropped else REFUTES
+
+
 CLAIMS = (
     Claim("RoPE costs 10-15% more compute than the alternatives",
           "supports when rope's time per token is >= 5% above the median other scheme", _compute),
@@ -169,6 +236,14 @@ CLAIMS = (
           "supports when perplexity at 2x is over 1.5 times that at 1x", _sinusoidal),
     Claim("PI needs about 1,000 fine-tuning steps", "supports when PI has not recovered (within "
           "10% of rope at 1x) in fewer steps, or recovers only after >= 500", _pi_steps),
+    Claim("YaRN keeps perplexity flat to 2x zero-shot", "supports when the zero-shot YaRN with "
+          "the smallest s >= 2 has perplexity at 2x within 10% of rope's at 1x", _yarn_flat),
+    Claim("Dynamic NTK beats static NTK at 2x", "supports when zero-shot dynamic NTK's perplexity "
+          "at 2x is below static NTK's (each with its smallest s >= 2)", _dynamic_vs_static),
+    Claim("Zero-shot YaRN retrieves like cropping the context to the training length",
+          "supports when, at 2x, YaRN's exact match for needles before the last 1x window is at "
+          "most half of that inside it, and inside it within 10 points of rope's at 1x",
+          _yarn_crops),
 )
 
 

@@ -28,6 +28,8 @@ def stage_command(study: str, run: Run, stage: Stage, out: pathlib.Path) -> tupl
   flags = [f"--config={stage.config}", f"--workdir={out / run.name / stage.name}", *stage.args]
   overrides = [*stage.overrides, *wandb, f"wandb.name={run.name}/{stage.name}",
                f"wandb.job_type={stage.kind}"]
+  if stage.kind == "import":  # the source is the first of args
+    return "lcx.convert", ["import", *flags, *(f"--config.{o}" for o in overrides)]
   if stage.kind == "finetune":
     overrides.append(f"init_from={out / run.name / stage.source}")
   return "lcx.train", flags + [f"--config.{o}" for o in overrides]

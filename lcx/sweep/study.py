@@ -12,8 +12,10 @@ from lcx.overrides import load_config, load_module
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str  # unique within its run; also the W&B job name and the evaluation's output name
-  kind: str  # "pretrain", "finetune" (both lcx.train) or "evaluate" (lcx.evaluate)
-  config: str = ""  # train stages: config file and preset, e.g. configs/pretrain.py:tiny
+  # "pretrain", "finetune" (both lcx.train), "evaluate" (lcx.evaluate) or "import" (a pretrained
+  # checkpoint made a run: lcx.convert import, its source the first of args)
+  kind: str
+  config: str = ""  # train and import stages: config file and preset, e.g. configs/pretrain.py:tiny
   overrides: tuple[str, ...] = ()  # "a.b=value", passed as --config.a.b=value
   source: str = ""  # finetune: the stage it starts from; evaluate: the stage it evaluates
   args: tuple[str, ...] = ()  # extra flags, e.g. ("--lengths=128,256",) for evaluate
@@ -26,7 +28,8 @@ class Run:
   tags: tuple[str, ...] = ()  # W&B tags: the scheme, the size, ...
 
 
-KINDS = ("pretrain", "finetune", "evaluate")
+KINDS = ("pretrain", "finetune", "evaluate", "import")
+STARTS = ("pretrain", "import")  # the kinds that make a run from nothing of the study's
 
 
 def product(**axes) -> list[dict]:
@@ -74,7 +77,7 @@ def check_runs(runs: list[Run]) -> None:
         raise ValueError(f"{where}: kind {stage.kind!r} is unknown; allowed: {', '.join(KINDS)}")
       if stage.name in seen:
         raise ValueError(f"{where}: the name is used twice in the run")
-      if stage.kind != "pretrain" and stage.source not in seen:
+      if stage.kind not in STARTS and stage.source not in seen:
         raise ValueError(f"{where}: source {stage.source!r} must name an earlier stage of the run")
       seen.add(stage.name)
 
