@@ -12,11 +12,14 @@ measures:
 - perplexity of the window by lcx (lcx.evaluate's Scorer, the kernel `auto` picks) and by
   transformers (torch eager, SDPA attention, float32, the GGUF dequantized by transformers
   itself), and their relative difference (target: within 0.5%);
-- the forward's time: lcx's second call (the first compiles; its time is printed apart) and
-  transformers' one call, torch on as many threads as XLA uses (all cores);
+- the forward's time: lcx's second call below 16K (the first compiles; its time is printed
+  apart), its one call from 16K (compilation included) and transformers' one call, torch on as
+  many threads as XLA uses (all cores);
 - lcx's peak process memory (ru_maxrss, before transformers is loaded: target 8 GiB at 32K).
 
-Writes benchmarks/results-pretrained-cpu.json (--out) and prints a table.
+Writes benchmarks/results-pretrained-cpu.json (--out) and prints a table. With --kernels
+native,blockwise,dense it times lcx alone through each kernel instead (tokens/s; written to
+results-pretrained-cpu-kernels.json).
 """
 import argparse
 import importlib.util
@@ -62,6 +65,11 @@ def _window(config, tokenizer, length: int, split: str) -> np.ndarray:
   return None
 
 
+# Shorter lengths are timed on a second call (the first compiles); a 16K or 32K forward takes
+# minutes beside a compilation of seconds, so its one call is timed, compilation included.
+WARM_UP_BELOW = 16384
+
+
 def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
@@ -74,6 +82,9 @@ def main():
   parser.add_argument("--split", default="validation")
   parser.add_argument("--transformers_max_length", type=int, default=1 << 30,
                       help="skip transformers past this length (its time grows fastest)")
+  parser.add_argument("--kernels", default="",
+                      help="lcx alone: time the forward through each of these attention kernels "
+                      "(e.g. native,blockwise,dense) instead of comparing with transformers")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-pretrained-cpu.json"))
   args = parser.parse_args()
   lengths = [int(x) for x in args.lengths.split(",")]
@@ -88,6 +99,8 @@ def main():
   if not (run_dir / "config.json").exists():
     import_checkpoint(gguf, run_dir, overrides_lib.load_config(
         f"{ROOT / 'configs' / 'pretrain.py'}:tiny"), eos_token="<|endoftext|>")
+  if args.kernels:
+    return _kernels(run_dir, lengths, args)
   run = load_run(run_dir)
   tokenizer = make_tokenizer(run.config.data.tokenizer, run.config.data.tokenizer_sha256)
   scorer = Scorer(run.model, run.mesh, tuple(map(tuple, run.config.mesh.rules)))
@@ -100,10 +113,11 @@ def main():
       window = _window(run.config, tokenizer, length, split)
     window = window[None]
     start = time.perf_counter()
-    scorer.losses(window)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
     losses = scorer.losses(window)
+    first = time.perf_counter() - start
+    if length < WARM_UP_BELOW:  # a second call, without the compilation
+      start = time.perf_counter()
+      losses = scorer.losses(window)
     rows.append({"length": length, "split": split,
                  "kernel": run.model.attention_choice.kernel(length),
                  "lcx_loss": float(losses.mean()), "lcx_seconds": time.perf_counter() - start,
@@ -153,6 +167,40 @@ def main():
           f"{r['lcx_seconds']:>7.1f} {r.get('transformers_seconds', float('nan')):>7.1f} "
           f"{r.get('lcx_speedup', float('nan')):>6.2f}x {r['lcx_peak_rss_gib']:>8.2f}")
   print(f"\nwritten to {args.out}")
+
+
+def _kernels(run_dir, lengths, args) -> None:
+  """Tokens/s of lcx's forward (loss) through each kernel, one call timed after a warm-up below
+  16K; a kernel whose activations would not fit says so."""
+  from lcx.evaluate.loading import load_run
+  from lcx.evaluate.scoring import DoesNotFit, Scorer
+  from lcx.data.tokenizers import make_tokenizer
+  rows = []
+  for kernel in args.kernels.split(","):
+    run = load_run(run_dir, [f"model.attention={kernel}"])
+    tokenizer = make_tokenizer(run.config.data.tokenizer, run.config.data.tokenizer_sha256)
+    scorer = Scorer(run.model, run.mesh, tuple(map(tuple, run.config.mesh.rules)))
+    for length in lengths:
+      window = _window(run.config, tokenizer, length, args.split)
+      window = (window if window is not None else
+                _window(run.config, tokenizer, length, "train"))[None]
+      try:
+        if length < WARM_UP_BELOW:
+          scorer.losses(window)
+        start = time.perf_counter()
+        scorer.losses(window)
+        seconds = time.perf_counter() - start
+      except DoesNotFit as e:
+        rows.append({"kernel": kernel, "length": length, "not_applicable": str(e)})
+        print(f"{kernel} {length}: {e}", flush=True)
+        continue
+      rows.append({"kernel": kernel, "length": length, "seconds": seconds,
+                   "tokens_per_second": length / seconds})
+      print(f"{kernel} {length}: {seconds:.1f} s, {length / seconds:,.0f} tokens/s", flush=True)
+  out = pathlib.Path(args.out)
+  out = out.with_name(out.stem + "-kernels.json")
+  out.write_text(json.dumps({"run": str(run_dir), "rows": rows}, indent=2) + "\n")
+  print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ imported from its GGUF file, evaluated zero-shot to 4x its context with each RoP
 
 Variants: the model as it is (none), and linear (PI), ntk, dynamic_ntk and yarn at s = 2 and
 s = 4, zero-shot. Perplexity is scored on the configured corpus (pystdlib unless --config.data.*
-says otherwise; any text_dir works), the same tokens at every length, plus the sliding window at
-the model's context. The split is `train` (SPLIT): the model never saw lcx's splits, and
+says otherwise; any text_dir works), the same tokens at every length, plus, for the plain
+model, windows of each length sliding by half the context (at 8K: the model cropped to its own
+context, every token after the first window seeing at least 4K before it). The split is `train` (SPLIT): the model never saw lcx's splits, and
 pystdlib's held-out ones are too short for these lengths (validation: 29K SmolLM2 tokens in all,
 its longest document 12K; test: 29K at most; train: documents of 61K, 44K and 38K tokens). A scaling of factor s is meant for up to s times
 the context, so at 32K only the s = 4 variants and the plain model are scored.
@@ -75,10 +76,13 @@ def get_sweep(arg: str = "cpu") -> list[Run]:
   lengths = ",".join(map(str, scale["lengths"]))
   for name, overrides in _variants(scale):
     if scale.get("max_tokens"):  # perplexity, no retrieval
+      # The sliding window (stride half the context: every token after the first window sees
+      # at least 4K before it) on the plain model: the crop-to-context baseline.
+      stride = CONTEXT // 2 if not overrides else -1
       stages.append(Stage(name if arg == "cpu" else f"{name}-{arg}", "evaluate", source="import",
                           overrides=overrides,
                           args=(f"--lengths={lengths}", f"--max_tokens={scale['max_tokens']}",
-                                f"--stride={CONTEXT}", "--trials=0", SPLIT)))
+                                f"--stride={stride}", "--trials=0", SPLIT)))
     if scale.get("retrieval"):
       lengths_r = ",".join(map(str, scale.get("retrieval_lengths", scale["lengths"])))
       stages.append(Stage(f"{name}-retrieval", "evaluate", source="import", overrides=overrides,
@@ -92,6 +96,6 @@ def get_sweep(arg: str = "cpu") -> list[Run]:
               source="import"),
         Stage("eval-finetune-yarn-s2", "evaluate", source="finetune-yarn-s2",
               args=(f"--lengths={lengths}", f"--max_tokens={scale['max_tokens']}",
-                    f"--stride={CONTEXT}", "--trials=0", SPLIT)),
+                    "--stride=-1", "--trials=0", SPLIT)),
     ]
   return [Run("smollm2", tuple(stages), tags=("smollm2", arg))]

@@ -181,10 +181,13 @@ def test_rope_scaling_on_an_imported_model_equals_transformers(imported, scaling
 
 def test_trained_lcx_run_exports_to_transformers(trained_run, tmp_path):
   """The byte tokenizer, lcx's scaled tied logits (an untied HF head), RoPE's interleaved layout
-  (q/k rows reordered) and a zero-shot YaRN all come out as transformers computes them."""
+  (q/k rows reordered) and zero-shot scalings (YaRN, PI and dynamic NTK as HF's rope_scaling,
+  static NTK as the base it amounts to) all come out as transformers computes them."""
   text = "def f(x):\n  return x + 1  # é"
+  scaled = lambda method: [f"model.rope.scaling={method}", "model.rope.factor=2"]
   for name, overrides, length in (("plain", [], 32), ("interleaved", ["model.rope.layout=interleaved"], 32),
-                                  ("yarn", ["model.rope.scaling=yarn", "model.rope.factor=2"], 64)):
+                                  ("yarn", scaled("yarn"), 64), ("linear", scaled("linear"), 64),
+                                  ("dynamic", scaled("dynamic_ntk"), 64), ("ntk", scaled("ntk"), 64)):
     out = tmp_path / name
     export_run(trained_run, out, overrides)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -192,6 +195,11 @@ def test_trained_lcx_run_exports_to_transformers(trained_run, tmp_path):
     diff = np.abs(_lcx_logits(trained_run, ids, overrides) - _hf_logits(hf, ids)).max()
     print(f"lcx run exported ({name}): max |lcx - transformers| logits = {diff:.2e}")
     assert diff <= 1e-4
+  hf_config = lambda name: json.loads((tmp_path / name / "config.json").read_text())
+  assert hf_config("yarn")["rope_scaling"]["rope_type"] == "yarn"
+  assert hf_config("dynamic")["rope_scaling"]["rope_type"] == "dynamic"
+  assert "rope_scaling" not in hf_config("ntk")
+  assert hf_config("ntk")["rope_theta"] > hf_config("plain")["rope_theta"]
   tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "plain")
   assert tok(text, add_special_tokens=False)["input_ids"] == list(text.encode())
   assert tok.eos_token_id == 257 and tok.decode(list(text.encode())) == text
@@ -394,7 +402,8 @@ def get_sweep(arg=""):
             args=({str(hf_dir)!r},)),
       Stage("eval", "evaluate", source="import", args=flags),
       Stage("eval-yarn", "evaluate", source="import",
-            overrides=("model.rope.scaling=yarn", "model.rope.factor=2"), args=flags)))]
+            overrides=("model.rope.scaling=yarn", "model.rope.factor=2"), args=flags),
+      Stage("eval-retrieval", "evaluate", source="import", args=(*flags, "--max_tokens=0"))))]
 ''')
   out = tmp_path / "out"
   result = subprocess.run([sys.executable, "-m", "lcx.sweep", str(study), "--out", str(out)],
@@ -403,6 +412,12 @@ def get_sweep(arg=""):
   assert json.loads((out / "tiny" / "import" / "summary.json").read_text())["imported"]
   yarn = json.loads((out / "tiny" / "import" / "eval" / "eval-yarn.json").read_text())
   assert yarn["scheme_options"]["scaling"] == "yarn" and yarn["perplexity"][1]["multiple"] == 2
+  # one 256-token segment: sliding windows of 256 are the plain window, its numbers repeated
+  assert yarn["sliding"][1]["loss"] == yarn["perplexity"][1]["loss"]
+  assert yarn["sliding"][1]["stride"] == 128
+  retrieval_only = json.loads((out / "tiny" / "import" / "eval" / "eval-retrieval.json").read_text())
+  assert retrieval_only["perplexity"] == [] and retrieval_only["sliding"] == []
+  assert retrieval_only["retrieval"]["passkey/python"]["trials"] == 1
   report = subprocess.run([sys.executable, "-m", "lcx.report", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert report.returncode == 0, report.stderr[-2000:]

@@ -118,7 +118,7 @@ def test_a_changed_model_file_is_refused_and_a_fine_tune_keeps_the_tokenizer(mod
   docs = Documents("pystdlib", "train", data_dir=data_dir)
   copy.write_bytes(tokenizer_training.train(docs, vocab_size=512, model_type="unigram", documents=50,
                                        seed=0, threads=1))
-  with pytest.raises(config_lib.ConfigError, match="the model file has changed since this run"):
+  with pytest.raises(config_lib.ConfigError, match="the tokenizer file has changed since this run"):
     config_lib.resolve(saved, 1)
   with pytest.raises(ValueError, match="has changed"):
     make_tokenizer(saved.data.tokenizer, saved.data.tokenizer_sha256)

@@ -134,9 +134,12 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       row = {"length": length, "multiple": length / base_length}
       if length in skip:
         row["not_applicable"] = skip[length]
-      elif kind == "sliding" and stride >= length:  # the non-overlapping windows again
+      elif kind == "sliding" and (stride >= length or all(len(s) - 1 == length
+                                                           for s in segments)):
+        # the non-overlapping windows again (a stride past the length, or segments one window
+        # long): their numbers, not scored twice
         row.update({k: v for k, v in rows["perplexity"][-1].items() if k not in row
-                    and k not in ("by_position", "by_segment")}, stride=length)
+                    and k not in ("by_position", "by_segment")}, stride=min(stride, length))
       else:
         try:
           if kind == "perplexity":
