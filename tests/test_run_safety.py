@@ -235,7 +235,7 @@ def _steps_of(path) -> list[int]:
     (dict(depths=(1.5, -0.5)), "--depths"), (dict(lengths=(0,)), "--lengths"),
     (dict(lengths=(-5,)), "--lengths"), (dict(trials=-1), "--trials"),
     (dict(tasks=("needle",)), "--tasks"), (dict(styles=("java",)), "--styles"),
-    (dict(stride=-5), "--stride"), (dict(max_tokens=0), "--max_tokens"),
+    (dict(stride=-5), "--stride"), (dict(max_tokens=-1), "--max_tokens"),
     (dict(name="../x"), "--name")])
 def test_evaluation_arguments_are_checked(options, flag):
   with pytest.raises(ValueError, match=f"^{flag}"):

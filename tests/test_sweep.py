@@ -13,6 +13,7 @@ import pytest
 from lcx import config as config_lib
 from lcx import overrides as overrides_lib
 from lcx import report as report_lib
+from lcx.report import claims as claims_lib
 from lcx.report import plots as report_plots
 from lcx.metrics import read_jsonl
 from lcx.report import write_report
@@ -172,7 +173,7 @@ def test_sweep_runs_idempotently_and_resumes(tiny_study, data_dir, tmp_path, mon
   assert row.split(" | ")[1] == "n/a / n/a" and "%" in row.split(" | ")[2]
   claims = text.split("## Claims vs measured")[1].split("## Figures")[0]
   assert "| Sinusoidal positions fail past the training length | needs sinusoidal | cannot tell" \
-      in claims and claims.count("\n| ") == 8  # the header, its rule and six claims
+      in claims and claims.count("\n| ") == 2 + len(claims_lib.CLAIMS)  # header, rule, claims
   looks = list(report_lib.looks(report_lib.collect(out)[0]).values())
   assert len({(k["color"], k["marker"]) for k in looks}) == len(looks) == 3
   assert text.startswith(f"# Study report: {load_sweep(tiny_study[0])[0]}\n")
