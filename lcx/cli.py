@@ -63,6 +63,11 @@ def os_error(e: OSError) -> str:
   return f"{e.filename or 'a file'}: {e.strerror or e}"
 
 
+def out_of_memory(e: Exception) -> bool:
+  """Whether an XLA runtime error is an allocation that failed (device or host memory)."""
+  return "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e)
+
+
 def run(main) -> None:
   """absl's app.run for an entry point taking `--config.a.b=v` overrides: they are taken out of
   the arguments before absl parses them (it would refuse them as unknown flags) and passed to

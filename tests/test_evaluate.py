@@ -97,13 +97,13 @@ def test_long_windows_take_their_logits_a_slice_at_a_time(monkeypatch):
   """Past LOGITS_SLICE positions the head runs on slices of the hidden states (a 32K x 49K logit
   array would not fit): the same losses and predictions as the whole logits, a ragged last slice
   included."""
-  from lcx.evaluate import scoring
+  from lcx.model import transformer
   cfg = ModelConfig(vocab_size=320, d_model=16, n_layers=1, n_heads=2, head_dim=8, mlp_dim=32)
   scorer = Scorer(Transformer(cfg, rngs=nnx.Rngs(0)), make_mesh(dict(data=-1, fsdp=1, tensor=1)),
                   RULES)
   windows = np.random.default_rng(0).integers(0, 320, (8, 101)).astype(np.int32)
   whole, whole_bytes = scorer.run(windows), scorer.bytes_per_row(4096)
-  monkeypatch.setattr(scoring, "LOGITS_SLICE", 16)
+  monkeypatch.setattr(transformer, "LOGITS_SLICE", 16)
   sliced_scorer = Scorer(Transformer(cfg, rngs=nnx.Rngs(0)),
                          make_mesh(dict(data=-1, fsdp=1, tensor=1)), RULES)
   sliced = sliced_scorer.run(windows)

@@ -247,6 +247,34 @@ def test_answer_weights_scale_their_tokens_in_the_loss(tiny_config):
       (losses * weights).sum() / weights.sum(), rel=1e-5)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_long_sequences_train_on_logits_a_slice_at_a_time(tiny_config, monkeypatch, tied):
+  """Past LOGITS_SLICE positions the loss takes the logits a slice at a time, each slice remade
+  in the backward pass (a 16K x 49K logit array and its gradient would be 12 GiB): the same loss
+  and gradients as the whole logits, a ragged last slice included."""
+  from lcx.model import transformer
+  tiny_config.model.tie_embeddings = tied
+  c = config_lib.resolve(tiny_config, jax.device_count())
+  program = TrainProgram(config_lib.model_config(c),
+                         OptimizerConfig(learning_rate=1e-3, warmup_steps=1, steps=10),
+                         make_mesh(dict(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)),
+                         tuple(map(tuple, c.mesh.rules)))
+  params = program.init()["params"]
+  tokens = np.random.default_rng(0).integers(0, 256, (2, 33)).astype(np.int32)
+  batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
+           "positions": np.broadcast_to(np.arange(32, dtype=np.int32), (2, 32)),
+           "segment_ids": np.ones((2, 32), np.int32), "weights": np.ones((2, 32), np.float32)}
+  loss_and_grads = lambda: jax.jit(jax.value_and_grad(program.loss))(params, batch)
+  whole_loss, whole_grads = loss_and_grads()
+  monkeypatch.setattr(transformer, "LOGITS_SLICE", 12)  # slices of 12, 12 and 8 (+4 padding)
+  sliced_loss, sliced_grads = loss_and_grads()
+  assert float(sliced_loss) == pytest.approx(float(whole_loss), rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               sliced_grads, whole_grads)
+  jaxpr = str(jax.make_jaxpr(jax.grad(program.loss))(params, batch))
+  assert "checkpoint" in jaxpr or "remat" in jaxpr  # each slice's logits are remade, not kept
+
+
 def test_position_parameters_get_their_own_rate_and_no_decay():
   """position_lr_scale multiplies the position scheme's updates only, weight decay skips them,
   and the optimizer state keeps optax.adamw's layout (checkpoints written before still load)."""

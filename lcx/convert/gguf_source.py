@@ -5,9 +5,10 @@ Three things differ from an HF checkpoint and are undone here:
 - quantized tensors (Q8_0, Q4_K, ...) are dequantized to float32 by the `gguf` package;
 - llama.cpp's converter permutes the rows of q_proj and k_proj from HF's half-split RoPE layout
   to the interleaved one its kernels use: the inverse permutation brings them back;
-- the tokenizer is stored as metadata (tokens, merges, token types, a pre-tokenizer name): it is
-  rebuilt as a `tokenizers` tokenizer.json with the split expressions llama.cpp applies for that
-  name, so the imported run encodes text as the model was trained on.
+- the tokenizer is stored as metadata (tokens, token types, and merges with a pre-tokenizer name
+  for byte-level BPE, scores for SentencePiece): it is rebuilt as a `tokenizers` tokenizer.json
+  that encodes text as llama.cpp does (the split expressions it applies for that name; merges in
+  the order of SentencePiece's scores), so the imported run tokenizes as the model was trained.
 """
 import json
 
@@ -38,7 +39,7 @@ PRE_TOKENIZER_SPLITS = {
     **{name: (_LLAMA3,) for name in ("llama3", "llama-bpe", "llama-v3", "smaug-bpe", "dbrx",
                                       "falcon3")},
 }
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
+_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4  # llama.cpp's (and SentencePiece's) token types
 
 
 def read(path: str, where: str):
@@ -150,27 +151,17 @@ def _tensors(reader, llama: Llama, where: str) -> dict[str, np.ndarray]:
 
 def _tokenizer_files(meta: _Metadata, llama: Llama, where: str) -> dict[str, str]:
   """tokenizer.json and tokenizer_config.json for the vocabulary the file carries."""
-  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+  from tokenizers import AddedToken
   kind = meta.get("tokenizer.ggml.model")
-  if kind != "gpt2":
-    raise Unsupported(f"{where}: tokenizer.ggml.model={kind!r} is not supported (byte-level "
-                      "BPE, 'gpt2', is); import the model's HF directory instead, whose "
-                      "tokenizer.json is used as it is")
-  pre = meta.get("tokenizer.ggml.pre", "gpt2")
-  if pre not in PRE_TOKENIZER_SPLITS:
-    raise Unsupported(f"{where}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
-                      f"{', '.join(sorted(PRE_TOKENIZER_SPLITS))}")
+  if kind not in _TOKENIZER_BUILDERS:
+    raise Unsupported(f"{where}: tokenizer.ggml.model={kind!r} is not supported; supported: "
+                      f"{', '.join(_TOKENIZER_BUILDERS)} (or import the model's HF directory, "
+                      "whose tokenizer.json is used as it is)")
   tokens = list(meta.get("tokenizer.ggml.tokens"))
-  types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-  merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges")]
-  vocab = {token: i for i, token in enumerate(tokens)}
-  tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-  tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-      [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_SPLITS[pre]]
-      + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-  tokenizer.decoder = decoders.ByteLevel()
-  # Control tokens (<|endoftext|>) and user-defined ones are matched whole in text, as llama.cpp
-  # does; the order of ids is kept, since they are already in the vocabulary.
+  types = list(meta.get("tokenizer.ggml.token_type", [_NORMAL] * len(tokens)))
+  tokenizer = _TOKENIZER_BUILDERS[kind](meta, tokens, types, where)
+  # Control tokens (<|endoftext|>, </s>) and user-defined ones are matched whole in text, as
+  # llama.cpp does; the order of ids is kept, since they are already in the vocabulary.
   tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t, kind in zip(tokens, types) if kind == _CONTROL])
   tokenizer.add_tokens([AddedToken(t, special=False, normalized=False)
@@ -191,3 +182,57 @@ def _tokenizer_files(meta: _Metadata, llama: Llama, where: str) -> dict[str, str
     config["chat_template"] = template
   return {"tokenizer.json": tokenizer.to_str(pretty=True),
           "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
+
+
+def _byte_level_bpe(meta: _Metadata, tokens, types, where: str):
+  """tokenizer.ggml.model=gpt2: byte-level BPE with the file's merges, after the split
+  expressions llama.cpp applies for its tokenizer.ggml.pre."""
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+  pre = meta.get("tokenizer.ggml.pre", "gpt2")
+  if pre not in PRE_TOKENIZER_SPLITS:
+    raise Unsupported(f"{where}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
+                      f"{', '.join(sorted(PRE_TOKENIZER_SPLITS))}")
+  merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges")]
+  vocab = {token: i for i, token in enumerate(tokens)}
+  tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+  tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+      [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_SPLITS[pre]]
+      + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tokenizer.decoder = decoders.ByteLevel()
+  return tokenizer
+
+
+def _sentencepiece_bpe(meta: _Metadata, tokens, types, where: str):
+  """tokenizer.ggml.model=llama: a SentencePiece BPE vocabulary (Llama 2, TinyLlama, Mistral),
+  stored as pieces, scores and types without merges. SentencePiece merges the adjacent pair whose
+  joined piece scores highest; BPE merges given in that order (each piece's splits into two
+  normal pieces, by descending score of the piece) do the same. Spaces become the word marker,
+  one more in front when tokenizer.ggml.add_space_prefix (the default) says so; a character
+  outside the vocabulary becomes its UTF-8 bytes (<0xNN>)."""
+  from tokenizers import Tokenizer, decoders, models, normalizers
+  scores = list(meta.get("tokenizer.ggml.scores"))
+  if len(scores) != len(tokens):
+    raise Unsupported(f"{where}: tokenizer.ggml.scores has {len(scores)} entries for "
+                      f"{len(tokens)} tokens")
+  normal = {t: i for i, (t, kind) in enumerate(zip(tokens, types)) if kind == _NORMAL}
+  merges = []
+  for piece, i in normal.items():
+    merges += [(-scores[i], normal[piece[:k]], normal[piece[k:]], piece[:k], piece[k:])
+               for k in range(1, len(piece)) if piece[:k] in normal and piece[k:] in normal]
+  merges = [(left, right) for *_, left, right in sorted(merges)]
+  unknown = meta.get("tokenizer.ggml.unknown_token_id", None)
+  tokenizer = Tokenizer(models.BPE(
+      vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=True, byte_fallback=True,
+      unk_token=tokens[int(unknown)] if unknown is not None else None))
+  prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+  # A normalizer, not the Metaspace pre-tokenizer: that one adds no marker to a text that already
+  # starts with a space, where SentencePiece adds one all the same.
+  tokenizer.normalizer = normalizers.Sequence(
+      ([normalizers.Prepend("\u2581")] if prefix else []) + [normalizers.Replace(" ", "\u2581")])
+  tokenizer.decoder = decoders.Sequence(
+      [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+      + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+  return tokenizer
+
+
+_TOKENIZER_BUILDERS = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}

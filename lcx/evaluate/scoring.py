@@ -3,12 +3,11 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from lcx import attention
-from lcx.model import token_losses
+from lcx.model import transformer
 from lcx.sharding import activation_sharding, named_sharding
 
 
@@ -21,29 +20,6 @@ def available_memory_bytes(device: jax.Device) -> int:
   if stats and "bytes_limit" in stats:
     return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
   return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-# Longer windows compute their logits this many positions at a time.
-LOGITS_SLICE = 2048
-
-
-def _sliced_head(unembed, x_BLD, targets_BL):
-  """(losses, argmax) of the logits of x, LOGITS_SLICE positions at a time (lax.map: one slice's
-  logits live at once)."""
-  B, L, D = x_BLD.shape
-  n = -(-L // LOGITS_SLICE)
-  pad = n * LOGITS_SLICE - L
-  x_NBSD = jnp.pad(x_BLD, ((0, 0), (0, pad), (0, 0))).reshape(
-      B, n, LOGITS_SLICE, D).swapaxes(0, 1)
-  t_NBS = jnp.pad(targets_BL, ((0, 0), (0, pad))).reshape(B, n, LOGITS_SLICE).swapaxes(0, 1)
-
-  def one(slice_):
-    logits = unembed(slice_[0])
-    return token_losses(logits, slice_[1]), jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-  losses_NBS, argmax_NBS = jax.lax.map(one, (x_NBSD, t_NBS))
-  unslice = lambda a: a.swapaxes(0, 1).reshape(B, n * LOGITS_SLICE)[:, :L]
-  return unslice(losses_NBS), unslice(argmax_NBS)
 
 
 class Scorer:
@@ -65,10 +41,7 @@ class Scorer:
   def _losses(self, params, tokens, positions, targets):
     with activation_sharding(self.mesh, self.rules):
       model = nnx.merge(self.graphdef, params)
-      if self.cfg.segment_len or tokens.shape[1] <= LOGITS_SLICE:
-        logits = model(tokens, positions)
-        return token_losses(logits, targets), jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      return _sliced_head(model.unembed, model.features(tokens, positions), targets)
+      return model.losses(tokens, positions, targets, predictions=True)
 
   def sharding_for(self, array: np.ndarray):
     """Rows over the batch shards, every other axis whole."""
@@ -82,7 +55,7 @@ class Scorer:
     tiled = self.attention.kernel(length) in attention.TILED
     side = min(c.attention_block, length) if tiled else length
     attention_bytes = 3 * c.n_heads * side * length * 4
-    logits = 2 * (length if c.segment_len else min(length, LOGITS_SLICE)) * c.vocab_size * 4
+    logits = 2 * (length if c.segment_len else min(length, transformer.LOGITS_SLICE)) * c.vocab_size * 4
     stream = 8 * length * max(c.d_model, c.mlp_dim) * 4
     return attention_bytes + logits + stream
 

@@ -183,10 +183,20 @@ class Transformer(nnx.Module):
     return self.segments(tokens_BL, positions_BL, segment_ids_BL,
                          self.memory.init_state(tokens_BL.shape[0]))[0]
 
+  def losses(self, tokens_BL, positions_BL, targets_BL, segment_ids_BL=None, *,
+             predictions: bool = False):
+    """Cross-entropy (B, L) of each target token, and with predictions=True also the argmax
+    prediction (B, L) of each. Past LOGITS_SLICE positions the plain model's logits are made and
+    consumed a slice at a time (sliced_head)."""
+    if self.cfg.segment_len or tokens_BL.shape[1] <= LOGITS_SLICE:
+      logits = self(tokens_BL, positions_BL, segment_ids_BL)
+      losses = token_losses(logits, targets_BL)
+      return (losses, jnp.argmax(logits, axis=-1).astype(jnp.int32)) if predictions else losses
+    return sliced_head(self.unembed, self.features(tokens_BL, positions_BL, segment_ids_BL),
+                       targets_BL, predictions=predictions)
+
   def features(self, tokens_BL, positions_BL, segment_ids_BL=None):
-    """The plain model's last normalized hidden states (B, L, D): logits are unembed() of them,
-    which a long evaluation takes a slice of positions at a time (a 32K x 49K logit array is
-    6 GiB)."""
+    """The plain model's last normalized hidden states (B, L, D): logits are unembed() of them."""
     self.position.check_length(tokens_BL.shape[1])
     return self.final_norm(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
                                       positions_BL, segment_ids_BL, self.position,
@@ -302,6 +312,32 @@ def run_blocks(blocks, x_BLD, positions_BL, segment_ids_BL, scheme, *, remat: st
                                                 jnp.arange(len(states))))
     memories = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(states))]
   return x_BLD if mechanism is None else (x_BLD, memories)
+
+
+# Longer windows make their logits this many positions at a time: a 32K x 49K float32 logit array
+# is 6 GiB, and in training its gradient as much again.
+LOGITS_SLICE = 2048
+
+
+def sliced_head(unembed, x_BLD, targets_BL, *, predictions: bool = False):
+  """token_losses (and with predictions=True the argmax) of unembed(x), LOGITS_SLICE positions at
+  a time: a lax.map over slices, each under jax.checkpoint, so one slice's logits live at once in
+  the forward pass and again in the backward one (which remakes them from the slice's inputs)."""
+  B, L, D = x_BLD.shape
+  S = LOGITS_SLICE
+  n = -(-L // S)
+  pad = n * S - L
+  x_NBSD = jnp.pad(x_BLD, ((0, 0), (0, pad), (0, 0))).reshape(B, n, S, D).swapaxes(0, 1)
+  t_NBS = jnp.pad(targets_BL, ((0, 0), (0, pad))).reshape(B, n, S).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(slice_):
+    logits = unembed(slice_[0])
+    losses = token_losses(logits, slice_[1])
+    return (losses, jnp.argmax(logits, axis=-1).astype(jnp.int32)) if predictions else losses
+
+  unslice = lambda a: a.swapaxes(0, 1).reshape(B, n * S)[:, :L]
+  return jax.tree.map(unslice, jax.lax.map(one, (x_NBSD, t_NBS)))
 
 
 def token_losses(logits_BLV, targets_BL):

@@ -5,6 +5,7 @@ failure.
 """
 import sys
 
+import jax
 from absl import flags
 
 from lcx import cli
@@ -50,6 +51,13 @@ def main(argv, overrides):
   except DamagedCache as e:  # found on a block's first read: nothing of it reached the model
     sys.exit(f"lcx.train: {e}; the same command builds it again and resumes from the latest "
              "checkpoint (`python -m lcx.data.prepare` with this config builds it beforehand)")
+  except jax.errors.JaxRuntimeError as e:
+    if not cli.out_of_memory(e):
+      raise
+    sys.exit("lcx.train: a step does not fit in device memory (data.batch_size rows of "
+             "data.seq_len tokens); fewer rows a step with train.grad_accum_steps, "
+             "model.remat=full or a shorter data.seq_len fit in less; the checkpoints written "
+             "so far are kept")
   except OSError as e:  # a full disk, a lost mount, a data_dir it cannot write
     sys.exit(f"lcx.train: {cli.os_error(e)}; the checkpoints written "
              "so far are kept")

@@ -6,7 +6,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lcx.model.config import ModelConfig
-from lcx.model.transformer import Transformer, abstract_model, token_losses
+from lcx.model.transformer import Transformer, abstract_model
 from lcx.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from lcx.sharding import Rules, activation_sharding, named_sharding, param_shardings, shard
 
@@ -62,9 +62,9 @@ class TrainProgram:
   def loss(self, params, batch) -> jax.Array:
     model = nnx.merge(self.graphdef, params)
     segment_ids = batch["segment_ids"] if self.document_mask else None
-    logits = model(batch["tokens"], batch["positions"], segment_ids)
+    losses = model.losses(batch["tokens"], batch["positions"], batch["targets"], segment_ids)
     weights = batch["weights"]  # 1 but for upweighted retrieval answers (lcx.data.mixture)
-    return (token_losses(logits, batch["targets"]) * weights).sum() / weights.sum()
+    return (losses * weights).sum() / weights.sum()
 
   def _grads(self, params, batch):
     value_and_grad = jax.value_and_grad(self.loss)
