@@ -291,6 +291,19 @@ def test_train_command_line_mistakes_are_one_line(tmp_path, data_dir):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(pathlib.Path("/proc/sys/vm/overcommit_memory").exists() and pathlib.Path(
+    "/proc/sys/vm/overcommit_memory").read_text().strip() == "1",
+    reason="this kernel grants any allocation and kills the process when it is touched")
+def test_a_model_too_big_for_memory_is_one_line(tmp_path, data_dir):
+  """A billion-token vocabulary: terabytes of logits, which XLA fails to allocate at once."""
+  result = _cli("lcx.train", "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path / 'run'}",
+                f"--config.data.data_dir={data_dir}", f"--config.model.vocab_size={2 ** 30}",
+                "--config.wandb.mode=disabled", timeout=120)
+  error = _one_line_error(result, "lcx.train: ")
+  assert "out of device memory (" in error and "Out of memory allocating" in error
+  assert "train.grad_accum_steps" in error
+
+
 def test_data_mistakes_are_one_line(tmp_path, data_dir):
   binary = tmp_path / "binary"
   binary.mkdir()

@@ -54,8 +54,9 @@ def main(argv, overrides):
   except jax.errors.JaxRuntimeError as e:
     if not cli.out_of_memory(e):
       raise
-    sys.exit("lcx.train: a step does not fit in device memory (data.batch_size rows of "
-             "data.seq_len tokens); fewer rows a step with train.grad_accum_steps, "
+    sys.exit(f"lcx.train: out of device memory ({str(e).splitlines()[0][:160]}): the "
+             "parameters, optimizer state and a step's activations (data.batch_size rows of "
+             "data.seq_len tokens) must fit; fewer rows a step with train.grad_accum_steps, "
              "model.remat=full or a shorter data.seq_len fit in less; the checkpoints written "
              "so far are kept")
   except OSError as e:  # a full disk, a lost mount, a data_dir it cannot write
