@@ -38,7 +38,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # The model's fields and their defaults (the tiny model) come from its dataclasses,
   # lcx.model.ModelConfig and each scheme's Options (lcx.positions.RopeOptions, ...), which say
   # what each one does: d_model, n_layers, n_heads, head_dim (0: d_model // n_heads), mlp_dim,
-  # mlp, tie_embeddings, position,
+  # mlp, tie_embeddings, qk_norm, position,
   # max_len (learned-table size; 0: data.seq_len), attention (auto: the fastest kernel that
   # takes the scheme here), attention_block, remat, scan_layers, dtypes; vocab_size (0: the
   # tokenizer's, padded to a multiple of vocab_multiple so it shards evenly). model.rope: base,

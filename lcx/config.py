@@ -83,7 +83,7 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c = ml_collections.ConfigDict(config.to_dict())
   m, d = c.model, c.data
   for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len", "memory_reset",
-               "tied_logit_scale"):
+               "tied_logit_scale", "qk_norm"):
     if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
   if "n_kv_heads" not in m:  # runs saved before grouped-query attention: one per query head

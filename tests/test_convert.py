@@ -21,7 +21,7 @@ from safetensors.numpy import load_file  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from lcx import config as config_lib  # noqa: E402
-from lcx.convert.export import export_run  # noqa: E402
+from lcx.convert.export import architecture, export_run  # noqa: E402
 from lcx.convert.imported_run import import_checkpoint  # noqa: E402
 from lcx.convert.llama import Unsupported  # noqa: E402
 from lcx.data.tokenizers import make_tokenizer  # noqa: E402
@@ -213,6 +213,10 @@ def test_export_refuses_what_hf_llama_cannot_represent(trained_run, tmp_path):
     with pytest.raises(Unsupported, match=named.replace("(", r"\(")):
       export_run(trained_run, tmp_path / "out", overrides)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+  config = load_run(trained_run).config  # a run with QK-norm (this one has none to load)
+  config.model.qk_norm = True
+  with pytest.raises(Unsupported, match="model.qk_norm=True"):
+    architecture(config)
 
 
 def _write_gguf(path: pathlib.Path, model, tokenizer_file, pre: str = "gpt2",

@@ -114,3 +114,38 @@ def test_model_variants_and_dtypes(mlp, tie):
   assert hasattr(model, "head") != tie
   # At init the loss on unrelated targets is close to that of a uniform guess.
   assert abs(float(token_losses(logits, targets).mean()) - np.log(64)) < 1.0
+
+
+@pytest.mark.parametrize("position", SCHEMES)
+def test_qk_norm_normalizes_each_head_before_the_scheme(position):
+  """With model.qk_norm, queries and keys enter the scheme as RMSNorm(x W) * scale per head: the
+  logits do not change when W_q and W_k are scaled (they do without it), and the normalized
+  heads are the transcribed formula."""
+  tokens = jax.random.randint(jax.random.key(4), (2, 12), 0, 64)
+  pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
+
+  def logits_with_scaled_qk(qk_norm, factor):
+    model = _model(position, qk_norm=qk_norm)
+    for block in model.blocks:
+      block.attn.wq[...] = block.attn.wq[...] * factor
+      block.attn.wk[...] = block.attn.wk[...] * factor
+    return np.asarray(model(tokens, pos))
+
+  np.testing.assert_allclose(logits_with_scaled_qk(True, 7.0), logits_with_scaled_qk(True, 1.0),
+                             rtol=1e-4, atol=1e-4)
+  assert not np.allclose(logits_with_scaled_qk(False, 7.0), logits_with_scaled_qk(False, 1.0),
+                         rtol=1e-4, atol=1e-4)
+  model = _model(position, qk_norm=True)
+  attn = model.blocks[0].attn
+  attn.q_norm.scale[...] = jnp.linspace(0.5, 2.0, 8)
+  x = jax.random.normal(jax.random.key(5), (2, 12, 32))
+  q = np.einsum("bld,dhk->blhk", np.asarray(x), np.asarray(attn.wq[...]))
+  expected = q / np.sqrt((q ** 2).mean(-1, keepdims=True) + 1e-6) * np.linspace(0.5, 2.0, 8)
+
+  class Identity:  # the scheme's rotation left out, to see the normalized heads themselves
+    rotate = staticmethod(lambda q, k, positions, length: (q, k))
+
+  q_normed, _, _ = attn._qkv(x, pos, Identity())
+  np.testing.assert_allclose(q_normed, expected, rtol=1e-5, atol=1e-5)
+  assert sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == sum(
+      p.size for p in jax.tree.leaves(nnx.state(_model(position), nnx.Param))) + 2 * 2 * 8

@@ -45,7 +45,7 @@ def _with_memory(config):
   config.model.update(memory="xl", segment_len=8)
 
 
-@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa"])
+@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa", "rope+qknorm"])
 def test_sharded_matches_single_device(tiny_config, tmp_path, position):
   position, _, variant = position.partition("+")
   tiny_config.model.position = position
@@ -53,6 +53,8 @@ def test_sharded_matches_single_device(tiny_config, tmp_path, position):
     _with_memory(tiny_config)
   if variant == "gqa":  # 2 key/value heads for 4 query heads, split over tensor=2 as they are
     tiny_config.model.n_kv_heads = 2
+  if variant == "qknorm":
+    tiny_config.model.qk_norm = True
   tiny_config.train.steps = 4
   tiny_config.mesh.update(data=1, fsdp=1, tensor=1)
   single = _run(tiny_config, tmp_path / "one", devices=jax.devices()[:1])

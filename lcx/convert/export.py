@@ -35,6 +35,7 @@ def architecture(config) -> Llama:
                              "form)"),
       (m.memory != "none", f"model.memory={m.memory!r}: a memory mechanism has no HF Llama form"),
       (m.mlp != "swiglu", f"model.mlp={m.mlp!r}: HF's Llama has a SwiGLU MLP"),
+      (m.qk_norm, "model.qk_norm=True: HF's Llama does not normalize queries and keys"),
   ]
   if m.position == "rope":
     r = m.rope

@@ -27,6 +27,9 @@ class ModelConfig:
   # Tied embeddings: the logits x @ E^T are multiplied by this. 0: d_model ** -0.5, lcx's own
   # (unit-variance logits at init); 1: as Llama-family models compute them (imported ones).
   tied_logit_scale: float = 0.0
+  # RMSNorm of each query and key head (a learned scale per head dimension, shared by the heads)
+  # before the position scheme rotates them: most 2025 models, and DroPE's recipe.
+  qk_norm: bool = False
   position: str = "rope"
   max_len: int = 128
   attention: str = "auto"  # lcx.attention.CHOICES; "auto" picks per backend and scheme

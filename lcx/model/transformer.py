@@ -60,10 +60,16 @@ class Attention(nnx.Module):
     self.wo = _param(rngs, (H, K, D), ("heads", None, "embed"), out_std, cfg.param_dtype)
     self.attend = attend
     self.cache_attend = cache_attend
+    self.qk_norm = cfg.qk_norm
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(K, cfg.norm_eps, cfg.param_dtype)
+      self.k_norm = RMSNorm(K, cfg.norm_eps, cfg.param_dtype)
 
   def _qkv(self, x_BLD, positions_BL, scheme, length=None):
     q_BLHK, k_BLHK = project(x_BLD, self.wq[...]), project(x_BLD, self.wk[...])
     v_BLHK = project(x_BLD, self.wv[...])
+    if self.qk_norm:
+      q_BLHK, k_BLHK = self.q_norm(q_BLHK), self.k_norm(k_BLHK)
     q_BLHK, k_BLHK = scheme.rotate(q_BLHK, k_BLHK, positions_BL, length)
     return q_BLHK, k_BLHK, v_BLHK
 
