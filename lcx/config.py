@@ -86,6 +86,8 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                "tied_logit_scale", "qk_norm"):
     if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
+  if "position_layers" not in m:  # runs saved before per-layer patterns: one scheme
+    m.position_layers = ()
   if "n_kv_heads" not in m:  # runs saved before grouped-query attention: one per query head
     m.n_kv_heads = m.n_heads
   if c.get("mesh") and "rules" in c.mesh:
@@ -114,6 +116,30 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   if "probe_trials" not in c.eval:  # runs saved before the retrieval probe: none
     c.eval.probe_tasks, c.eval.probe_trials = (), 0
   return c
+
+
+def _position_layers(m: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The scheme of each entry of model.position_layers, checked (model.position alone without
+  one); with a pattern, model.position becomes its first entry's scheme."""
+  entries = m.position_layers
+  if isinstance(entries, str):
+    entries = m.position_layers = (entries,)
+  if not entries:
+    return (m.position,)
+  _require(isinstance(entries, (tuple, list)) and all(isinstance(e, str) for e in entries),
+           f"config.model.position_layers={entries!r} must be a tuple of scheme names, e.g. "
+           "('rope', 'rope', 'rope', 'none')")
+  _require(not m.scan_layers or m.n_layers % len(entries) == 0,
+           f"config.model.position_layers has {len(entries)} entries and config.model.n_layers="
+           f"{m.n_layers}: with config.model.scan_layers=true the pattern must repeat a whole "
+           f"number of times (n_layers a multiple of {len(entries)}), or set scan_layers=false")
+  try:
+    pattern = position_pattern(m)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
+  m.position_layers = tuple(entries)
+  m.position = pattern[0][0]
+  return tuple(name for name, _ in pattern)
 
 
 def _with_kv_heads_rule(rules) -> tuple:
@@ -160,13 +186,15 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
                "checkpoint.keep"):
     _positive(c, name)
   _choice(c, "model.position", positions.available())
+  pattern = _position_layers(m)
   _choice(c, "model.memory", memory.available())
   _choice(c, "model.mlp", ("swiglu", "gelu"))
   _choice(c, "model.attention", attention.CHOICES)
   _choice(c, "model.remat", tuple(REMAT_POLICIES))
   _positive(c, "model.attention_block")
-  try:  # a kernel for another backend or that cannot take the scheme's bias (nothing is built)
-    attention.check(m.attention, bias=positions.bias_kind(m.position))
+  try:  # a kernel for another backend or that cannot take a scheme's bias (nothing is built)
+    for name in pattern:
+      attention.check(m.attention, bias=positions.bias_kind(name))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)
@@ -209,9 +237,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
            f"config.model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
            f"{tokenizer_vocab}; use 0 or at least {tokenizer_vocab}")
   try:  # the position scheme and the memory mechanism check their own options
-    positions.check_options(m.position, _sections(m, positions.option_types()))
+    positions.check_options(pattern, _sections(m, positions.option_types()))
     memory.check_options(m.memory, _sections(m, memory.option_types()))
-    positions.validate(m.position, model_config(c).position_config(), d.seq_len)
+    model = model_config(c)
+    for name, options in model.layer_positions():
+      positions.validate(name, model.position_config(options), d.seq_len)
     memory.validate(m.memory, model_config(c).memory_config(), d.seq_len)
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -293,7 +323,7 @@ def _sections(m: ml_collections.ConfigDict, option_types: dict[str, type]) -> di
 
 # ModelConfig fields the config holds as sections of their own (model.<scheme>, model.<memory
 # mechanism>: the chosen ones' become these).
-_OPTIONS_FIELDS = ("position_options", "memory_options")
+_OPTIONS_FIELDS = ("position_options", "memory_options", "position_pattern")
 
 
 def model_defaults() -> ml_collections.ConfigDict:
@@ -303,6 +333,10 @@ def model_defaults() -> ml_collections.ConfigDict:
   data.seq_len, the tokenizer's vocabulary padded to a multiple of vocab_multiple)."""
   c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=_OPTIONS_FIELDS))
   c.update(head_dim=0, max_len=0, vocab_size=0, vocab_multiple=64)
+  # A per-layer pattern of schemes, repeated over the layers: e.g. ('rope',)*3 + ('none',);
+  # entries may set their scheme's options ('rope:base=1000000'). Empty: every layer
+  # model.position (which becomes the pattern's first scheme when a pattern is given).
+  c.position_layers = ()
   # model.rope, model.t5, model.xl, ...: each scheme's and each memory mechanism's own options
   for name, options in _option_types().items():
     c[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
@@ -337,7 +371,14 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig(
       **_typed(ModelConfig, m, skip=_OPTIONS_FIELDS),
       position_options=_sections(m, positions.option_types()).get(m.position),
-      memory_options=_sections(m, memory.option_types()).get(m.memory))
+      memory_options=_sections(m, memory.option_types()).get(m.memory),
+      position_pattern=position_pattern(m))
+
+
+def position_pattern(m: ml_collections.ConfigDict) -> tuple:
+  """model.position_layers as (scheme, options) per entry; () without a pattern."""
+  sections = _sections(m, positions.option_types())
+  return tuple(positions.parse_layer(entry, sections) for entry in m.get("position_layers", ()))
 
 
 def inherit_architecture(config: ml_collections.ConfigDict,

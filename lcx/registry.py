@@ -55,13 +55,16 @@ class Registry(Generic[T]):
       return dataclasses.replace(cfg, options=options())
     return cfg
 
-  def check_sections(self, chosen: str, sections: dict[str, object]) -> None:
+  def check_sections(self, chosen: str | tuple[str, ...], sections: dict[str, object]) -> None:
     """The options of every registered class as the config holds them (name -> Options): each
-    section's own check, and its SCHEME_ONLY fields at their defaults unless it is `chosen`."""
+    section's own check, and its SCHEME_ONLY fields at their defaults unless it is `chosen` (one
+    name, or several: a per-layer pattern's)."""
+    chosen_names = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+    chosen = "' or '".join(dict.fromkeys(chosen_names))
     for name, options in sections.items():
       if hasattr(options, "check"):
         options.check()
-      if name == chosen:
+      if name in chosen_names:
         continue
       defaults = type(options)()
       for field, note in getattr(options, "SCHEME_ONLY", {}).items():

@@ -213,10 +213,12 @@ def test_export_refuses_what_hf_llama_cannot_represent(trained_run, tmp_path):
     with pytest.raises(Unsupported, match=named.replace("(", r"\(")):
       export_run(trained_run, tmp_path / "out", overrides)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
-  config = load_run(trained_run).config  # a run with QK-norm (this one has none to load)
-  config.model.qk_norm = True
-  with pytest.raises(Unsupported, match="model.qk_norm=True"):
-    architecture(config)
+  for field, value, named in (("qk_norm", True, "model.qk_norm=True"),
+                              ("position_layers", ("rope", "none"), "model.position_layers=")):
+    config = load_run(trained_run).config  # a run with these (this one has none to load)
+    config.model[field] = value
+    with pytest.raises(Unsupported, match=named):
+      architecture(config)
 
 
 def _write_gguf(path: pathlib.Path, model, tokenizer_file, pre: str = "gpt2",

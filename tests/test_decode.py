@@ -18,6 +18,8 @@ VOCAB = 64
 
 def _model(position="rope", scaling="none", attention_impl="dense", **fields):
   rope = positions.RopeOptions(scaling=scaling, factor=4.0, original_length=16)
+  if position == "hybrid":  # a per-layer pattern: RoPE then ALiBi, each with its own kernel
+    position, fields["position_pattern"] = "rope", (("rope", rope), ("alibi", None))
   cfg = ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, head_dim=8, mlp_dim=64,
                     position=position, max_len=64, attention=attention_impl, attention_block=16,
                     position_options=rope if position == "rope" else None, **fields)
@@ -35,6 +37,7 @@ CASES = [(name, "none", ("dense", "blockwise")[i % 2])
 CASES += [("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense")]
 # grouped-query attention: the cache holds the 2 key/value heads of 4 query heads
 CASES += [("rope", "none", "blockwise-gqa"), ("t5", "none", "dense-gqa")]
+CASES += [("hybrid", "dynamic_ntk", "blockwise")]
 if native.unavailable_reason() is None:
   CASES += [("alibi", "none", "native"), ("rope", "none", "native"),
             ("alibi", "none", "native-gqa")]

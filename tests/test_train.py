@@ -45,7 +45,8 @@ def _with_memory(config):
   config.model.update(memory="xl", segment_len=8)
 
 
-@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa", "rope+qknorm"])
+@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa", "rope+qknorm",
+                                      "rope+hybrid"])
 def test_sharded_matches_single_device(tiny_config, tmp_path, position):
   position, _, variant = position.partition("+")
   tiny_config.model.position = position
@@ -55,6 +56,8 @@ def test_sharded_matches_single_device(tiny_config, tmp_path, position):
     tiny_config.model.n_kv_heads = 2
   if variant == "qknorm":
     tiny_config.model.qk_norm = True
+  if variant == "hybrid":  # RoPE in the first layer, NoPE in the second, scanned
+    tiny_config.model.update(position_layers=("rope", "none"), scan_layers=True)
   tiny_config.train.steps = 4
   tiny_config.mesh.update(data=1, fsdp=1, tensor=1)
   single = _run(tiny_config, tmp_path / "one", devices=jax.devices()[:1])

@@ -36,6 +36,8 @@ def architecture(config) -> Llama:
       (m.memory != "none", f"model.memory={m.memory!r}: a memory mechanism has no HF Llama form"),
       (m.mlp != "swiglu", f"model.mlp={m.mlp!r}: HF's Llama has a SwiGLU MLP"),
       (m.qk_norm, "model.qk_norm=True: HF's Llama does not normalize queries and keys"),
+      (bool(m.get("position_layers")), f"model.position_layers={tuple(m.get('position_layers', ()))}"
+       ": HF's Llama has one RoPE for every layer"),
   ]
   if m.position == "rope":
     r = m.rope

@@ -63,7 +63,7 @@ class TrainingEval:
     for multiple in c.eval.multiples:
       length = int(multiple * c.data.seq_len)
       try:
-        model.position.check_length(length)
+        model.check_length(length)
       except ValueError:
         continue  # learned positions: nothing to measure past the table
       if length <= longest:

@@ -87,7 +87,7 @@ def _unrepresentable(run: LoadedRun, scorer: Scorer, lengths) -> dict[int, str]:
   reasons = {}
   for length in lengths:
     try:
-      run.model.position.check_length(length)
+      run.model.check_length(length)
       scorer.batch_rows(length)
     except ValueError as e:  # DoesNotFit is a ValueError too
       reasons[length] = f"not applicable: {e}"
@@ -173,6 +173,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       # the scheme's own section where it has one (model.rope, model.t5, ...)
       "scheme_options": (c.model[c.model.position].to_dict()
                          if c.model.position in positions.option_types() else None),
+      "position_layers": list(c.model.get("position_layers", ())),  # a per-layer pattern
       "train_length": train_length, "base_length": base_length, "split": options.split,
       # the keys a memory adds to each query's attention at the training length (the report's)
       "memory_keys_per_query": run.model.cfg.attention_context(train_length)[1],

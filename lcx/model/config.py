@@ -40,6 +40,9 @@ class ModelConfig:
   compute_dtype: str = "float32"
   norm_eps: float = 1e-6
   position_options: object = None  # the scheme's own options (model.rope, ...), defaults if None
+  # A per-layer pattern (model.position_layers, parsed): (scheme, its options) of each entry,
+  # layer i taking entry i % len; empty: every layer `position`.
+  position_pattern: tuple = ()
   # Memory (lcx.memory): sequences run as segments of segment_len tokens (0: one segment, the
   # plain model) with the mechanism's state carried from one to the next.
   memory: str = "none"
@@ -53,11 +56,17 @@ class ModelConfig:
   def kv_heads(self) -> int:
     return self.n_kv_heads or self.n_heads
 
-  def position_config(self) -> positions.PositionConfig:
+  def layer_positions(self) -> tuple[tuple[str, object], ...]:
+    """(scheme, options) of each entry of the per-layer pattern (one entry without one)."""
+    return self.position_pattern or ((self.position, self.position_options),)
+
+  def position_config(self, options=None) -> positions.PositionConfig:
+    """What a scheme is built with: `options` (a pattern entry's) or the model's own."""
     return positions.PositionConfig(d_model=self.d_model, n_heads=self.n_heads,
                                     head_dim=self.head_dim, max_len=self.max_len,
-                                    n_layers=self.n_layers,
-                                    param_dtype=self.param_dtype, options=self.position_options)
+                                    n_layers=self.n_layers, param_dtype=self.param_dtype,
+                                    options=options if options is not None
+                                    else self.position_options)
 
   def attention_context(self, seq_len: int) -> tuple[int, float]:
     """(the length a query's attention runs over, the keys a memory adds to it) at a training

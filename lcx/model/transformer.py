@@ -131,7 +131,7 @@ class Mlp(nnx.Module):
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None):
+  def __init__(self, cfg: ModelConfig, attend, cache_attend=None, *, rngs):
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.attn = Attention(cfg, attend, rngs, cache_attend)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
@@ -163,19 +163,37 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0,
                             cfg.param_dtype)
-    self.position = positions.make(cfg.position, cfg.position_config(), rngs=rngs)
+    pattern = cfg.layer_positions()
+    schemes = [positions.make(name, cfg.position_config(options), rngs=rngs)
+               for name, options in pattern]
+    if cfg.position_pattern:  # layer i takes entry i % len(pattern)
+      self.position_layers = nnx.List(schemes)
+    else:  # one scheme for every layer (its parameters where checkpoints have always had them)
+      self.position = schemes[0]
     self.memory = memory_lib.make(cfg.memory, cfg.memory_config(), rngs=rngs)
-    # The one place the kernel is chosen (auto then picks per call from the lengths, and logs it).
-    self.attention_choice = attention.choose(cfg.attention, scheme=cfg.position,
-                                             block=cfg.attention_block)
-    attend = attention.make(self.attention_choice)
-    cache_attend = attention.make(self.attention_choice, cache=True)
-    self.blocks = nnx.List([Block(cfg, attend, rngs, cache_attend)
-                            for _ in range(cfg.n_layers)])
+    # The one place kernels are chosen, one per pattern entry since each takes its scheme's bias
+    # (auto then picks per call from the lengths, and logs it).
+    choices = [attention.choose(cfg.attention, scheme=name, block=cfg.attention_block)
+               for name, _ in pattern]
+    self.attention_choice = choices[0]
+    attends = [(attention.make(c), attention.make(c, cache=True)) for c in choices]
+    self.blocks = nnx.List([Block(cfg, *attends[i % len(attends)], rngs=rngs)
+                            for i in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     if not cfg.tie_embeddings:
       self.head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                          cfg.d_model ** -0.5, cfg.param_dtype)
+
+  @property
+  def schemes(self) -> list:
+    """The position scheme of each pattern entry (one without a pattern): layer i's is
+    schemes[i % len(schemes)]."""
+    return list(self.position_layers) if self.cfg.position_pattern else [self.position]
+
+  def check_length(self, length: int) -> None:
+    """ValueError if a layer's scheme cannot represent sequences of `length` tokens."""
+    for scheme in self.schemes:
+      scheme.check_length(length)
 
   def __call__(self, tokens_BL, positions_BL, segment_ids_BL=None):
     """Next-token logits (float32) for tokens at explicit integer positions. With
@@ -183,7 +201,7 @@ class Transformer(nnx.Module):
     state carried from one to the next, starting empty."""
     if not self.cfg.segment_len:  # the plain model
       return self.unembed(self.features(tokens_BL, positions_BL, segment_ids_BL))
-    self.position.check_length(tokens_BL.shape[1])
+    self.check_length(tokens_BL.shape[1])
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones(tokens_BL.shape, jnp.int32)
     return self.segments(tokens_BL, positions_BL, segment_ids_BL,
@@ -203,14 +221,15 @@ class Transformer(nnx.Module):
 
   def features(self, tokens_BL, positions_BL, segment_ids_BL=None):
     """The plain model's last normalized hidden states (B, L, D): logits are unembed() of them."""
-    self.position.check_length(tokens_BL.shape[1])
+    self.check_length(tokens_BL.shape[1])
     return self.final_norm(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
-                                      positions_BL, segment_ids_BL, self.position,
+                                      positions_BL, segment_ids_BL, self.schemes,
                                       remat=self.cfg.remat, scan=self.cfg.scan_layers))
 
   def _embed(self, tokens_BL, positions_BL):
     x_BLD = jnp.take(self.embedding[...], tokens_BL, axis=0).astype(self.cfg.compute_dtype)
-    return shard(self.position.embed(x_BLD, positions_BL), BATCH_ACTIVATION)
+    # A pattern holds no embedding scheme (lcx.positions.embeds), so its first entry's is that.
+    return shard(self.schemes[0].embed(x_BLD, positions_BL), BATCH_ACTIVATION)
 
   def segments(self, tokens_BL, positions_BL, segment_ids_BL, state):
     """(logits, state after the last segment): the tokens as consecutive segments of
@@ -228,7 +247,7 @@ class Transformer(nnx.Module):
         state = initial
       x_BSD, positions_BS, segment_ids_BS = self.memory.wrap(
           state, self._embed(tokens_BC, positions_BC), positions_BC, segment_ids_BC)
-      x_BSD, layers = run_blocks(self.blocks, x_BSD, positions_BS, segment_ids_BS, self.position,
+      x_BSD, layers = run_blocks(self.blocks, x_BSD, positions_BS, segment_ids_BS, self.schemes,
                                  remat=self.cfg.remat, scan=self.cfg.scan_layers,
                                  mechanism=self.memory, memory_states=state["layers"])
       x_BCD, state = self.memory.unwrap({**state, "layers": layers}, x_BSD)
@@ -253,7 +272,7 @@ class Transformer(nnx.Module):
 
   def empty_caches(self, batch: int, size: int) -> list[KVCache]:
     """One empty cache per layer with room for `size` tokens: the whole window to be decoded."""
-    self.position.check_length(size)
+    self.check_length(size)
     return [KVCache.empty(batch, size, self.cfg.kv_heads, self.cfg.head_dim,
                           jnp.dtype(self.cfg.compute_dtype)) for _ in self.blocks]
 
@@ -262,9 +281,11 @@ class Transformer(nnx.Module):
     prompt is one call on empty caches, each decoded token one more; the logits equal those of
     the full forward over the window (tests/test_decode.py)."""
     x_BCD = self._embed(tokens_BC, positions_BC)
+    schemes = self.schemes
     new_caches = []
     for layer, (block, cache) in enumerate(zip(self.blocks, caches)):
-      x_BCD, cache = block.extend(x_BCD, positions_BC, self.position, cache, layer)
+      x_BCD, cache = block.extend(x_BCD, positions_BC, schemes[layer % len(schemes)], cache,
+                                  layer)
       new_caches.append(cache)
     return self._logits(x_BCD), new_caches
 
@@ -290,33 +311,45 @@ def _block_fn(graphdef, scheme_graphdef, remat: str, mechanism_graphdef=None):
   return jax.checkpoint(block_fn, policy=REMAT_POLICIES[remat])
 
 
-def run_blocks(blocks, x_BLD, positions_BL, segment_ids_BL, scheme, *, remat: str = "none",
+def run_blocks(blocks, x_BLD, positions_BL, segment_ids_BL, schemes, *, remat: str = "none",
                scan: bool = False, mechanism=None, memory_states=None):
-  """The blocks in order. With scan, one lax.scan over their stacked parameters: compile time
-  stays flat in depth. The parameters stay one module per layer either way (checkpoints are the
-  same with and without scan); stacking them copies the block weights once per step, which is
-  cheap next to the step. With a memory mechanism each block also takes its layer's memory
-  (memory_states, one per layer), and the result is (x, the layers' next memories)."""
-  graphdef, _ = nnx.split(blocks[0])
-  scheme_graphdef, scheme_state = nnx.split(scheme)
+  """The blocks in order, layer i with position scheme schemes[i % len(schemes)] (a per-layer
+  pattern; one scheme for all without one). With scan, one lax.scan over the repeats of the
+  pattern, each step the pattern's blocks in order with their parameters stacked by pattern
+  entry: compile time stays flat in depth. The parameters stay one module per layer either way
+  (checkpoints are the same with and without scan); stacking them copies the block weights once
+  per step, which is cheap next to the step. With a memory mechanism each block also takes its
+  layer's memory (memory_states, one per layer), and the result is (x, the layers' next
+  memories)."""
+  P = len(schemes)
   mechanism_graphdef, mechanism_state = (None, None) if mechanism is None else nnx.split(mechanism)
-  block_fn = _block_fn(graphdef, scheme_graphdef, remat, mechanism_graphdef)
+  # Entry p's blocks share one graph (their scheme's kernel); the schemes enter as state.
+  block_fns = [_block_fn(nnx.split(blocks[p])[0], nnx.split(schemes[p])[0], remat,
+                         mechanism_graphdef) for p in range(min(P, len(blocks)))]
+  scheme_states = [nnx.split(scheme)[1] for scheme in schemes]
   states = [nnx.state(b) for b in blocks]
   memories = [None] * len(states) if mechanism is None else list(memory_states)
-  apply = lambda x, state, memory, layer: block_fn(x, state, scheme_state, positions_BL,
-                                                   segment_ids_BL, layer, mechanism_state, memory)
+  apply = lambda p, x, state, memory, layer: block_fns[p](
+      x, state, scheme_states[p], positions_BL, segment_ids_BL, layer, mechanism_state, memory)
   if not scan:
     for layer, state in enumerate(states):
-      x_BLD, memories[layer] = apply(x_BLD, state, memories[layer], layer)
+      x_BLD, memories[layer] = apply(layer % P, x_BLD, state, memories[layer], layer)
   else:
     stack = lambda trees: jax.tree.map(lambda *layers: jnp.stack(layers), *trees)
 
     def step(x_BLD, inputs):
-      return apply(x_BLD, *inputs)
+      states_P, memories_P, repeat = inputs
+      out = []
+      for p in range(P):
+        x_BLD, memory = apply(p, x_BLD, states_P[p], memories_P[p], repeat * P + p)
+        out.append(memory)
+      return x_BLD, out
 
-    x_BLD, stacked = jax.lax.scan(step, x_BLD, (stack(states), stack(memories),
-                                                jnp.arange(len(states))))
-    memories = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(states))]
+    x_BLD, stacked = jax.lax.scan(step, x_BLD, (
+        [stack(states[p::P]) for p in range(P)], [stack(memories[p::P]) for p in range(P)],
+        jnp.arange(len(states) // P)))
+    memories = [jax.tree.map(lambda a, i=i: a[i // P], stacked[i % P])
+                for i in range(len(states))]
   return x_BLD if mechanism is None else (x_BLD, memories)
 
 

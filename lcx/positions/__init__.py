@@ -4,8 +4,9 @@ A new scheme subclasses PositionScheme, overrides the hooks it needs and registe
 @register("name") in its own module, imported here; the model never changes. Its options, if it
 has any, follow the convention in lcx.registry (the memory mechanisms' too).
 """
-from lcx.positions.base import (PositionConfig, PositionScheme, available, bias_kind,
-                                check_options, make, option_types, register, validate)
+from lcx.positions.base import (LAYERS_FIELD, PositionConfig, PositionScheme, available,
+                                bias_kind, check_options, embeds, make, option_types,
+                                parse_layer, register, validate)
 from lcx.positions.bias import Bias, BiasKind, FunctionBias, LinearBias
 from lcx.positions.absolute import sinusoidal_table
 from lcx.positions.alibi import alibi_bias, alibi_slopes
@@ -20,7 +21,7 @@ from lcx.positions.rope import (SCALINGS as ROPE_SCALINGS, YARN_RAMPS, RopeOptio
 
 __all__ = [
     "PositionConfig", "PositionScheme", "RopeOptions", "available", "bias_kind", "make",
-    "register", "validate", "check_options", "option_types", "Bias", "BiasKind", "FunctionBias",
+    "register", "validate", "check_options", "LAYERS_FIELD", "embeds", "parse_layer", "option_types", "Bias", "BiasKind", "FunctionBias",
     "LinearBias", "sinusoidal_table", "alibi_bias", "alibi_slopes", "T5Options", "t5_buckets",
     "KerpleOptions", "kerple_bias", "FireOptions", "fire_input", "fire_mlp", "XposOptions",
     "xpos_scales", "xpos_zeta", "apply_rope", "rope_inverse_frequencies", "rotary_cos_sin",

@@ -7,6 +7,7 @@ A scheme may act at three places, and the model calls all three unconditionally:
 `bias` is a pure function of positions so that a blockwise kernel can call it per tile; the
 kernels receive it as a lcx.positions.bias.Bias (`bias_fn`), which says what it is.
 """
+import ast
 import dataclasses
 import functools
 from typing import Any
@@ -101,14 +102,80 @@ def bias_kind(name: str) -> BiasKind | None:
 
 
 def validate(name: str, cfg: PositionConfig, train_length: int) -> None:
-  """The registered scheme's checks of a model config (see PositionScheme.validate)."""
-  REGISTRY.lookup(name).validate(REGISTRY.with_options(name, cfg), train_length)
+  """The registered scheme's checks of its options and of a model config (see
+  PositionScheme.validate)."""
+  cfg = REGISTRY.with_options(name, cfg)
+  if hasattr(cfg.options, "check"):
+    cfg.options.check()
+  REGISTRY.lookup(name).validate(cfg, train_length)
 
 
-def check_options(name: str, sections: dict[str, object]) -> None:
-  """Every scheme's options as the config holds them, with `name` the chosen scheme (see
-  lcx.registry: each section's check, and no scheme-only field set for another scheme)."""
+def check_options(name: str | tuple[str, ...], sections: dict[str, object]) -> None:
+  """Every scheme's options as the config holds them, with `name` the chosen scheme or schemes
+  (see lcx.registry: each section's check, and no scheme-only field set for another scheme)."""
   REGISTRY.check_sections(name, sections)
+
+
+LAYERS_FIELD = "model.position_layers"
+
+
+def embeds(name: str) -> bool:
+  """Whether the scheme adds to the token embeddings (learned, sinusoidal): a model-wide act,
+  which a per-layer pattern cannot place in some layers only."""
+  return REGISTRY.lookup(name).embed is not PositionScheme.embed
+
+
+def _as_type_of(default, value):
+  """value as the type of the option's default (an int for a float is fine), None if it is not
+  one."""
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, bool):
+    return value if isinstance(value, bool) else None
+  if isinstance(default, float):
+    return float(value) if number else None
+  if isinstance(default, int):
+    return value if number and value == int(value) and isinstance(value, int) else None
+  if isinstance(default, str):
+    return value if isinstance(value, str) else None
+  return value
+
+
+def parse_layer(entry: str, sections: dict[str, object]) -> tuple[str, object]:
+  """One entry of a per-layer pattern, 'scheme' or 'scheme:field=value,...' (e.g.
+  'rope:base=1000000', Gemma 3's global layers), as (name, Options): the scheme's model.<scheme>
+  section (`sections`, name -> Options) with the entry's fields over it. ValueError, one line,
+  for an entry that is not a scheme, a scheme that embeds, or a field it does not have."""
+  name, _, fields = str(entry).partition(":")
+  name = name.strip()
+  allowed = ", ".join(n for n in available() if not embeds(n))
+  if name not in REGISTRY.names() or embeds(name):
+    what = "adds to the embeddings, for every layer at once" if name in REGISTRY.names() else (
+        "is not a position scheme")
+    raise ValueError(f"{LAYERS_FIELD} entry {entry!r}: {name!r} {what}; allowed: {allowed}, "
+                     "each optionally with :field=value,... of its options")
+  options = sections.get(name)
+  if not fields.strip():
+    return name, options
+  if options is None:
+    raise ValueError(f"{LAYERS_FIELD} entry {entry!r}: the scheme {name!r} has no options")
+  changes = {}
+  for item in fields.split(","):
+    field, eq, text = item.partition("=")
+    field = field.strip()
+    names = [f.name for f in dataclasses.fields(options)]
+    if not eq or field not in names:
+      raise ValueError(f"{LAYERS_FIELD} entry {entry!r}: {item.strip()!r} is not field=value "
+                       f"of model.{name}; its fields: {', '.join(names)}")
+    default = getattr(options, field)
+    try:
+      value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+      value = text.strip()  # a bare word: a string option (scaling=yarn)
+    changes[field] = _as_type_of(default, value)
+    if changes[field] is None:
+      raise ValueError(f"{LAYERS_FIELD} entry {entry!r}: {field}={text.strip()!r} is not a "
+                       f"{type(default).__name__}")
+  return name, dataclasses.replace(options, **changes)  # checked with the model (validate)
 
 
 def make(name: str, cfg: PositionConfig, *, rngs: nnx.Rngs) -> PositionScheme:
