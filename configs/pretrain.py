@@ -55,6 +55,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       # set when the config is resolved: the hash of a tokenizer file, which a resumed
       # run, a fine-tune and an evaluation find unchanged or refuse
       tokenizer_sha256="",
+      # PoSE (a fine-tune's positions stretched to this length by a random skip per row; 0: off)
+      pose_target_len=0,
   ))
   # A fraction of training rows made retrieval documents (lcx.data.mixture; 0: plain
   # pretraining), the tasks and styles drawn from, and the task sizes training and evaluation share.

@@ -228,8 +228,14 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
            f"config.model.n_kv_heads={m.n_kv_heads} must divide config.model.n_heads={m.n_heads} "
            f"(allowed: {', '.join(str(g) for g in range(1, m.n_heads + 1) if m.n_heads % g == 0)}; "
            "0: n_heads)")
+  _require(isinstance(d.pose_target_len, int) and (d.pose_target_len == 0 or
+                                                    d.pose_target_len > d.seq_len),
+           f"config.data.pose_target_len={d.pose_target_len!r} must exceed config.data.seq_len="
+           f"{d.seq_len} (PoSE stretches the positions to it), or be 0 (off)")
+  # the longest position training sees: PoSE's target length where it is on
+  position_span = max(d.seq_len, d.pose_target_len)
   if m.max_len == 0:
-    m.max_len = d.seq_len
+    m.max_len = position_span
   tokenizer_vocab = tokenizer.vocab_size
   if m.vocab_size == 0:
     m.vocab_size = math.ceil(tokenizer_vocab / m.vocab_multiple) * m.vocab_multiple
@@ -241,7 +247,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     memory.check_options(m.memory, _sections(m, memory.option_types()))
     model = model_config(c)
     for name, options in model.layer_positions():
-      positions.validate(name, model.position_config(options), d.seq_len)
+      positions.validate(name, model.position_config(options), position_span)
     memory.validate(m.memory, model_config(c).memory_config(), d.seq_len)
   except ValueError as e:
     raise ConfigError(str(e)) from None

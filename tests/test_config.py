@@ -25,10 +25,14 @@ def _tiny(**overrides):
 @pytest.mark.parametrize("overrides, devices, pattern", [
     ({"model.n_heads": 5}, 1, r"config.model.n_heads=5 must divide config.model.d_model=64 "
                               r"\(allowed: 1, 2, 4, 8, 16, 32, 64\)"),
+    ({"data.pose_target_len": 64}, 1,
+     r"config.data.pose_target_len=64 must exceed config.data.seq_len=128 \(PoSE stretches"),
+    ({"model.position": "learned", "model.max_len": 256, "data.pose_target_len": 512}, 1,
+     r"config.model.max_len=256 is shorter than the 512 positions training reaches"),
     ({"model.position": "cope"}, 1,
      r"config.model.position='cope' is not allowed; allowed: " + ", ".join(positions.available())),
     ({"model.position": "learned", "model.max_len": 64}, 1,
-     r"config.model.max_len=64 is shorter than config.data.seq_len=128"),
+     r"config.model.max_len=64 is shorter than the 128 positions training reaches"),
     ({"train.steps": 0}, 1, r"config.train.steps=0 must be a positive integer"),
     ({"train.position_lr_scale": -1.0}, 1,
      r"config.train.position_lr_scale=-1.0 must be positive \(1: the model's learning rate\)"),
@@ -273,3 +277,8 @@ def test_reading_a_config_builds_no_model_and_loads_no_kernel():
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
   assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_pose_sizes_a_learned_table_to_its_target_length():
+  assert resolve(_tiny(**{"model.position": "learned", "data.pose_target_len": 512}),
+                 1).model.max_len == 512

@@ -326,3 +326,23 @@ def test_preparing_pg19_without_tensorflow_says_what_to_install_or_copy(tmp_path
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith("lcx.data.prepare: TFDS's pg19 builder needs the module 'tensorflow'")
   assert "pip install tensorflow-cpu" in last and "--config.data.name=text_dir" in last
+
+
+def test_pose_stretches_each_row_s_positions_with_one_skip(train_docs):
+  """data.pose_target_len: the same tokens; positions in two chunks, the second shifted by a
+  skip in [0, target - L] (the top position target - 1 at most), a function of (seed, row)."""
+  plain = _stream(train_docs, document_mask=False).batch(3)
+  pose = _stream(train_docs, document_mask=False, pose_target_len=256)
+  batch = pose.batch(3)
+  np.testing.assert_array_equal(batch["tokens"], plain["tokens"])
+  skips = []
+  for positions in np.concatenate([pose.batch(s)["positions"] for s in range(40)]):
+    jumps = np.flatnonzero(np.diff(positions) != 1)
+    assert positions[0] == 0 and len(jumps) <= 1 and positions.max() <= 255
+    skips.append(int(np.diff(positions)[jumps[0]]) - 1 if len(jumps) else 0)
+  assert max(skips) > 150 and min(skips) < 75  # uniform over [0, 224]: both ends reached
+  np.testing.assert_array_equal(next(pose.iterate(3))["positions"], batch["positions"])
+  packed = _stream(train_docs, seq_len=512, pose_target_len=2048).batch(0)  # documents restart
+  assert np.all(packed["positions"][packed["tokens"] == ByteTokenizer().eos_id] <= 1536)
+  with pytest.raises(ValueError, match="data.pose_target_len=32 must exceed data.seq_len=32"):
+    _stream(train_docs, pose_target_len=32)

@@ -126,4 +126,6 @@ def fill_missing_data(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     d.retrieval.answer_weight = 1.0
   if "tokenizer_sha256" not in d:  # runs saved before subword tokenizers: bytes, nothing to hash
     d.tokenizer_sha256 = ""
+  if "pose_target_len" not in d:  # runs saved before PoSE: positions as packed
+    d.pose_target_len = 0
   return d

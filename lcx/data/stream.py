@@ -12,6 +12,12 @@ document_mask is on (with segment ids that keep packed documents from attending 
 so no position reaches seq_len; without document_mask they run 0..seq_len-1.
 A retrieval mixture (lcx.data.mixture) may take some rows; which ones is a function of (seed, g)
 too, so all of the above holds with it.
+
+PoSE (positional skip-wise training, Zhu et al. 2024; pose_target_len > seq_len): each row's
+positions are split in two chunks at a uniform point, and the second chunk's are shifted by a
+uniform skip in [0, target - seq_len], so a fine-tune at seq_len sees the relative distances of
+the target length (the highest position is target - 1). The split and skip are a function of
+(seed, g) as well.
 """
 import concurrent.futures
 import functools
@@ -30,13 +36,17 @@ class PackedStream:
   def __init__(self, docs: Documents, tokenizer: Tokenizer, *, seq_len: int, global_batch: int,
                seed: int, document_mask: bool = True, process_index: int = 0,
                process_count: int = 1, cache_dir: str | None = None, mixture=None,
-               progress: bool = True):
+               progress: bool = True, pose_target_len: int = 0):
     if global_batch % process_count:
       raise ValueError(f"data.batch_size={global_batch} must be divisible by the number of "
                        f"processes ({process_count})")
     self.docs, self.tokenizer = docs, tokenizer
     self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
     self.document_mask = document_mask
+    if pose_target_len and pose_target_len <= seq_len:
+      raise ValueError(f"data.pose_target_len={pose_target_len} must exceed data.seq_len="
+                       f"{seq_len} (the length PoSE's skips stretch the positions to), or be 0")
+    self.pose_target_len = pose_target_len
     self.mixture = mixture  # lcx.data.mixture.RetrievalMixture: rows it takes are its own
     self.local_batch = global_batch // process_count
     self.first_row = process_index * self.local_batch
@@ -60,8 +70,13 @@ class PackedStream:
   def example(self, index: int) -> dict[str, np.ndarray]:
     """The index-th example of the infinite stream: tokens, targets, positions, segment_ids and
     the loss weight of each target (1 but for retrieval answers; lcx.data.mixture)."""
-    if self.mixture is not None and self.mixture.takes(index):
-      return self.mixture.example(index)
+    row = self._packed(index) if self.mixture is None or not self.mixture.takes(index) else (
+        self.mixture.example(index))
+    if self.pose_target_len:
+      row["positions"] = pose_positions(row["positions"], self.pose_target_len, self.seed, index)
+    return row
+
+  def _packed(self, index: int) -> dict[str, np.ndarray]:
     epoch, j = divmod(index, self.chunks_per_epoch)
     order, ends, chunk_order = self._epoch(epoch)
     span = self.seq_len + 1
@@ -104,3 +119,19 @@ class PackedStream:
         yield pending.pop(0).result()
         pending.append(pool.submit(self.batch, step))
         step += 1
+
+
+# Keeps PoSE's draws apart from every other use of (seed, index).
+_POSE_STREAM = 0x905E
+
+
+def pose_positions(positions: np.ndarray, target_len: int, seed: int, index: int) -> np.ndarray:
+  """PoSE's two chunks: positions from a uniform split point r in [1, L - 1] on shifted by a
+  uniform skip u in [0, target_len - L] (L the row's length), a pure function of (seed, index)."""
+  L = len(positions)
+  rng = np.random.default_rng([seed, index, _POSE_STREAM])
+  split = int(rng.integers(1, L))
+  skip = int(rng.integers(0, target_len - L + 1))
+  out = positions.copy()
+  out[split:] += skip
+  return out

@@ -49,8 +49,10 @@ class Learned(PositionScheme):
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     super().validate(cfg, train_length)
     if cfg.max_len < train_length:
-      raise ValueError(f"config.model.max_len={cfg.max_len} is shorter than config.data.seq_len="
-                       f"{train_length}; learned positions need max_len >= {train_length}")
+      raise ValueError(f"config.model.max_len={cfg.max_len} is shorter than the {train_length} "
+                       "positions training reaches (config.data.seq_len, or "
+                       "config.data.pose_target_len with PoSE); learned positions need max_len "
+                       f">= {train_length}")
 
   def check_length(self, length):
     if length > self.max_len:

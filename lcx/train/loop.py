@@ -110,7 +110,8 @@ def _build(c, devices):
                           document_mask=c.data.document_mask,
                           process_index=jax.process_index(), process_count=jax.process_count(),
                           cache_dir=str(pathlib.Path(c.data.data_dir).expanduser() / "lcx_cache"),
-                          mixture=_mixture(c, docs, tokenizer))
+                          mixture=_mixture(c, docs, tokenizer),
+                          pose_target_len=c.data.pose_target_len)
     program = TrainProgram(config_lib.model_config(c), config_lib.optimizer_config(c), mesh,
                            tuple(c.mesh.rules), grad_accum_steps=c.train.grad_accum_steps,
                            document_mask=c.data.document_mask, seed=c.seed)
