@@ -15,6 +15,7 @@ from lcx.data import mixture
 from lcx.data.mixture import default_retrieval, fill_missing_data  # the presets' default_retrieval
 from lcx.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER, FILE_PREFIXES, make_tokenizer
 from lcx.model.config import REMAT_POLICIES, ModelConfig
+from lcx.model.temperature import TemperatureOptions
 from lcx.sharding import MESH_AXES, resolve_mesh_shape
 from lcx.optimizer import OptimizerConfig
 
@@ -88,6 +89,8 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
       m[name] = getattr(ModelConfig, name)
   if "position_layers" not in m:  # runs saved before per-layer patterns: one scheme
     m.position_layers = ()
+  if "temperature" not in m:  # runs saved before attention temperature: none
+    m.temperature = ml_collections.ConfigDict(dataclasses.asdict(TemperatureOptions()))
   if "n_kv_heads" not in m:  # runs saved before grouped-query attention: one per query head
     m.n_kv_heads = m.n_heads
   if c.get("mesh") and "rules" in c.mesh:
@@ -245,7 +248,13 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   try:  # the position scheme and the memory mechanism check their own options
     positions.check_options(pattern, _sections(m, positions.option_types()))
     memory.check_options(m.memory, _sections(m, memory.option_types()))
+    if m.temperature.kind == "logn" and m.temperature.length == 0:
+      m.temperature.length = d.seq_len
     model = model_config(c)
+    model.temperature.check()
+    _require(set(model.temperature.schemes) <= set(pattern),
+             f"config.model.temperature.schemes={model.temperature.schemes!r} names a scheme no "
+             f"layer has; the layers' schemes: {', '.join(dict.fromkeys(pattern))}")
     for name, options in model.layer_positions():
       positions.validate(name, model.position_config(options), position_span)
     memory.validate(m.memory, model_config(c).memory_config(), d.seq_len)
@@ -329,7 +338,7 @@ def _sections(m: ml_collections.ConfigDict, option_types: dict[str, type]) -> di
 
 # ModelConfig fields the config holds as sections of their own (model.<scheme>, model.<memory
 # mechanism>: the chosen ones' become these).
-_OPTIONS_FIELDS = ("position_options", "memory_options", "position_pattern")
+_OPTIONS_FIELDS = ("position_options", "memory_options", "position_pattern", "temperature")
 
 
 def model_defaults() -> ml_collections.ConfigDict:
@@ -343,6 +352,9 @@ def model_defaults() -> ml_collections.ConfigDict:
   # entries may set their scheme's options ('rope:base=1000000'). Empty: every layer
   # model.position (which becomes the pattern's first scheme when a pattern is given).
   c.position_layers = ()
+  # Attention temperature (lcx.model.temperature): kind none, logn, llama4, ssmax or fixed, its
+  # parameters, and the schemes of the layers it applies to (() every layer).
+  c.temperature = ml_collections.ConfigDict(dataclasses.asdict(TemperatureOptions()))
   # model.rope, model.t5, model.xl, ...: each scheme's and each memory mechanism's own options
   for name, options in _option_types().items():
     c[name] = ml_collections.ConfigDict(dataclasses.asdict(options()))
@@ -378,7 +390,9 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
       **_typed(ModelConfig, m, skip=_OPTIONS_FIELDS),
       position_options=_sections(m, positions.option_types()).get(m.position),
       memory_options=_sections(m, memory.option_types()).get(m.memory),
-      position_pattern=position_pattern(m))
+      position_pattern=position_pattern(m),
+      temperature=TemperatureOptions(**{**_typed(TemperatureOptions, m.temperature),
+                                        "schemes": tuple(m.temperature.schemes)}))
 
 
 def position_pattern(m: ml_collections.ConfigDict) -> tuple:

@@ -10,6 +10,7 @@ from lcx.attention import native
 from lcx.evaluate.decode import Decoder
 from lcx.evaluate.scoring import Scorer
 from lcx.model import ModelConfig, Transformer, token_losses
+from lcx.model.temperature import TemperatureOptions
 from lcx.sharding import make_mesh
 
 RULES = (("batch", ("data", "fsdp")),)
@@ -37,7 +38,7 @@ CASES = [(name, "none", ("dense", "blockwise")[i % 2])
 CASES += [("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense")]
 # grouped-query attention: the cache holds the 2 key/value heads of 4 query heads
 CASES += [("rope", "none", "blockwise-gqa"), ("t5", "none", "dense-gqa")]
-CASES += [("hybrid", "dynamic_ntk", "blockwise")]
+CASES += [("hybrid", "dynamic_ntk", "blockwise"), ("rope", "none", "dense-temperature")]
 if native.unavailable_reason() is None:
   CASES += [("alibi", "none", "native"), ("rope", "none", "native"),
             ("alibi", "none", "native-gqa")]
@@ -46,8 +47,12 @@ if native.unavailable_reason() is None:
 @pytest.mark.parametrize("position, scaling, attention_impl", CASES)
 def test_prompt_then_one_token_at_a_time_gives_the_full_forward_logits(position, scaling,
                                                                        attention_impl):
-  attention_impl, _, gqa = attention_impl.partition("-")
-  model = _model(position, scaling, attention_impl, **({"n_kv_heads": 2} if gqa else {}))
+  attention_impl, _, variant = attention_impl.partition("-")
+  gqa = variant == "gqa"
+  fields = {"n_kv_heads": 2} if gqa else {}
+  if variant == "temperature":  # Llama 4's, stepping up every 8 positions; and SSMax's
+    fields["temperature"] = TemperatureOptions(kind="llama4", floor_scale=8, beta=0.5)
+  model = _model(position, scaling, attention_impl, **fields)
   if gqa:
     assert model.empty_caches(3, 8)[0].k_BSHK.shape == (3, 8, 2, 8)
   tokens = np.random.default_rng(0).integers(0, VOCAB, (3, 45)).astype(np.int32)

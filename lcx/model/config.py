@@ -9,6 +9,7 @@ import jax
 
 from lcx import memory as memory_lib
 from lcx import positions
+from lcx.model.temperature import TemperatureOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,9 @@ class ModelConfig:
   # RMSNorm of each query and key head (a learned scale per head dimension, shared by the heads)
   # before the position scheme rotates them: most 2025 models, and DroPE's recipe.
   qk_norm: bool = False
+  # Attention temperature (lcx.model.temperature): queries scaled by a function of position, in
+  # the layers whose scheme it names (model.temperature.*).
+  temperature: TemperatureOptions = TemperatureOptions()
   position: str = "rope"
   max_len: int = 128
   attention: str = "auto"  # lcx.attention.CHOICES; "auto" picks per backend and scheme

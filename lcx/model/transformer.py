@@ -14,6 +14,7 @@ from flax import nnx
 from lcx import attention, positions
 from lcx import memory as memory_lib
 from lcx.memory import KVCache
+from lcx.model import temperature as temperature_lib
 from lcx.model.config import REMAT_POLICIES, ModelConfig
 from lcx.sharding import shard
 
@@ -50,7 +51,7 @@ class RMSNorm(nnx.Module):
 
 class Attention(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None):
+  def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None, temperature=False):
     D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
     out_std = 1.0 / math.sqrt(H * K * 2 * cfg.n_layers)
     self.wq = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
@@ -60,6 +61,11 @@ class Attention(nnx.Module):
     self.wo = _param(rngs, (H, K, D), ("heads", None, "embed"), out_std, cfg.param_dtype)
     self.attend = attend
     self.cache_attend = cache_attend
+    # this layer's attention temperature (None: none), with SSMax's learned s per head
+    self.temperature = cfg.temperature if temperature else None
+    if temperature and cfg.temperature.kind == "ssmax":
+      self.ssmax_scale = nnx.Param(jnp.full((H,), cfg.temperature.ssmax_init,
+                                            jnp.dtype(cfg.param_dtype)), logical_axes=("heads",))
     self.qk_norm = cfg.qk_norm
     if cfg.qk_norm:
       self.q_norm = RMSNorm(K, cfg.norm_eps, cfg.param_dtype)
@@ -71,6 +77,10 @@ class Attention(nnx.Module):
     if self.qk_norm:
       q_BLHK, k_BLHK = self.q_norm(q_BLHK), self.k_norm(k_BLHK)
     q_BLHK, k_BLHK = scheme.rotate(q_BLHK, k_BLHK, positions_BL, length)
+    if self.temperature is not None:
+      ssmax_H = self.ssmax_scale[...] if self.temperature.kind == "ssmax" else None
+      scale_BLH = temperature_lib.query_scale(self.temperature, positions_BL, ssmax_H)
+      q_BLHK = (q_BLHK.astype(jnp.float32) * scale_BLH[..., None]).astype(q_BLHK.dtype)
     return q_BLHK, k_BLHK, v_BLHK
 
   def __call__(self, x_BLD, positions_BL, segment_ids_BL, scheme: positions.PositionScheme,
@@ -131,9 +141,9 @@ class Mlp(nnx.Module):
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, attend, cache_attend=None, *, rngs):
+  def __init__(self, cfg: ModelConfig, attend, cache_attend=None, *, rngs, temperature=False):
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
-    self.attn = Attention(cfg, attend, rngs, cache_attend)
+    self.attn = Attention(cfg, attend, rngs, cache_attend, temperature)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.mlp = Mlp(cfg, rngs)
 
@@ -177,8 +187,10 @@ class Transformer(nnx.Module):
                for name, _ in pattern]
     self.attention_choice = choices[0]
     attends = [(attention.make(c), attention.make(c, cache=True)) for c in choices]
-    self.blocks = nnx.List([Block(cfg, *attends[i % len(attends)], rngs=rngs)
-                            for i in range(cfg.n_layers)])
+    self.blocks = nnx.List([
+        Block(cfg, *attends[i % len(attends)], rngs=rngs,
+              temperature=cfg.temperature.applies_to(pattern[i % len(pattern)][0]))
+        for i in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     if not cfg.tie_embeddings:
       self.head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
