@@ -323,6 +323,8 @@ def _typed(cls, node: ml_collections.ConfigDict, *, skip=()) -> dict:
     if f.name in skip:
       continue
     value = node[f.name]
+    if isinstance(f.default, tuple):  # a list once saved as JSON
+      value = tuple(value)
     for kind in (bool, int, float, str):  # bool before int: True is an int too
       if isinstance(f.default, kind):
         value = kind(value)

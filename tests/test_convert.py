@@ -497,3 +497,44 @@ def test_the_pretrained_study_file_builds_its_stages():
   _, accelerator = load_sweep(str(ROOT / "experiments" / "pretrained.py:accelerator"))
   names = [s.name for s in accelerator[0].stages]
   assert "finetune-yarn-s2" in names and "eval-zeroshot-yarn-s4-retrieval" in names
+
+
+def test_longrope_equals_transformers_in_and_out(imported, tmp_path, data_dir):
+  """LongRoPE's per-pair factors (short up to the original context, long past it) and attention
+  factor: an HF directory with rope_type longrope imports to transformers' logits at both
+  lengths, its frequencies equal transformers' _compute_longrope_parameters, and it exports back
+  to the same rope_scaling."""
+  from transformers.modeling_rope_utils import _compute_longrope_parameters
+  from lcx.positions.rope import RopeOptions, scaled_frequencies
+  model, hf_dir, _ = imported[1, True]
+  rng = np.random.default_rng(0)
+  pairs = model.config.head_dim // 2
+  short, long = (1.0 + 0.3 * rng.random(pairs)).tolist(), (1.0 + 6 * rng.random(pairs)).tolist()
+  cfg = json.loads((hf_dir / "config.json").read_text())
+  cfg.pop("rope_parameters", None)
+  cfg.update(max_position_embeddings=CONTEXT * 4, rope_scaling={
+      "rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": CONTEXT,
+      "short_factor": short, "long_factor": long, "rope_theta": 500.0})
+  hf_config = transformers.LlamaConfig(**cfg)
+  options = RopeOptions(base=500.0, scaling="longrope", factor=4.0, original_length=CONTEXT,
+                        short_factor=tuple(short), long_factor=tuple(long))
+  for length in (CONTEXT, CONTEXT + 1):
+    theirs, their_scale = _compute_longrope_parameters(hf_config, seq_len=length)
+    ours, our_scale = scaled_frequencies(2 * pairs, options, length)
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-6)
+    assert our_scale == pytest.approx(their_scale)
+  source = tmp_path / "hf"
+  shutil.copytree(hf_dir, source)
+  (source / "config.json").write_text(json.dumps(cfg))
+  scaled = transformers.LlamaForCausalLM(hf_config).eval()
+  scaled.load_state_dict(model.state_dict())
+  import_checkpoint(source, tmp_path / "run", _base_config(data_dir))
+  for length in (CONTEXT // 2, CONTEXT * 3):  # short factors, then long ones
+    ids = _ids(length, seed=length)
+    diff = np.abs(_lcx_logits(tmp_path / "run", ids) - _hf_logits(scaled, ids)).max()
+    print(f"longrope at {length}: max |lcx - transformers| logits = {diff:.2e}")
+    assert diff <= 1e-4
+  exported = export_run(tmp_path / "run", tmp_path / "out")
+  rope = json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]
+  assert rope["rope_type"] == "longrope" and rope["long_factor"] == pytest.approx(long)
+  assert exported

@@ -59,6 +59,10 @@ def architecture(config) -> Llama:
     scaling = dict(scaling=r.scaling, factor=float(r.factor), original_length=int(r.original_length))
     if r.scaling == "yarn":
       scaling.update(beta_fast=float(r.beta_fast), beta_slow=float(r.beta_slow))
+    if r.scaling == "longrope":
+      scaling.update(short_factor=tuple(map(float, r.short_factor)),
+                     long_factor=tuple(map(float, r.long_factor)),
+                     attention_factor=float(r.attention_factor))
   return Llama(vocab_size=m.vocab_size, d_model=m.d_model, n_layers=m.n_layers,
                n_heads=m.n_heads, n_kv_heads=m.n_kv_heads, head_dim=m.head_dim,
                mlp_dim=m.mlp_dim, norm_eps=float(m.norm_eps), rope_base=float(base),

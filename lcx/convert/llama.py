@@ -12,7 +12,8 @@ import numpy as np
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 # HF's rope_type <-> model.rope.scaling (HF calls dynamic NTK "dynamic"; "default" is none).
-HF_SCALINGS = {"default": "none", "linear": "linear", "dynamic": "dynamic_ntk", "yarn": "yarn"}
+HF_SCALINGS = {"default": "none", "linear": "linear", "dynamic": "dynamic_ntk", "yarn": "yarn",
+               "longrope": "longrope"}
 
 
 class Unsupported(ValueError):
@@ -67,6 +68,8 @@ def from_hf_config(cfg: dict, where: str) -> Llama:
   rope = dict(cfg.get("rope_parameters") or {})
   scaling = dict(cfg.get("rope_scaling") or {})
   rope.update({k: v for k, v in scaling.items() if v is not None})
+  if "original_max_position_embeddings" in cfg:  # Phi-3 keeps LongRoPE's at the top level
+    rope.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
   base = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
   if rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) != 1.0:
     raise Unsupported(f"{where}: partial_rotary_factor is not supported for Llama models")
@@ -91,6 +94,13 @@ def _scaling_from_hf(rope: dict, context: int, where: str) -> dict:
                       f"{', '.join(HF_SCALINGS)}")
   if kind == "default":
     return {}
+  if kind == "longrope":  # HF's factor defaults to the ratio of the two lengths
+    original = int(rope["original_max_position_embeddings"])
+    return dict(scaling="longrope", factor=float(rope.get("factor") or context / original),
+                original_length=original,
+                short_factor=tuple(map(float, rope.get("short_factor") or ())),
+                long_factor=tuple(map(float, rope["long_factor"])),
+                attention_factor=float(rope.get("attention_factor") or 0.0))
   factor = float(rope["factor"])
   if kind == "dynamic":  # HF grows from max_position_embeddings, the trained length
     return dict(scaling="dynamic_ntk", factor=factor, original_length=context)
@@ -130,6 +140,12 @@ def to_hf_config(arch: Llama, architecture: str = "LlamaForCausalLM") -> dict:
       cfg["max_position_embeddings"] = int(s["original_length"] * s["factor"])
     if scaling == "yarn":
       rope.update(beta_fast=s["beta_fast"], beta_slow=s["beta_slow"])
+    if scaling == "longrope":
+      pairs = arch.head_dim // 2
+      rope.update(short_factor=list(s["short_factor"] or (1.0,) * pairs),
+                  long_factor=list(s["long_factor"]))
+      if s["attention_factor"]:
+        rope["attention_factor"] = s["attention_factor"]
     cfg["rope_scaling"] = rope
   return cfg
 

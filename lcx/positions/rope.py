@@ -9,6 +9,11 @@ so it applies zero-shot to any RoPE checkpoint or during a fine-tune (`model.rop
   ntk          NTK-aware: base' = base * s^(d / (d - 2))
   dynamic_ntk  NTK-aware with s recomputed from the current length L:
                s_L = s * L / L_orig - (s - 1) when L > L_orig, else 1 (identity up to L_orig)
+  longrope     LongRoPE (Ding et al., 2024): a rescale factor per rotary pair,
+               theta'_i = theta_i / lambda_i, from rope.short_factor up to L_orig and from
+               rope.long_factor past it (the tables found by a search; one per pair), and
+               attention factor sqrt(1 + ln s / ln L_orig) on q and k (rope.attention_factor
+               overrides it): transformers' _compute_longrope_parameters
   yarn         YaRN (Peng et al., 2023), NTK-by-parts: theta'_i = (1 - gamma_i) theta_i / s +
                gamma_i theta_i, gamma_i from 1 (dims that turn often over the original context:
                kept) to 0 (slow dims: interpolated), and attention temperature
@@ -52,13 +57,19 @@ class RopeOptions:
   beta_slow: float = 1.0  # YaRN: dims turning less than this are fully interpolated
   yarn_ramp: str = "dims"  # YaRN: "dims" (the reference code's ramp) or "turns" (the paper's)
   keep: float = 1.0  # p-RoPE: the share of rotary pairs that keep their frequency (the fastest)
+  # LongRoPE: rescale factors per rotary pair up to original_length and past it (() the short
+  # one: all 1), and its attention factor (0: sqrt(1 + ln factor / ln original_length)).
+  short_factor: tuple = ()
+  long_factor: tuple = ()
+  attention_factor: float = 0.0
 
   # Set under another scheme these would do nothing: refused there (lcx.registry).
   SCHEME_ONLY: ClassVar[dict[str, str]] = {"base": "", "fraction": "", "layout": "",
                                            "scaling": "", "keep": " (p-RoPE)"}
   # What a fine-tune sets for itself (its context extension); the rest is the source run's.
   FINETUNE_OWN: ClassVar[tuple[str, ...]] = ("scaling", "factor", "original_length", "beta_fast",
-                                             "beta_slow", "yarn_ramp")
+                                             "beta_slow", "yarn_ramp", "short_factor",
+                                             "long_factor", "attention_factor")
 
   def check(self) -> None:
     """One line naming the first field with a value it does not allow."""
@@ -78,6 +89,13 @@ class RopeOptions:
         (0 <= self.keep <= 1, f"config.model.rope.keep={self.keep!r} (p-RoPE) must be in [0, 1]"),
         (self.original_length > 0, f"config.model.rope.original_length={self.original_length!r} "
                                    "must be a positive integer"),
+        (self.attention_factor >= 0, f"config.model.rope.attention_factor="
+                                     f"{self.attention_factor!r} must be >= 0 (0: LongRoPE's own)"),
+        (all(f > 0 for f in (*self.short_factor, *self.long_factor)),
+         "config.model.rope.short_factor and long_factor (LongRoPE) must be positive numbers"),
+        (self.scaling != "longrope" or self.long_factor,
+         "config.model.rope.scaling='longrope' needs config.model.rope.long_factor: one rescale "
+         "factor per rotary pair (python -m lcx.longrope search finds them)"),
     )
     for ok, problem in checks:
       if not ok:
@@ -234,8 +252,21 @@ def _yarn(dim, cfg, length):
   return (1 - gamma) * inv_freq / cfg.factor + gamma * inv_freq, yarn_temperature(cfg.factor)
 
 
+def longrope_attention_factor(factor: float, original_length: int) -> float:
+  """LongRoPE's factor on q and k: sqrt(1 + ln s / ln L_orig) (1 for s <= 1)."""
+  return math.sqrt(1 + math.log(factor) / math.log(original_length)) if factor > 1 else 1.0
+
+
+def _longrope(dim, cfg, length):
+  table = cfg.long_factor if length > cfg.original_length else cfg.short_factor
+  rescale = jnp.asarray(table or (1.0,) * (dim // 2), jnp.float32)
+  return (rope_inverse_frequencies(dim, cfg.base) / rescale,
+          cfg.attention_factor or longrope_attention_factor(cfg.factor, cfg.original_length))
+
+
 SCALINGS: dict[str, Callable[[int, RopeOptions, int], tuple[jax.Array, float]]] = {
     "none": _none, "linear": _linear, "ntk": _ntk, "dynamic_ntk": _dynamic_ntk, "yarn": _yarn,
+    "longrope": _longrope,
 }
 
 
@@ -276,6 +307,12 @@ class Rope(PositionScheme):
   def validate(cls, cfg: PositionConfig, train_length: int) -> None:
     del train_length
     check_rotary_pair("rope", cfg.head_dim, cfg.options.fraction)
+    pairs = rotary_dim(cfg.head_dim, cfg.options.fraction) // 2
+    for name in ("short_factor", "long_factor"):
+      table = getattr(cfg.options, name)
+      if table and len(table) != pairs:
+        raise ValueError(f"config.model.rope.{name} has {len(table)} factors; LongRoPE needs one "
+                         f"per rotary pair: {pairs}")
 
   def rotate(self, q_BLHK, k_BLHK, positions_BL, length=None):
     inv_freq, scale = scaled_frequencies(self.rotary_dim, self.rope,
