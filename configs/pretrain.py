@@ -31,6 +31,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # architecture is kept, with this config's seq_len, RoPE scaling and training settings.
   c.init_from = ""
   c.init_optimizer = False  # with init_from: also continue its AdamW moments (the schedule restarts)
+  # with init_from: model fields this fine-tune sets itself instead of taking the source run's
+  # (DroPE: position, position_layers, qk_norm); parameters the source lacks start fresh
+  c.finetune_changes = ()
   # Resuming a workdir whose saved config has another architecture or data: refuse (list the
   # differences) or allow (continue with the changes; the old config is kept beside the new).
   c.resume_changes = "refuse"

@@ -113,6 +113,8 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         section[field.name] = field.default
   if "resume_changes" not in c:
     c.resume_changes = "refuse"
+  if "finetune_changes" not in c:  # runs saved before fine-tunes could change the model
+    c.finetune_changes = ()
   if "init_timeout_s" not in c.wandb:
     c.wandb.init_timeout_s = WANDB_INIT_TIMEOUT_S
   fill_missing_data(d)
@@ -248,7 +250,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   try:  # the position scheme and the memory mechanism check their own options
     positions.check_options(pattern, _sections(m, positions.option_types()))
     memory.check_options(m.memory, _sections(m, memory.option_types()))
-    if m.temperature.kind == "logn" and m.temperature.length == 0:
+    if m.temperature.kind in ("logn", "drope") and m.temperature.length == 0:
       m.temperature.length = d.seq_len
     model = model_config(c)
     model.temperature.check()
@@ -272,6 +274,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   if c.eval.probe_trials and (problem := retrieval.choice_problem(c.eval.probe_tasks,
                                                                   retrieval.TASKS)):
     raise ConfigError(f"config.eval.probe_tasks={tuple(c.eval.probe_tasks)!r}: {problem}")
+  _require(not c.get("finetune_changes") or (c.init_from and not c.init_optimizer),
+           f"config.finetune_changes={tuple(c.get('finetune_changes', ()))!r} changes the model "
+           "of a fine-tune: it needs config.init_from, and config.init_optimizer=false (the "
+           "source's AdamW moments do not fit another model)")
   if c.wandb.job_type == "finetune":
     _require(bool(c.init_from), "config.init_from is empty; a fine-tune needs the run directory "
              "whose parameters it starts from")
@@ -415,8 +421,24 @@ def inherit_architecture(config: ml_collections.ConfigDict,
   own = {name: {field: out.model[name][field] for field in getattr(options, "FINETUNE_OWN", ())}
          for name, options in _option_types().items()}
   attention = out.model.attention
+  changes = {}
+  for field in out.get("finetune_changes", ()):
+    if field not in out.model or field in _option_types():
+      raise ConfigError(f"config.finetune_changes names {field!r}, which is not a field of "
+                        "config.model a fine-tune can set (e.g. position, position_layers, "
+                        "qk_norm, temperature)")
+    changes[field] = out.model[field]
   out.model = ml_collections.ConfigDict(fill_missing(source).model.to_dict())
   out.model.attention = attention
+  for field, value in changes.items():
+    out.model[field] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+  if changes.keys() & {"position", "position_layers"}:
+    # the sections of schemes the model no longer uses go back to the fine-tune's own (their
+    # scheme-only fields would be refused, doing nothing)
+    used = {out.model.position} | {str(e).partition(":")[0].strip()
+                                   for e in out.model.get("position_layers", ())}
+    for name in set(positions.option_types()) - used:
+      out.model[name] = config.model[name].to_dict()
   for name, fields in own.items():
     if fields.get("original_length") == 0:
       fields["original_length"] = out.model[name].original_length or source.data.seq_len

@@ -15,20 +15,14 @@ the `--config.model.rope.*` overrides that use it (lcx.evaluate, a fine-tune, a 
 """
 import dataclasses
 import json
-import math
 import pathlib
 
 import numpy as np
 import tqdm
-from flax import nnx
 
-from lcx.data.sources import Documents
-from lcx.data.tokenizers import make_tokenizer
-from lcx.evaluate import perplexity as ppl
 from lcx.evaluate.loading import load_run
-from lcx.evaluate.scoring import Scorer
+from lcx.evaluate.variants import VariantPerplexity
 from lcx.files import write_atomic
-from lcx.model import Transformer
 from lcx.positions.rope import ntk_base, rotary_dim, yarn_ramp
 
 
@@ -74,8 +68,7 @@ def crossover(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, factor: fl
 
 
 class _Fitness:
-  """Perplexity of fixed windows under a long_factor table: the run's parameters, loaded once,
-  under a model rebuilt for each table (the table is part of the compiled graph)."""
+  """Perplexity at s x the training length under a long_factor table."""
 
   def __init__(self, workdir, options: SearchOptions):
     run = load_run(workdir)
@@ -84,35 +77,18 @@ class _Fitness:
       raise ValueError(f"{workdir}: model.position={c.model.position!r}"
                        f"{' with a per-layer pattern' if c.model.get('position_layers') else ''}; "
                        "LongRoPE's search needs a RoPE run with one scheme in every layer")
-    self.run, self.cfg = run, run.model.cfg
-    self.rope = self.cfg.position_options
+    self.rope = run.model.cfg.position_options
     self.original_length = int(self.rope.original_length)
-    self.length = int(round(options.factor * self.original_length))
-    self.pairs = rotary_dim(self.cfg.head_dim, self.rope.fraction) // 2
+    self.pairs = rotary_dim(run.model.cfg.head_dim, self.rope.fraction) // 2
     self.factor = options.factor
-    tokenizer = make_tokenizer(c.data.tokenizer)
-    docs = Documents(c.data.name, options.split, data_dir=c.data.data_dir,
-                     text_dir=c.data.text_dir, text_glob=c.data.text_glob,
-                     text_key=c.data.text_key)
-    segments = ppl.common_segments(ppl.document_tokens(docs, tokenizer), self.length,
-                                   options.tokens)
-    if not segments:
-      raise ValueError(f"no document of the {options.split} split has {self.length + 1} tokens "
-                       f"(s={options.factor} x {self.original_length}); pass a smaller --factor "
-                       "or another --split")
-    self.windows = np.concatenate([ppl.non_overlapping_windows(s, self.length) for s in segments])
-    self.rules = tuple(map(tuple, c.mesh.rules))
-    _, self.state = nnx.split(run.model)
-
-  def options(self, table) -> object:
-    return dataclasses.replace(self.rope, scaling="longrope", factor=float(self.factor),
-                               short_factor=(), long_factor=tuple(float(x) for x in table))
+    self.perplexity = VariantPerplexity(workdir, int(round(options.factor * self.original_length)),
+                                        options.tokens, options.split, run=run)
+    self.length = self.perplexity.length
 
   def __call__(self, table) -> float:
-    cfg = dataclasses.replace(self.cfg, position_options=self.options(table))
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-    scorer = Scorer(nnx.merge(graphdef, self.state), self.run.mesh, self.rules)
-    return math.exp(float(np.mean(scorer.losses(self.windows), dtype=np.float64)))
+    return self.perplexity(position_options=dataclasses.replace(
+        self.rope, scaling="longrope", factor=float(self.factor), short_factor=(),
+        long_factor=tuple(float(x) for x in table)))
 
 
 def search(workdir, options: SearchOptions, progress: bool = True) -> tuple[dict, pathlib.Path]:
@@ -152,7 +128,7 @@ def search(workdir, options: SearchOptions, progress: bool = True) -> tuple[dict
   result = {
       "run": str(workdir), "factor": options.factor, "length": fitness.length,
       "original_length": fitness.original_length, "split": options.split,
-      "tokens": int(fitness.windows.shape[0] * fitness.length),
+      "tokens": fitness.perplexity.tokens,
       "population": options.population, "generations": options.generations,
       "seed": options.seed, "perplexity": best_ppl, "seed_perplexity": seed_ppl,
       "long_factor": table,

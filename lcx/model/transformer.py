@@ -79,7 +79,7 @@ class Attention(nnx.Module):
     q_BLHK, k_BLHK = scheme.rotate(q_BLHK, k_BLHK, positions_BL, length)
     if self.temperature is not None:
       ssmax_H = self.ssmax_scale[...] if self.temperature.kind == "ssmax" else None
-      scale_BLH = temperature_lib.query_scale(self.temperature, positions_BL, ssmax_H)
+      scale_BLH = temperature_lib.query_scale(self.temperature, positions_BL, ssmax_H, length)
       q_BLHK = (q_BLHK.astype(jnp.float32) * scale_BLH[..., None]).astype(q_BLHK.dtype)
     return q_BLHK, k_BLHK, v_BLHK
 

@@ -59,10 +59,11 @@ def _fingerprints(tree):
 def fingerprints(tree) -> dict[str, int]:
   """{key path: checksum} of every array of a state (checkpoint integrity)."""
   values = jax.device_get(_fingerprints(tree))
-  return {_path_name(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
+  return {path_name(path): int(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]}
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
+  """A key path as a parameter name: blocks/0/attn/wq."""
   parts = []
   for key in path:
     part = getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))
@@ -74,11 +75,11 @@ def _path_name(path) -> str:
 
 def flat_arrays(tree) -> dict:
   """{key path ('blocks/0/attn/wq'): leaf} of a state, in the tree's own order."""
-  return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _shapes(tree) -> dict[str, tuple]:
-  return {_path_name(path): (tuple(leaf.shape), str(leaf.dtype))
+  return {path_name(path): (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

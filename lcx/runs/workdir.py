@@ -25,7 +25,7 @@ from lcx.files import naming
 log = logging.getLogger(__name__)
 # Fields that only choose how the same computation runs, or that act only at a fresh start.
 _FREE_MODEL_FIELDS = ("attention", "attention_block", "remat", "scan_layers")
-_FRESH_START_ONLY = ("init_from", "init_optimizer")
+_FRESH_START_ONLY = ("init_from", "init_optimizer", "finetune_changes")
 
 
 class WorkdirError(ConfigError):

@@ -206,6 +206,13 @@ def _starting_state(c, program: TrainProgram, checkpointer: Checkpointer, mesh):
   if c.init_optimizer:
     state, meta = runs.restore_state(c.init_from, program.abstract_state_with_shardings())
     state["step"] = state["step"] * 0  # the schedule restarts
+  elif c.get("finetune_changes"):  # another model: the source's parameters where they fit
+    params, meta, report = runs.restore_params_changed(c.init_from, c, program.init()["params"],
+                                                       mesh)
+    log.info("finetune_changes %s: fresh parameters %s; left out of %s: %s",
+             tuple(c.finetune_changes), report["fresh"] or "none", c.init_from,
+             report["dropped"] or "none")
+    state = program.init_from_params(params)
   else:
     _, params, meta = runs.restore_params(c.init_from, c, mesh)
     state = program.init_from_params(params)
