@@ -84,7 +84,7 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c = ml_collections.ConfigDict(config.to_dict())
   m, d = c.model, c.data
   for name in ("attention_block", "remat", "scan_layers", "memory", "segment_len", "memory_reset",
-               "tied_logit_scale", "qk_norm"):
+               "tied_logit_scale", "qk_norm", "window", "chunk", "attention_layers"):
     if name not in m:  # runs saved before these existed
       m[name] = getattr(ModelConfig, name)
   if "position_layers" not in m:  # runs saved before per-layer patterns: one scheme
@@ -147,6 +147,38 @@ def _position_layers(m: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(name for name, _ in pattern)
 
 
+LAYER_KINDS = ("local", "global")
+
+
+def _local_layers(m: ml_collections.ConfigDict) -> bool:
+  """model.window, chunk and attention_layers checked; whether any layer attends locally."""
+  for name in ("window", "chunk"):
+    value = m[name]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+             f"config.model.{name}={value!r} must be an integer >= 0 (0: off)")
+  _require(not (m.window and m.chunk), f"config.model.window={m.window} and config.model.chunk="
+           f"{m.chunk}: a local layer has one or the other; set the other to 0")
+  entries = m.attention_layers
+  if isinstance(entries, str):
+    entries = m.attention_layers = (entries,)
+  bad = [e for e in entries if e not in LAYER_KINDS]
+  _require(not bad, f"config.model.attention_layers={tuple(entries)!r}: {bad[0] if bad else ''!r} "
+           f"is not a kind of layer; allowed: {', '.join(LAYER_KINDS)}")
+  local = bool(m.window or m.chunk) and (not entries or "local" in entries)
+  _require(not entries or m.window or m.chunk,
+           f"config.model.attention_layers={tuple(entries)!r} places local layers, and "
+           "config.model.window and config.model.chunk are 0; set one of them")
+  _require(not local or m.memory == "none",
+           f"config.model.memory={m.memory!r} with local layers (model.window / model.chunk): a "
+           "memory mechanism with local attention is not supported; set one of them off")
+  period = math.lcm(len(m.position_layers) or 1, len(entries) or 1)
+  _require(not m.scan_layers or m.n_layers % period == 0,
+           f"config.model.n_layers={m.n_layers} with config.model.scan_layers=true: the per-layer "
+           f"patterns (position_layers, attention_layers) repeat every {period} layers, which "
+           "must divide n_layers; or set scan_layers=false")
+  return local
+
+
 def _with_kv_heads_rule(rules) -> tuple:
   """Rules that map the key/value heads as the query heads where they do not say otherwise (rules
   written before grouped-query attention, or that leave it implicit)."""
@@ -197,9 +229,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _choice(c, "model.attention", attention.CHOICES)
   _choice(c, "model.remat", tuple(REMAT_POLICIES))
   _positive(c, "model.attention_block")
+  local = _local_layers(m)
   try:  # a kernel for another backend or that cannot take a scheme's bias (nothing is built)
     for name in pattern:
-      attention.check(m.attention, bias=positions.bias_kind(name))
+      attention.check(m.attention, bias=positions.bias_kind(name), local=local)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(c, "model.param_dtype", DTYPES)

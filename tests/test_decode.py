@@ -39,6 +39,8 @@ CASES += [("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense")]
 # grouped-query attention: the cache holds the 2 key/value heads of 4 query heads
 CASES += [("rope", "none", "blockwise-gqa"), ("t5", "none", "dense-gqa")]
 CASES += [("hybrid", "dynamic_ntk", "blockwise"), ("rope", "none", "dense-temperature")]
+CASES += [("rope", "none", "dense-window"), ("alibi", "none", "blockwise-window"),
+          ("rope", "none", "blockwise-chunk")]
 if native.unavailable_reason() is None:
   CASES += [("alibi", "none", "native"), ("rope", "none", "native"),
             ("alibi", "none", "native-gqa")]
@@ -50,8 +52,12 @@ def test_prompt_then_one_token_at_a_time_gives_the_full_forward_logits(position,
   attention_impl, _, variant = attention_impl.partition("-")
   gqa = variant == "gqa"
   fields = {"n_kv_heads": 2} if gqa else {}
-  if variant == "temperature":  # Llama 4's, stepping up every 8 positions; and SSMax's
+  if variant == "temperature":  # Llama 4's, stepping up every 8 positions
     fields["temperature"] = TemperatureOptions(kind="llama4", floor_scale=8, beta=0.5)
+  if variant == "window":  # a sliding window in the first layer, the second global
+    fields.update(window=8, attention_layers=("local", "global"))
+  if variant == "chunk":
+    fields["chunk"] = 16
   model = _model(position, scaling, attention_impl, **fields)
   if gqa:
     assert model.empty_caches(3, 8)[0].k_BSHK.shape == (3, 8, 2, 8)

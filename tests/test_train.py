@@ -46,7 +46,8 @@ def _with_memory(config):
 
 
 @pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa", "rope+qknorm",
-                                      "rope+hybrid", "rope+pose", "rope+ssmax"])
+                                      "rope+hybrid", "rope+pose", "rope+ssmax",
+                                      "rope+swa"])
 def test_sharded_matches_single_device(tiny_config, tmp_path, position):
   position, _, variant = position.partition("+")
   tiny_config.model.position = position
@@ -60,6 +61,8 @@ def test_sharded_matches_single_device(tiny_config, tmp_path, position):
     tiny_config.model.update(position_layers=("rope", "none"), scan_layers=True)
   if variant == "ssmax":  # a learned temperature per head, sharded with the heads
     tiny_config.model.temperature.kind = "ssmax"
+  if variant == "swa":  # a sliding window of 16 in the first layer, global in the second
+    tiny_config.model.update(window=16, attention_layers=("local", "global"))
   if variant == "pose":  # positions skip-stretched to 4x the length (PoSE)
     tiny_config.data.pose_target_len = 4 * tiny_config.data.seq_len
   tiny_config.train.steps = 4

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lcx.attention.tiles import (DEFAULT_BLOCK, Geometry, first_query_tile, hoisted_bias,
-                                key_tiles_seen, visible_tiles)
+from lcx.attention.library import local_mask
+from lcx.attention.tiles import (DEFAULT_BLOCK, Geometry, first_key_tile, first_query_tile,
+                                hoisted_bias, key_tiles_seen, query_tiles_end, visible_tiles)
 
 # Above this many tiles the loops run as XLA while-loops (compile time and code size constant in
 # length); below it they are unrolled, which lets XLA fuse and schedule each tile freely.
@@ -31,8 +32,13 @@ UNROLL_MAX_TILES = 64
 
 def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                         q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                        window: int = 0, chunk: int = 0,
                         block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
-  """Same signature and result as lcx.attention.library.dense_attention (see there)."""
+  """Same signature and result as lcx.attention.library.dense_attention (see there). A local
+  layer (window, chunk) visits only the tiles within its span: cost and memory linear in
+  length."""
+  if (window or chunk) and not causal:
+    raise ValueError("a local attention window or chunk needs causal attention")
   B, Q, H, K = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   bq, bk = min(block_q, Q), min(block_k, S)
@@ -51,8 +57,10 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
 
   offset = S - Q if causal else None  # query q sees keys up to q + offset
   bias, bias_args = hoisted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
+  span = window or chunk  # no key at or past this distance is seen
   geometry = Geometry(B=B, H=H, R=H // G, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
-                       causal_offset=offset, tiles=visible_tiles(nq, nk, bq, bk, offset), bias=bias)
+                      causal_offset=offset, tiles=visible_tiles(nq, nk, bq, bk, offset, span),
+                      bias=bias, window=window, chunk=chunk, span=span)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args)
@@ -89,10 +97,11 @@ def _tile_bias(g, i, j, q_pos, k_pos, bias_args):
   return g.bias(qp, kp, *bias_args).astype(jnp.float32)
 
 
-def _tile_mask(g, i, j, q_seg, k_seg):
+def _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos):
   """Which keys of tile (i, j) each query sees, (1 or B, bq, bk), or None where every query sees
-  every key: a tile wholly below the causal diagonal, with no padded key and no packed documents.
-  i and j may be traced (in a while-loop); the mask is then always built."""
+  every key: a tile wholly below the causal diagonal, with no padded key and no packed documents
+  (and no local window or chunk, whose bounds are by position). i and j may be traced (in a
+  while-loop); the mask is then always built."""
   xp = jnp if isinstance(i, jax.Array) or isinstance(j, jax.Array) else np
   q_index = i * g.bq + xp.arange(g.bq)[:, None]
   k_index = j * g.bk + xp.arange(g.bk)[None, :]
@@ -105,6 +114,9 @@ def _tile_mask(g, i, j, q_seg, k_seg):
     ks = jax.lax.dynamic_slice_in_dim(k_seg, j * g.bk, g.bk, axis=1)
     same = qs[:, :, None] == ks[:, None, :]  # (B, bq, bk)
     mask = same if mask is None else mask & same
+  if g.span:
+    local = local_mask(_rows(q_pos, i, g.bq), _rows(k_pos, j, g.bk), g.window, g.chunk)
+    mask = local if mask is None else mask & local
   return mask
 
 
@@ -165,7 +177,7 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
     def visit(j, carry):
       m, l, acc = carry
       s = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, bias_args)
-      s = _where(g, _tile_mask(g, i, j, q_seg, k_seg), s, -jnp.inf)
+      s = _where(g, _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos), s, -jnp.inf)
       m_new = jnp.maximum(m, s.max(axis=-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
       p = jnp.exp(s - m_safe[..., None])
@@ -176,7 +188,7 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
 
     start = (jnp.full((n, g.bq), -jnp.inf, jnp.float32), jnp.zeros((n, g.bq), jnp.float32),
              jnp.zeros((n, g.bq, d), jnp.float32))
-    m, l, acc = _loop(0, key_tiles_seen(g, i), visit, start, unrolled)
+    m, l, acc = _loop(first_key_tile(g, i), key_tiles_seen(g, i), visit, start, unrolled)
     l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
     return ((acc / l_safe[..., None]).astype(q.dtype),
             jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf))
@@ -194,7 +206,8 @@ def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bi
   for the scaled queries (the scaling outside the kernel carries it to q)."""
   q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
   s, bias_vjp = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, with_vjp=True)
-  p = _where(g, _tile_mask(g, i, j, q_seg, k_seg), jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
+  p = _where(g, _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos),
+             jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
   dv_t = _einsum(g, "nqk,nqd->nkd", p.astype(do.dtype), do_t, query_heads=(True, True, False))
   dp = _einsum(g, "nqd,nkd->nqk", do_t, v_t, query_heads=(True, False, True))
   ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (score + bias)
@@ -243,8 +256,8 @@ def _attention_bwd(g, residuals, do):
     dk, dv, dbias = [], [], jax.tree.map(zeros, bias_params)
     for j in range(g.nk):
       dk_j, dv_j = key_start()
-      for i in range(first_query_tile(g, j), g.nq):
-        if key_tiles_seen(g, i) <= j:
+      for i in range(first_query_tile(g, j), query_tiles_end(g, j)):
+        if key_tiles_seen(g, i) <= j or first_key_tile(g, i) > j:
           continue
         dq_t, dk_t, dv_t, d_params = tile(i, j)
         dq[i], dk_j, dv_j = dq[i] + dq_t, dk_j + dk_t, dv_j + dv_t
@@ -260,7 +273,8 @@ def _attention_bwd(g, residuals, do):
         dq = _put_rows(dq, _rows(dq, i, g.bq) + dq_t, i, g.bq)  # in place in the loop
         return dk_j + dk_t, dv_j + dv_t, dq, jax.tree.map(jnp.add, dbias, d_params)
 
-      dk_j, dv_j, dq, dbias = jax.lax.fori_loop(first_query_tile(g, j), g.nq, visit,
+      dk_j, dv_j, dq, dbias = jax.lax.fori_loop(first_query_tile(g, j), query_tiles_end(g, j),
+                                                visit,
                                                 (*key_start(), *carry))
       return (dq, dbias), (dk_j, dv_j)
 

@@ -26,7 +26,7 @@ import jax
 
 from lcx import positions
 from lcx.attention import kernels
-from lcx.attention.kernels import accepts, cannot_run, check, takes_call
+from lcx.attention.kernels import accepts, cannot_run, check, takes_call, takes_local
 from lcx.attention.tiles import DEFAULT_BLOCK
 from lcx.positions.bias import BiasKind
 
@@ -98,29 +98,30 @@ def load(device: str) -> Table | None:
   return table
 
 
-def select(name: str, *, bias: BiasKind | None, backend: str | None = None) -> str:
+def select(name: str, *, bias: BiasKind | None, backend: str | None = None,
+           local: bool = False) -> str:
   """The implementation model.attention=name runs for a scheme whose bias is of kind `bias`
   (None: no bias): a named one, refused with the reason if it cannot work here; for `auto`, the
   first of its fixed order that takes the scheme here (logging why it passed over one), which
   runs where no kernel table says otherwise (Choice.kernel decides per call). It may build the
   native kernel to find out, so the model calls it once, when it is built."""
-  return _select(name, bias, backend or jax.default_backend())
+  return _select(name, bias, backend or jax.default_backend(), local)
 
 
 @functools.lru_cache(maxsize=None)
-def _select(name: str, bias: BiasKind | None, backend: str) -> str:
+def _select(name: str, bias: BiasKind | None, backend: str, local: bool = False) -> str:
   # Cached: models built several times in a process (shapes, init, evaluation) choose once and
   # log once.
-  check(name, bias=bias, backend=backend)
+  check(name, bias=bias, backend=backend, local=local)
   if name != "auto":
     if reason := cannot_run(name, backend):
       raise ValueError(f"model.attention={name!r} cannot run here: {reason}; use auto or blockwise")
     return name
   log = logging.getLogger("lcx")
   for candidate in kernels.preference(backend):
-    if reason := accepts(candidate, bias):
-      log.info("attention=auto: %s cannot take this position scheme's bias (%s)", candidate,
-               reason)
+    if reason := accepts(candidate, bias) or (local and takes_local(candidate)):
+      log.info("attention=auto: %s cannot take this position scheme's bias or local layers "
+               "(%s)", candidate, reason)
     elif reason := cannot_run(candidate, backend):
       log.warning("attention=auto: %s cannot run here (%s); the next choice runs", candidate,
                   reason)
@@ -140,6 +141,7 @@ class Choice:
   bias: BiasKind | None
   backend: str
   block: int = DEFAULT_BLOCK
+  local: bool = False  # for local layers (a window or chunk): only kernels that take one
   # The measured kernel table auto chooses from (None: its fixed order).
   table: Table | None = dataclasses.field(default=None, compare=False, hash=False)
 
@@ -152,7 +154,8 @@ class Choice:
     k_len = k_len or q_len
     usable, passed = [], []
     for name in kernels.auto_candidates(self.backend):
-      if accepts(name, self.bias) or cannot_run(name, self.backend):
+      if (accepts(name, self.bias) or cannot_run(name, self.backend)
+          or (self.local and takes_local(name))):
         continue  # said once, when the model was built (select)
       if cache and not kernels.KERNELS[name].takes_cache:
         reason = "it takes no queries aligned to the end of longer keys"
@@ -187,14 +190,15 @@ def _log_choice(backend, scheme, q_len, k_len, packed, cache, name, why):
 
 
 def choose(name: str, *, scheme: str, block: int = DEFAULT_BLOCK,
-           backend: str | None = None) -> Choice:
-  """model.attention=name for position scheme `scheme`, checked as `select` checks it; `auto`
-  reads this device's kernel table here, so a bad one is refused when the model is built."""
+           backend: str | None = None, local: bool = False) -> Choice:
+  """model.attention=name for position scheme `scheme` (and `local` layers: a window or chunk),
+  checked as `select` checks it; `auto` reads this device's kernel table here, so a bad one is
+  refused when the model is built."""
   backend = backend or jax.default_backend()
   bias = positions.bias_kind(scheme)
-  select(name, bias=bias, backend=backend)
+  select(name, bias=bias, backend=backend, local=local)
   table = load(device_name()) if name == "auto" and backend == jax.default_backend() else None
-  return Choice(name, scheme if bias is not None else NO_BIAS, bias, backend, block, table)
+  return Choice(name, scheme if bias is not None else NO_BIAS, bias, backend, block, local, table)
 
 
 def make(choice: Choice, *, cache: bool = False):

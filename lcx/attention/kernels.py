@@ -52,6 +52,7 @@ class Kernel:
   # takes queries aligned to the end of a longer key buffer (a KV cache)
   takes_cache: bool = False
   quadratic: bool = False  # memory grows with the square of the length
+  local: bool = False  # takes a local layer's window or chunk (model.window, model.chunk)
   block_arg: str = ""  # "block" when it takes one tile length by that name (splash)
   # Why one call of these shapes is refused (None: taken): (q_len, k_len, packed, causal, block).
   call_limits: Callable | None = None
@@ -65,9 +66,9 @@ class Kernel:
 
 KERNELS = {k.name: k for k in (
     Kernel("dense", "lcx.attention.library:dense_attention", BACKENDS, "any", takes_cache=True,
-           quadratic=True, auto_on=BACKENDS, rank=3),
+           quadratic=True, local=True, auto_on=BACKENDS, rank=3),
     Kernel("blockwise", "lcx.attention.blockwise:blockwise_attention", BACKENDS, "any", tiled=True,
-           takes_cache=True, auto_on=BACKENDS, preferred_on=BACKENDS, rank=2),
+           takes_cache=True, local=True, auto_on=BACKENDS, preferred_on=BACKENDS, rank=2),
     Kernel("native", "lcx.attention.native:native_attention", ("cpu",), "linear", tiled=True,
            takes_cache=True, unavailable=_native_unavailable, auto_on=("cpu",),
            preferred_on=("cpu",)),
@@ -129,7 +130,13 @@ def takes_call(name: str, *, q_len: int, k_len: int, packed: bool, causal: bool 
   return limits(q_len, k_len, packed, causal, block) if limits else None
 
 
-def check(name: str, *, bias: BiasKind | None, backend: str | None = None) -> None:
+def takes_local(name: str) -> str | None:
+  """None if kernel `name` takes a local layer's window or chunk; otherwise why not."""
+  return None if KERNELS[name].local else "it takes no local window or chunk (dense and blockwise do)"
+
+
+def check(name: str, *, bias: BiasKind | None, backend: str | None = None,
+          local: bool = False) -> None:
   """What can be told of model.attention=name from the config alone (config resolution): a known
   name, one that runs on this backend and takes the scheme's bias. Nothing is compiled or loaded;
   whether a kernel can run in this process is `select`'s, when the model is built."""
@@ -145,6 +152,9 @@ def check(name: str, *, bias: BiasKind | None, backend: str | None = None) -> No
   if reason := accepts(name, bias):
     raise ValueError(f"model.attention={name!r} cannot take this position scheme's bias: "
                      f"{reason}; use blockwise (or dense, or auto)")
+  if local and (reason := takes_local(name)):
+    raise ValueError(f"model.attention={name!r} cannot run this model's local layers: {reason}; "
+                     "use blockwise (or dense, or auto)")
 
 
 def function(name: str):

@@ -13,10 +13,25 @@ from lcx.attention.tiles import DEFAULT_BLOCK
 _MASKED = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
 
 
+def local_mask(q_positions_BQ, k_positions_BK, window: int = 0, chunk: int = 0):
+  """(B, Q, K) which keys a local layer's queries see, by position: with a window, the `window`
+  keys up to and including the query's own position (p_q - p_k < window); with a chunk, those of
+  the query's chunk (p // chunk equal). Causality and documents are masked besides."""
+  diff = q_positions_BQ[:, :, None] - k_positions_BK[:, None, :]
+  mask = jnp.ones(diff.shape, bool)
+  if window:
+    mask = mask & (diff < window)
+  if chunk:
+    mask = mask & (q_positions_BQ[:, :, None] // chunk == k_positions_BK[:, None, :] // chunk)
+  return mask
+
+
 def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
-                    q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True):
+                    q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                    window: int = 0, chunk: int = 0):
   """Reference implementation: the full (Q, K) score matrix in float32. Keys and values may have
-  fewer heads than the queries (grouped-query attention: each serves H / G query heads)."""
+  fewer heads than the queries (grouped-query attention: each serves H / G query heads). A local
+  layer sees only the keys of its window or chunk (local_mask)."""
   B, Q, H, head_dim = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   if G == H:
@@ -37,6 +52,8 @@ def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   if q_segment_ids_BQ is not None:
     same = q_segment_ids_BQ[:, :, None] == k_segment_ids_BK[:, None, :]
     mask = mask & same[:, None, :, :]
+  if window or chunk:
+    mask = mask & local_mask(q_positions_BQ, k_positions_BK, window, chunk)[:, None]
   scores_BHQK = jnp.where(mask, scores_BHQK, _MASKED)
   probs = jax.nn.softmax(scores_BHQK, axis=-1).astype(v_BKHK.dtype)
   if G == H:

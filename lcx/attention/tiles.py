@@ -9,10 +9,31 @@ import jax.numpy as jnp
 DEFAULT_BLOCK = 128  # query and key tile length: 128 was fastest on CPU (benchmarks/README.md)
 
 
-def visible_tiles(nq, nk, bq, bk, offset):
-  """(i, j) of every tile holding a key some query may see: query q sees key k <= q + offset."""
+def visible_tiles(nq, nk, bq, bk, offset, span: int = 0):
+  """(i, j) of every tile holding a key some query may see: query q sees key k <= q + offset,
+  and with a local span (a window or chunk length) only keys k > q + offset - span."""
   return tuple((i, j) for i in range(nq) for j in range(nk)
-               if offset is None or j * bk <= (i + 1) * bq - 1 + offset)
+               if (offset is None or j * bk <= (i + 1) * bq - 1 + offset)
+               and (not span or i * bq + offset - ((j + 1) * bk - 1) < span))
+
+
+def first_key_tile(g, i, div=operator.floordiv):
+  """The first key tile query tile i visits: 0, or with a local span the first that holds a key
+  within span of the tile's first query (index distance bounds position distance from below, so
+  tiles farther back hold no key the window or chunk lets a query see)."""
+  if not g.span:
+    return 0
+  first = div(i * g.bq + g.causal_offset - g.span + 1, g.bk)
+  return jnp.maximum(first, 0) if isinstance(i, jax.Array) else max(first, 0)
+
+
+def query_tiles_end(g, j, div=operator.floordiv):
+  """One past the last query tile that sees key tile j: nq, or with a local span the last whose
+  first query is within span of the tile's last key."""
+  if not g.span:
+    return g.nq
+  end = div((j + 1) * g.bk - 1 - g.causal_offset + g.span - 1, g.bq) + 1
+  return jnp.minimum(end, g.nq) if isinstance(j, jax.Array) else min(end, g.nq)
 
 
 def key_tiles_seen(g, i, div=operator.floordiv):

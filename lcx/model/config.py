@@ -4,6 +4,7 @@ Light on purpose (no Flax module, no kernel): the config, the report's readers a
 import it to check and describe a model without building one.
 """
 import dataclasses
+import math
 
 import jax
 
@@ -37,6 +38,12 @@ class ModelConfig:
   position: str = "rope"
   max_len: int = 128
   attention: str = "auto"  # lcx.attention.CHOICES; "auto" picks per backend and scheme
+  # Local attention: a query sees only the `window` positions up to its own (sliding window), or
+  # only the keys of its chunk of `chunk` positions (chunked); 0: off. Which layers are local:
+  # attention_layers, a pattern of 'local' / 'global' repeated over the layers (empty: all).
+  window: int = 0
+  chunk: int = 0
+  attention_layers: tuple = ()
   attention_block: int = 128  # blockwise attention: query and key tile length (128: fastest on CPU)
   remat: str = "none"  # what each block keeps for the backward pass: none (all), full, dots
   scan_layers: bool = False  # run the blocks as one lax.scan: compile time constant in depth
@@ -59,6 +66,18 @@ class ModelConfig:
   @property
   def kv_heads(self) -> int:
     return self.n_kv_heads or self.n_heads
+
+  def local_layer(self, layer: int) -> bool:
+    """Whether `layer` attends locally (model.window or model.chunk, where the pattern says)."""
+    if not (self.window or self.chunk):
+      return False
+    return not self.attention_layers or (
+        self.attention_layers[layer % len(self.attention_layers)] == "local")
+
+  @property
+  def layer_period(self) -> int:
+    """Layers after which the per-layer patterns (schemes, local/global) repeat."""
+    return math.lcm(len(self.layer_positions()), len(self.attention_layers) or 1)
 
   def layer_positions(self) -> tuple[tuple[str, object], ...]:
     """(scheme, options) of each entry of the per-layer pattern (one entry without one)."""

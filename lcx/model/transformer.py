@@ -51,7 +51,8 @@ class RMSNorm(nnx.Module):
 
 class Attention(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None, temperature=False):
+  def __init__(self, cfg: ModelConfig, attend, rngs, cache_attend=None, temperature=False,
+               local=False):
     D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
     out_std = 1.0 / math.sqrt(H * K * 2 * cfg.n_layers)
     self.wq = _param(rngs, (D, H, K), ("embed", "heads", None), D ** -0.5, cfg.param_dtype)
@@ -59,6 +60,8 @@ class Attention(nnx.Module):
     self.wk = _param(rngs, (D, G, K), ("embed", "kv_heads", None), D ** -0.5, cfg.param_dtype)
     self.wv = _param(rngs, (D, G, K), ("embed", "kv_heads", None), D ** -0.5, cfg.param_dtype)
     self.wo = _param(rngs, (H, K, D), ("heads", None, "embed"), out_std, cfg.param_dtype)
+    # a local layer's window and chunk (0: none), which every attention call takes
+    self.local = dict(window=cfg.window, chunk=cfg.chunk) if local else {}
     self.attend = attend
     self.cache_attend = cache_attend
     # this layer's attention temperature (None: none), with SSMax's learned s per head
@@ -90,7 +93,7 @@ class Attention(nnx.Module):
     o_BLHK = self.attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
                          k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
                          k_segment_ids_BK=segment_ids_BL,
-                         bias_fn=scheme.bias_fn(layer))
+                         bias_fn=scheme.bias_fn(layer), **self.local)
     return project(o_BLHK, self.wo[...], in_dims=2)
 
   def with_memory(self, x_BCD, positions_BC, segment_ids_BC, scheme, layer, mechanism,
@@ -113,7 +116,7 @@ class Attention(nnx.Module):
                                k_positions_BK=cache.positions_BS,
                                q_segment_ids_BQ=jnp.ones(positions_BC.shape, jnp.int32),
                                k_segment_ids_BK=cache.segment_ids_BS,
-                               bias_fn=scheme.bias_fn(layer))
+                               bias_fn=scheme.bias_fn(layer), **self.local)
     return project(o_BCHK, self.wo[...], in_dims=2), cache
 
 
@@ -141,9 +144,11 @@ class Mlp(nnx.Module):
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, attend, cache_attend=None, *, rngs, temperature=False):
+  def __init__(self, cfg: ModelConfig, attend, cache_attend=None, *, rngs, layer: int = 0,
+               temperature=False):
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
-    self.attn = Attention(cfg, attend, rngs, cache_attend, temperature)
+    self.attn = Attention(cfg, attend, rngs, cache_attend, temperature,
+                          local=cfg.local_layer(layer))
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.mlp = Mlp(cfg, rngs)
 
@@ -181,14 +186,18 @@ class Transformer(nnx.Module):
     else:  # one scheme for every layer (its parameters where checkpoints have always had them)
       self.position = schemes[0]
     self.memory = memory_lib.make(cfg.memory, cfg.memory_config(), rngs=rngs)
-    # The one place kernels are chosen, one per pattern entry since each takes its scheme's bias
-    # (auto then picks per call from the lengths, and logs it).
-    choices = [attention.choose(cfg.attention, scheme=name, block=cfg.attention_block)
-               for name, _ in pattern]
-    self.attention_choice = choices[0]
-    attends = [(attention.make(c), attention.make(c, cache=True)) for c in choices]
+    # The one place kernels are chosen: per pattern entry, since each takes its scheme's bias,
+    # and for local layers among the kernels that take a window (auto then picks per call from
+    # the lengths, and logs it).
+    def attends(layer):
+      choice = attention.choose(cfg.attention, scheme=pattern[layer % len(pattern)][0],
+                                block=cfg.attention_block, local=cfg.local_layer(layer))
+      return choice, attention.make(choice), attention.make(choice, cache=True)
+
+    period = [attends(layer) for layer in range(min(cfg.layer_period, cfg.n_layers))]
+    self.attention_choice = period[0][0]
     self.blocks = nnx.List([
-        Block(cfg, *attends[i % len(attends)], rngs=rngs,
+        Block(cfg, *period[i % len(period)][1:], rngs=rngs, layer=i,
               temperature=cfg.temperature.applies_to(pattern[i % len(pattern)][0]))
         for i in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
@@ -236,6 +245,7 @@ class Transformer(nnx.Module):
     self.check_length(tokens_BL.shape[1])
     return self.final_norm(run_blocks(self.blocks, self._embed(tokens_BL, positions_BL),
                                       positions_BL, segment_ids_BL, self.schemes,
+                                      period=self.cfg.layer_period,
                                       remat=self.cfg.remat, scan=self.cfg.scan_layers))
 
   def _embed(self, tokens_BL, positions_BL):
@@ -260,6 +270,7 @@ class Transformer(nnx.Module):
       x_BSD, positions_BS, segment_ids_BS = self.memory.wrap(
           state, self._embed(tokens_BC, positions_BC), positions_BC, segment_ids_BC)
       x_BSD, layers = run_blocks(self.blocks, x_BSD, positions_BS, segment_ids_BS, self.schemes,
+                                 period=self.cfg.layer_period,
                                  remat=self.cfg.remat, scan=self.cfg.scan_layers,
                                  mechanism=self.memory, memory_states=state["layers"])
       x_BCD, state = self.memory.unwrap({**state, "layers": layers}, x_BSD)
@@ -324,25 +335,28 @@ def _block_fn(graphdef, scheme_graphdef, remat: str, mechanism_graphdef=None):
 
 
 def run_blocks(blocks, x_BLD, positions_BL, segment_ids_BL, schemes, *, remat: str = "none",
-               scan: bool = False, mechanism=None, memory_states=None):
+               scan: bool = False, mechanism=None, memory_states=None, period: int = 0):
   """The blocks in order, layer i with position scheme schemes[i % len(schemes)] (a per-layer
-  pattern; one scheme for all without one). With scan, one lax.scan over the repeats of the
-  pattern, each step the pattern's blocks in order with their parameters stacked by pattern
-  entry: compile time stays flat in depth. The parameters stay one module per layer either way
+  pattern; one scheme for all without one); `period` (default len(schemes)): after how many
+  layers the blocks' graphs repeat (a local/global pattern too). With scan, one lax.scan over the
+  repeats of the period, each step its blocks in order with their parameters stacked by place:
+  compile time stays flat in depth. The parameters stay one module per layer either way
   (checkpoints are the same with and without scan); stacking them copies the block weights once
   per step, which is cheap next to the step. With a memory mechanism each block also takes its
   layer's memory (memory_states, one per layer), and the result is (x, the layers' next
   memories)."""
-  P = len(schemes)
+  P = period or len(schemes)  # layer i's graph is block i % P's, its scheme i % len(schemes)'s
   mechanism_graphdef, mechanism_state = (None, None) if mechanism is None else nnx.split(mechanism)
-  # Entry p's blocks share one graph (their scheme's kernel); the schemes enter as state.
-  block_fns = [_block_fn(nnx.split(blocks[p])[0], nnx.split(schemes[p])[0], remat,
-                         mechanism_graphdef) for p in range(min(P, len(blocks)))]
+  # The blocks at one place of the period share one graph (their kernel, window); the schemes
+  # enter as state.
+  block_fns = [_block_fn(nnx.split(blocks[p])[0], nnx.split(schemes[p % len(schemes)])[0],
+                         remat, mechanism_graphdef) for p in range(min(P, len(blocks)))]
   scheme_states = [nnx.split(scheme)[1] for scheme in schemes]
   states = [nnx.state(b) for b in blocks]
   memories = [None] * len(states) if mechanism is None else list(memory_states)
   apply = lambda p, x, state, memory, layer: block_fns[p](
-      x, state, scheme_states[p], positions_BL, segment_ids_BL, layer, mechanism_state, memory)
+      x, state, scheme_states[p % len(schemes)], positions_BL, segment_ids_BL, layer,
+      mechanism_state, memory)
   if not scan:
     for layer, state in enumerate(states):
       x_BLD, memories[layer] = apply(layer % P, x_BLD, state, memories[layer], layer)

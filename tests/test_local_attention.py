@@ -1,0 +1,150 @@
+"""Local attention (a sliding window or chunks): the tiled kernel against the dense reference,
+values and gradients, and that it visits only the tiles within reach."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lcx.attention.blockwise import blockwise_attention
+from lcx.attention.library import dense_attention
+from lcx.attention.tiles import visible_tiles
+
+
+def _inputs(L=96, H=4, G=2, K=8, packed=False, seed=0):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  q = jax.random.normal(ks[0], (2, L, H, K))
+  k = jax.random.normal(ks[1], (2, L, G, K))
+  v = jax.random.normal(ks[2], (2, L, G, K))
+  if packed:  # two documents a row, positions restarting at each
+    cut = np.array([37, 60])
+    seg = np.stack([np.where(np.arange(L) < c, 1, 2) for c in cut]).astype(np.int32)
+    pos = np.stack([np.where(np.arange(L) < c, np.arange(L), np.arange(L) - c)
+                    for c in cut]).astype(np.int32)
+    return q, k, v, jnp.asarray(pos), jnp.asarray(seg)
+  return q, k, v, jnp.broadcast_to(jnp.arange(L), (2, L)), None
+
+
+@pytest.mark.parametrize("window,chunk", [(16, 0), (1, 0), (40, 0), (0, 32), (0, 20)])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("block", [16, 8])  # 8: 144 tiles, past the unrolled loops
+def test_blockwise_local_attention_equals_dense(window, chunk, packed, block, monkeypatch):
+  q, k, v, pos, seg = _inputs(packed=packed)
+  kw = dict(q_positions_BQ=pos, k_positions_BK=pos, q_segment_ids_BQ=seg, k_segment_ids_BK=seg,
+            window=window, chunk=chunk)
+
+  def loss(fn, q, k, v):
+    o = fn(q, k, v, **kw)
+    return (o * jnp.cos(jnp.arange(o.size).reshape(o.shape))).sum(), o
+
+  dense = jax.value_and_grad(lambda *a: loss(dense_attention, *a), argnums=(0, 1, 2),
+                             has_aux=True)(q, k, v)
+  tiled_fn = lambda q, k, v, **kw: blockwise_attention(q, k, v, block_q=block, block_k=block, **kw)
+  tiled = jax.value_and_grad(lambda *a: loss(tiled_fn, *a), argnums=(0, 1, 2),
+                             has_aux=True)(q, k, v)
+  np.testing.assert_allclose(tiled[0][1], dense[0][1], rtol=1e-5, atol=1e-5)
+  for a, b in zip(tiled[1], dense[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # the window changes the result: it is not full causal attention
+  full = dense_attention(q, k, v, **{**kw, "window": 0, "chunk": 0})
+  assert not np.allclose(dense[0][1], full, atol=1e-4)
+
+
+def test_a_window_visits_tiles_linear_in_length():
+  counts = [len(visible_tiles(n, n, 16, 16, 0, span=32)) for n in (8, 16, 32, 64)]
+  assert np.diff(counts).tolist() == [3 * 8, 3 * 16, 3 * 32]  # 3 tiles a query tile, linear
+  assert len(visible_tiles(64, 64, 16, 16, 0)) == 64 * 65 // 2  # full causal: quadratic
+
+
+def test_a_cache_call_sees_the_window_by_position():
+  """Queries aligned to the end of a longer key buffer (decoding): the window counts positions."""
+  q, k, v, pos, _ = _inputs(L=64)
+  kw = dict(k_positions_BK=pos, window=10)
+  for fn in (dense_attention, lambda *a, **kw: blockwise_attention(*a, block_q=8, block_k=8, **kw)):
+    last = fn(q[:, -4:], k, v, q_positions_BQ=pos[:, -4:], **kw)
+    whole = fn(q, k, v, q_positions_BQ=pos, **kw)
+    np.testing.assert_allclose(last, whole[:, -4:], rtol=1e-5, atol=1e-5)
+
+
+from flax import nnx  # noqa: E402
+
+from configs import pretrain  # noqa: E402
+from lcx import positions  # noqa: E402
+from lcx.config import ConfigError, resolve  # noqa: E402
+from lcx.model import ModelConfig, Transformer, token_losses  # noqa: E402
+
+TOKENS = jax.random.randint(jax.random.key(1), (2, 48), 0, 64)
+POS = jnp.broadcast_to(jnp.arange(48), (2, 48))
+RNOPE_SWA = dict(  # Cohere's recipe: 3 local RoPE layers to 1 global NoPE layer
+    position_pattern=(("rope", positions.RopeOptions(original_length=64)), ("rope", None),
+                      ("rope", None), ("none", None)),
+    window=8, attention_layers=("local", "local", "local", "global"))
+
+
+def _model(**fields):
+  cfg = dict(vocab_size=64, d_model=32, n_layers=4, n_heads=4, head_dim=8, mlp_dim=64,
+             max_len=64, position_options=positions.RopeOptions(original_length=64),
+             attention="dense", attention_block=16)
+  cfg.update(fields)
+  if cfg.get("position_pattern"):
+    cfg["position_pattern"] = tuple((n, o or cfg["position_options"])
+                                    for n, o in cfg["position_pattern"])
+  return Transformer(ModelConfig(**cfg), rngs=nnx.Rngs(0))
+
+
+def _loss_and_grads(model):
+  graphdef, params = nnx.split(model)
+  loss = lambda p: token_losses(nnx.merge(graphdef, p)(TOKENS[:, :-1], POS[:, :-1]),
+                                TOKENS[:, 1:]).mean()
+  return jax.value_and_grad(loss)(params)
+
+
+def test_local_layers_run_the_same_through_every_path():
+  """RNoPE-SWA through dense and blockwise, looped and scanned: values and gradients."""
+  reference = _loss_and_grads(_model(**RNOPE_SWA))
+  for fields in (dict(attention="blockwise"), dict(scan_layers=True),
+                 dict(attention="blockwise", scan_layers=True)):
+    loss, grads = _loss_and_grads(_model(**RNOPE_SWA, **fields))
+    np.testing.assert_allclose(loss, reference[0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads,
+                 reference[1])
+
+
+def test_a_window_past_the_sequence_is_full_attention_and_a_short_one_is_not():
+  full = _model()(TOKENS, POS)
+  np.testing.assert_allclose(_model(window=48)(TOKENS, POS), full, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(_model(chunk=64)(TOKENS, POS), full, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(_model(window=8)(TOKENS, POS), full, atol=1e-3)
+  # only the layers the pattern names are local
+  assert [bool(b.attn.local) for b in _model(**RNOPE_SWA).blocks] == [True, True, True, False]
+
+
+def _tiny(**model):
+  c = pretrain.get_config("tiny")
+  c.model.update(**model)
+  return c
+
+
+def test_the_config_refuses_local_layers_it_cannot_run():
+  resolve(_tiny(window=32, attention_layers=("local", "global")), 1)
+  for model, message in (
+      (dict(window=-1), "config.model.window=-1 must be an integer >= 0"),
+      (dict(window=8, chunk=8), "a local layer has one or the other"),
+      (dict(window=8, attention_layers=("local", "wide")), "'wide' is not a kind of layer; "
+                                                           "allowed: local, global"),
+      (dict(attention_layers=("local",)), "config.model.window and config.model.chunk are 0"),
+      (dict(window=8, attention="native"), "model.attention='native' cannot run this model's "
+                                           "local layers"),
+      (dict(window=8, memory="xl", segment_len=16), "a memory mechanism with local attention"),
+      (dict(window=8, attention_layers=("local", "local", "global"), scan_layers=True),
+       "repeat every 3 layers, which must divide n_layers")):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+      resolve(_tiny(**model), 1)
+
+
+def test_auto_runs_local_layers_through_a_kernel_that_takes_them():
+  from lcx import attention
+  for scheme in ("rope", "alibi"):
+    choice = attention.choose("auto", scheme=scheme, local=True)
+    for length in (128, 4096, 65536):
+      assert choice.kernel(length) in ("dense", "blockwise")
+      assert choice.kernel(length, packed=True) in ("dense", "blockwise")
