@@ -5,6 +5,7 @@ YaRN, then evaluated again.
   python -m lcx.sweep experiments/extrapolation.py:cpu --out runs/extrapolation-cpu  # CPU, 20 min
   python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out runs/extrapolation-cpu
+  python -m lcx.sweep experiments/extrapolation.py:cpu-recipes --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:small --out gs://...    # L=1024 tokens, pg19, 32K SentencePiece
   python -m lcx.sweep experiments/extrapolation.py:base --out ...          # L=2048 tokens, pg19, 32K SentencePiece
 
@@ -13,6 +14,14 @@ schemes come in parts of at most 20 minutes each (`cpu`: the first five and RoPE
 extension; `cpu-biases`: the other schemes with a bias, T5, KERPLE and FIRE; `cpu-rotations`:
 the rest, xPos and p-RoPE); run them into one folder and the report compares them all. `small`
 and `base` run every scheme.
+
+The recipes part (`cpu-recipes`, `small-recipes`, `base-recipes`) compares the long-context
+recipes models ship with now, at 4 layers on a CPU so that a 3:1 pattern fits: RoPE, NoPE,
+RNoPE-SWA (3 RoPE layers with a sliding window of L/4 to 1 global NoPE layer), iRoPE (Llama 4:
+3 chunked RoPE layers of L/4 to 1 global NoPE layer with its temperature), and from the RoPE
+run: zero-shot YaRN (s=2), PoSE-YaRN (fine-tuned at L with positions stretched to 4L, s=4),
+LongRoPE (its table searched at 4L) and DroPE (RoPE dropped for 1/8 more steps with QK-norm,
+its temperature fitted at 2L). Its claim: the DroPE paper's order on multi-key retrieval at 2x.
 """
 from lcx import positions
 from lcx.sweep import Run, Stage
@@ -52,6 +61,9 @@ SCALES = {
              "--trials=3", "--depths=0,0.5,1")),
     "cpu-biases": None,  # cpu's settings, the BIASES schemes
     "cpu-rotations": None,  # cpu's settings, the ROTATIONS schemes
+    "cpu-recipes": None,  # cpu's settings, the recipes (recipes below)
+    "small-recipes": None,  # small's settings, the recipes
+    "base-recipes": None,  # base's settings, the recipes
     # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
     "small": ("125m", MIXTURE, (), ",125m", ("--max_tokens=262144", "--trials=10")),
     "base": ("350m", MIXTURE, (), ",350m", ("--max_tokens=262144", "--trials=10")),
@@ -64,6 +76,8 @@ EVAL_OVERRIDES = ("model.attention=auto",)  # the fastest kernel here, whatever 
 def get_sweep(arg: str = "cpu") -> list[Run]:
   if arg not in SCALES:
     raise ValueError(f"extrapolation study: unknown scale {arg!r}; allowed: {', '.join(SCALES)}")
+  if arg.endswith("-recipes"):
+    return recipes(arg.removesuffix("-recipes"))
   schemes = {"cpu": FIRST, "cpu-biases": BIASES,
              "cpu-rotations": ROTATIONS}.get(arg, FIRST + BIASES + ROTATIONS)
   preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[arg] or SCALES["cpu"]
@@ -90,3 +104,59 @@ def get_sweep(arg: str = "cpu") -> list[Run]:
         ]
     runs.append(Run(scheme, tuple(stages), tags=(scheme, arg)))
   return runs
+
+
+# The recipes' lengths relative to the training length L (the CPU's tiny preset: 128 tokens).
+RECIPE_LAYERS = "model.position_layers=('rope','rope','rope','none')"
+RECIPE_KINDS = "model.attention_layers=('local','local','local','global')"
+TRAIN_LENGTH = {"cpu": 128, "small": 1024, "base": 2048}
+# CPU: the pattern needs 4 layers (the tiny preset has 2); the tuning commands' sizes
+RECIPE_CPU = ("model.n_layers=4",)
+TUNE_SIZE = {"cpu": ("--tokens=4096",), "small": ("--tokens=65536",), "base": ("--tokens=65536",)}
+
+
+def recipes(scale: str) -> list[Run]:
+  """The recipes part at one scale (see the module docstring)."""
+  preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[scale]
+  L = TRAIN_LENGTH[scale]
+  shape = RECIPE_CPU if scale == "cpu" else ()
+  pretrain = lambda *model: Stage("pretrain", "pretrain", f"configs/pretrain.py:{preset}",
+                                  (*model, *shape, *data, *pretrain_only))
+  evaluate = lambda name, source, *args, overrides=EVAL_OVERRIDES: Stage(
+      name, "evaluate", source=source, overrides=overrides, args=(*eval_flags, *args))
+  arms = {
+      "recipes-none": [pretrain("model.position=none")],
+      "recipes-rnope-swa": [pretrain(RECIPE_LAYERS, RECIPE_KINDS, f"model.window={L // 4}")],
+      "recipes-irope": [pretrain(RECIPE_LAYERS, RECIPE_KINDS, f"model.chunk={L // 4}",
+                                 "model.temperature.kind=llama4",
+                                 f"model.temperature.floor_scale={L}",
+                                 "model.temperature.schemes=('none',)")],
+  }
+  runs = [Run(name, (*stages, evaluate("eval", "pretrain")), tags=(name, f"{scale}-recipes"))
+          for name, stages in arms.items()]
+  drope_steps = max(int(_steps(scale) / 8), 1)
+  rope = [
+      pretrain("model.position=rope"),
+      evaluate("eval", "pretrain"),
+      evaluate("eval-zeroshot-yarn-s2", "pretrain",
+               overrides=(*EVAL_OVERRIDES, "model.rope.scaling=yarn", "model.rope.factor=2")),
+      Stage("finetune-pose-yarn", "finetune", f"configs/finetune.py:yarn{finetune_suffix}",
+            (*data, f"data.seq_len={L}", f"data.pose_target_len={4 * L}"), source="pretrain"),
+      evaluate("eval-finetune-pose-yarn", "finetune-pose-yarn"),
+      Stage("longrope-s4", "longrope", source="pretrain", args=("--factor=4", *TUNE_SIZE[scale])),
+      evaluate("eval-longrope-s4", "pretrain", "--overrides_from=pretrain/longrope/s4.json"),
+      Stage("finetune-drope", "finetune", f"configs/finetune.py:drope{finetune_suffix}",
+            (*data, f"train.steps={drope_steps}"), source="pretrain"),
+      Stage("drope-fit", "drope", source="finetune-drope", args=("--multiple=2", *TUNE_SIZE[scale])),
+      evaluate("eval-drope", "finetune-drope", "--overrides_from=finetune-drope/drope.json"),
+  ]
+  return [Run("recipes-rope", tuple(rope), tags=("recipes-rope", f"{scale}-recipes")), *runs]
+
+
+def _steps(scale: str) -> int:
+  """The pretraining steps of a scale (the CPU's set in its overrides)."""
+  overrides = dict(o.split("=", 1) for o in SCALES[scale][2])
+  if "train.steps" in overrides:
+    return int(overrides["train.steps"])
+  from configs import pretrain
+  return pretrain.get_config(SCALES[scale][0]).train.steps

@@ -125,3 +125,41 @@ def test_the_context_extension_claims_on_a_pretrained_models_variants():
   assert claims._yarn_crops([rope, _variant("rope", [10] * 5, scaling="yarn", factor=2.0)])[1] == (
       claims.UNKNOWN)
   assert claims._dynamic_vs_static(study[:3])[1] == claims.UNKNOWN
+
+
+def _recipe_variant(scheme, exact, *, model=None, config=None, finetuned=False, scaling="none",
+                    factor=1.0, trials=50):
+  results = {"scheme": scheme, "rope": {"scaling": scaling, "factor": factor}, "base_length": 100,
+             "perplexity": [], "sliding": [],
+             "config": {"model": {"position": scheme, **(model or {})}, **(config or {})},
+             "retrieval": {"niah_multikey/python": {
+                 "task": "niah_multikey", "style": "python", "lengths": [100, 200],
+                 "depths": [0.0, 1.0], "trials": trials, "exact": [[1.0, 1.0], [exact, exact]],
+                 "ranked": [[1.0, 1.0], [exact, exact]], "longest_at_90": None}}}
+  return Variant(variants.label(results, finetuned), results, {"tokens_per_second": 1.0},
+                 {"step": 10} if finetuned else None)
+
+
+def _drope_study(drope, nope, swa, yarn, rope):
+  return [
+      _recipe_variant("none", drope, finetuned=True,
+                      model={"qk_norm": True, "temperature": {"kind": "drope"}},
+                      config={"finetune_changes": ["position", "position_layers", "qk_norm"]}),
+      _recipe_variant("none", nope),
+      _recipe_variant("rope", swa, model={"position_layers": ["rope", "none"], "window": 32,
+                                          "attention_layers": ["local", "global"]}),
+      _recipe_variant("rope", yarn, scaling="yarn", factor=2.0),
+      _recipe_variant("rope", rope),
+  ]
+
+
+def test_the_drope_papers_ordering_is_read_from_the_five_arms():
+  measure = lambda study: claims._drope_order(study)
+  figure, verdict = measure(_drope_study(0.42, 0.36, 0.26, 0.05, 0.0))
+  assert verdict == claims.SUPPORTS and figure.startswith("DroPE 42%, NoPE 36%, RNoPE-SWA 26%")
+  assert measure(_drope_study(0.0, 0.36, 0.26, 0.05, 0.9))[1] == claims.REFUTES
+  assert measure(_drope_study(0.30, 0.32, 0.26, 0.05, 0.0))[1] == claims.UNKNOWN  # within noise
+  assert measure(_drope_study(0.4, 0.3, 0.2, 0.1, 0.0)[1:]) == ("needs DroPE", claims.UNKNOWN)
+  labels = [v.label for v in _drope_study(0.4, 0.3, 0.2, 0.1, 0.0)]
+  assert labels == ["none qk-norm temperature drope FT", "none",
+                    "rope+none window 32 (local/global)", "rope zero-shot yarn x2", "rope"]

@@ -3,6 +3,8 @@
 1 + c ln(L / L_train), and the fit of c (python -m lcx.drope fit)."""
 import json
 import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ from lcx.evaluate.runner import EvalOptions, evaluate_run
 from lcx.model.temperature import TemperatureOptions, query_scale
 from lcx.runs.checkpoint import flat_arrays
 from lcx.train import train_and_evaluate
+from tests.conftest import ROOT
 
 
 def test_the_temperature_is_one_to_the_training_length_then_one_plus_c_log_the_ratio():
@@ -75,6 +78,18 @@ def test_c_is_fitted_at_2x_and_its_overrides_reproduce(drope_run, tmp_path):
   evaluated, _ = evaluate_run(run, result["overrides"], EvalOptions(
       lengths=(64,), max_tokens=256, stride=-1, trials=0), progress=False)
   assert evaluated["perplexity"][0]["perplexity"] == pytest.approx(result["perplexity"], rel=1e-4)
+  # the command line applies the file as a study's evaluation stage does
+  command = [sys.executable, "-m", "lcx.evaluate", f"--workdir={run}", "--lengths=64",
+             "--max_tokens=256", "--trials=0", "--stride=-1", "--name=fitted"]
+  done = subprocess.run([*command, f"--overrides_from={path}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  fitted = json.loads((run / "eval" / "fitted.json").read_text())
+  assert fitted["perplexity"][0]["perplexity"] == pytest.approx(result["perplexity"], rel=1e-4)
+  missing = subprocess.run([*command, f"--overrides_from={run}/nothing.json"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+  assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith(
+      "lcx.evaluate: --overrides_from=") and "no such file" in missing.stderr
 
 
 def test_finetune_changes_are_refused_where_they_cannot_work():

@@ -110,6 +110,48 @@ def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tok
         assert resolved.model.position == run.name or stage.kind == "finetune"
 
 
+@pytest.mark.parametrize("scale", ["cpu-recipes", "small-recipes"])
+def test_the_recipes_part_expands_into_valid_configs_and_commands(scale, preset_tokenizer,
+                                                                  tmp_path):
+  """RoPE, NoPE, RNoPE-SWA, iRoPE; from the RoPE run zero-shot YaRN, PoSE-YaRN, LongRoPE (searched)
+  and DroPE (fitted): each training config resolves as named, and the search and fit run on their
+  stage, their results applied by the evaluations after them."""
+  from lcx.sweep.runner import stage_command
+  study, runs = load_sweep(str(ROOT / f"experiments/extrapolation.py:{scale}"))
+  assert [r.name for r in runs] == ["recipes-rope", "recipes-none", "recipes-rnope-swa",
+                                    "recipes-irope"]
+  resolved = {}
+  for run in runs:
+    for stage in run.stages:
+      if stage.kind not in ("pretrain", "finetune"):
+        continue
+      path, _, arg = stage.config.partition(":")
+      module = {"configs/pretrain.py": "pretrain", "configs/finetune.py": "finetune"}[path]
+      config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config(arg)
+      config = overrides_lib.apply(config, list(stage.overrides))
+      if stage.kind == "finetune":
+        config.init_from = "runs/x"
+      resolved[run.name, stage.name] = config_lib.resolve(config, jax.device_count())
+  swa, irope = resolved["recipes-rnope-swa", "pretrain"].model, resolved["recipes-irope",
+                                                                          "pretrain"].model
+  assert tuple(swa.position_layers) == ("rope",) * 3 + ("none",) and swa.window > 0
+  assert irope.chunk > 0 and irope.temperature.kind == "llama4"
+  assert tuple(irope.temperature.schemes) == ("none",)
+  pose = resolved["recipes-rope", "finetune-pose-yarn"].data
+  assert pose.pose_target_len == 4 * pose.seq_len
+  assert resolved["recipes-rope", "finetune-drope"].model.position == "none"
+  rope = runs[0]
+  commands = {s.name: stage_command(study, rope, s, tmp_path) for s in rope.stages}
+  assert commands["longrope-s4"][0] == "lcx.longrope" and commands["longrope-s4"][1][:3] == [
+      "search", f"--workdir={tmp_path}/recipes-rope/pretrain", "--factor=4"]
+  assert commands["drope-fit"][0] == "lcx.drope" and commands["drope-fit"][1][:2] == [
+      "fit", f"--workdir={tmp_path}/recipes-rope/finetune-drope"]
+  assert f"--overrides_from={tmp_path}/recipes-rope/finetune-drope/drope.json" in commands[
+      "eval-drope"][1]
+  assert f"--overrides_from={tmp_path}/recipes-rope/pretrain/longrope/s4.json" in commands[
+      "eval-longrope-s4"][1]
+
+
 def test_invalid_studies_are_refused():
   good = Stage("pretrain", "pretrain", "configs/pretrain.py:tiny")
   with pytest.raises(ValueError, match="repeated: a"):

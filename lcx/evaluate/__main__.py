@@ -4,6 +4,8 @@ Loads the latest checkpoint of RUN with its saved config plus overrides (for exa
 --config.model.rope.scaling=yarn --config.model.rope.factor=4, zero-shot) and writes
 RUN/eval/<name>.json with PNG plots beside it.
 """
+import json
+import pathlib
 import sys
 
 from absl import flags
@@ -34,6 +36,9 @@ _DISTANCE_UNIT = flags.DEFINE_integer(
     "distance_unit", 0, "Report retrieval by the needle's distance in segments of this many "
     "tokens; 0: the model's segment_len (none for a plain model).")
 _NAME = flags.DEFINE_string("name", "", "Output name; default from the overrides ('base' if none).")
+_OVERRIDES_FROM = flags.DEFINE_string(
+    "overrides_from", "", "A JSON file whose \"overrides\" list (a.b=value) is applied before "
+    "the command line's: what python -m lcx.longrope search and lcx.drope fit write.")
 
 
 def main(argv, overrides):
@@ -43,6 +48,7 @@ def main(argv, overrides):
   if not _WORKDIR.value:
     sys.exit("lcx.evaluate: --workdir RUN is required")
   try:
+    overrides = [*overrides_from(_OVERRIDES_FROM.value), *overrides]
     options = EvalOptions(
         lengths=_numbers("lengths", _LENGTHS.value, int), split=_SPLIT.value,
         max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, tasks=tuple(_TASKS.value),
@@ -55,6 +61,24 @@ def main(argv, overrides):
     sys.exit(f"lcx.evaluate: {cli.os_error(e)}")
   print(format_table(results))
   print("\noutputs:\n" + "\n".join(f"  {key:20s} {path}" for key, path in paths.items()))
+
+
+def overrides_from(path: str) -> list[str]:
+  """The "overrides" of a JSON file (RUN/drope.json, RUN/longrope/s4.json); [] without one."""
+  if not path:
+    return []
+  try:
+    overrides = json.loads(pathlib.Path(path).expanduser().read_text()).get("overrides")
+  except FileNotFoundError:
+    raise ValueError(f"--overrides_from={path}: no such file (the fit or search that writes it "
+                     "has not run?)") from None
+  except (OSError, ValueError, AttributeError) as e:
+    raise ValueError(f"--overrides_from={path}: not a JSON object ({e})") from None
+  if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o
+                                                for o in overrides):
+    raise ValueError(f"--overrides_from={path}: its \"overrides\" must be a list of "
+                     "\"a.b=value\" strings")
+  return overrides
 
 
 def _numbers(flag: str, values: list[str], kind) -> tuple:

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Callable
 
-from lcx.report.variants import rope_options
+from lcx.report.variants import recipe, rope_options
 
 SUPPORTS, REFUTES, UNKNOWN = "supports", "does not support", "cannot tell"
 EXTRAPOLATES = 1.1  # "extrapolates to M x": perplexity at M x within 10% of its own at 1x
@@ -30,7 +30,7 @@ def _plain(variants, scheme):
   """The pretrained run of a scheme, evaluated as trained (no scaling, no fine-tune)."""
   for v in variants:
     rope = rope_options(v.results)
-    if (v.results["scheme"] == scheme and v.finetune is None
+    if (v.results["scheme"] == scheme and v.finetune is None and not recipe(v.results)
         and rope.get("scaling", "none") == "none" and rope.get("keep", 1.0) == 1.0):
       return v
   return None
@@ -221,6 +221,59 @@ def _yarn_crops(variants):
   return figure, SUPPORTS if cropped else REFUTES
 
 
+def _model(v) -> dict:
+  return (v.results.get("config") or {}).get("model", {})
+
+
+def _drope(variants):
+  """A fine-tune that dropped the position encoding (DroPE), evaluated with its temperature."""
+  for v in variants:
+    m, config = _model(v), v.results.get("config") or {}
+    if (v.finetune is not None and "position" in (config.get("finetune_changes") or ())
+        and m.get("position") == "none" and not m.get("position_layers")):
+      return v
+  return None
+
+
+def _rnope_swa(variants):
+  """RoPE and NoPE layers, the RoPE ones local (Cohere's RNoPE-SWA), as trained."""
+  for v in variants:
+    m = _model(v)
+    names = {str(e).partition(":")[0] for e in m.get("position_layers") or ()}
+    if v.finetune is None and names == {"rope", "none"} and m.get("window"):
+      return v
+  return None
+
+
+DROPE_ORDER = ("DroPE", "NoPE", "RNoPE-SWA", "YaRN", "RoPE")
+
+
+def _drope_order(variants):
+  """The DroPE paper's ordering on multi-key retrieval at 2x (its Table: 41.6 > 36.2 > 25.6 >
+  0.5 > 0 for DroPE, NoPE, RNoPE-SWA, RoPE+YaRN, RoPE)."""
+  arms = dict(zip(DROPE_ORDER, (_drope(variants), _plain(variants, "none"),
+                                _rnope_swa(variants), _zero_shot(variants, "yarn"),
+                                _plain(variants, "rope"))))
+  missing = [name for name, v in arms.items() if v is None]
+  if missing:
+    return f"needs {', '.join(missing)}", UNKNOWN
+  scores = {name: v.retrieval("niah_multikey", "exact", 2) for name, v in arms.items()}
+  trials = {name: v.retrieval_trials("niah_multikey", 2) for name, v in arms.items()}
+  if None in scores.values() or not all(trials.values()):
+    return "needs niah_multikey retrieval at 2x for all five", UNKNOWN
+  figure = ", ".join(f"{n} {scores[n]:.0%}" for n in DROPE_ORDER) + (
+      f" (exact, niah_multikey at 2x; {min(trials.values())}+ trials each)")
+  pairs = list(zip(DROPE_ORDER, DROPE_ORDER[1:]))
+  if all(scores[a] > scores[b] for a, b in pairs):
+    return figure, SUPPORTS
+
+  def reversed_beyond_noise(a, b):
+    se = math.sqrt(sum(scores[x] * (1 - scores[x]) / trials[x] for x in (a, b)))
+    return scores[b] - scores[a] > Z95 * max(se, 1e-9)
+
+  return figure, REFUTES if any(reversed_beyond_noise(a, b) for a, b in pairs) else UNKNOWN
+
+
 CLAIMS = (
     Claim("RoPE costs 10-15% more compute than the alternatives",
           "supports when rope's time per token is >= 5% above the median other scheme", _compute),
@@ -244,6 +297,10 @@ CLAIMS = (
           "supports when, at 2x, YaRN's exact match for needles before the last 1x window is at "
           "most half of that inside it, and inside it within 10 points of rope's at 1x",
           _yarn_crops),
+    Claim("On multi-key retrieval at 2x: DroPE > NoPE > RNoPE-SWA > RoPE+YaRN > RoPE",
+          "supports when the five arms' exact match on niah_multikey at 2x falls in this order; "
+          "does not when a neighbouring pair is reversed beyond its 95% interval (from the trial "
+          "counts); cannot tell otherwise", _drope_order),
 )
 
 

@@ -1,6 +1,7 @@
 """A study's evaluations as variants: each evaluation JSON with the training summaries behind
 it, named as a reader would name it, and what of the study is missing."""
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -90,9 +91,35 @@ def rope_options(results: dict) -> dict:
   return (results.get("scheme_options") or {}) if results["scheme"] == "rope" else {}
 
 
+def recipe(results: dict) -> str:
+  """What a run adds to its scheme of the recipes models ship with (lcx.model): a per-layer
+  pattern of schemes, local layers, QK-norm, an attention temperature, PoSE; "" for none."""
+  config = results.get("config") or {}
+  model, parts = config.get("model", {}), []
+  layers = model.get("position_layers") or ()
+  if layers:
+    names = [str(e) for e in layers]
+    runs = [(n, sum(1 for _ in group)) for n, group in itertools.groupby(names)]
+    parts.append("+".join(f"{n}x{k}" if k > 1 else n for n, k in runs))
+  if model.get("window") or model.get("chunk"):
+    kinds = model.get("attention_layers") or ()
+    local = f"window {model['window']}" if model.get("window") else f"chunk {model['chunk']}"
+    parts.append(f"{local} ({'/'.join(kinds)})" if kinds else local)
+  if model.get("qk_norm"):
+    parts.append("qk-norm")
+  temperature = (model.get("temperature") or {}).get("kind", "none")
+  if temperature != "none":
+    parts.append(f"temperature {temperature}")
+  if (config.get("data") or {}).get("pose_target_len"):
+    parts.append(f"PoSE to {config['data']['pose_target_len']}")
+  return " ".join(parts)
+
+
 def label(results: dict, finetuned: bool) -> str:
   label = results["scheme"]
   model = (results.get("config") or {}).get("model", {})
+  if recipe(results):
+    label = f"{label if not model.get('position_layers') else ''} {recipe(results)}".strip()
   if model.get("segment_len"):  # a run in segments: its memory mechanism, or its window alone
     mechanism = model.get("memory", "none")
     label += f" window {model['segment_len']}" if mechanism == "none" else f" + {mechanism}"
@@ -192,7 +219,8 @@ def unfinished_stages(directory: pathlib.Path) -> list[str]:
   for run, stages in states.items():
     for stage, state in stages.items():
       done = (any((directory / run).glob(f"*/{layout.EVAL}/{stage}.json"))  # an evaluation
-              or _finished_training(directory / run / stage))
+              or _finished_training(directory / run / stage)
+              or (directory / run / f"{stage}.done").exists())  # a search or fit, say
       if not done:
         missing.append(f"{run}/{stage}: not finished, no outputs yet (sweep status: {state})")
   return missing

@@ -36,7 +36,8 @@ class Launcher:
   def command(self, module: str, flags: list[str], *, job_name: str = "", log=None,
               after: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) for one stage; `after` are the job ids it waits for (slurm)."""
-    script_mode = [] if module == "lcx.train" else ["evaluate"]  # the scripts' first argument
+    # the scripts' first argument: none for training, else the command (evaluate, convert, ...)
+    script_mode = [] if module == "lcx.train" else [module.removeprefix("lcx.")]
     if self.kind == "local" or self.kind == "multiprocess" and module != "lcx.train":
       return [sys.executable, "-m", module, *flags], {}
     if self.kind == "multiprocess":

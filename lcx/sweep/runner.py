@@ -15,7 +15,7 @@ from lcx.cli import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from lcx.files import write_atomic
 from lcx.runs import layout
 from lcx.sweep import launchers
-from lcx.sweep.study import Run, Stage, check_train_configs, load_sweep, with_overrides
+from lcx.sweep.study import TUNES, Run, Stage, check_train_configs, load_sweep, with_overrides
 
 
 def stage_command(study: str, run: Run, stage: Stage, out: pathlib.Path) -> tuple[str, list[str]]:
@@ -23,8 +23,13 @@ def stage_command(study: str, run: Run, stage: Stage, out: pathlib.Path) -> tupl
   wandb = [f"wandb.group={study}", f"wandb.tags={tuple(run.tags)!r}"]
   if stage.kind == "evaluate":  # named <run>/<stage> by lcx.evaluate
     wandb.append(f"wandb.name={run.name}")
+    args = [a.replace("--overrides_from=", f"--overrides_from={out / run.name}/", 1)
+            for a in stage.args]  # relative to the run's folder in the study
     return "lcx.evaluate", [f"--workdir={out / run.name / stage.source}", f"--name={stage.name}",
-                            *stage.args, *(f"--config.{o}" for o in (*stage.overrides, *wandb))]
+                            *args, *(f"--config.{o}" for o in (*stage.overrides, *wandb))]
+  if stage.kind in TUNES:  # their results go into the stage they tune
+    verb = {"longrope": "search", "drope": "fit"}[stage.kind]
+    return f"lcx.{stage.kind}", [verb, f"--workdir={out / run.name / stage.source}", *stage.args]
   flags = [f"--config={stage.config}", f"--workdir={out / run.name / stage.name}", *stage.args]
   overrides = [*stage.overrides, *wandb, f"wandb.name={run.name}/{stage.name}",
                f"wandb.job_type={stage.kind}"]

@@ -12,8 +12,11 @@ from lcx.overrides import load_config, load_module
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str  # unique within its run; also the W&B job name and the evaluation's output name
-  # "pretrain", "finetune" (both lcx.train), "evaluate" (lcx.evaluate) or "import" (a pretrained
-  # checkpoint made a run: lcx.convert import, its source the first of args)
+  # "pretrain", "finetune" (both lcx.train), "evaluate" (lcx.evaluate), "import" (a pretrained
+  # checkpoint made a run: lcx.convert import, its source the first of args), "longrope"
+  # (lcx.longrope search on its source: RUN/longrope/s<factor>.json) or "drope" (lcx.drope fit on
+  # its source: RUN/drope.json); an evaluation applies what those two found with
+  # args=("--overrides_from=...",), a path relative to the study folder's run
   kind: str
   config: str = ""  # train and import stages: config file and preset, e.g. configs/pretrain.py:tiny
   overrides: tuple[str, ...] = ()  # "a.b=value", passed as --config.a.b=value
@@ -28,8 +31,10 @@ class Run:
   tags: tuple[str, ...] = ()  # W&B tags: the scheme, the size, ...
 
 
-KINDS = ("pretrain", "finetune", "evaluate", "import")
+KINDS = ("pretrain", "finetune", "evaluate", "import", "longrope", "drope")
 STARTS = ("pretrain", "import")  # the kinds that make a run from nothing of the study's
+TUNES = ("longrope", "drope")  # commands on a trained stage that write what evaluations apply
+CONFIGURED = ("pretrain", "finetune", "import")  # the kinds that take a config
 
 
 def product(**axes) -> list[dict]:
@@ -91,7 +96,7 @@ def with_overrides(runs: list[Run], overrides: tuple[str, ...]) -> list[Run]:
   if not overrides:
     return runs
   return [dataclasses.replace(run, stages=tuple(
-      dataclasses.replace(s, overrides=(*s.overrides, *overrides)) if s.kind != "evaluate" else s
+      dataclasses.replace(s, overrides=(*s.overrides, *overrides)) if s.kind in CONFIGURED else s
       for s in run.stages)) for run in runs]
 
 
@@ -101,7 +106,7 @@ def check_train_configs(runs: list[Run], local_files: bool) -> None:
   exists, or the study stops with the command that trains it."""
   for run in runs:
     for stage in run.stages:
-      if stage.kind == "evaluate":
+      if stage.kind not in CONFIGURED:
         continue
       try:
         data = load_config(stage.config, stage.overrides).data
