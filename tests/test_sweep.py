@@ -77,6 +77,17 @@ ROTATIONS = ["xpos", "p-rope"]
 EVERY = FIRST + BIASES + ROTATIONS
 
 
+def _resolved(stage):
+  """A training stage's config with its overrides, resolved as the sweep would run it."""
+  path, _, arg = stage.config.partition(":")
+  module = {"configs/pretrain.py": "pretrain", "configs/finetune.py": "finetune"}[path]
+  config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config(arg)
+  config = overrides_lib.apply(config, list(stage.overrides))
+  if stage.kind == "finetune":
+    config.init_from = "runs/x"  # the sweep sets it to the source stage's workdir
+  return config_lib.resolve(config, jax.device_count())
+
+
 @pytest.mark.parametrize("scale, names", [("cpu", FIRST), ("cpu-biases", BIASES),
                                           ("cpu-rotations", ROTATIONS), ("small", EVERY),
                                           ("base", EVERY)])
@@ -94,13 +105,7 @@ def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tok
     for stage in run.stages:
       if stage.kind == "evaluate":
         continue
-      path, _, arg = stage.config.partition(":")
-      module = {"configs/pretrain.py": "pretrain", "configs/finetune.py": "finetune"}[path]
-      config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config(arg)
-      config = overrides_lib.apply(config, list(stage.overrides))
-      if stage.kind == "finetune":
-        config.init_from = "runs/x"  # the sweep sets it to the source stage's workdir
-      resolved = config_lib.resolve(config, jax.device_count())
+      resolved = _resolved(stage)
       # The learned biases train at 3x the rate at CPU scale only (experiments/extrapolation.py).
       assert resolved.train.position_lr_scale == (
           3 if scale.startswith("cpu") and run.name in BIASES else 1)
@@ -120,18 +125,8 @@ def test_the_recipes_part_expands_into_valid_configs_and_commands(scale, preset_
   study, runs = load_sweep(str(ROOT / f"experiments/extrapolation.py:{scale}"))
   assert [r.name for r in runs] == ["recipes-rope", "recipes-none", "recipes-rnope-swa",
                                     "recipes-irope"]
-  resolved = {}
-  for run in runs:
-    for stage in run.stages:
-      if stage.kind not in ("pretrain", "finetune"):
-        continue
-      path, _, arg = stage.config.partition(":")
-      module = {"configs/pretrain.py": "pretrain", "configs/finetune.py": "finetune"}[path]
-      config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config(arg)
-      config = overrides_lib.apply(config, list(stage.overrides))
-      if stage.kind == "finetune":
-        config.init_from = "runs/x"
-      resolved[run.name, stage.name] = config_lib.resolve(config, jax.device_count())
+  resolved = {(run.name, stage.name): _resolved(stage) for run in runs for stage in run.stages
+              if stage.kind in ("pretrain", "finetune")}
   swa, irope = resolved["recipes-rnope-swa", "pretrain"].model, resolved["recipes-irope",
                                                                           "pretrain"].model
   assert tuple(swa.position_layers) == ("rope",) * 3 + ("none",) and swa.window > 0

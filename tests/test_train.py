@@ -238,18 +238,23 @@ def test_eval_during_training_logs_a_length_sweep(tiny_config, tmp_path):
   assert len(_losses(tmp_path / "run")) == 6  # training metrics are untouched
 
 
-def test_answer_weights_scale_their_tokens_in_the_loss(tiny_config):
+def _program_and_batch(tiny_config, rows: int):
+  """A TrainProgram of the tiny config, its initial parameters and a batch of random tokens."""
   c = config_lib.resolve(tiny_config, jax.device_count())
   program = TrainProgram(config_lib.model_config(c),
                          OptimizerConfig(learning_rate=1e-3, warmup_steps=1, steps=10),
                          make_mesh(dict(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)),
                          tuple(map(tuple, c.mesh.rules)))
-  params = program.init()["params"]
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, 256, (4, 33)).astype(np.int32)
+  tokens = np.random.default_rng(0).integers(0, 256, (rows, 33)).astype(np.int32)
   batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
-           "positions": np.broadcast_to(np.arange(32, dtype=np.int32), (4, 32)),
-           "segment_ids": np.ones((4, 32), np.int32), "weights": np.ones((4, 32), np.float32)}
+           "positions": np.broadcast_to(np.arange(32, dtype=np.int32), (rows, 32)),
+           "segment_ids": np.ones((rows, 32), np.int32),
+           "weights": np.ones((rows, 32), np.float32)}
+  return program, program.init()["params"], batch
+
+
+def test_answer_weights_scale_their_tokens_in_the_loss(tiny_config):
+  program, params, batch = _program_and_batch(tiny_config, rows=4)
   logits = nnx.merge(program.graphdef, params)(batch["tokens"], batch["positions"])
   losses = np.asarray(token_losses(logits, batch["targets"]))
   assert float(program.loss(params, batch)) == pytest.approx(losses.mean(), rel=1e-5)
@@ -266,16 +271,7 @@ def test_long_sequences_train_on_logits_a_slice_at_a_time(tiny_config, monkeypat
   and gradients as the whole logits, a ragged last slice included."""
   from lcx.model import transformer
   tiny_config.model.tie_embeddings = tied
-  c = config_lib.resolve(tiny_config, jax.device_count())
-  program = TrainProgram(config_lib.model_config(c),
-                         OptimizerConfig(learning_rate=1e-3, warmup_steps=1, steps=10),
-                         make_mesh(dict(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)),
-                         tuple(map(tuple, c.mesh.rules)))
-  params = program.init()["params"]
-  tokens = np.random.default_rng(0).integers(0, 256, (2, 33)).astype(np.int32)
-  batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
-           "positions": np.broadcast_to(np.arange(32, dtype=np.int32), (2, 32)),
-           "segment_ids": np.ones((2, 32), np.int32), "weights": np.ones((2, 32), np.float32)}
+  program, params, batch = _program_and_batch(tiny_config, rows=2)
   loss_and_grads = lambda: jax.jit(jax.value_and_grad(program.loss))(params, batch)
   whole_loss, whole_grads = loss_and_grads()
   monkeypatch.setattr(transformer, "LOGITS_SLICE", 12)  # slices of 12, 12 and 8 (+4 padding)
