@@ -45,9 +45,8 @@ def _with_memory(config):
   config.model.update(memory="xl", segment_len=8)
 
 
-@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa", "rope+qknorm",
-                                      "rope+hybrid", "rope+pose", "rope+ssmax",
-                                      "rope+swa"])
+@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa",
+                                      "rope+recipes"])
 def test_sharded_matches_single_device(tiny_config, tmp_path, position):
   position, _, variant = position.partition("+")
   tiny_config.model.position = position
@@ -55,15 +54,12 @@ def test_sharded_matches_single_device(tiny_config, tmp_path, position):
     _with_memory(tiny_config)
   if variant == "gqa":  # 2 key/value heads for 4 query heads, split over tensor=2 as they are
     tiny_config.model.n_kv_heads = 2
-  if variant == "qknorm":
-    tiny_config.model.qk_norm = True
-  if variant == "hybrid":  # RoPE in the first layer, NoPE in the second, scanned
-    tiny_config.model.update(position_layers=("rope", "none"), scan_layers=True)
-  if variant == "ssmax":  # a learned temperature per head, sharded with the heads
-    tiny_config.model.temperature.kind = "ssmax"
-  if variant == "swa":  # a sliding window of 16 in the first layer, global in the second
-    tiny_config.model.update(window=16, attention_layers=("local", "global"))
-  if variant == "pose":  # positions skip-stretched to 4x the length (PoSE)
+  if variant == "recipes":  # today's recipes at once, each with parameters or shapes to shard:
+    # RoPE then NoPE layers (scanned), the first a sliding window of 16, QK-norm, SSMax's learned
+    # temperature in the NoPE layer, positions PoSE-stretched to 4x the length
+    tiny_config.model.update(position_layers=("rope", "none"), scan_layers=True, window=16,
+                             attention_layers=("local", "global"), qk_norm=True)
+    tiny_config.model.temperature.update(kind="ssmax", schemes=("none",))
     tiny_config.data.pose_target_len = 4 * tiny_config.data.seq_len
   tiny_config.train.steps = 4
   tiny_config.mesh.update(data=1, fsdp=1, tensor=1)
