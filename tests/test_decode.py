@@ -61,6 +61,8 @@ def test_prompt_then_one_token_at_a_time_gives_the_full_forward_logits(position,
   model = _model(position, scaling, attention_impl, **fields)
   if gqa:
     assert model.empty_caches(3, 8)[0].k_BSHK.shape == (3, 8, 2, 8)
+  if variant in ("window", "chunk"):  # a local layer's cache holds its window only
+    assert model.empty_caches(3, 45)[0].k_BSHK.shape[1] == (8 if variant == "window" else 16)
   tokens = np.random.default_rng(0).integers(0, VOCAB, (3, 45)).astype(np.int32)
   window, prompt = tokens.shape[1], 37
   expected = _full_logits(model, tokens)

@@ -16,12 +16,16 @@ class KVCache:
   v_BSHK: jax.Array
   positions_BS: jax.Array
   segment_ids_BS: jax.Array
+  # The tokens of the whole window being decoded, where a local layer's cache holds fewer (its
+  # attention window): what length-dependent schemes see. 0: the cache's size.
+  context: int = dataclasses.field(default=0, metadata=dict(static=True))
 
   @classmethod
-  def empty(cls, batch: int, size: int, heads: int, head_dim: int, dtype) -> "KVCache":
+  def empty(cls, batch: int, size: int, heads: int, head_dim: int, dtype,
+            context: int = 0) -> "KVCache":
     zeros = jnp.zeros((batch, size, heads, head_dim), dtype)
     return cls(zeros, zeros, jnp.zeros((batch, size), jnp.int32),
-               jnp.zeros((batch, size), jnp.int32))
+               jnp.zeros((batch, size), jnp.int32), context)
 
   @property
   def size(self) -> int:
@@ -31,7 +35,8 @@ class KVCache:
     """These entries followed by C new ones (S + C slots)."""
     join = lambda old, new: jnp.concatenate([old, new.astype(old.dtype)], axis=1)
     return KVCache(join(self.k_BSHK, k_BCHK), join(self.v_BSHK, v_BCHK),
-                   join(self.positions_BS, positions_BC), join(self.segment_ids_BS, segment_ids_BC))
+                   join(self.positions_BS, positions_BC), join(self.segment_ids_BS, segment_ids_BC),
+                   self.context)
 
   def last(self, n: int) -> "KVCache":
     """The newest n slots."""

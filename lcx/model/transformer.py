@@ -109,15 +109,19 @@ class Attention(nnx.Module):
     return project(o_BCHK, self.wo[...], in_dims=2), layer_state
 
   def extend(self, x_BCD, positions_BC, scheme, cache: KVCache, layer: int):
-    """C new tokens after those in the cache: (output, the cache with them appended)."""
-    q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme, length=cache.size)
-    cache = cache.append(k_BCHK, v_BCHK, positions_BC)
-    o_BCHK = self.cache_attend(q_BCHK, cache.k_BSHK, cache.v_BSHK, q_positions_BQ=positions_BC,
-                               k_positions_BK=cache.positions_BS,
-                               q_segment_ids_BQ=jnp.ones(positions_BC.shape, jnp.int32),
-                               k_segment_ids_BK=cache.segment_ids_BS,
+    """C new tokens after those in the cache: (output, the cache with them appended). A local
+    layer's cache holds its window only: the new tokens attend over it and themselves, and it
+    keeps the newest of them all."""
+    q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme,
+                                       length=cache.context or cache.size)
+    ones = jnp.ones(positions_BC.shape, jnp.int32)
+    seen = (cache.concat(k_BCHK, v_BCHK, positions_BC, ones) if self.local
+            else cache.append(k_BCHK, v_BCHK, positions_BC))
+    o_BCHK = self.cache_attend(q_BCHK, seen.k_BSHK, seen.v_BSHK, q_positions_BQ=positions_BC,
+                               k_positions_BK=seen.positions_BS, q_segment_ids_BQ=ones,
+                               k_segment_ids_BK=seen.segment_ids_BS,
                                bias_fn=scheme.bias_fn(layer), **self.local)
-    return project(o_BCHK, self.wo[...], in_dims=2), cache
+    return project(o_BCHK, self.wo[...], in_dims=2), seen.last(cache.size)
 
 
 class Mlp(nnx.Module):
@@ -294,10 +298,13 @@ class Transformer(nnx.Module):
     return project(x_BLD, w_DV).astype(jnp.float32)
 
   def empty_caches(self, batch: int, size: int) -> list[KVCache]:
-    """One empty cache per layer with room for `size` tokens: the whole window to be decoded."""
+    """One empty cache per layer with room for `size` tokens, the whole window to be decoded; a
+    local layer's for its window or chunk only (its memory constant in `size`)."""
     self.check_length(size)
-    return [KVCache.empty(batch, size, self.cfg.kv_heads, self.cfg.head_dim,
-                          jnp.dtype(self.cfg.compute_dtype)) for _ in self.blocks]
+    span = self.cfg.window or self.cfg.chunk
+    return [KVCache.empty(batch, min(size, span) if block.attn.local else size, self.cfg.kv_heads,
+                          self.cfg.head_dim, jnp.dtype(self.cfg.compute_dtype), context=size)
+            for block in self.blocks]
 
   def extend(self, tokens_BC, positions_BC, caches: list[KVCache]):
     """Logits of C tokens that follow those in the caches, and the caches with them added. A
