@@ -49,6 +49,31 @@ def test_blockwise_local_attention_equals_dense(window, chunk, packed, block, mo
   assert not np.allclose(dense[0][1], full, atol=1e-4)
 
 
+@pytest.mark.parametrize("tpu", [False, True])
+@pytest.mark.parametrize("window,chunk", [(20, 0), (0, 32)])
+def test_pallas_local_attention_equals_dense(window, chunk, tpu):
+  """The Pallas kernel, interpreted here (Pallas' generic interpreter, and the TPU one that
+  simulates Mosaic's memory spaces): packed documents, grouped heads, values and gradients."""
+  import contextlib
+  from jax.experimental.pallas import tpu as pltpu
+  from lcx.attention.pallas import pallas_attention
+  with pltpu.force_tpu_interpret_mode() if tpu else contextlib.nullcontext():
+    _pallas_equals_dense(pallas_attention, window, chunk)
+
+
+def _pallas_equals_dense(pallas_attention, window, chunk):
+  q, k, v, pos, seg = _inputs(L=64, packed=True)
+  kw = dict(q_positions_BQ=pos, k_positions_BK=pos, q_segment_ids_BQ=seg, k_segment_ids_BK=seg,
+            window=window, chunk=chunk)
+  loss = lambda fn: lambda q, k, v: (fn(q, k, v, **kw) ** 2).sum()
+  tiled = lambda q, k, v, **kw: pallas_attention(q, k, v, block_q=16, block_k=16, **kw)
+  np.testing.assert_allclose(tiled(q, k, v, **kw), dense_attention(q, k, v, **kw), rtol=1e-5,
+                             atol=1e-5)
+  for a, b in zip(jax.grad(loss(tiled), argnums=(0, 1, 2))(q, k, v),
+                  jax.grad(loss(dense_attention), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_a_window_visits_tiles_linear_in_length():
   counts = [len(visible_tiles(n, n, 16, 16, 0, span=32)) for n in (8, 16, 32, 64)]
   assert np.diff(counts).tolist() == [3 * 8, 3 * 16, 3 * 32]  # 3 tiles a query tile, linear
@@ -148,3 +173,28 @@ def test_auto_runs_local_layers_through_a_kernel_that_takes_them():
     for length in (128, 4096, 65536):
       assert choice.kernel(length) in ("dense", "blockwise")
       assert choice.kernel(length, packed=True) in ("dense", "blockwise")
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("local", [dict(window=96), dict(chunk=128)])
+def test_the_pallas_kernel_lowers_local_layers_for_tpu_and_gpu(platform, local):
+  """As tests/test_attention_kernels.py lowers the full kernel: jax.export for the platform,
+  forward and gradients, packed documents, queries at the end of longer keys, bfloat16."""
+  from lcx.attention.pallas import pallas_attention
+  H, K, Q, S = 4, 64, 200, 300
+  q, k, v = (jnp.zeros((2, n, H, K), jnp.bfloat16) for n in (Q, S, S))
+  k_pos = jnp.broadcast_to(jnp.arange(S), (2, S))
+  seg = (k_pos >= 120).astype(jnp.int32)
+
+  def loss(q, k, v):
+    out = pallas_attention(q, k, v, q_positions_BQ=k_pos[:, S - Q:], k_positions_BK=k_pos,
+                           q_segment_ids_BQ=seg[:, S - Q:], k_segment_ids_BK=seg,
+                           interpret=False, platform="gpu" if platform == "cuda" else platform,
+                           **local)
+    return out.astype(jnp.float32).sum()
+
+  calls = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
+  exported = jax.export.export(
+      jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=(platform,),
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(calls["cuda"])])(q, k, v)
+  assert exported.mlir_module().count(calls[platform]) == 3  # forward, dK/dV, dQ

@@ -78,7 +78,7 @@ KERNELS = {k.name: k for k in (
            block_arg="block", call_limits=_splash_call, auto_on=("tpu",), preferred_on=("tpu",)),
     # on a CPU it runs in the Pallas interpreter: for checking it, far too slow to train with
     Kernel("pallas", "lcx.attention.pallas:pallas_attention", BACKENDS, "any", tiled=True,
-           takes_cache=True, auto_on=("gpu", "tpu"), rank=1),
+           takes_cache=True, local=True, auto_on=("gpu", "tpu"), rank=1),
 )}
 CHOICES = (*KERNELS, "auto")
 TILED = tuple(k.name for k in KERNELS.values() if k.tiled)
@@ -132,7 +132,8 @@ def takes_call(name: str, *, q_len: int, k_len: int, packed: bool, causal: bool 
 
 def takes_local(name: str) -> str | None:
   """None if kernel `name` takes a local layer's window or chunk; otherwise why not."""
-  return None if KERNELS[name].local else "it takes no local window or chunk (dense and blockwise do)"
+  return None if KERNELS[name].local else (
+      "it takes no local window or chunk (dense, blockwise and pallas do)")
 
 
 def check(name: str, *, bias: BiasKind | None, backend: str | None = None,

@@ -30,8 +30,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
-from lcx.attention.tiles import (DEFAULT_BLOCK, Geometry, first_query_tile, hoisted_bias,
-                                key_tiles_seen)
+from lcx.attention.tiles import (DEFAULT_BLOCK, Geometry, first_key_tile, first_query_tile,
+                                hoisted_bias, key_tiles_seen, query_tiles_end)
 from lcx.positions.bias import Bias
 
 _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled apart (lse = inf)
@@ -39,11 +39,14 @@ _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled a
 
 def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                     window: int = 0, chunk: int = 0,
                      block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK,
                      interpret: bool | None = None, platform: str | None = None):
   """Same signature and result as lcx.attention.library.dense_attention. `interpret` (default:
   on a CPU) runs the kernels in Pallas' interpreter; `platform` ("gpu" or "tpu", default: this
   backend's) is the compiler the kernels are written for (a test lowers for one without it)."""
+  if (window or chunk) and not causal:
+    raise ValueError("a local attention window or chunk needs causal attention")
   B, Q, H, K = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   bq, bk = min(block_q, Q), min(block_k, S)
@@ -70,6 +73,7 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     platform = jax.default_backend()
   geometry = Geometry(B=B, H=H, R=H // G, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
                        causal_offset=S - Q if causal else None, packed=packed, bias=bias,
+                       window=window, chunk=chunk, span=window or chunk,
                        const_shapes=_shapes_seen(consts, const_heads), const_heads=const_heads,
                        param_shapes=_shapes_seen(params, param_heads), param_heads=param_heads,
                        interpret=interpret, platform=platform)
@@ -138,6 +142,14 @@ def _first_query_tile(g, j):
   return first_query_tile(g, j, jax.lax.div)
 
 
+def _first_key_tile(g, i):  # a negative quotient truncates toward 0 here, clipped to 0 either way
+  return first_key_tile(g, i, jax.lax.div)
+
+
+def _query_tiles_end(g, j):
+  return query_tiles_end(g, j, jax.lax.div)
+
+
 def _tile_bias(g, h, q_pos, k_pos, consts, params):
   """Head h's bias of the tile with these positions ((1, bq) and (1, bk)), (bq, bk) float32."""
   consts = [c.reshape(shape) for c, shape in zip(consts, g.const_shapes)]
@@ -166,6 +178,12 @@ def _tile_scores(g, h, i, j, q, k, pos, seg, consts, params):
   if g.packed:
     q_seg_ref, k_seg_ref = seg
     mask = mask & (q_seg_ref[0, q_rows][:, None] == k_seg_ref[:, k_rows])
+  if g.span:  # a local layer: by position, as lcx.attention.library.local_mask
+    qp, kp = q_pos_ref[0, q_rows][:, None], k_pos_ref[0, k_rows][None, :]
+    if g.window:
+      mask = mask & (qp - kp < g.window)
+    if g.chunk:
+      mask = mask & (jax.lax.div(qp, g.chunk) == jax.lax.div(kp, g.chunk))
   return jnp.where(mask, s, _NO_KEY), mask
 
 
@@ -198,7 +216,7 @@ def _forward_kernel(g, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, *rest):
 
   start = (jnp.full((g.bq,), -jnp.inf, jnp.float32), jnp.zeros((g.bq,), jnp.float32),
            jnp.zeros((g.bq, g.K), jnp.float32))
-  m, l, acc = jax.lax.fori_loop(0, _key_tiles_seen(g, i), visit, start)
+  m, l, acc = jax.lax.fori_loop(_first_key_tile(g, i), _key_tiles_seen(g, i), visit, start)
   l_safe = jnp.where(l > 0, l, 1.0)  # rows that see no key (padding) give 0
   o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
   lse_ref[...] = jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)[None]
@@ -304,7 +322,7 @@ def _dkv_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k
 
   zeros = jnp.zeros((g.bk, g.K), jnp.float32)
   dparams = [jnp.zeros(p.shape, jnp.float32) for p in params]
-  dk, dv, dparams = jax.lax.fori_loop(_first_query_tile(g, j), g.nq, visit,
+  dk, dv, dparams = jax.lax.fori_loop(_first_query_tile(g, j), _query_tiles_end(g, j), visit,
                                       (zeros, zeros, dparams))
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
@@ -328,7 +346,8 @@ def _dq_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k_
                      seg, consts, params)
     return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
-  dq = jax.lax.fori_loop(0, _key_tiles_seen(g, i), visit, jnp.zeros((g.bq, g.K), jnp.float32))
+  dq = jax.lax.fori_loop(_first_key_tile(g, i), _key_tiles_seen(g, i), visit,
+                         jnp.zeros((g.bq, g.K), jnp.float32))
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
