@@ -71,4 +71,4 @@ smollm2: $(SMOLLM2_STAMP)
 # Two workers (one a core); a file's tests stay on one worker so its module fixtures run once.
 test: $(TEST_STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 WANDB_MODE=disabled \
-	  $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	  $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
