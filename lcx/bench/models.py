@@ -31,15 +31,18 @@ def preset_model(preset: str) -> dict:
   config = overrides_lib.load_config(f"configs/pretrain.py:{preset}", [])
   # The model's shape is the preset's (its vocab_size is set), whatever tokenizer file is here.
   config.data.tokenizer = "byte"
-  fields = dataclasses.asdict(config_lib.model_config(config_lib.resolve(config, 1)))
-  return {k: v for k, v in fields.items() if k not in _ROW_FIELDS}
+  model = config_lib.model_config(config_lib.resolve(config, 1))
+  # shallow: nested options (the temperature's) stay dataclasses
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.name not in _ROW_FIELDS}
 
 
 def with_fields(model: dict, assignments) -> dict:
   """model with `field=value` assignments (e.g. scan_layers=true), each value read as its
   ModelConfig field's type."""
   types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
-  settable = set(types) - set(_ROW_FIELDS) - {"memory_options"}  # plain values only
+  plain = (bool, int, float, str, "bool", "int", "float", "str")
+  settable = {n for n, t in types.items() if t in plain} - set(_ROW_FIELDS)  # plain values only
   model = dict(model)
   for assignment in assignments:
     name, _, value = assignment.partition("=")

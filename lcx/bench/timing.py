@@ -149,8 +149,8 @@ def train_flops_per_token(model: ModelConfig, seq_len: int, causal: bool = False
 def kernel_of(model: ModelConfig, length: int, packed: bool) -> str:
   """The attention kernel a model runs at `length` (what `auto` chooses, or the one named);
   `packed`: with segment ids, as train batches have."""
-  return attention_lib.choose(model.attention, scheme=model.position,
-                              block=model.attention_block).kernel(length, packed=packed)
+  return attention_lib.choose(model.attention, scheme=model.position, block=model.attention_block,
+                              local=model.local_layer(0)).kernel(length, packed=packed)
 
 
 def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, ...]:
