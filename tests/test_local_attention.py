@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lcx.attention.blockwise import blockwise_attention
-from lcx.attention.library import dense_attention
+from lcx.attention.library import dense_attention, local_mask
 from lcx.attention.tiles import visible_tiles
 
 
@@ -198,3 +198,20 @@ def test_the_pallas_kernel_lowers_local_layers_for_tpu_and_gpu(platform, local):
       jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=(platform,),
       disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(calls["cuda"])])(q, k, v)
   assert exported.mlir_module().count(calls[platform]) == 3  # forward, dK/dV, dQ
+
+
+@pytest.mark.parametrize("local", [dict(window=24), dict(chunk=32), dict(window=500)])
+def test_flops_count_the_keys_local_layers_see(local):
+  """The FLOP count's span against the keys each query of a local layer really sees (counted
+  from the mask): the full count's span is the window (at most L); the causal one's is twice
+  the mean keys a causal query sees, as a global layer's L is twice its L / 2."""
+  L = 128
+  pos = jnp.arange(L)[None]
+  seen = np.asarray(local_mask(pos, pos, **local))[0] & np.tril(np.ones((L, L), bool))
+  cfg = ModelConfig(vocab_size=8, n_layers=2, **local)
+  full, _ = cfg.attention_context(L)
+  causal, _ = cfg.attention_context(L, causal=True)
+  assert full == min(local.get("window") or local.get("chunk"), L)
+  assert causal == pytest.approx(2 * seen.sum(axis=1).mean(), rel=1e-9)
+  half = ModelConfig(vocab_size=8, n_layers=2, attention_layers=("local", "global"), **local)
+  assert half.attention_context(L)[0] == (full + L) / 2  # one local layer, one global

@@ -141,7 +141,7 @@ def train_flops_per_token(model: ModelConfig, seq_len: int, causal: bool = False
                                  nnx.Param)
   del graphdef
   params = count_params(abstract)
-  span, memory_keys = model.attention_context(seq_len)
+  span, memory_keys = model.attention_context(seq_len, causal)
   return flops_per_token(params["non_embedding"], model.n_layers, model.n_heads * model.head_dim,
                          span, causal, memory_keys)
 

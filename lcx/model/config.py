@@ -91,12 +91,27 @@ class ModelConfig:
                                     options=options if options is not None
                                     else self.position_options)
 
-  def attention_context(self, seq_len: int) -> tuple[int, float]:
+  def attention_context(self, seq_len: int, causal: bool = False) -> tuple[float, float]:
     """(the length a query's attention runs over, the keys a memory adds to it) at a training
-    length: what the attention term of the FLOP count uses."""
-    if not self.segment_len:
+    length: what the attention term of the FLOP count (lcx.metrics.flops_per_token) uses. Local
+    layers see their window or chunk only: the span is the mean over layers, for the causal count
+    (`causal`) the one that gives its keys per query (a window of W < L: W - W(W - 1) / 2L of
+    them, not the L / 2 of a global layer)."""
+    if self.segment_len:
+      return self.segment_len, memory_lib.memory_keys(self.memory, self.memory_config())
+    if not (self.window or self.chunk):
       return seq_len, 0.0
-    return self.segment_len, memory_lib.memory_keys(self.memory, self.memory_config())
+    spans = []
+    for layer in range(self.n_layers):
+      if not self.local_layer(layer):
+        spans.append(seq_len)
+      elif causal:  # 2 x the mean keys a query sees, as flops_per_token halves the span
+        W = min(self.window or self.chunk, seq_len)
+        keys = W - W * (W - 1) / (2 * seq_len) if self.window else (W + 1) / 2
+        spans.append(2 * keys)
+      else:
+        spans.append(min(self.window or self.chunk, seq_len))
+    return sum(spans) / len(spans), 0.0
 
   def memory_config(self) -> memory_lib.MemoryConfig:
     return memory_lib.MemoryConfig(

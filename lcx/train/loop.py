@@ -277,15 +277,16 @@ def _train(c, devices, workdir: pathlib.Path, is_main: bool) -> dict:
     progress = cleanup.enter_context(contextlib.closing(
         ProgressBar(c.train.steps, step, enabled=is_main)))
     clock = _TrainClock(seconds_before)
-    span, memory_keys = program.model_cfg.attention_context(c.data.seq_len)
-    flops_args = (counts["non_embedding"], c.model.n_layers, c.model.n_heads * c.model.head_dim,
-                  span)
-    flops_token = flops_per_token(*flops_args, memory_keys=memory_keys)
+    def flops(causal):
+      span, memory_keys = program.model_cfg.attention_context(c.data.seq_len, causal)
+      return flops_per_token(counts["non_embedding"], c.model.n_layers,
+                             c.model.n_heads * c.model.head_dim, span, causal, memory_keys)
+
+    flops_token = flops(causal=False)
     record = _Recorder(writers, progress, log_every=c.train.log_every, last_step=c.train.steps,
                        tokens_per_step=tokens_per_step, peak_flops=peak,
                        train_seconds=clock.total, flops_per_token=flops_token,
-                       causal_flops_per_token=flops_per_token(*flops_args, causal=True,
-                                                              memory_keys=memory_keys))
+                       causal_flops_per_token=flops(causal=True))
     batches = cleanup.enter_context(contextlib.closing(stream.iterate(step)))
     preempted, last_saved = False, None
     with _StopFlag() as stop:
