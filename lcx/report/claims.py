@@ -26,14 +26,17 @@ class Claim:
   measure: Callable  # variants -> (figure: str, verdict)
 
 
-def _plain(variants, scheme):
-  """The pretrained run of a scheme, evaluated as trained (no scaling, no fine-tune)."""
-  for v in variants:
-    rope = rope_options(v.results)
-    if (v.results["scheme"] == scheme and v.finetune is None and not recipe(v.results)
-        and rope.get("scaling", "none") == "none" and rope.get("keep", 1.0) == 1.0):
-      return v
-  return None
+def _plain(variants, scheme, retrieval: bool = False):
+  """The pretrained run of a scheme, evaluated as trained (no scaling, no fine-tune): of its
+  evaluations, the first with perplexity at 1x (`retrieval`: with retrieval) where there are
+  several (a retrieval-only one beside one at 1x-2x and one at 4x, say)."""
+  found = [v for v in variants
+           if v.results["scheme"] == scheme and v.finetune is None and not recipe(v.results)
+           and rope_options(v.results).get("scaling", "none") == "none"
+           and rope_options(v.results).get("keep", 1.0) == 1.0]
+  scored = [v for v in found if (v.results.get("retrieval") if retrieval else
+                                 v.at("perplexity", 1) is not None)]
+  return (scored or found or [None])[0]
 
 
 def _rope_variant(variants, scaling, finetuned):
@@ -58,7 +61,7 @@ def _compute(variants):
 
 
 def _memory(variants):
-  alibi, rope = _plain(variants, "alibi"), _plain(variants, "rope")
+  alibi, rope = _plain(variants, "alibi", True), _plain(variants, "rope", True)
   if alibi is None or rope is None:
     return "needs alibi and rope", UNKNOWN
   a, r = alibi.pretrain.get("peak_memory_bytes"), rope.pretrain.get("peak_memory_bytes")
@@ -104,7 +107,7 @@ def _exact_1x(v) -> tuple[float, float] | None:
 
 
 def _alibi_retrieval(variants):
-  alibi, rope = _plain(variants, "alibi"), _plain(variants, "rope")
+  alibi, rope = _plain(variants, "alibi", True), _plain(variants, "rope", True)
   if alibi is None or rope is None:
     return "needs alibi and rope", UNKNOWN
   a, r = _exact_1x(alibi), _exact_1x(rope)
@@ -203,7 +206,7 @@ def _yarn_crops(variants):
   """At 2x, cropping to the training length keeps only needles in the last half (depth >= 0.5):
   YaRN behaves so when it retrieves those about as well as the plain model at 1x and the earlier
   ones far worse."""
-  yarn, rope = _zero_shot(variants, "yarn"), _plain(variants, "rope")
+  yarn, rope = _zero_shot(variants, "yarn"), _plain(variants, "rope", retrieval=True)
   if yarn is None or rope is None:
     return "needs rope and a zero-shot YaRN with s >= 2", UNKNOWN
   at_2x, at_1x = _depths_exact(yarn, 2), _depths_exact(rope, 1)
@@ -251,9 +254,9 @@ DROPE_ORDER = ("DroPE", "NoPE", "RNoPE-SWA", "YaRN", "RoPE")
 def _drope_order(variants):
   """The DroPE paper's ordering on multi-key retrieval at 2x (its Table: 41.6 > 36.2 > 25.6 >
   0.5 > 0 for DroPE, NoPE, RNoPE-SWA, RoPE+YaRN, RoPE)."""
-  arms = dict(zip(DROPE_ORDER, (_drope(variants), _plain(variants, "none"),
+  arms = dict(zip(DROPE_ORDER, (_drope(variants), _plain(variants, "none", True),
                                 _rnope_swa(variants), _zero_shot(variants, "yarn"),
-                                _plain(variants, "rope"))))
+                                _plain(variants, "rope", True))))
   missing = [name for name, v in arms.items() if v is None]
   if missing:
     return f"needs {', '.join(missing)}", UNKNOWN
