@@ -393,8 +393,8 @@ def model_defaults() -> ml_collections.ConfigDict:
   # entries may set their scheme's options ('rope:base=1000000'). Empty: every layer
   # model.position (which becomes the pattern's first scheme when a pattern is given).
   c.position_layers = ()
-  # Attention temperature (lcx.model.temperature): kind none, logn, llama4, ssmax or fixed, its
-  # parameters, and the schemes of the layers it applies to (() every layer).
+  # Attention temperature (lcx.model.temperature): kind none, logn, llama4, ssmax, fixed or
+  # drope, its parameters, and the schemes of the layers it applies to (() every layer).
   c.temperature = ml_collections.ConfigDict(dataclasses.asdict(TemperatureOptions()))
   # model.rope, model.t5, model.xl, ...: each scheme's and each memory mechanism's own options
   for name, options in _option_types().items():

@@ -102,8 +102,8 @@ def test_rope_scaling_needs_rope():
                                          r"config.model.position='rope', not 'alibi'"):
     resolve(c, 1)
   c = _tiny()
-  c.model.rope.scaling = "longrope"
-  with pytest.raises(ConfigError, match=r"allowed: none, linear, ntk, dynamic_ntk, yarn"):
+  c.model.rope.scaling = "llama3"
+  with pytest.raises(ConfigError, match=r"allowed: none, linear, ntk, dynamic_ntk, yarn, longrope"):
     resolve(c, 1)
   c.model.rope.scaling = "yarn"
   assert resolve(c, 1).model.rope.original_length == 128
