@@ -219,8 +219,7 @@ def unfinished_stages(directory: pathlib.Path) -> list[str]:
   for run, stages in states.items():
     for stage, state in stages.items():
       done = (any((directory / run).glob(f"*/{layout.EVAL}/{stage}.json"))  # an evaluation
-              or _finished_training(directory / run / stage)
-              or (directory / run / f"{stage}.done").exists())  # a search or fit, say
+              or _finished_training(directory / run / stage))
       if not done:
         missing.append(f"{run}/{stage}: not finished, no outputs yet (sweep status: {state})")
   return missing
