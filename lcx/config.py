@@ -134,10 +134,6 @@ def _position_layers(m: ml_collections.ConfigDict) -> tuple[str, ...]:
   _require(isinstance(entries, (tuple, list)) and all(isinstance(e, str) for e in entries),
            f"config.model.position_layers={entries!r} must be a tuple of scheme names, e.g. "
            "('rope', 'rope', 'rope', 'none')")
-  _require(not m.scan_layers or m.n_layers % len(entries) == 0,
-           f"config.model.position_layers has {len(entries)} entries and config.model.n_layers="
-           f"{m.n_layers}: with config.model.scan_layers=true the pattern must repeat a whole "
-           f"number of times (n_layers a multiple of {len(entries)}), or set scan_layers=false")
   try:
     pattern = position_pattern(m)
   except ValueError as e:

@@ -99,7 +99,7 @@ def test_the_config_reads_a_pattern_and_refuses_what_it_cannot_run():
       (("rope:base=-1",), "config.model.rope.base=-1.0 must be"),
       (("rope", "none", "none"), None)):
     if message is None:  # three entries do not divide the tiny model's 2 layers under scan
-      with pytest.raises(ConfigError, match="must repeat a whole number of times"):
+      with pytest.raises(ConfigError, match="repeat every 3 layers, which must divide n_layers"):
         resolve(_tiny(position_layers=entries, scan_layers=True), 1)
       resolve(_tiny(position_layers=entries), 1)  # without scan, 2 layers take the first two
       continue
