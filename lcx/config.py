@@ -146,8 +146,9 @@ def _position_layers(m: ml_collections.ConfigDict) -> tuple[str, ...]:
 LAYER_KINDS = ("local", "global")
 
 
-def _local_layers(m: ml_collections.ConfigDict) -> bool:
-  """model.window, chunk and attention_layers checked; whether any layer attends locally."""
+def _local_layers(m: ml_collections.ConfigDict) -> str:
+  """model.window, chunk and attention_layers checked; how layers attend locally ("window",
+  "chunk"; "": none does)."""
   for name in ("window", "chunk"):
     value = m[name]
     _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
@@ -172,7 +173,7 @@ def _local_layers(m: ml_collections.ConfigDict) -> bool:
            f"config.model.n_layers={m.n_layers} with config.model.scan_layers=true: the per-layer "
            f"patterns (position_layers, attention_layers) repeat every {period} layers, which "
            "must divide n_layers; or set scan_layers=false")
-  return local
+  return ("window" if m.window else "chunk") if local else ""
 
 
 def _with_kv_heads_rule(rules) -> tuple:
@@ -226,6 +227,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _choice(c, "model.remat", tuple(REMAT_POLICIES))
   _positive(c, "model.attention_block")
   local = _local_layers(m)
+  _require(not (c.data.pose_target_len and local and attention.masks_local_by_index(m.attention)),
+           f"config.model.attention={m.attention!r} masks local layers by token index, and "
+           "config.data.pose_target_len skips positions; use auto, blockwise or pallas (they mask "
+           "by position)")
   try:  # a kernel for another backend or that cannot take a scheme's bias (nothing is built)
     for name in pattern:
       attention.check(m.attention, bias=positions.bias_kind(name), local=local)
@@ -268,6 +273,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
            f"{d.seq_len} (PoSE stretches the positions to it), or be 0 (off)")
   # the longest position training sees: PoSE's target length where it is on
   position_span = max(d.seq_len, d.pose_target_len)
+  for name in ("window", "chunk"):
+    _require(m[name] <= position_span,
+             f"config.model.{name}={m[name]} is longer than the {position_span} positions a training "
+             f"row spans: its local layers would attend to everything; use 1..{position_span}, or 0 "
+             "(off)")
   if m.max_len == 0:
     m.max_len = position_span
   tokenizer_vocab = tokenizer.vocab_size

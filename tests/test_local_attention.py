@@ -1,12 +1,14 @@
-"""Local attention (a sliding window or chunks): the tiled kernel against the dense reference,
-values and gradients, and that it visits only the tiles within reach."""
+"""Local attention (a sliding window or chunks): every kernel that takes it against the dense
+reference, values and gradients, and that the tiled ones visit only the tiles within reach."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lcx.attention import library
 from lcx.attention.blockwise import blockwise_attention
 from lcx.attention.library import dense_attention, local_mask
+from lcx.attention.native import native_attention
 from lcx.attention.tiles import visible_tiles
 
 
@@ -24,10 +26,14 @@ def _inputs(L=96, H=4, G=2, K=8, packed=False, seed=0):
   return q, k, v, jnp.broadcast_to(jnp.arange(L), (2, L)), None
 
 
+TILED = {"blockwise": blockwise_attention, "native": native_attention}
+
+
 @pytest.mark.parametrize("window,chunk", [(16, 0), (1, 0), (40, 0), (0, 32), (0, 20)])
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("block", [16, 8])  # 8: 144 tiles, past the unrolled loops
-def test_blockwise_local_attention_equals_dense(window, chunk, packed, block, monkeypatch):
+@pytest.mark.parametrize("kernel,block", [("blockwise", 16), ("blockwise", 8), ("native", 16)])
+def test_tiled_local_attention_equals_dense(window, chunk, packed, kernel, block):
+  """blockwise (block 8: 144 tiles, past its unrolled loops) and the native CPU kernel."""
   q, k, v, pos, seg = _inputs(packed=packed)
   kw = dict(q_positions_BQ=pos, k_positions_BK=pos, q_segment_ids_BQ=seg, k_segment_ids_BK=seg,
             window=window, chunk=chunk)
@@ -38,7 +44,7 @@ def test_blockwise_local_attention_equals_dense(window, chunk, packed, block, mo
 
   dense = jax.value_and_grad(lambda *a: loss(dense_attention, *a), argnums=(0, 1, 2),
                              has_aux=True)(q, k, v)
-  tiled_fn = lambda q, k, v, **kw: blockwise_attention(q, k, v, block_q=block, block_k=block, **kw)
+  tiled_fn = lambda q, k, v, **kw: TILED[kernel](q, k, v, block_q=block, block_k=block, **kw)
   tiled = jax.value_and_grad(lambda *a: loss(tiled_fn, *a), argnums=(0, 1, 2),
                              has_aux=True)(q, k, v)
   np.testing.assert_allclose(tiled[0][1], dense[0][1], rtol=1e-5, atol=1e-5)
@@ -84,7 +90,8 @@ def test_a_cache_call_sees_the_window_by_position():
   """Queries aligned to the end of a longer key buffer (decoding): the window counts positions."""
   q, k, v, pos, _ = _inputs(L=64)
   kw = dict(k_positions_BK=pos, window=10)
-  for fn in (dense_attention, lambda *a, **kw: blockwise_attention(*a, block_q=8, block_k=8, **kw)):
+  for fn in (dense_attention, *(lambda *a, f=f, **kw: f(*a, block_q=8, block_k=8, **kw)
+                                for f in TILED.values())):
     last = fn(q[:, -4:], k, v, q_positions_BQ=pos[:, -4:], **kw)
     whole = fn(q, k, v, q_positions_BQ=pos, **kw)
     np.testing.assert_allclose(last, whole[:, -4:], rtol=1e-5, atol=1e-5)
@@ -143,9 +150,10 @@ def test_a_window_past_the_sequence_is_full_attention_and_a_short_one_is_not():
   assert [bool(b.attn.local) for b in _model(**RNOPE_SWA).blocks] == [True, True, True, False]
 
 
-def _tiny(**model):
+def _tiny(pose_target_len=0, **model):
   c = pretrain.get_config("tiny")
   c.model.update(**model)
+  c.data.pose_target_len = pose_target_len
   return c
 
 
@@ -153,12 +161,14 @@ def test_the_config_refuses_local_layers_it_cannot_run():
   resolve(_tiny(window=32, attention_layers=("local", "global")), 1)
   for model, message in (
       (dict(window=-1), "config.model.window=-1 must be an integer >= 0"),
+      (dict(chunk=5000), "config.model.chunk=5000 is longer than the 128 positions a training row "
+                         "spans"),
       (dict(window=8, chunk=8), "a local layer has one or the other"),
       (dict(window=8, attention_layers=("local", "wide")), "'wide' is not a kind of layer; "
                                                            "allowed: local, global"),
       (dict(attention_layers=("local",)), "config.model.window and config.model.chunk are 0"),
-      (dict(window=8, attention="native"), "model.attention='native' cannot run this model's "
-                                           "local layers"),
+      (dict(window=8, attention="cudnn", pose_target_len=512),
+       "'cudnn' masks local layers by token index, and config.data.pose_target_len skips"),
       (dict(window=8, memory="xl", segment_len=16), "a memory mechanism with local attention"),
       (dict(window=8, attention_layers=("local", "local", "global"), scan_layers=True),
        "repeat every 3 layers, which must divide n_layers")):
@@ -166,13 +176,48 @@ def test_the_config_refuses_local_layers_it_cannot_run():
       resolve(_tiny(**model), 1)
 
 
-def test_auto_runs_local_layers_through_a_kernel_that_takes_them():
+def test_auto_runs_local_layers_through_a_kernel_that_masks_by_position():
   from lcx import attention
   for scheme in ("rope", "alibi"):
-    choice = attention.choose("auto", scheme=scheme, local=True)
-    for length in (128, 4096, 65536):
-      assert choice.kernel(length) in ("dense", "blockwise")
-      assert choice.kernel(length, packed=True) in ("dense", "blockwise")
+    for local in ("window", "chunk"):
+      choice = attention.choose("auto", scheme=scheme, local=local)
+      for length in (128, 4096, 65536):
+        assert choice.kernel(length) in ("dense", "blockwise", "native")
+        assert choice.kernel(length, packed=True) in ("dense", "blockwise", "native")
+  # on accelerators auto passes over cuDNN and splash (by token index) for local layers
+  for backend, fused in (("gpu", "cudnn"), ("tpu", "splash")):
+    auto = attention.Choice("auto", "none", None, backend, block=128, local="window")
+    assert auto.kernel(4096) == "blockwise"
+    assert attention.select("auto", bias=None, backend=backend, local="window") == "blockwise"
+    assert attention.Choice("auto", "none", None, backend, block=128).kernel(4096) == fused
+  # named, they take a window and refuse a chunk
+  attention.check("cudnn", bias=None, backend="gpu", local="window")
+  with pytest.raises(ValueError, match="'splash' cannot run this model's local layers: it takes "
+                                       "no local chunk"):
+    attention.check("splash", bias=None, backend="tpu", local="chunk")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_splash_and_cudnn_local_windows_equal_dense(packed):
+  """splash in the Pallas interpreter and cuDNN's call through XLA's implementation of the same
+  jax.nn.dot_product_attention call (cuDNN itself needs a GPU): a window by index equals the
+  window by position where positions count tokens in each document."""
+  q, k, v, pos, seg = _inputs(L=256, H=2, G=2, K=16, packed=packed)
+  kw = dict(q_positions_BQ=pos, k_positions_BK=pos, q_segment_ids_BQ=seg, k_segment_ids_BK=seg,
+            window=100)
+  loss = lambda fn: lambda q, k, v: (fn(q, k, v, **kw) * jnp.sin(q)).sum()
+  want = jax.value_and_grad(loss(dense_attention), argnums=(0, 1, 2))(q, k, v)
+  kernels = [lambda *a, **kw: library.splash_attention(*a, block=128, interpret=True, **kw)]
+  if not packed:  # cuDNN takes packed documents only as a full mask: refused at the call
+    kernels.append(lambda *a, **kw: library.cudnn_attention(*a, implementation="xla", **kw))
+  for fn in kernels:
+    got = jax.value_and_grad(loss(fn), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
+    for a, b in zip(got[1], want[1]):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  with pytest.raises(ValueError, match="splash attention takes no local chunk"):
+    library.splash_attention(q, k, v, **{**kw, "window": 0, "chunk": 64}, block=128,
+                             interpret=True)
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])

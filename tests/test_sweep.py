@@ -278,6 +278,21 @@ def test_report_of_a_moved_half_finished_study_lists_what_is_missing(tiny_study,
     write_report(moved)
 
 
+def test_a_tuning_stage_is_finished_by_the_sweeps_marker_of_its_kind(tmp_path):
+  """lcx.longrope / lcx.drope write into the run they tune, so a report knows them finished by
+  the sweep's marker, which names the stage's kind; an evaluation's marker alone does not do."""
+  run = tmp_path / "recipes-rope"
+  run.mkdir()
+  (tmp_path / "status.json").write_text(json.dumps(
+      {"recipes-rope": {"longrope-s4": "done", "drope-fit": "done", "eval-longrope-s4": "done"}}))
+  (run / "longrope-s4.done").write_text("1765000000.0 longrope\n")
+  (run / "drope-fit.done").write_text("1765000000.0\n")  # a marker of an older sweep: no kind
+  (run / "eval-longrope-s4.done").write_text("1765000000.0 evaluate\n")
+  missing = report_lib.unfinished_stages(tmp_path)
+  assert [line.split(":")[0] for line in missing] == ["recipes-rope/drope-fit",
+                                                       "recipes-rope/eval-longrope-s4"]
+
+
 def test_dry_run_prints_one_command_per_stage(capsys, tmp_path):
   run_sweep(str(ROOT / "experiments/extrapolation.py:cpu"), tmp_path, dry_run=True)
   lines = capsys.readouterr().out.strip().splitlines()

@@ -23,8 +23,9 @@ Importing this face loads no kernel: each is imported when first used.
 """
 from lcx.attention.choice import Choice, choose, make, select
 from lcx.attention.kernels import (CHOICES, FALLBACK, REFERENCE, TILED, accepts, auto_candidates,
-                                   cannot_run, check, function, preference, takes_call)
+                                   cannot_run, check, function, masks_local_by_index, preference,
+                                   takes_call)
 
 __all__ = ["CHOICES", "FALLBACK", "REFERENCE", "TILED", "Choice", "accepts", "auto_candidates",
-           "cannot_run", "check", "choose", "function", "make", "preference", "select",
-           "takes_call"]
+           "cannot_run", "check", "choose", "function", "make", "masks_local_by_index",
+           "preference", "select", "takes_call"]

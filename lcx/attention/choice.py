@@ -99,7 +99,7 @@ def load(device: str) -> Table | None:
 
 
 def select(name: str, *, bias: BiasKind | None, backend: str | None = None,
-           local: bool = False) -> str:
+           local: str = "") -> str:
   """The implementation model.attention=name runs for a scheme whose bias is of kind `bias`
   (None: no bias): a named one, refused with the reason if it cannot work here; for `auto`, the
   first of its fixed order that takes the scheme here (logging why it passed over one), which
@@ -109,7 +109,7 @@ def select(name: str, *, bias: BiasKind | None, backend: str | None = None,
 
 
 @functools.lru_cache(maxsize=None)
-def _select(name: str, bias: BiasKind | None, backend: str, local: bool = False) -> str:
+def _select(name: str, bias: BiasKind | None, backend: str, local: str = "") -> str:
   # Cached: models built several times in a process (shapes, init, evaluation) choose once and
   # log once.
   check(name, bias=bias, backend=backend, local=local)
@@ -119,7 +119,7 @@ def _select(name: str, bias: BiasKind | None, backend: str, local: bool = False)
     return name
   log = logging.getLogger("lcx")
   for candidate in kernels.preference(backend):
-    if reason := accepts(candidate, bias) or (local and takes_local(candidate)):
+    if reason := accepts(candidate, bias) or takes_local(candidate, local, named=False):
       log.info("attention=auto: %s cannot take this position scheme's bias or local layers "
                "(%s)", candidate, reason)
     elif reason := cannot_run(candidate, backend):
@@ -141,7 +141,7 @@ class Choice:
   bias: BiasKind | None
   backend: str
   block: int = DEFAULT_BLOCK
-  local: bool = False  # for local layers (a window or chunk): only kernels that take one
+  local: str = ""  # for local layers ("window", "chunk"): only kernels that take them
   # The measured kernel table auto chooses from (None: its fixed order).
   table: Table | None = dataclasses.field(default=None, compare=False, hash=False)
 
@@ -155,7 +155,7 @@ class Choice:
     usable, passed = [], []
     for name in kernels.auto_candidates(self.backend):
       if (accepts(name, self.bias) or cannot_run(name, self.backend)
-          or (self.local and takes_local(name))):
+          or takes_local(name, self.local, named=False)):
         continue  # said once, when the model was built (select)
       if cache and not kernels.KERNELS[name].takes_cache:
         reason = "it takes no queries aligned to the end of longer keys"
@@ -190,8 +190,8 @@ def _log_choice(backend, scheme, q_len, k_len, packed, cache, name, why):
 
 
 def choose(name: str, *, scheme: str, block: int = DEFAULT_BLOCK,
-           backend: str | None = None, local: bool = False) -> Choice:
-  """model.attention=name for position scheme `scheme` (and `local` layers: a window or chunk),
+           backend: str | None = None, local: str = "") -> Choice:
+  """model.attention=name for position scheme `scheme` (and `local` layers: "window", "chunk"),
   checked as `select` checks it; `auto` reads this device's kernel table here, so a bad one is
   refused when the model is built."""
   backend = backend or jax.default_backend()

@@ -15,6 +15,7 @@ from lcx.attention.tiles import DEFAULT_BLOCK
 from lcx.positions.bias import LINEAR, BiasKind
 
 BACKENDS = ("cpu", "gpu", "tpu")
+LOCAL = ("window", "chunk")  # the kinds of local layer (model.window, model.chunk)
 
 
 def _cudnn_call(q_len: int, k_len: int, packed: bool, causal: bool, block: int) -> str | None:
@@ -52,7 +53,11 @@ class Kernel:
   # takes queries aligned to the end of a longer key buffer (a KV cache)
   takes_cache: bool = False
   quadratic: bool = False  # memory grows with the square of the length
-  local: bool = False  # takes a local layer's window or chunk (model.window, model.chunk)
+  # The local layers it takes: "window" (model.window), "chunk" (model.chunk). By position
+  # (any positions), or `local_by_index`: by token index, the same only where positions count
+  # tokens (not under PoSE's skipped positions), so `auto` leaves it to be named.
+  local: tuple[str, ...] = ()
+  local_by_index: bool = False
   block_arg: str = ""  # "block" when it takes one tile length by that name (splash)
   # Why one call of these shapes is refused (None: taken): (q_len, k_len, packed, causal, block).
   call_limits: Callable | None = None
@@ -66,19 +71,23 @@ class Kernel:
 
 KERNELS = {k.name: k for k in (
     Kernel("dense", "lcx.attention.library:dense_attention", BACKENDS, "any", takes_cache=True,
-           quadratic=True, local=True, auto_on=BACKENDS, rank=3),
+           quadratic=True, local=LOCAL, auto_on=BACKENDS, rank=3),
     Kernel("blockwise", "lcx.attention.blockwise:blockwise_attention", BACKENDS, "any", tiled=True,
-           takes_cache=True, local=True, auto_on=BACKENDS, preferred_on=BACKENDS, rank=2),
+           takes_cache=True, local=LOCAL, auto_on=BACKENDS, preferred_on=BACKENDS, rank=2),
     Kernel("native", "lcx.attention.native:native_attention", ("cpu",), "linear", tiled=True,
-           takes_cache=True, unavailable=_native_unavailable, auto_on=("cpu",),
+           takes_cache=True, local=LOCAL, unavailable=_native_unavailable, auto_on=("cpu",),
            preferred_on=("cpu",)),
+    # local windows through jax.nn.dot_product_attention's local_window_size (splash: its
+    # LocalMask); neither has a chunked form that follows positions across packed documents
     Kernel("cudnn", "lcx.attention.library:cudnn_attention", ("gpu",), "none",
-           call_limits=_cudnn_call, auto_on=("gpu",), preferred_on=("gpu",)),
+           local=("window",), local_by_index=True, call_limits=_cudnn_call, auto_on=("gpu",),
+           preferred_on=("gpu",)),
     Kernel("splash", "lcx.attention.library:splash_attention", ("tpu",), "none",
-           block_arg="block", call_limits=_splash_call, auto_on=("tpu",), preferred_on=("tpu",)),
+           local=("window",), local_by_index=True, block_arg="block", call_limits=_splash_call,
+           auto_on=("tpu",), preferred_on=("tpu",)),
     # on a CPU it runs in the Pallas interpreter: for checking it, far too slow to train with
     Kernel("pallas", "lcx.attention.pallas:pallas_attention", BACKENDS, "any", tiled=True,
-           takes_cache=True, local=True, auto_on=("gpu", "tpu"), rank=1),
+           takes_cache=True, local=LOCAL, auto_on=("gpu", "tpu"), rank=1),
 )}
 CHOICES = (*KERNELS, "auto")
 TILED = tuple(k.name for k in KERNELS.values() if k.tiled)
@@ -130,14 +139,28 @@ def takes_call(name: str, *, q_len: int, k_len: int, packed: bool, causal: bool 
   return limits(q_len, k_len, packed, causal, block) if limits else None
 
 
-def takes_local(name: str) -> str | None:
-  """None if kernel `name` takes a local layer's window or chunk; otherwise why not."""
-  return None if KERNELS[name].local else (
-      "it takes no local window or chunk (dense, blockwise and pallas do)")
+def takes_local(name: str, kind: str, *, named: bool = True) -> str | None:
+  """None if kernel `name` takes local layers of `kind` ("window", "chunk"; "": none), named
+  as model.attention (`named`) or chosen by auto; otherwise why not."""
+  kernel = KERNELS[name]
+  if not kind:
+    return None
+  if kind not in kernel.local:
+    takers = ", ".join(k.name for k in KERNELS.values() if kind in k.local)
+    return f"it takes no local {kind} ({takers} do)"
+  if kernel.local_by_index and not named:
+    return (f"it masks the {kind} by token index, not position (the two differ under PoSE's "
+            "skipped positions); auto leaves it to be named")
+  return None
+
+
+def masks_local_by_index(name: str) -> bool:
+  """Whether model.attention=name masks local layers by token index (not by position)."""
+  return name in KERNELS and KERNELS[name].local_by_index
 
 
 def check(name: str, *, bias: BiasKind | None, backend: str | None = None,
-          local: bool = False) -> None:
+          local: str = "") -> None:
   """What can be told of model.attention=name from the config alone (config resolution): a known
   name, one that runs on this backend and takes the scheme's bias. Nothing is compiled or loaded;
   whether a kernel can run in this process is `select`'s, when the model is built."""
@@ -153,7 +176,7 @@ def check(name: str, *, bias: BiasKind | None, backend: str | None = None,
   if reason := accepts(name, bias):
     raise ValueError(f"model.attention={name!r} cannot take this position scheme's bias: "
                      f"{reason}; use blockwise (or dense, or auto)")
-  if local and (reason := takes_local(name)):
+  if reason := takes_local(name, local):
     raise ValueError(f"model.attention={name!r} cannot run this model's local layers: {reason}; "
                      "use blockwise (or dense, or auto)")
 

@@ -62,21 +62,34 @@ def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   return o.reshape(B, Q, H, head_dim)
 
 
+def _index_window(window: int, chunk: int, causal: bool, kernel: str) -> None:
+  """cuDNN and splash mask a local window by token index; neither takes chunks."""
+  if chunk:
+    raise ValueError(f"{kernel} attention takes no local chunk (model.chunk); use blockwise")
+  if window and not causal:
+    raise ValueError("a local attention window needs causal attention")
+
+
 def cudnn_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
-                    q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True):
+                    q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                    window: int = 0, chunk: int = 0, implementation: str = "cudnn"):
   """cuDNN's fused attention (GPU) through jax.nn.dot_product_attention, which takes fewer key/value
   heads than query heads as they are. It takes no positional bias computed in the kernel, so
-  schemes with a bias are refused (lcx.attention.select)."""
+  schemes with a bias are refused (lcx.attention.select). A local window is its
+  local_window_size: the `window` keys up to the query's own by index, which is the window by
+  position wherever positions count tokens. `implementation`: "xla" checks the call on a CPU."""
   del q_positions_BQ, k_positions_BK
   if bias_fn is not None:
     raise ValueError("cudnn attention takes no position bias")
+  _index_window(window, chunk, causal, "cudnn")
   mask = None
   if q_segment_ids_BQ is not None:  # packed documents: a (B, 1, Q, K) boolean mask
     mask = (q_segment_ids_BQ[:, :, None] == k_segment_ids_BK[:, None, :])[:, None]
   if causal and q_BQHK.shape[1] != k_BKHK.shape[1]:
     raise ValueError("cudnn attention needs as many queries as keys for a causal mask")
   return jax.nn.dot_product_attention(q_BQHK, k_BKHK, v_BKHK, mask=mask, is_causal=causal,
-                                      implementation="cudnn")
+                                      local_window_size=(window - 1, 0) if window else None,
+                                      implementation=implementation)
 
 
 def splash_fits(block: int, q_len: int, k_len: int) -> bool:
@@ -86,13 +99,16 @@ def splash_fits(block: int, q_len: int, k_len: int) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, block_q: int, block_k: int,
-                   interpret: bool, shared_kv: bool = False):
-  """A splash kernel for one shape (built once: its tile map of the mask is worked out in numpy).
-  `shared_kv`: `heads` query heads share one key/value head (splash's multi-query form)."""
+                   interpret: bool, shared_kv: bool = False, window: int = 0):
+  """A splash kernel for one shape (built once: its tile map of the mask is worked out in numpy,
+  so tiles outside a local window are skipped). `shared_kv`: `heads` query heads share one
+  key/value head (splash's multi-query form)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # TPU-only; imported on use
       splash_attention_kernel as splash, splash_attention_mask as masks)
   mask = (masks.CausalMask((q_len, k_len), offset=k_len - q_len) if causal
           else masks.FullMask((q_len, k_len)))
+  if window:  # query i sees keys i + offset - (window - 1) .. i + offset
+    mask = masks.LocalMask((q_len, k_len), window_size=(window - 1, 0), offset=k_len - q_len)
   blocks = splash.BlockSizes(block_q=block_q, block_kv=block_k, block_kv_compute=block_k,
                              block_q_dkv=block_q, block_kv_dkv=block_k,
                              block_kv_dkv_compute=block_k, block_q_dq=block_q, block_kv_dq=block_k)
@@ -104,14 +120,16 @@ def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, block_q: in
 
 def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
-                     block: int = DEFAULT_BLOCK, interpret: bool = False):
+                     window: int = 0, chunk: int = 0, block: int = DEFAULT_BLOCK,
+                     interpret: bool = False):
   """TPU splash attention (a Pallas kernel in jax.experimental that skips fully masked tiles),
   one batch row at a time; with fewer key/value heads (G) than query heads, its multi-query form
-  for each group of H / G query heads. It takes no positional bias; `interpret` runs it on CPU
-  (tests)."""
+  for each group of H / G query heads. It takes no positional bias; a local window is its
+  LocalMask, by token index as cuDNN's. `interpret` runs it on CPU (tests)."""
   del q_positions_BQ, k_positions_BK
   if bias_fn is not None:
     raise ValueError("splash attention takes no position bias")
+  _index_window(window, chunk, causal, "splash")
   B, Q, H, K = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   if not splash_fits(block, Q, S):
@@ -119,7 +137,7 @@ def splash_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      f"(model.attention_block={block}, itself a multiple of 128); got {Q} queries "
                      f"and {S} keys. Use model.attention=blockwise")
   kernel, segment_ids = _splash_kernel(H // G if G < H else H, Q, S, causal, block, block,
-                                       interpret, shared_kv=G < H)
+                                       interpret, shared_kv=G < H, window=window)
   heads_first = lambda x: x.transpose(0, 2, 1, 3)  # splash wants (heads, length, head_dim)
   q = heads_first(q_BQHK * jnp.asarray(K ** -0.5, q_BQHK.dtype))  # splash does not scale
   k, v = heads_first(k_BKHK), heads_first(v_BKHK)

@@ -14,14 +14,14 @@ ran before in the process.
 The package: models.py (what is timed), timing.py (how), data.py (the input pipeline alone),
 tables.py and targets.py (what __main__.py prints and checks), kernels/ (a device's kernel table).
 """
-from lcx.bench.models import (EVAL_MODEL, RULES, SCHEMES, TRAIN_MODEL, VARIANTS, preset_model,
+from lcx.bench.models import (EVAL_MODEL, ROWS, RULES, SCHEMES, TRAIN_MODEL, VARIANTS, preset_model,
                               single_device_mesh, with_fields)
 from lcx.bench.timing import (PeakMeter, PreparedStep, Timing, attention_profile,
                               compiled_memory, forward_fn, implementations_for, kernel_of,
                               paired_ratio, run_eval_benchmarks, run_train_benchmarks,
                               time_forward, time_train_steps, train_flops_per_token)
 
-__all__ = ["EVAL_MODEL", "RULES", "SCHEMES", "TRAIN_MODEL", "VARIANTS", "PeakMeter",
+__all__ = ["EVAL_MODEL", "ROWS", "RULES", "SCHEMES", "TRAIN_MODEL", "VARIANTS", "PeakMeter",
            "PreparedStep", "Timing", "attention_profile", "compiled_memory", "forward_fn",
            "implementations_for", "kernel_of", "paired_ratio", "preset_model",
            "run_eval_benchmarks", "run_train_benchmarks", "single_device_mesh", "time_forward",

@@ -31,7 +31,8 @@ from lcx.model import ModelConfig
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "Train-step sequence lengths.")
 _EVAL_LENGTHS = flags.DEFINE_list("eval_lengths", ["8192", "16384", "32768"],
                                   "Forward-only evaluation lengths (one row, the small model).")
-_SCHEMES = flags.DEFINE_list("schemes", list(bench.SCHEMES), "Position schemes.")
+_SCHEMES = flags.DEFINE_list("schemes", list(bench.SCHEMES), "Position schemes (rows), and by "
+                              "name window-512 / chunk-512: every layer local, no scheme.")
 _IMPLEMENTATIONS = flags.DEFINE_list("implementations", ["dense", "blockwise", "native"],
                                      "Attention implementations to compare (one that cannot run "
                                      "here is left out).")
@@ -75,9 +76,9 @@ def main(argv, overrides):
     sys.exit(f"lcx.bench: unexpected arguments {argv[1:]}")
   lengths = [int(n) for n in _LENGTHS.value]
   eval_lengths = [int(n) for n in _EVAL_LENGTHS.value]
-  unknown = sorted(set(_SCHEMES.value) - set(bench.SCHEMES))
+  unknown = sorted(set(_SCHEMES.value) - set(bench.ROWS))
   if unknown:
-    sys.exit(f"lcx.bench: unknown schemes {unknown}; allowed: {', '.join(bench.SCHEMES)}")
+    sys.exit(f"lcx.bench: unknown schemes {unknown}; allowed: {', '.join(bench.ROWS)}")
   try:
     if _MODEL.value == "bench":
       train_model, eval_model = bench.TRAIN_MODEL, bench.EVAL_MODEL
@@ -91,10 +92,10 @@ def main(argv, overrides):
     eval_model = bench.with_fields(eval_model, _MODEL_FIELDS.value)
   except ValueError as e:
     sys.exit(str(e))
-  unknown = sorted(set(_EVAL_SCHEMES.value) - set(bench.SCHEMES))
+  unknown = sorted(set(_EVAL_SCHEMES.value) - set(bench.ROWS))
   if unknown:
     sys.exit(f"lcx.bench: unknown evaluation schemes {unknown}; allowed: "
-             f"{', '.join(bench.SCHEMES)}")
+             f"{', '.join(bench.ROWS)}")
   device = jax.local_devices()[0]
   mesh = bench.single_device_mesh()
   peak = bench.PeakMeter(mesh, train_model["compute_dtype"])

@@ -13,7 +13,16 @@ from lcx.sharding import make_mesh
 # The rows: every registered scheme, and p-RoPE (RoPE turning only its fastest 75% of pairs).
 VARIANTS = {**{name: {"position": name} for name in positions.available()},
             "p-rope": {"position": "rope", "position_options": positions.RopeOptions(keep=0.75)}}
-SCHEMES = tuple(VARIANTS)
+SCHEMES = tuple(VARIANTS)  # the default rows
+# Rows asked for by name: every layer local, a sliding window or chunks of 512 tokens (no
+# position scheme, so that `none` is the full-attention row they are compared with).
+VARIANTS.update({f"{kind}-512": {"position": "none", kind: 512} for kind in ("window", "chunk")})
+ROWS = tuple(VARIANTS)
+
+
+def local_kind(row: str) -> str:
+  """How a row's layers attend locally ("window", "chunk"; "": not at all)."""
+  return next((kind for kind in ("window", "chunk") if VARIANTS[row].get(kind)), "")
 # The train-step model of the MFU target: d 512, 4 layers, 8 heads, GELU MLP 2048, bytes.
 TRAIN_MODEL = dict(vocab_size=256, d_model=512, n_layers=4, n_heads=8, head_dim=64, mlp_dim=2048,
                    mlp="gelu")

@@ -3,12 +3,15 @@ preset's (every scheme at full speed, measured against `none` through `auto`, wh
 it picks)."""
 from lcx import positions
 from lcx.attention import FALLBACK, REFERENCE, TILED, preference
-from lcx.bench.models import VARIANTS
+from lcx.bench.models import VARIANTS, local_kind
 from lcx.bench.tables import TRAIN_LAYERS, _gib, _ratio
 from lcx.bench.timing import implementations_for
 
 TARGETS = {"rope_overhead": 1.03, "learned_bias_overhead": 1.10, "alibi_overhead": 1.01,
-           "alibi_memory": 1.01, "mfu": 0.75, "eval_memory_gib": 8.0}
+           "alibi_memory": 1.01, "mfu": 0.75, "eval_memory_gib": 8.0,
+           # local layers (window-512, chunk-512 rows): time and memory per token from the
+           # shortest length to the longest, at a fixed number of tokens per step (linear cost)
+           "local_growth": 1.5}
 PRESET_TARGETS = {"bias_overhead": 1.05, "mfu_causal": 0.50, "eval_memory_gib": 16.0}
 PIPELINE_TOKENS_PER_SECOND = 2e6  # per host, from the token cache
 
@@ -61,6 +64,16 @@ def target_checks(train_rows, eval_rows, profiles=()) -> list[tuple[str, bool, s
       checks.append((f"{implementation} {'no slower than' if length <= 1024 else 'faster than'} "
                      f"dense at L={length}", speedup >= 1.0 if length <= 1024 else speedup > 1.0,
                      f"{speedup:.2f}x"))
+  for (scheme, length, implementation), r in by.items():
+    lengths = sorted(l for s, l, i in by if (s, i) == (scheme, implementation))
+    if local_kind(scheme) and implementation in TILED and length == lengths[-1] > lengths[0]:
+      short = by[(scheme, lengths[0], implementation)]
+      per_token = lambda row, key: row[key] / (row["batch"] * row["length"])
+      for what, key in (("time", "step_seconds"), ("memory", "memory_bytes")):
+        growth = per_token(r, key) / per_token(short, key)
+        checks.append((f"{scheme} ({implementation}) {what} per token at L={length} <= "
+                       f"{TARGETS['local_growth']}x L={lengths[0]} (linear in length)",
+                       growth <= TARGETS["local_growth"], f"{growth:.2f}x"))
   for r in eval_rows:
     if r["implementation"] == best and r["length"] == max(e["length"] for e in eval_rows):
       checks.append((f"evaluation of {r['length']} tokens within {TARGETS['eval_memory_gib']} "

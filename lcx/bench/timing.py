@@ -13,7 +13,7 @@ from lcx import attention as attention_lib
 from lcx import positions
 from lcx.attention.kernels import QUADRATIC
 from lcx.attention.tiles import DEFAULT_BLOCK, visible_tiles
-from lcx.bench.models import EVAL_MODEL, RULES, SCHEMES, TRAIN_MODEL, VARIANTS
+from lcx.bench.models import EVAL_MODEL, RULES, SCHEMES, TRAIN_MODEL, VARIANTS, local_kind
 from lcx.metrics import flops_per_token, measure_peak_flops
 from lcx.model import ModelConfig, Transformer, count_params, token_losses
 from lcx.optimizer import OptimizerConfig
@@ -158,7 +158,8 @@ def implementations_for(scheme: str, requested: tuple[str, ...]) -> tuple[str, .
   usable = []
   for name in requested:
     try:
-      attention_lib.select(name, bias=positions.bias_kind(VARIANTS[scheme]["position"]))
+      attention_lib.select(name, bias=positions.bias_kind(VARIANTS[scheme]["position"]),
+                           local=local_kind(scheme))
     except ValueError:
       continue
     usable.append(name)

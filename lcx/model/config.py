@@ -67,12 +67,14 @@ class ModelConfig:
   def kv_heads(self) -> int:
     return self.n_kv_heads or self.n_heads
 
-  def local_layer(self, layer: int) -> bool:
-    """Whether `layer` attends locally (model.window or model.chunk, where the pattern says)."""
+  def local_layer(self, layer: int) -> str:
+    """How `layer` attends locally: "window" (model.window) or "chunk" (model.chunk) where the
+    pattern makes it local; "" (false) for a global layer."""
     if not (self.window or self.chunk):
-      return False
-    return not self.attention_layers or (
-        self.attention_layers[layer % len(self.attention_layers)] == "local")
+      return ""
+    if self.attention_layers and self.attention_layers[layer % len(self.attention_layers)] != "local":
+      return ""
+    return "window" if self.window else "chunk"
 
   @property
   def layer_period(self) -> int:

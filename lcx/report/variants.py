@@ -207,7 +207,8 @@ def collect(directory: pathlib.Path) -> tuple[list[Variant], list[str]]:
 
 
 def unfinished_stages(directory: pathlib.Path) -> list[str]:
-  """Stages of the study (DIR/status.json, written by the sweep) whose outputs are not there."""
+  """Stages of the study (DIR/status.json, written by the sweep) whose outputs are not there; a
+  tuning stage (layout.TUNING_KINDS) writes into the run it tunes, so its sweep marker says it."""
   status = directory / "status.json"
   if not status.exists():
     return []
@@ -219,10 +220,18 @@ def unfinished_stages(directory: pathlib.Path) -> list[str]:
   for run, stages in states.items():
     for stage, state in stages.items():
       done = (any((directory / run).glob(f"*/{layout.EVAL}/{stage}.json"))  # an evaluation
-              or _finished_training(directory / run / stage))
+              or _finished_training(directory / run / stage)
+              or _tuned(directory / run / f"{stage}.done"))
       if not done:
         missing.append(f"{run}/{stage}: not finished, no outputs yet (sweep status: {state})")
   return missing
+
+
+def _tuned(marker: pathlib.Path) -> bool:
+  try:
+    return marker.read_text().split()[1:] in ([kind] for kind in layout.TUNING_KINDS)
+  except OSError:
+    return False
 
 
 def _finished_training(stage_dir: pathlib.Path) -> bool:

@@ -7,6 +7,8 @@
     eval_metrics.jsonl     evaluation during training
     checkpoints/<step>/    orbax checkpoints; corrupt_checkpoints/: damaged ones set aside
     eval/<name>.json       a full evaluation (python -m lcx.evaluate), its figures beside it
+    longrope/s<S>.json     LongRoPE's tables searched at S times the length (python -m lcx.longrope)
+    drope.json             DroPE's fitted temperature (python -m lcx.drope)
     wandb/  wandb_run_id   the W&B run and its id (a resume continues it)
     .lcx-train.lock        held by the training process
 """
@@ -21,6 +23,9 @@ QUARANTINE = "corrupt_checkpoints"
 EVAL = "eval"
 WANDB_ID = "wandb_run_id"
 LOCK = ".lcx-train.lock"
+# Commands that tune a trained run and write what its evaluations apply into it (above), not into
+# a run of their own: a study knows them finished by the sweep's marker, which names its kind.
+TUNING_KINDS = ("longrope", "drope")
 
 
 def source_dir(recorded, run_dir) -> pathlib.Path:

@@ -175,7 +175,8 @@ def _run_stage(study, run, stage, out, launcher, status, jobs) -> str:
                         f"log {log}) keeping its checkpoints; the same command resumes the study "
                         "from there")
   if code == 0:
-    (out / run.name / f"{stage.name}.done").write_text(f"{time.time()}\n")
+    # the time and the stage's kind (a report knows a tuning stage finished by it)
+    (out / run.name / f"{stage.name}.done").write_text(f"{time.time()} {stage.kind}\n")
     return "done"
   tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
   if code == PREEMPTED_EXIT_CODE:

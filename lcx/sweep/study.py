@@ -7,6 +7,7 @@ import shlex
 
 from lcx.data.tokenizers import SENTENCEPIECE
 from lcx.overrides import load_config, load_module
+from lcx.runs import layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Run:
 
 KINDS = ("pretrain", "finetune", "evaluate", "import", "longrope", "drope")
 STARTS = ("pretrain", "import")  # the kinds that make a run from nothing of the study's
-TUNES = ("longrope", "drope")  # commands on a trained stage that write what evaluations apply
+TUNES = layout.TUNING_KINDS  # commands on a trained stage that write what evaluations apply
 CONFIGURED = ("pretrain", "finetune", "import")  # the kinds that take a config
 
 

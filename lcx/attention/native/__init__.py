@@ -103,8 +103,10 @@ def unavailable_reason() -> str | None:
 
 def native_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
+                     window: int = 0, chunk: int = 0,
                      block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
-  """Same signature and result as lcx.attention.library.dense_attention (see there)."""
+  """Same signature and result as lcx.attention.library.dense_attention (see there). A local
+  layer (window, chunk) visits only the key tiles within its span, as blockwise does."""
   kind = getattr(bias_fn, "kind", None)
   if bias_fn is not None and (kind is None or kind.closed_form != LINEAR or kind.learned):
     # Its backward returns no slope gradient, so a learned linear bias is refused too.
@@ -113,6 +115,8 @@ def native_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   if not (1 <= block_q and 1 <= block_k <= MAX_BLOCK):
     raise ValueError(f"native attention takes tiles of 1..{MAX_BLOCK} tokens; got block_q="
                      f"{block_q}, block_k={block_k} (model.attention_block)")
+  if (window or chunk) and not causal:
+    raise ValueError("a local attention window or chunk needs causal attention")
   if reason := unavailable_reason():
     raise RuntimeError(f"model.attention='native' cannot run: {reason}")
   B, Q, H, _ = q_BQHK.shape
@@ -124,7 +128,8 @@ def native_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     q_segment_ids_BQ, k_segment_ids_BK = jnp.zeros((B, Q), jnp.int32), jnp.zeros((B, S), jnp.int32)
   slopes_H = bias_fn.slopes_H if bias_fn is not None else jnp.zeros((H,), jnp.float32)
   config = dict(block_q=block_q, block_k=block_k, causal=int(causal), offset=S - Q,
-                segments=int(segments), bias=int(bias_fn is not None))
+                segments=int(segments), bias=int(bias_fn is not None), window=int(window),
+                chunk=int(chunk))
   as_i32 = lambda x: x.astype(jnp.int32)
   operands = (q_BQHK.astype(jnp.float32), k_BKHK.astype(jnp.float32),
               v_BKHK.astype(jnp.float32), as_i32(q_positions_BQ), as_i32(k_positions_BK),

@@ -5,7 +5,8 @@
 // both products stay in cache, and the products run on a register-tiled micro-kernel.
 //
 // The same algorithm as lcx/blockwise.py: an online softmax over key tiles, causal tiles above the
-// diagonal never visited (and, with packed documents, tiles whose segments do not meet), memory
+// diagonal never visited (and, with packed documents, tiles whose segments do not meet; with a
+// local window or chunk, tiles farther back than its span), memory
 // linear in length, and a backward pass that recomputes each tile's probabilities from the saved
 // log-normalizer. One work item is one (batch row, head): the items share nothing, so they run on
 // XLA's intra-op thread pool without locks.
@@ -49,6 +50,7 @@ inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
+inline int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
 
 inline float hmax(vf v) {
   float m = v[0];
@@ -168,6 +170,17 @@ struct Geometry {
   bool causal;
   int64_t offset;  // causal: query q sees key k <= q + offset
   bool segments, bias;
+  // A local layer (0: none): a query sees keys with p_q - p_k < window, or of its own chunk
+  // (p // chunk equal), by position; span, the larger, bounds the index distance it reaches.
+  int64_t window, chunk, span;
+
+  bool local() const { return window || chunk; }
+
+  int first_key_tile(int i) const {  // the first key tile query tile i visits (as blockwise's)
+    if (!span) return 0;
+    int64_t first = int64_t(i) * bq + offset - span + 1;
+    return first <= 0 ? 0 : int(first / bk);
+  }
 
   int key_tiles_seen(int i) const {  // key tiles query tile i visits, from the first
     int nk = (S + bk - 1) / bk;
@@ -235,14 +248,16 @@ struct Tile {
   const Head& head;
   int q0;
   bool full;
-  alignas(64) float kpos[kMaxTile], kidx[kMaxTile];
+  alignas(64) float kpos[kMaxTile], kidx[kMaxTile], kchunk[kMaxTile];
   alignas(64) int32_t kseg[kMaxTile];
 
   Tile(const Head& head, int q0, int k0, int nk) : head(head), q0(q0) {
     const Geometry& g = head.g;
-    full = nk == g.bkp && !g.segments && (!g.causal || int64_t(k0 + nk - 1) <= q0 + g.offset);
+    full = nk == g.bkp && !g.segments && !g.local() &&
+           (!g.causal || int64_t(k0 + nk - 1) <= q0 + g.offset);
     for (int c = 0; c < g.bkp; ++c) {  // padded keys: at index +inf, so no query sees them
       kpos[c] = c < nk ? float(head.k_pos[k0 + c]) : 0.f;
+      kchunk[c] = c < nk && g.chunk ? float(floor_div(head.k_pos[k0 + c], g.chunk)) : 0.f;
       kidx[c] = c < nk ? float(k0 + c) : kInf;
       kseg[c] = c < nk && g.segments ? head.k_seg[k0 + c] : 0;
     }
@@ -255,6 +270,8 @@ struct Tile {
     // The last key index this query sees, as a float (exact below 2^24 tokens).
     const vf last = splat(g.causal ? float(q0 + r + g.offset) : 3e38f);
     const vi qseg = vi{} + (g.segments ? head.q_seg[q0 + r] : 0);
+    const vf window = splat(g.window ? float(g.window) : 3e38f);
+    const vf qchunk = splat(g.chunk ? float(floor_div(head.q_pos[q0 + r], g.chunk)) : 0.f);
     vf mx = splat(-kInf);
     for (int c = 0; c < g.bkp; c += W) {
       vf x = load(row + c);
@@ -265,7 +282,9 @@ struct Tile {
       if (kMask) {
         vi kc;
         std::memcpy(&kc, kseg + c, sizeof kc);
-        x = (load(kidx + c) <= last) & (kc == qseg) ? x : splat(-kInf);
+        vi seen = (load(kidx + c) <= last) & (kc == qseg);
+        if (g.local()) seen &= (qp - load(kpos + c) < window) & (load(kchunk + c) == qchunk);
+        x = seen ? x : splat(-kInf);
       }
       if (kBias || kMask) store(row + c, x);
       mx = mx > x ? mx : x;
@@ -292,7 +311,7 @@ ffi::Error check_shapes(const Geometry& g) {
 
 Geometry make_geometry(ffi::AnyBuffer::Dimensions qd, ffi::AnyBuffer::Dimensions kd, int64_t bq,
                        int64_t bk, int64_t causal, int64_t offset, int64_t segments,
-                       int64_t bias) {
+                       int64_t bias, int64_t window, int64_t chunk) {
   Geometry g;
   g.B = int(qd[0]), g.Q = int(qd[1]), g.H = int(qd[2]), g.K = int(qd[3]), g.S = int(kd[1]);
   g.G = int(kd[2]);
@@ -300,6 +319,7 @@ Geometry make_geometry(ffi::AnyBuffer::Dimensions qd, ffi::AnyBuffer::Dimensions
   g.bq = int(std::min<int64_t>(bq, g.Q)), g.bk = int(std::min<int64_t>(bk, g.S));
   g.bkp = round_up(g.bk, W);
   g.causal = causal != 0, g.offset = offset, g.segments = segments != 0, g.bias = bias != 0;
+  g.window = window, g.chunk = chunk, g.span = std::max(window, chunk);
   return g;
 }
 
@@ -309,9 +329,9 @@ ffi::Error Forward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
                    S32_2 k_seg, F32_1 slopes,
                    ffi::Result<F32_4> o, ffi::Result<F32_3> lse,
                    int64_t block_q, int64_t block_k, int64_t causal, int64_t offset,
-                   int64_t segments, int64_t bias) {
+                   int64_t segments, int64_t bias, int64_t window, int64_t chunk) {
   const Geometry g = make_geometry(q.dimensions(), k.dimensions(), block_q, block_k, causal,
-                                   offset, segments, bias);
+                                   offset, segments, bias, window, chunk);
   if (auto error = check_shapes(g); error.failure()) return error;
   float* out = o->typed_data();
   float* out_lse = lse->typed_data();
@@ -332,7 +352,8 @@ ffi::Error Forward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
       std::fill(m.begin(), m.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.f);
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int j = 0, seen = g.key_tiles_seen(q0 / g.bq); j < seen; ++j) {
+      for (int j = g.first_key_tile(q0 / g.bq), seen = g.key_tiles_seen(q0 / g.bq); j < seen;
+           ++j) {
         const int k0 = j * g.bk, nk = std::min(g.bk, g.S - k0);
         if (!head.segments_meet(q0, nq, k0, nk)) continue;
         gemm(nq, g.bkp, g.K, head.q.data() + size_t(q0) * g.Kp, g.Kp, 1, head.kt.data() + k0,
@@ -383,9 +404,9 @@ ffi::Error Backward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
                     F32_1 slopes, ffi::Result<F32_4> dq,
                     ffi::Result<F32_4> dk, ffi::Result<F32_4> dv,
                     int64_t block_q, int64_t block_k, int64_t causal, int64_t offset,
-                    int64_t segments, int64_t bias) {
+                    int64_t segments, int64_t bias, int64_t window, int64_t chunk) {
   const Geometry g = make_geometry(q.dimensions(), k.dimensions(), block_q, block_k, causal,
-                                   offset, segments, bias);
+                                   offset, segments, bias, window, chunk);
   if (auto error = check_shapes(g); error.failure()) return error;
   const float scale = 1.f / std::sqrt(float(g.K));
   float *dq_out = dq->typed_data(), *dk_out = dk->typed_data(), *dv_out = dv->typed_data();
@@ -419,7 +440,9 @@ ffi::Error Backward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
       std::fill(dv_tile.begin(), dv_tile.end(), 0.f);
       for (int q0 = 0; q0 < g.Q; q0 += g.bq) {
         const int nq = std::min(g.bq, g.Q - q0);
-        if (g.key_tiles_seen(q0 / g.bq) <= j || !head.segments_meet(q0, nq, k0, nk)) continue;
+        if (g.key_tiles_seen(q0 / g.bq) <= j || j < g.first_key_tile(q0 / g.bq) ||
+            !head.segments_meet(q0, nq, k0, nk))
+          continue;
         const float* q_tile = head.q.data() + size_t(q0) * g.Kp;
         const float* d_o_tile = d_o_rows.data() + size_t(q0) * g.Kp;
         gemm(nq, g.bkp, g.K, q_tile, g.Kp, 1, head.kt.data() + k0, kt_cols, p.data(), g.bkp,
@@ -466,7 +489,8 @@ ffi::Error Backward(ffi::ThreadPool pool, F32_4 q, F32_4 k,
 
 #define LCX_ATTRS                                                                            \
   .Attr<int64_t>("block_q").Attr<int64_t>("block_k").Attr<int64_t>("causal")                 \
-      .Attr<int64_t>("offset").Attr<int64_t>("segments").Attr<int64_t>("bias")
+      .Attr<int64_t>("offset").Attr<int64_t>("segments").Attr<int64_t>("bias")                \
+      .Attr<int64_t>("window").Attr<int64_t>("chunk")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LcxAttentionForward, Forward,
                               ffi::Ffi::Bind()
