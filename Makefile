@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make demo   create .venv (when missing or stale), then run the CPU extrapolation study and report
 #   make demo-more  the study's other schemes (T5, KERPLE, FIRE; then xPos, p-RoPE), same folder
+#   make demo-recipes  the recipes part (RoPE/NoPE hybrids, local windows, DroPE, LongRoPE, PoSE)
 #   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
 #   make demo-memory-text  its text-only parts (seeds 0, 1, 2; 16 minutes each) and their report
 #   make test   create .venv (when missing or stale) with the test references too (CPU torch,
@@ -18,7 +19,7 @@ MEMORY_DIR ?= runs/memory-cpu
 MEMORY_TEXT_DIR ?= runs/memory-cpu-text
 SMOLLM2_DIR ?= runs/smollm2
 
-.PHONY: demo demo-more demo-memory demo-memory-text smollm2 test venv
+.PHONY: demo demo-more demo-recipes demo-memory demo-memory-text smollm2 test venv
 
 venv: $(STAMP)
 
@@ -48,6 +49,13 @@ demo: $(STAMP)
 demo-more: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out $(DEMO_DIR)
+	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
+
+# The recipes models ship with now (hybrid RoPE/NoPE layers, local windows, DroPE, LongRoPE,
+# PoSE), in two parts of about 15 minutes; the report's last claim is the DroPE paper's order.
+demo-recipes: $(STAMP)
+	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-recipes --out $(DEMO_DIR)
+	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-recipes-local --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
 
 demo-memory: $(STAMP)

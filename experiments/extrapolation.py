@@ -6,6 +6,7 @@ YaRN, then evaluated again.
   python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:cpu-recipes --out runs/extrapolation-cpu
+  python -m lcx.sweep experiments/extrapolation.py:cpu-recipes-local --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:small --out gs://...    # L=1024 tokens, pg19, 32K SentencePiece
   python -m lcx.sweep experiments/extrapolation.py:base --out ...          # L=2048 tokens, pg19, 32K SentencePiece
 
@@ -15,7 +16,8 @@ extension; `cpu-biases`: the other schemes with a bias, T5, KERPLE and FIRE; `cp
 the rest, xPos and p-RoPE); run them into one folder and the report compares them all. `small`
 and `base` run every scheme.
 
-The recipes part (`cpu-recipes`, `small-recipes`, `base-recipes`) compares the long-context
+The recipes part (`cpu-recipes` and `cpu-recipes-local` on a CPU, two parts of about 15 minutes
+into one folder; `small-recipes`, `base-recipes`) compares the long-context
 recipes models ship with now, at 4 layers on a CPU so that a 3:1 pattern fits: RoPE, NoPE,
 RNoPE-SWA (3 RoPE layers with a sliding window of L/4 to 1 global NoPE layer), iRoPE (Llama 4:
 3 chunked RoPE layers of L/4 to 1 global NoPE layer with its temperature), and from the RoPE
@@ -61,7 +63,8 @@ SCALES = {
              "--trials=3", "--depths=0,0.5,1")),
     "cpu-biases": None,  # cpu's settings, the BIASES schemes
     "cpu-rotations": None,  # cpu's settings, the ROTATIONS schemes
-    "cpu-recipes": None,  # cpu's settings, the recipes (recipes below)
+    "cpu-recipes": None,  # cpu's settings, the recipes (recipes below): RoPE's arms and NoPE
+    "cpu-recipes-local": None,  # cpu's settings, the recipes with local layers
     "small-recipes": None,  # small's settings, the recipes
     "base-recipes": None,  # base's settings, the recipes
     # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
@@ -76,8 +79,10 @@ EVAL_OVERRIDES = ("model.attention=auto",)  # the fastest kernel here, whatever 
 def get_sweep(arg: str = "cpu") -> list[Run]:
   if arg not in SCALES:
     raise ValueError(f"extrapolation study: unknown scale {arg!r}; allowed: {', '.join(SCALES)}")
-  if arg.endswith("-recipes"):
-    return recipes(arg.removesuffix("-recipes"))
+  if "-recipes" in arg:
+    scale, _, part = arg.partition("-recipes")
+    runs = recipes(scale)
+    return [r for r in runs if r.name in RECIPE_PARTS[part]] if scale == "cpu" else runs
   schemes = {"cpu": FIRST, "cpu-biases": BIASES,
              "cpu-rotations": ROTATIONS}.get(arg, FIRST + BIASES + ROTATIONS)
   preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[arg] or SCALES["cpu"]
@@ -113,6 +118,10 @@ TRAIN_LENGTH = {"cpu": 128, "small": 1024, "base": 2048}
 # CPU: the pattern needs 4 layers (the tiny preset has 2); the tuning commands' sizes
 RECIPE_CPU = ("model.n_layers=4",)
 TUNE_SIZE = {"cpu": ("--tokens=4096",), "small": ("--tokens=65536",), "base": ("--tokens=65536",)}
+# The CPU's two parts (each under 20 minutes here): RoPE with what is made from it, and NoPE; the
+# recipes with local layers.
+RECIPE_PARTS = {"": ("recipes-rope", "recipes-none"),
+                "-local": ("recipes-rnope-swa", "recipes-irope")}
 
 
 def recipes(scale: str) -> list[Run]:

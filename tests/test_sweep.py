@@ -123,6 +123,8 @@ def test_the_recipes_part_expands_into_valid_configs_and_commands(scale, preset_
   stage, their results applied by the evaluations after them."""
   from lcx.sweep.runner import stage_command
   study, runs = load_sweep(str(ROOT / f"experiments/extrapolation.py:{scale}"))
+  if scale == "cpu-recipes":  # on a CPU in two parts into one folder: the local layers' second
+    runs += load_sweep(str(ROOT / "experiments/extrapolation.py:cpu-recipes-local"))[1]
   assert [r.name for r in runs] == ["recipes-rope", "recipes-none", "recipes-rnope-swa",
                                     "recipes-irope"]
   resolved = {(run.name, stage.name): _resolved(stage) for run in runs for stage in run.stages
