@@ -6,6 +6,8 @@ are never visited: the list of tiles is built from the shapes, so they cost noth
 bias is computed per tile from the tile's positions (never a T x T array), and the backward pass
 (a custom VJP) recomputes each tile's probabilities from the saved log-normalizer instead of
 storing them. A bias with parameters (T5, FIRE, ...) gets its gradient through the same tiles.
+A bias of two per-row vectors (row_bias: a_i - b_j, data-dependent) is read a tile's slice at a
+time, and its gradients are the tiles' row sums and minus their column sums of d(score).
 
 Layout inside: (B*H, L, K), so every tile product is one batched matmul with the batch leading;
 a bias is added to the tile viewed as (B, H, bq, bk), in whatever shape the scheme makes it. Keys
@@ -32,7 +34,7 @@ UNROLL_MAX_TILES = 64
 
 def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                         q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
-                        window: int = 0, chunk: int = 0,
+                        window: int = 0, chunk: int = 0, row_bias=None,
                         block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
   """Same signature and result as lcx.attention.library.dense_attention (see there). A local
   layer (window, chunk) visits only the tiles within its span: cost and memory linear in
@@ -62,8 +64,12 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
                       causal_offset=offset, tiles=visible_tiles(nq, nk, bq, bk, offset, span),
                       bias=bias, window=window, chunk=chunk, span=span)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
+  if row_bias is not None:  # (B, H, L) each -> (B*H, L + pad), float32
+    rows = lambda x, pad: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, 0), (0, pad))).reshape(
+        B * H, -1)
+    row_bias = (rows(row_bias[0], pad_q), rows(row_bias[1], pad_k))
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
-                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args)
+                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
 
 
@@ -120,10 +126,12 @@ def _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos):
   return mask
 
 
-def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, with_vjp=False):
+def _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, row_bias, with_vjp=False):
   """Scores of tile (i, j) plus bias, float32 (B*H, bq, bk); q comes scaled. With `with_vjp`,
   also the VJP of the tile's bias in its parameters (None without parameters)."""
   s = _einsum(g, "nqd,nkd->nqk", q_t, k_t, query_heads=(True, False, True))
+  if row_bias is not None:  # a_i - b_j, the tile's slices of the two vectors
+    s = s + _rows(row_bias[0], i, g.bq)[:, :, None] - _rows(row_bias[1], j, g.bk)[:, None, :]
   if g.bias is None:
     return (s, None) if with_vjp else s
   consts, params = bias_args
@@ -165,7 +173,7 @@ def _loop(lo, hi, body, carry, unrolled: bool):
   return jax.lax.fori_loop(lo, hi, body, carry)
 
 
-def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
+def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
   """(output (B*H, Lq, K) in q's dtype, log-normalizer (B*H, Lq) float32), one query tile at a
   time: its running max, normalizer and output stay small and local."""
   n, _, d = q.shape
@@ -176,7 +184,7 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
 
     def visit(j, carry):
       m, l, acc = carry
-      s = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, bias_args)
+      s = _tile_scores(g, q_i, _rows(k, j, g.bk), i, j, q_pos, k_pos, bias_args, row_bias)
       s = _where(g, _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos), s, -jnp.inf)
       m_new = jnp.maximum(m, s.max(axis=-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
@@ -201,11 +209,13 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
           lses.transpose(1, 0, 2).reshape(n, g.nq * g.bq))
 
 
-def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bias_args):
-  """(dq, dk, dv, d bias params) of tile (i, j), recomputing its probabilities from lse. dq comes
-  for the scaled queries (the scaling outside the kernel carries it to q)."""
+def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bias_args,
+                row_bias):
+  """(dq, dk, dv, d bias params, (da, db)) of tile (i, j), recomputing its probabilities from
+  lse; (da, db): the row bias's, (bq,) and (bk,) rows (zero-size without one). dq comes for the
+  scaled queries (the scaling outside the kernel carries it to q)."""
   q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
-  s, bias_vjp = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, with_vjp=True)
+  s, bias_vjp = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, row_bias, with_vjp=True)
   p = _where(g, _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos),
              jnp.exp(s - _rows(lse, i, g.bq)[..., None]), 0.0)
   dv_t = _einsum(g, "nqk,nqd->nkd", p.astype(do.dtype), do_t, query_heads=(True, True, False))
@@ -213,10 +223,12 @@ def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bi
   ds = p * (dp - _rows(delta, i, g.bq)[..., None])  # d loss / d (score + bias)
   # a bias with parameters: their gradient is ds through the tile's bias
   d_params = bias_vjp(ds) if bias_vjp else ()
+  # a_i - b_j: a_i takes the row's sum of ds over the keys it sees, b_j minus the column's
+  d_rows = (ds.sum(axis=-1), -ds.sum(axis=-2)) if row_bias is not None else ()
   ds = ds.astype(q.dtype)
   dq_t = _einsum(g, "nqk,nkd->nqd", ds, k_t, query_heads=(True, False, True))
   dk_t = _einsum(g, "nqk,nqd->nkd", ds, q_t, query_heads=(True, True, False))
-  return dq_t, dk_t, dv_t, d_params
+  return dq_t, dk_t, dv_t, d_params, d_rows
 
 
 def _sum_to(x, shape):
@@ -227,66 +239,77 @@ def _sum_to(x, shape):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
-  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args)[0]
+def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
+  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)[0]
 
 
-def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args):
-  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args)
-  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args)
+def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
+  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)
+  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)
 
 
 def _attention_bwd(g, residuals, do):
   """One key tile at a time: its dK and dV accumulate locally over the query tiles that see it;
   dQ accumulates across key tiles."""
-  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args = residuals
+  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias = residuals
   bias_consts, bias_params = bias_args
   n, _, d = q.shape
   n_kv = k.shape[0]  # B*G: the key/value heads' rows
   # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
   delta = jnp.einsum("nqd,nqd->nq", do.astype(jnp.float32), o.astype(jnp.float32))
   tile = lambda i, j: _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg,
-                                  bias_args)
+                                  bias_args, row_bias)
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+  # The row bias's gradients ride along with dK (b: per key tile) and dQ (a: per query row),
+  # as trailing columns; zero of them without a row bias.
+  extra = int(row_bias is not None)
   key_start = lambda: (jnp.zeros((n_kv, g.bk, d), jnp.float32),
-                       jnp.zeros((n_kv, g.bk, d), jnp.float32))
+                       jnp.zeros((n_kv, g.bk, d), jnp.float32), jnp.zeros((n, g.bk, extra)))
+  with_rows = lambda d_rows, axis: d_rows[axis][..., None] if extra else jnp.zeros(
+      (n, g.bq if axis == 0 else g.bk, 0))
 
   if len(g.tiles) <= UNROLL_MAX_TILES:
     dq = [jnp.zeros((n, g.bq, d), jnp.float32) for _ in range(g.nq)]
-    dk, dv, dbias = [], [], jax.tree.map(zeros, bias_params)
+    da = [jnp.zeros((n, g.bq, extra), jnp.float32) for _ in range(g.nq)]
+    dk, dv, db, dbias = [], [], [], jax.tree.map(zeros, bias_params)
     for j in range(g.nk):
-      dk_j, dv_j = key_start()
+      dk_j, dv_j, db_j = key_start()
       for i in range(first_query_tile(g, j), query_tiles_end(g, j)):
         if key_tiles_seen(g, i) <= j or first_key_tile(g, i) > j:
           continue
-        dq_t, dk_t, dv_t, d_params = tile(i, j)
+        dq_t, dk_t, dv_t, d_params, d_rows = tile(i, j)
         dq[i], dk_j, dv_j = dq[i] + dq_t, dk_j + dk_t, dv_j + dv_t
+        da[i], db_j = da[i] + with_rows(d_rows, 0), db_j + with_rows(d_rows, 1)
         dbias = jax.tree.map(jnp.add, dbias, d_params)
       dk.append(dk_j)
       dv.append(dv_j)
-    dq, dk, dv = (jnp.concatenate(x, axis=1) for x in (dq, dk, dv))
+      db.append(db_j)
+    dq, dk, dv, da, db = (jnp.concatenate(x, axis=1) for x in (dq, dk, dv, da, db))
   else:
     def key_tile(carry, j):
       def visit(i, inner):
-        dk_j, dv_j, dq, dbias = inner
-        dq_t, dk_t, dv_t, d_params = tile(i, j)
+        dk_j, dv_j, db_j, dq, da, dbias = inner
+        dq_t, dk_t, dv_t, d_params, d_rows = tile(i, j)
         dq = _put_rows(dq, _rows(dq, i, g.bq) + dq_t, i, g.bq)  # in place in the loop
-        return dk_j + dk_t, dv_j + dv_t, dq, jax.tree.map(jnp.add, dbias, d_params)
+        da = _put_rows(da, _rows(da, i, g.bq) + with_rows(d_rows, 0), i, g.bq)
+        return (dk_j + dk_t, dv_j + dv_t, db_j + with_rows(d_rows, 1), dq, da,
+                jax.tree.map(jnp.add, dbias, d_params))
 
-      dk_j, dv_j, dq, dbias = jax.lax.fori_loop(first_query_tile(g, j), query_tiles_end(g, j),
-                                                visit,
-                                                (*key_start(), *carry))
-      return (dq, dbias), (dk_j, dv_j)
+      dk_j, dv_j, db_j, dq, da, dbias = jax.lax.fori_loop(
+          first_query_tile(g, j), query_tiles_end(g, j), visit, (*key_start(), *carry))
+      return (dq, da, dbias), (dk_j, dv_j, db_j)
 
-    (dq, dbias), (dk, dv) = jax.lax.scan(key_tile, (zeros(q), jax.tree.map(zeros, bias_params)),
-                                         jnp.arange(g.nk))
-    dk, dv = (x.transpose(1, 0, 2, 3).reshape(n_kv, g.nk * g.bk, d) for x in (dk, dv))
+    start = (zeros(q), jnp.zeros((n, q.shape[1], extra)), jax.tree.map(zeros, bias_params))
+    (dq, da, dbias), (dk, dv, db) = jax.lax.scan(key_tile, start, jnp.arange(g.nk))
+    dk, dv, db = (x.transpose(1, 0, 2, 3).reshape(x.shape[1], g.nk * g.bk, x.shape[3])
+                  for x in (dk, dv, db))
+  d_row_bias = (da[..., 0], db[..., 0]) if extra else None
   dbias = jax.tree.map(lambda d_, p: d_.astype(p.dtype), dbias, bias_params)
   # Integer inputs have no gradient (segment ids may be None: no packed documents).
   no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), no_grad(q_pos),
           no_grad(k_pos), no_grad(q_seg), no_grad(k_seg),
-          (tuple(map(no_grad, bias_consts)), dbias))
+          (tuple(map(no_grad, bias_consts)), dbias), d_row_bias)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -28,10 +28,12 @@ def local_mask(q_positions_BQ, k_positions_BK, window: int = 0, chunk: int = 0):
 
 def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
-                    window: int = 0, chunk: int = 0):
+                    window: int = 0, chunk: int = 0, row_bias=None):
   """Reference implementation: the full (Q, K) score matrix in float32. Keys and values may have
   fewer heads than the queries (grouped-query attention: each serves H / G query heads). A local
-  layer sees only the keys of its window or chunk (local_mask)."""
+  layer sees only the keys of its window or chunk (local_mask). `row_bias`: a bias made of two
+  per-row vectors (a_BHQ, b_BHK), the score of (i, j) getting a_i - b_j (a data-dependent bias
+  such as the Forgetting Transformer's)."""
   B, Q, H, head_dim = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   if G == H:
@@ -45,6 +47,9 @@ def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     bias = bias_fn(q_positions_BQ, k_positions_BK)
     if bias is not None:
       scores_BHQK = scores_BHQK + bias
+  if row_bias is not None:
+    a_BHQ, b_BHK = row_bias
+    scores_BHQK = scores_BHQK + (a_BHQ[..., :, None] - b_BHK[..., None, :]).astype(jnp.float32)
   q_len, k_len = q_BQHK.shape[1], k_BKHK.shape[1]
   mask = jnp.ones((1, 1, q_len, k_len), dtype=bool)
   if causal:
