@@ -14,9 +14,9 @@ bias per tile with its parameters' gradient; the native CPU kernel takes a fixed
 linear closed form (ALiBi's), which it computes itself from the slopes, and refuses learned ones,
 whose gradient it could not return.
 
-Dense and blockwise also take `row_bias=(a_BHQ, b_BHK)`: a data-dependent bias made of two per-row
-vectors, the score of (i, j) getting a_i - b_j (the Forgetting Transformer's form), which the
-tiled kernel reads a tile's slice at a time and differentiates (tests/test_row_bias.py).
+Dense, blockwise and pallas also take `row_bias=(a_BHQ, b_BHK)`: a data-dependent bias made of two
+per-row vectors, the score of (i, j) getting a_i - b_j (the Forgetting Transformer's form), which
+the tiled kernels read a tile's slice at a time and differentiate (tests/test_row_bias.py).
 
 The package:
   kernels.py   one record per kernel, and the rules read from them (check, accepts, ...)

@@ -11,7 +11,9 @@ index), packed documents are kept apart by segment ids compared per tile, and th
 is its own function (the lcx.positions.Bias the model hands every kernel) evaluated on the tile's
 query and key positions, FlexAttention's score modification: no L x L array exists anywhere, and
 a learned bias (T5, KERPLE, FIRE) gets its parameters' gradient from the backward kernel, each
-program adding up its tiles' share.
+program adding up its tiles' share. A bias of two per-row vectors (row_bias: a_i - b_j, data-
+dependent) is read as a program's slices of them; the dQ programs write a's gradient (row sums of
+dS), the dK/dV programs b's (minus column sums).
 
 A program evaluates its own head's bias where the bias's per-head values are recognized (they
 reach it as its head's entry, see _head_columns: every scheme lcx has); otherwise the bias
@@ -39,7 +41,7 @@ _NO_KEY = -jnp.inf  # a masked score; a row that sees no key at all is handled a
 
 def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                      q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
-                     window: int = 0, chunk: int = 0,
+                     window: int = 0, chunk: int = 0, row_bias=None,
                      block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK,
                      interpret: bool | None = None, platform: str | None = None):
   """Same signature and result as lcx.attention.library.dense_attention. `interpret` (default:
@@ -74,6 +76,7 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
   geometry = Geometry(B=B, H=H, R=H // G, K=K, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
                        causal_offset=S - Q if causal else None, packed=packed, bias=bias,
                        window=window, chunk=chunk, span=window or chunk,
+                       row_bias=row_bias is not None,
                        const_shapes=_shapes_seen(consts, const_heads), const_heads=const_heads,
                        param_shapes=_shapes_seen(params, param_heads), param_heads=param_heads,
                        interpret=interpret, platform=platform)
@@ -82,10 +85,13 @@ def pallas_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
 
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)
+  if row_bias is not None:  # (B, H, L) each -> (B, H, 1, L + pad) float32, as the lse's layout
+    per_row = lambda x, pad: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, 0), (0, pad)))[:, :, None]
+    row_bias = (per_row(row_bias[0], pad_q), per_row(row_bias[1], pad_k))
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
                  heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg,
                  tuple(map(_operand, consts, const_heads)),
-                 tuple(map(_operand, params, param_heads)))
+                 tuple(map(_operand, params, param_heads)), row_bias)
   return o[:, :, :Q].transpose(0, 2, 1, 3)
 
 
@@ -162,12 +168,14 @@ def _tile_bias(g, h, q_pos, k_pos, consts, params):
   return jnp.broadcast_to((bias * one_hot).sum(axis=0), (g.bq, g.bk))
 
 
-def _tile_scores(g, h, i, j, q, k, pos, seg, consts, params):
+def _tile_scores(g, h, i, j, q, k, pos, seg, consts, params, rows=None):
   """Scores plus bias of tile (i, j) for head h, float32 (bq, bk), masked keys at -inf; and
-  the mask (None: every key is seen)."""
+  the mask (None: every key is seen). `rows`: the row bias's (a (bq,), b (bk,)) for the tile."""
   q_pos_ref, k_pos_ref = pos
   q_rows, k_rows = pl.ds(i * g.bq, g.bq), pl.ds(j * g.bk, g.bk)
   s = jnp.dot(q, k.T, preferred_element_type=jnp.float32)
+  if rows is not None:
+    s = s + rows[0][:, None] - rows[1][None, :]
   if g.bias is not None:
     s = s + _tile_bias(g, h, q_pos_ref[:, q_rows], k_pos_ref[:, k_rows], consts, params)
   q_index = i * g.bq + jnp.arange(g.bq)[:, None]
@@ -196,6 +204,7 @@ def _load_bias_args(g, const_refs, param_refs):
 def _forward_kernel(g, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, *rest):
   """Program (b, h, i): query tile i of head h, over the key tiles it sees."""
   seg, rest = (rest[:2], rest[2:]) if g.packed else ((), rest)
+  row_refs, rest = (rest[:2], rest[2:]) if g.row_bias else ((), rest)  # a's tile, b's whole row
   n_c, n_p = len(g.const_shapes), len(g.param_shapes)
   const_refs, param_refs, (o_ref, lse_ref) = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
   consts, params = _load_bias_args(g, const_refs, param_refs)
@@ -205,7 +214,8 @@ def _forward_kernel(g, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, *rest):
   def visit(j, carry):
     m, l, acc = carry
     k = k_ref[pl.ds(j * g.bk, g.bk), :]
-    s, _ = _tile_scores(g, h, i, j, q, k, (q_pos_ref, k_pos_ref), seg, consts, params)
+    rows = (row_refs[0][0], row_refs[1][0, pl.ds(j * g.bk, g.bk)]) if g.row_bias else None
+    s, _ = _tile_scores(g, h, i, j, q, k, (q_pos_ref, k_pos_ref), seg, consts, params, rows)
     m_new = jnp.maximum(m, s.max(axis=-1))
     m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet
     p = jnp.exp(s - m_safe[:, None])
@@ -265,7 +275,7 @@ def _kv_head(g):
   return (lambda h: h) if g.R == 1 else (lambda h: h // g.R)
 
 
-def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
+def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias):
   """(output (B, H, Lq, K) in q's dtype, log-normalizer (B, H, 1, Lq) float32)."""
   Lq, Lk = g.nq * g.bq, g.nk * g.bk
   kv = _kv_head(g)
@@ -278,16 +288,22 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
   out_shape = [jax.ShapeDtypeStruct((g.B, g.H, Lq, g.K), q.dtype),
                jax.ShapeDtypeStruct((g.B, g.H, 1, Lq), jnp.float32)]
   segs = (q_seg, k_seg) if g.packed else ()
+  row_specs = [pl.BlockSpec((None, None, 1, g.bq), lambda b, h, i: (b, h, 0, i)),
+               pl.BlockSpec((None, None, 1, Lk), lambda b, h, i: (b, h, 0, 0))]
+  if g.row_bias:  # after the segment ids' specs, before the bias values'
+    n_side = 2 + 2 * g.packed
+    in_specs = in_specs[:3 + n_side] + row_specs + in_specs[3 + n_side:]
   return _call(g, _forward_kernel, (g.B, g.H, g.nq), in_specs, out_specs, out_shape,
-               "lcx_attention_forward")(q, k, v, q_pos, k_pos, *segs, *consts, *params)
+               "lcx_attention_forward")(q, k, v, q_pos, k_pos, *segs, *(row_bias or ()), *consts,
+                                        *params)
 
 
 # --- backward ---------------------------------------------------------------------------------------
 
-def _tile_ds(g, h, i, j, q, k, v, do, lse, delta, pos, seg, consts, params):
+def _tile_ds(g, h, i, j, q, k, v, do, lse, delta, pos, seg, consts, params, rows=None):
   """(p, ds) of tile (i, j): the probabilities recomputed from lse, and d loss / d (score +
   bias)."""
-  s, mask = _tile_scores(g, h, i, j, q, k, pos, seg, consts, params)
+  s, mask = _tile_scores(g, h, i, j, q, k, pos, seg, consts, params, rows)
   p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
   dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
   return p, p * (dp - delta[:, None])
@@ -297,20 +313,25 @@ def _dkv_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k
   """Program (b, h, j): dK and dV of key tile j and its share of the bias parameters' gradient,
   over the query tiles that see it."""
   seg, rest = (rest[:2], rest[2:]) if g.packed else ((), rest)
+  row_refs, rest = (rest[:2], rest[2:]) if g.row_bias else ((), rest)  # a's whole row, b's tile
   n_c, n_p = len(g.const_shapes), len(g.param_shapes)
   const_refs, param_refs, outs = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
-  dk_ref, dv_ref, dparam_refs = outs[0], outs[1], outs[2:]
+  dk_ref, dv_ref = outs[0], outs[1]
+  db_ref, dparam_refs = (outs[2], outs[3:]) if g.row_bias else (None, outs[2:])
   consts, params = _load_bias_args(g, const_refs, param_refs)
   h, j = pl.program_id(1), pl.program_id(2)
   k, v = k_ref[...], v_ref[...]
   pos = (q_pos_ref, k_pos_ref)
 
   def visit(i, carry):
-    dk, dv, dparams = carry
+    dk, dv, db, dparams = carry
     rows = pl.ds(i * g.bq, g.bq)
     q, do = q_ref[rows, :], do_ref[rows, :]
     lse, delta = lse_ref[0, rows], delta_ref[0, rows]
-    p, ds = _tile_ds(g, h, i, j, q, k, v, do, lse, delta, pos, seg, consts, params)
+    tile_rows = (row_refs[0][0, rows], row_refs[1][0]) if g.row_bias else None
+    p, ds = _tile_ds(g, h, i, j, q, k, v, do, lse, delta, pos, seg, consts, params, tile_rows)
+    if g.row_bias:  # b_j enters every score of its column with a minus sign
+      db = db - ds.sum(axis=0)
     if params:  # the tile's bias in its parameters, pulled back from ds
       _, pullback = jax.vjp(
           lambda ps: _tile_bias(g, h, q_pos_ref[:, rows], k_pos_ref[:, pl.ds(j * g.bk, g.bk)],
@@ -318,46 +339,57 @@ def _dkv_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k
       dparams = [a + b for a, b in zip(dparams, pullback(ds)[0])]
     dv = dv + jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=jnp.float32)
     dk = dk + jnp.dot(ds.astype(q.dtype).T, q, preferred_element_type=jnp.float32)
-    return dk, dv, dparams
+    return dk, dv, db, dparams
 
   zeros = jnp.zeros((g.bk, g.K), jnp.float32)
   dparams = [jnp.zeros(p.shape, jnp.float32) for p in params]
-  dk, dv, dparams = jax.lax.fori_loop(_first_query_tile(g, j), _query_tiles_end(g, j), visit,
-                                      (zeros, zeros, dparams))
+  dk, dv, db, dparams = jax.lax.fori_loop(_first_query_tile(g, j), _query_tiles_end(g, j), visit,
+                                          (zeros, zeros, jnp.zeros((g.bk,), jnp.float32),
+                                           dparams))
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
+  if g.row_bias:
+    db_ref[...] = db[None]
   for ref, d in zip(dparam_refs, dparams):
     ref[...] = d
 
 
 def _dq_kernel(g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref, k_pos_ref, *rest):
-  """Program (b, h, i): dQ of query tile i, over the key tiles it sees."""
+  """Program (b, h, i): dQ of query tile i (and the row bias's a), over the key tiles it sees."""
   seg, rest = (rest[:2], rest[2:]) if g.packed else ((), rest)
+  row_refs, rest = (rest[:2], rest[2:]) if g.row_bias else ((), rest)  # a's tile, b's whole row
   n_c, n_p = len(g.const_shapes), len(g.param_shapes)
-  const_refs, param_refs, (dq_ref,) = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
+  const_refs, param_refs, outs = rest[:n_c], rest[n_c:n_c + n_p], rest[n_c + n_p:]
   consts, params = _load_bias_args(g, const_refs, param_refs)
   h, i = pl.program_id(1), pl.program_id(2)
   q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[0], delta_ref[0]
 
-  def visit(j, dq):
+  def visit(j, carry):
+    dq, da = carry
     cols = pl.ds(j * g.bk, g.bk)
     k = k_ref[cols, :]
+    rows = (row_refs[0][0], row_refs[1][0, cols]) if g.row_bias else None
     _, ds = _tile_ds(g, h, i, j, q, k, v_ref[cols, :], do, lse, delta, (q_pos_ref, k_pos_ref),
-                     seg, consts, params)
-    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+                     seg, consts, params, rows)
+    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32), (
+        da + ds.sum(axis=1))  # a_i enters every score of its row
 
-  dq = jax.lax.fori_loop(_first_key_tile(g, i), _key_tiles_seen(g, i), visit,
-                         jnp.zeros((g.bq, g.K), jnp.float32))
-  dq_ref[...] = dq.astype(dq_ref.dtype)
+  dq, da = jax.lax.fori_loop(_first_key_tile(g, i), _key_tiles_seen(g, i), visit,
+                             (jnp.zeros((g.bq, g.K), jnp.float32), jnp.zeros((g.bq,), jnp.float32)))
+  outs[0][...] = dq.astype(outs[0].dtype)
+  if g.row_bias:
+    outs[1][...] = da[None]
 
 
-def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params):
+def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias):
   Lq, Lk = g.nq * g.bq, g.nk * g.bk
   # D_i = sum_d dO_id O_id: the softmax backward's row term, once per query.
   delta = jnp.einsum("bhqd,bhqd->bhq", do.astype(jnp.float32), o.astype(jnp.float32))[:, :, None]
   segs = (q_seg, k_seg) if g.packed else ()
-  operands = (q, k, v, do, lse, delta, q_pos, k_pos, *segs, *consts, *params)
+  operands = (q, k, v, do, lse, delta, q_pos, k_pos, *segs, *(row_bias or ()), *consts, *params)
   side_specs = _side_specs(g, consts, params)
+  n_side = 2 + 2 * g.packed  # positions and segment ids; the row bias's specs go after them
+  with_rows = lambda specs, rows: (specs[:n_side] + rows + specs[n_side:]) if g.row_bias else specs
   kv = _kv_head(g)
   all_q = pl.BlockSpec((None, None, Lq, g.K), lambda b, h, t: (b, h, 0, 0))
   all_k = pl.BlockSpec((None, None, Lk, g.K), lambda b, h, t: (b, kv(h), 0, 0))
@@ -366,6 +398,10 @@ def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params
   kv_tile = pl.BlockSpec((None, None, g.bk, g.K), lambda b, h, j: (b, kv(h), j, 0))
   query_tile = pl.BlockSpec((None, None, g.bq, g.K), lambda b, h, i: (b, h, i, 0))
   query_rows = pl.BlockSpec((None, None, 1, g.bq), lambda b, h, i: (b, h, 0, i))
+  key_rows = pl.BlockSpec((None, None, 1, g.bk), lambda b, h, j: (b, h, 0, j))
+  all_key_rows = pl.BlockSpec((None, None, 1, Lk), lambda b, h, t: (b, h, 0, 0))
+  db_out = ([key_rows], [jax.ShapeDtypeStruct((g.B, g.H, 1, Lk), jnp.float32)]) if g.row_bias \
+      else ([], [])
 
   # dK, dV (and the bias parameters: one partial sum per program, added up here)
   # A program's share of a parameter's gradient, in the block it reads (a head's: (1, 1)).
@@ -375,43 +411,50 @@ def _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts, params
   kv_grad = (lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)) if g.R == 1 else (
       lambda x: jax.ShapeDtypeStruct((g.B, g.H, *x.shape[2:]), jnp.float32))
   out = _call(g, _dkv_kernel, (g.B, g.H, g.nk),
-              [all_q, kv_tile, kv_tile, all_q, all_rows, all_rows, *side_specs],
-              [key_tile, key_tile,
+              [all_q, kv_tile, kv_tile, all_q, all_rows, all_rows,
+               *with_rows(side_specs, [all_rows, key_rows])],
+              [key_tile, key_tile, *db_out[0],
                *(pl.BlockSpec((None, None, None, *s), lambda b, h, j, n=len(s): (b, h, j,
                                                                                  *(0,) * n))
                  for s in param_shapes)],
-              [kv_grad(k), kv_grad(v),
+              [kv_grad(k), kv_grad(v), *db_out[1],
                *(jax.ShapeDtypeStruct((g.B, g.H, g.nk, *s), jnp.float32) for s in param_shapes)],
               "lcx_attention_dkv")(*operands)
   dk, dv = out[0], out[1]
+  db, out = (out[2], [*out[:2], *out[3:]]) if g.row_bias else (None, out)
   if g.R > 1:
     dk, dv = (d.reshape(g.B, -1, g.R, *d.shape[2:]).sum(2).astype(x.dtype)
               for d, x in ((dk, k), (dv, v)))
   dparams = [d.sum(axis=(0, 2)) if head else d.sum(axis=(0, 1, 2))  # a head's: (H, 1, 1)
              for d, head in zip(out[2:], g.param_heads)]
+  dq_out = ([query_tile, query_rows], [jax.ShapeDtypeStruct(q.shape, q.dtype),
+                                        jax.ShapeDtypeStruct((g.B, g.H, 1, Lq), jnp.float32)])
+  n_out = 1 + g.row_bias
   dq = _call(g, _dq_kernel, (g.B, g.H, g.nq),
-             [query_tile, all_k, all_k, query_tile, query_rows, query_rows, *side_specs],
-             query_tile, jax.ShapeDtypeStruct(q.shape, q.dtype), "lcx_attention_dq")(*operands)
-  return dq, dk, dv, dparams
+             [query_tile, all_k, all_k, query_tile, query_rows, query_rows,
+              *with_rows(side_specs, [query_rows, all_key_rows])],
+             dq_out[0][:n_out], dq_out[1][:n_out], "lcx_attention_dq")(*operands)
+  dq, d_rows = (dq[0], (dq[1], db)) if g.row_bias else (dq[0], None)
+  return dq, dk, dv, dparams, d_rows
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
-  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params)[0]
+def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias):
+  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias)[0]
 
 
-def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params):
-  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params)
-  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, consts, params)
+def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias):
+  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias)
+  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias)
 
 
 def _attention_bwd(g, residuals, do):
-  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, consts, params = residuals
-  dq, dk, dv, dparams = _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg, consts,
-                                  params)
+  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, consts, params, row_bias = residuals
+  dq, dk, dv, dparams, d_rows = _backward(g, q, k, v, o, lse, do, q_pos, k_pos, q_seg, k_seg,
+                                          consts, params, row_bias)
   # None: no gradient for positions, segment ids and the bias's fixed values
   return (dq, dk, dv, None, None, None, None, tuple(None for _ in consts),
-          tuple(d.reshape(p.shape).astype(p.dtype) for d, p in zip(dparams, params)))
+          tuple(d.reshape(p.shape).astype(p.dtype) for d, p in zip(dparams, params)), d_rows)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
