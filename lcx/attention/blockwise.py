@@ -211,9 +211,9 @@ def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
 
 def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bias_args,
                 row_bias):
-  """(dq, dk, dv, d bias params, (da, db)) of tile (i, j), recomputing its probabilities from
-  lse; (da, db): the row bias's, (bq,) and (bk,) rows (zero-size without one). dq comes for the
-  scaled queries (the scaling outside the kernel carries it to q)."""
+  """(dq, dk, dv, d bias params, da, db) of tile (i, j), recomputing its probabilities from
+  lse; da, db: the row bias's, (rows of bq,) and (rows of bk,) ((), () without one). dq comes for
+  the scaled queries (the scaling outside the kernel carries it to q)."""
   q_t, k_t, v_t, do_t = _rows(q, i, g.bq), _rows(k, j, g.bk), _rows(v, j, g.bk), _rows(do, i, g.bq)
   s, bias_vjp = _tile_scores(g, q_t, k_t, i, j, q_pos, k_pos, bias_args, row_bias, with_vjp=True)
   p = _where(g, _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos),
@@ -224,11 +224,11 @@ def _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, bi
   # a bias with parameters: their gradient is ds through the tile's bias
   d_params = bias_vjp(ds) if bias_vjp else ()
   # a_i - b_j: a_i takes the row's sum of ds over the keys it sees, b_j minus the column's
-  d_rows = (ds.sum(axis=-1), -ds.sum(axis=-2)) if row_bias is not None else ()
+  d_a, d_b = ((ds.sum(axis=-1),), (-ds.sum(axis=-2),)) if row_bias is not None else ((), ())
   ds = ds.astype(q.dtype)
   dq_t = _einsum(g, "nqk,nkd->nqd", ds, k_t, query_heads=(True, False, True))
   dk_t = _einsum(g, "nqk,nqd->nkd", ds, q_t, query_heads=(True, True, False))
-  return dq_t, dk_t, dv_t, d_params, d_rows
+  return dq_t, dk_t, dv_t, d_params, d_a, d_b
 
 
 def _sum_to(x, shape):
@@ -260,50 +260,50 @@ def _attention_bwd(g, residuals, do):
   tile = lambda i, j: _tile_grads(g, i, j, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg,
                                   bias_args, row_bias)
   zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
-  # The row bias's gradients ride along with dK (b: per key tile) and dQ (a: per query row),
-  # as trailing columns; zero of them without a row bias.
-  extra = int(row_bias is not None)
   key_start = lambda: (jnp.zeros((n_kv, g.bk, d), jnp.float32),
-                       jnp.zeros((n_kv, g.bk, d), jnp.float32), jnp.zeros((n, g.bk, extra)))
-  with_rows = lambda d_rows, axis: d_rows[axis][..., None] if extra else jnp.zeros(
-      (n, g.bq if axis == 0 else g.bk, 0))
+                       jnp.zeros((n_kv, g.bk, d), jnp.float32))
+  # The row bias's gradients, accumulated as dQ's (a: per query row) and dK's (b: per key tile)
+  # are; empty tuples without a row bias, so nothing is carried.
+  row_zeros = lambda length: ((jnp.zeros((n, length), jnp.float32),) if row_bias is not None
+                              else ())
+  add = functools.partial(jax.tree.map, jnp.add)
 
   if len(g.tiles) <= UNROLL_MAX_TILES:
     dq = [jnp.zeros((n, g.bq, d), jnp.float32) for _ in range(g.nq)]
-    da = [jnp.zeros((n, g.bq, extra), jnp.float32) for _ in range(g.nq)]
+    da = [row_zeros(g.bq) for _ in range(g.nq)]
     dk, dv, db, dbias = [], [], [], jax.tree.map(zeros, bias_params)
     for j in range(g.nk):
-      dk_j, dv_j, db_j = key_start()
+      (dk_j, dv_j), db_j = key_start(), row_zeros(g.bk)
       for i in range(first_query_tile(g, j), query_tiles_end(g, j)):
         if key_tiles_seen(g, i) <= j or first_key_tile(g, i) > j:
           continue
-        dq_t, dk_t, dv_t, d_params, d_rows = tile(i, j)
+        dq_t, dk_t, dv_t, d_params, da_t, db_t = tile(i, j)
         dq[i], dk_j, dv_j = dq[i] + dq_t, dk_j + dk_t, dv_j + dv_t
-        da[i], db_j = da[i] + with_rows(d_rows, 0), db_j + with_rows(d_rows, 1)
-        dbias = jax.tree.map(jnp.add, dbias, d_params)
+        da[i], db_j, dbias = add(da[i], da_t), add(db_j, db_t), add(dbias, d_params)
       dk.append(dk_j)
       dv.append(dv_j)
       db.append(db_j)
-    dq, dk, dv, da, db = (jnp.concatenate(x, axis=1) for x in (dq, dk, dv, da, db))
+    dq, dk, dv = (jnp.concatenate(x, axis=1) for x in (dq, dk, dv))
+    da, db = (jax.tree.map(lambda *x: jnp.concatenate(x, axis=1), *parts) for parts in (da, db))
   else:
     def key_tile(carry, j):
       def visit(i, inner):
         dk_j, dv_j, db_j, dq, da, dbias = inner
-        dq_t, dk_t, dv_t, d_params, d_rows = tile(i, j)
+        dq_t, dk_t, dv_t, d_params, da_t, db_t = tile(i, j)
         dq = _put_rows(dq, _rows(dq, i, g.bq) + dq_t, i, g.bq)  # in place in the loop
-        da = _put_rows(da, _rows(da, i, g.bq) + with_rows(d_rows, 0), i, g.bq)
-        return (dk_j + dk_t, dv_j + dv_t, db_j + with_rows(d_rows, 1), dq, da,
-                jax.tree.map(jnp.add, dbias, d_params))
+        da = jax.tree.map(lambda a, t: _put_rows(a, _rows(a, i, g.bq) + t, i, g.bq), da, da_t)
+        return dk_j + dk_t, dv_j + dv_t, add(db_j, db_t), dq, da, add(dbias, d_params)
 
       dk_j, dv_j, db_j, dq, da, dbias = jax.lax.fori_loop(
-          first_query_tile(g, j), query_tiles_end(g, j), visit, (*key_start(), *carry))
+          first_query_tile(g, j), query_tiles_end(g, j), visit,
+          (*key_start(), row_zeros(g.bk), *carry))
       return (dq, da, dbias), (dk_j, dv_j, db_j)
 
-    start = (zeros(q), jnp.zeros((n, q.shape[1], extra)), jax.tree.map(zeros, bias_params))
+    start = (zeros(q), row_zeros(q.shape[1]), jax.tree.map(zeros, bias_params))
     (dq, da, dbias), (dk, dv, db) = jax.lax.scan(key_tile, start, jnp.arange(g.nk))
-    dk, dv, db = (x.transpose(1, 0, 2, 3).reshape(x.shape[1], g.nk * g.bk, x.shape[3])
-                  for x in (dk, dv, db))
-  d_row_bias = (da[..., 0], db[..., 0]) if extra else None
+    dk, dv = (x.transpose(1, 0, 2, 3).reshape(n_kv, g.nk * g.bk, d) for x in (dk, dv))
+    db = jax.tree.map(lambda x: x.transpose(1, 0, 2).reshape(n, g.nk * g.bk), db)
+  d_row_bias = (da[0], db[0]) if row_bias is not None else None
   dbias = jax.tree.map(lambda d_, p: d_.astype(p.dtype), dbias, bias_params)
   # Integer inputs have no gradient (segment ids may be None: no packed documents).
   no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
