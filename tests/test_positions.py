@@ -305,7 +305,12 @@ def test_every_scheme_says_truly_whether_its_bias_is_learned(name):
   has_params = bool(jax.tree.leaves(nnx.state(scheme, nnx.Param)))
   kind = positions.bias_kind(name)
   if kind is None:
-    assert scheme.bias_fn(0) is None
+    assert scheme.bias_fn(0) is None and scheme.log_gates(jnp.ones((2, 5, 16)), 0) is None
+    return
+  if kind.rows:  # made from the layer's input: log gates, no function of positions
+    assert scheme.bias_fn(0) is None and kind.learned == has_params, name
+    gates = scheme.log_gates(jnp.ones((2, 5, 16)), 1)
+    assert gates.shape == (2, 5, 3) and gates.dtype == jnp.float32
     return
   bias = scheme.bias_fn(1)
   assert bias.kind == kind

@@ -134,6 +134,13 @@ def validate(name: str, cfg: MemoryConfig, train_length: int) -> None:
   REGISTRY.lookup(name).validate(REGISTRY.with_options(name, cfg), train_length)
 
 
+def keeps_entries(name: str) -> bool:
+  """Whether the mechanism's layers attend to stored keys besides the segment's own (xl,
+  compressive, knn), not only to what its `wrap` puts in the segment (rmt's tokens)."""
+  cls = REGISTRY.lookup(name)
+  return (cls.entries is not MemoryMechanism.entries or cls.attend is not MemoryMechanism.attend)
+
+
 def check_options(name: str, sections: dict[str, object]) -> None:
   """Every mechanism's options as the config holds them, with `name` the chosen one (see
   lcx.registry)."""

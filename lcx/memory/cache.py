@@ -19,24 +19,36 @@ class KVCache:
   # The tokens of the whole window being decoded, where a local layer's cache holds fewer (its
   # attention window): what length-dependent schemes see. 0: the cache's size.
   context: int = dataclasses.field(default=0, metadata=dict(static=True))
+  # Each slot's log forget gate per query head, float32, for a bias made from the data (FoX's:
+  # the bias of a query and a key is the sum of the gates between them); None for other schemes.
+  # Unwritten slots hold 0.
+  log_gates_BSH: jax.Array | None = None
 
   @classmethod
   def empty(cls, batch: int, size: int, heads: int, head_dim: int, dtype,
-            context: int = 0) -> "KVCache":
+            context: int = 0, gate_heads: int = 0) -> "KVCache":
+    """`gate_heads`: the query heads whose log gates each slot keeps (0: none kept)."""
     zeros = jnp.zeros((batch, size, heads, head_dim), dtype)
+    gates = jnp.zeros((batch, size, gate_heads), jnp.float32) if gate_heads else None
     return cls(zeros, zeros, jnp.zeros((batch, size), jnp.int32),
-               jnp.zeros((batch, size), jnp.int32), context)
+               jnp.zeros((batch, size), jnp.int32), context, gates)
 
   @property
   def size(self) -> int:
     return self.k_BSHK.shape[1]
 
-  def concat(self, k_BCHK, v_BCHK, positions_BC, segment_ids_BC) -> "KVCache":
-    """These entries followed by C new ones (S + C slots)."""
+  def concat(self, k_BCHK, v_BCHK, positions_BC, segment_ids_BC,
+             log_gates_BCH=None) -> "KVCache":
+    """These entries followed by C new ones (S + C slots); their log gates where the cache keeps
+    them."""
     join = lambda old, new: jnp.concatenate([old, new.astype(old.dtype)], axis=1)
+    if (self.log_gates_BSH is None) != (log_gates_BCH is None):
+      raise ValueError("a cache that keeps log forget gates takes them with every entry, and one "
+                       "that does not takes none")
+    gates = None if log_gates_BCH is None else join(self.log_gates_BSH, log_gates_BCH)
     return KVCache(join(self.k_BSHK, k_BCHK), join(self.v_BSHK, v_BCHK),
                    join(self.positions_BS, positions_BC), join(self.segment_ids_BS, segment_ids_BC),
-                   self.context)
+                   self.context, gates)
 
   def last(self, n: int) -> "KVCache":
     """The newest n slots."""
@@ -46,7 +58,7 @@ class KVCache:
     """The oldest n slots."""
     return jax.tree.map(lambda x: x[:, :n], self)
 
-  def append(self, k_BCHK, v_BCHK, positions_BC) -> "KVCache":
+  def append(self, k_BCHK, v_BCHK, positions_BC, log_gates_BCH=None) -> "KVCache":
     """Decoding one stream: the oldest C slots dropped, the new entries (segment 1) at the end."""
     ones = jnp.ones(positions_BC.shape, jnp.int32)
-    return self.concat(k_BCHK, v_BCHK, positions_BC, ones).last(self.size)
+    return self.concat(k_BCHK, v_BCHK, positions_BC, ones, log_gates_BCH).last(self.size)

@@ -5,6 +5,7 @@ Shape legend for names such as x_BLD:
   attention), K head dim, F mlp dim, V vocabulary.
 Every parameter carries `logical_axes`; lcx.sharding maps them to the mesh.
 """
+import functools
 import math
 
 import jax
@@ -90,10 +91,11 @@ class Attention(nnx.Module):
                layer):
     """`layer`: this layer's index (an int, or a scalar under a scan), for per-layer biases."""
     q_BLHK, k_BLHK, v_BLHK = self._qkv(x_BLD, positions_BL, scheme)
+    gates = _row_bias(scheme, x_BLD, layer, segment_ids_BL)
     o_BLHK = self.attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
                          k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
                          k_segment_ids_BK=segment_ids_BL,
-                         bias_fn=scheme.bias_fn(layer), **self.local)
+                         bias_fn=scheme.bias_fn(layer), **self.local, **gates)
     return project(o_BLHK, self.wo[...], in_dims=2)
 
   def with_memory(self, x_BCD, positions_BC, segment_ids_BC, scheme, layer, mechanism,
@@ -101,8 +103,11 @@ class Attention(nnx.Module):
     """One segment whose queries also see the mechanism's entries for this layer (placed before
     the segment's own keys): (output, the layer's next state)."""
     q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme)
+    # A bias made from the data covers the segment's own keys only: config resolution lets it
+    # through with mechanisms that add no stored keys (lcx.memory.keeps_entries).
+    attend = functools.partial(self.attend, **_row_bias(scheme, x_BCD, layer, segment_ids_BC))
     o_BCHK = mechanism.attend(layer_state, layer, q_BCHK, k_BCHK, v_BCHK, positions_BC,
-                              segment_ids_BC, attend=self.attend, cache_attend=self.cache_attend,
+                              segment_ids_BC, attend=attend, cache_attend=self.cache_attend,
                               bias_fn=scheme.bias_fn(layer))
     layer_state = mechanism.update(layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC,
                                    layer)
@@ -115,13 +120,28 @@ class Attention(nnx.Module):
     q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme,
                                        length=cache.context or cache.size)
     ones = jnp.ones(positions_BC.shape, jnp.int32)
-    seen = (cache.concat(k_BCHK, v_BCHK, positions_BC, ones) if self.local
-            else cache.append(k_BCHK, v_BCHK, positions_BC))
+    gates_BCH = scheme.log_gates(x_BCD, layer)
+    seen = (cache.concat(k_BCHK, v_BCHK, positions_BC, ones, gates_BCH) if self.local
+            else cache.append(k_BCHK, v_BCHK, positions_BC, gates_BCH))
+    # the cache keeps each key's log gate: the sums over its window are the bias's differences
+    row_bias = {} if gates_BCH is None else dict(row_bias=positions.gate_row_bias(
+        seen.log_gates_BSH, seen.segment_ids_BS, q_len=positions_BC.shape[1]))
     o_BCHK = self.cache_attend(q_BCHK, seen.k_BSHK, seen.v_BSHK, q_positions_BQ=positions_BC,
                                k_positions_BK=seen.positions_BS, q_segment_ids_BQ=ones,
                                k_segment_ids_BK=seen.segment_ids_BS,
-                               bias_fn=scheme.bias_fn(layer), **self.local)
+                               bias_fn=scheme.bias_fn(layer), **self.local, **row_bias)
     return project(o_BCHK, self.wo[...], in_dims=2), seen.last(cache.size)
+
+
+def _row_bias(scheme, x_BLD, layer, segment_ids_BL) -> dict:
+  """The kernels' `row_bias` argument for a scheme whose bias is made from the data (FoX's),
+  else no argument: kernels without one take none."""
+  gates_BLH = scheme.log_gates(x_BLD, layer)
+  if gates_BLH is None:
+    return {}
+  if segment_ids_BL is None:
+    segment_ids_BL = jnp.ones(x_BLD.shape[:2], jnp.int32)
+  return dict(row_bias=positions.gate_row_bias(gates_BLH, segment_ids_BL, x_BLD.shape[1]))
 
 
 class Mlp(nnx.Module):
@@ -302,9 +322,11 @@ class Transformer(nnx.Module):
     local layer's for its window or chunk only (its memory constant in `size`)."""
     self.check_length(size)
     span = self.cfg.window or self.cfg.chunk
+    gated = [bool(s.BIAS and s.BIAS.rows) for s in self.schemes]  # keys keep their log gates
     return [KVCache.empty(batch, min(size, span) if block.attn.local else size, self.cfg.kv_heads,
-                          self.cfg.head_dim, jnp.dtype(self.cfg.compute_dtype), context=size)
-            for block in self.blocks]
+                          self.cfg.head_dim, jnp.dtype(self.cfg.compute_dtype), context=size,
+                          gate_heads=self.cfg.n_heads if gated[i % len(gated)] else 0)
+            for i, block in enumerate(self.blocks)]
 
   def extend(self, tokens_BC, positions_BC, caches: list[KVCache]):
     """Logits of C tokens that follow those in the caches, and the caches with them added. A

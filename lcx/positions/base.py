@@ -5,7 +5,11 @@ A scheme may act at three places, and the model calls all three unconditionally:
   rotate(q_BLHK, k_BLHK, positions_BL, length) transform queries and keys (RoPE and its variants)
   bias(q_positions_BQ, k_positions_BK, layer) additive attention-logit bias, (B, H, Q, K)
 `bias` is a pure function of positions so that a blockwise kernel can call it per tile; the
-kernels receive it as a lcx.positions.bias.Bias (`bias_fn`), which says what it is.
+kernels receive it as a lcx.positions.bias.Bias (`bias_fn`), which says what it is. A bias made
+from the data instead (BiasKind.rows, the Forgetting Transformer's) comes from a fourth hook:
+  log_gates(x_BLD, layer)             (B, L, H) log forget gates of the layer's input, which
+                                      lcx.positions.bias.gate_row_bias turns into the kernels'
+                                      row_bias (None for every other scheme)
 """
 import ast
 import dataclasses
@@ -66,9 +70,16 @@ class PositionScheme(nnx.Module):
     done outside the kernel, once (lcx.attention.tiles hoists it). By default `bias` itself."""
     return self.bias(q_positions_BQ, k_positions_BK, layer)
 
+  def log_gates(self, x_BLD: jax.Array, layer) -> jax.Array | None:
+    """(B, L, H) float32 log forget gates of the attention layer's input, for a scheme whose bias
+    is made from the data (BIAS.rows); None for every other."""
+    del x_BLD, layer
+    return None
+
   def bias_fn(self, layer=0) -> Bias | None:
-    """What the attention kernels of `layer` are handed: None for a scheme without a bias."""
-    if self.BIAS is None:
+    """What the attention kernels of `layer` are handed: None for a scheme without a bias of
+    positions (none, or one made from the data: log_gates)."""
+    if self.BIAS is None or self.BIAS.rows:
       return None
     tile = (None if type(self).tile_bias is PositionScheme.tile_bias
             else functools.partial(self.tile_bias, layer=layer))

@@ -37,10 +37,15 @@ def _layer(model: ModelConfig, scheme: str, kernel: str, batch: int, length: int
   q, k, v = (jax.random.normal(key, (batch, length, model.n_heads, model.head_dim), dtype)
              for key in keys)
   pos = jnp.broadcast_to(jnp.arange(length), (batch, length))
+  # a bias made from the data (FoX's) is made from a layer input, its gates' gradient included
+  x = jax.random.normal(jax.random.PRNGKey(1), (batch, length, model.d_model), dtype)
 
   def loss(q, k, v, params):
-    bias_fn = nnx.merge(graphdef, params, rest).bias_fn(0)
-    o = attend(q, k, v, q_positions_BQ=pos, k_positions_BK=pos, bias_fn=bias_fn)
+    scheme = nnx.merge(graphdef, params, rest)
+    gates = scheme.log_gates(x, 0)
+    rows = {} if gates is None else dict(row_bias=positions.gate_row_bias(
+        gates, jnp.ones(pos.shape, jnp.int32), length))
+    o = attend(q, k, v, q_positions_BQ=pos, k_positions_BK=pos, bias_fn=scheme.bias_fn(0), **rows)
     return o.astype(jnp.float32).sum()
 
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))), (q, k, v, params)
