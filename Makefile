@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make demo   create .venv (when missing or stale), then run the CPU extrapolation study and report
-#   make demo-more  the study's other schemes (T5, KERPLE, FIRE; then xPos, p-RoPE), same folder
+#   make demo-more  the study's other schemes (T5, KERPLE, FIRE; xPos, p-RoPE; FoX), same folder
 #   make demo-recipes  the recipes part (RoPE/NoPE hybrids, local windows, DroPE, LongRoPE, PoSE)
 #   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
 #   make demo-memory-text  its text-only parts (seeds 0, 1, 2; 16 minutes each) and their report
@@ -45,10 +45,11 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
 	cp $(DEMO_DIR)/figures/overview.png docs/cpu-study.png
 
-# The study's other two parts (each under 20 minutes); the report then compares every scheme.
+# The study's other three parts (each under 20 minutes); the report then compares every scheme.
 demo-more: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out $(DEMO_DIR)
+	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-data-biases --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
 
 # The recipes models ship with now (hybrid RoPE/NoPE layers, local windows, DroPE, LongRoPE,

@@ -5,6 +5,7 @@ YaRN, then evaluated again.
   python -m lcx.sweep experiments/extrapolation.py:cpu --out runs/extrapolation-cpu  # CPU, 20 min
   python -m lcx.sweep experiments/extrapolation.py:cpu-biases --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:cpu-rotations --out runs/extrapolation-cpu
+  python -m lcx.sweep experiments/extrapolation.py:cpu-data-biases --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:cpu-recipes --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:cpu-recipes-local --out runs/extrapolation-cpu
   python -m lcx.sweep experiments/extrapolation.py:small --out gs://...    # L=1024 tokens, pg19, 32K SentencePiece
@@ -13,8 +14,10 @@ YaRN, then evaluated again.
 The scales differ only in the argument: model preset, data and evaluation sizes. On a CPU the
 schemes come in parts of at most 20 minutes each (`cpu`: the first five and RoPE's context
 extension; `cpu-biases`: the other schemes with a bias, T5, KERPLE and FIRE; `cpu-rotations`:
-the rest, xPos and p-RoPE); run them into one folder and the report compares them all. `small`
-and `base` run every scheme.
+the rest, xPos and p-RoPE; `cpu-data-biases`: the biases made from the data, FoX with the
+paper's gates and with gates that start open, with ALiBi's and RoPE's pretraining and evaluation,
+the `cpu` part's own stages, which a folder holding them runs once); run them into one folder and
+the report compares them all. `small` and `base` run every scheme.
 
 The recipes part (`cpu-recipes` and `cpu-recipes-local` on a CPU, two parts of about 15 minutes
 into one folder; `small-recipes`, `base-recipes`) compares the long-context
@@ -32,8 +35,19 @@ FIRST = ("none", "sinusoidal", "learned", "rope", "alibi")
 # Every other registered scheme (any added later too): those with a bias (T5, KERPLE, FIRE), then
 # the rest (xPos) and p-rope, RoPE keeping its fastest 75% of rotary pairs (model.rope.keep).
 OTHERS = [name for name in positions.available() if name not in FIRST]
-BIASES = tuple(name for name in OTHERS if positions.bias_kind(name) is not None)
-ROTATIONS = (*(name for name in OTHERS if name not in BIASES), "p-rope")
+# Biases made from the data (FoX's) have a part of their own, with ALiBi and RoPE's plain runs
+# beside them: the `cpu` part's own first stages (a folder holding them runs none twice), which
+# their claim compares them with.
+DATA_BIASES = tuple(name for name in OTHERS if getattr(positions.bias_kind(name), "rows", False))
+# FoX's gates start at 1/2 (the paper's initialization: a bias of -0.69 per token at first); its
+# second arm starts them open, decay times log-spaced from 2 tokens to the longest evaluation
+# (16x), so that retrieval's gradient reaches the far keys from the first step.
+FOX_OPEN = "fox-open"
+DATA_ARMS = (*DATA_BIASES, *((FOX_OPEN,) if "fox" in DATA_BIASES else ()))
+DATA_COMPARED = ("alibi", "rope")
+BIASES = tuple(name for name in OTHERS
+               if positions.bias_kind(name) is not None and name not in DATA_BIASES)
+ROTATIONS = (*(name for name in OTHERS if positions.bias_kind(name) is None), "p-rope")
 SCHEME_OVERRIDES = {"p-rope": ("model.position=rope", "model.rope.keep=0.75")}
 ZERO_SHOT = ("linear", "ntk", "dynamic_ntk", "yarn")  # RoPE scalings tried without training
 FINETUNES = ("linear", "yarn")  # RoPE scalings fine-tuned at 4x the length
@@ -62,6 +76,7 @@ SCALES = {
             ("--max_tokens=4096", "--tasks=passkey,niah_multikey", "--styles=python",
              "--trials=3", "--depths=0,0.5,1")),
     "cpu-biases": None,  # cpu's settings, the BIASES schemes
+    "cpu-data-biases": None,  # cpu's settings, DATA_ARMS with ALiBi's and RoPE's plain runs
     "cpu-rotations": None,  # cpu's settings, the ROTATIONS schemes
     "cpu-recipes": None,  # cpu's settings, the recipes (recipes below): RoPE's arms and NoPE
     "cpu-recipes-local": None,  # cpu's settings, the recipes with local layers
@@ -83,19 +98,22 @@ def get_sweep(arg: str = "cpu") -> list[Run]:
     scale, _, part = arg.partition("-recipes")
     runs = recipes(scale)
     return [r for r in runs if r.name in RECIPE_PARTS[part]] if scale == "cpu" else runs
-  schemes = {"cpu": FIRST, "cpu-biases": BIASES,
-             "cpu-rotations": ROTATIONS}.get(arg, FIRST + BIASES + ROTATIONS)
+  schemes = {"cpu": FIRST, "cpu-biases": BIASES, "cpu-data-biases": DATA_ARMS + DATA_COMPARED,
+             "cpu-rotations": ROTATIONS}.get(arg, FIRST + BIASES + DATA_ARMS + ROTATIONS)
   preset, data, pretrain_only, finetune_suffix, eval_flags = SCALES[arg] or SCALES["cpu"]
   runs = []
   for scheme in schemes:
     position = SCHEME_OVERRIDES.get(scheme, (f"model.position={scheme}",))
-    rate = CPU_BIAS_RATE if arg.startswith("cpu") and scheme in BIASES else ()
+    if scheme == FOX_OPEN:
+      position = ("model.position=fox", "model.fox.decay_time_min=2",
+                  f"model.fox.decay_time_max={16 * TRAIN_LENGTH[arg.partition('-')[0]]}")
+    rate = (CPU_BIAS_RATE if arg.startswith("cpu") and scheme in BIASES + DATA_ARMS else ())
     stages = [
         Stage("pretrain", "pretrain", f"configs/pretrain.py:{preset}",
               (*position, *data, *pretrain_only, *rate)),
         Stage("eval", "evaluate", source="pretrain", overrides=EVAL_OVERRIDES, args=eval_flags),
     ]
-    if scheme == "rope":
+    if scheme == "rope" and arg != "cpu-data-biases":
       stages += [Stage(f"eval-zeroshot-{m}", "evaluate", source="pretrain",
                        overrides=(*EVAL_OVERRIDES, f"model.rope.scaling={m}",
                                   "model.rope.factor=4"),

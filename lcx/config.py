@@ -301,12 +301,6 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     memory.validate(m.memory, model_config(c).memory_config(), d.seq_len)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  data_biased = [name for name in pattern if getattr(positions.bias_kind(name), "rows", False)]
-  _require(not (data_biased and memory.keeps_entries(m.memory)),
-           f"config.model.memory={m.memory!r} attends to stored keys, which do not keep the log "
-           f"forget gates that config.model.position={data_biased[0] if data_biased else ''!r} "
-           "makes its bias of; allowed with it: "
-           f"{', '.join(n for n in memory.available() if not memory.keeps_entries(n))}")
   _require(not m.memory_reset or m.segment_len > 0,
            "config.model.memory_reset=true wipes the memory between segments, and this model has "
            "none: set config.model.segment_len (and config.model.memory)")

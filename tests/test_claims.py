@@ -163,3 +163,18 @@ def test_the_drope_papers_ordering_is_read_from_the_five_arms():
   labels = [v.label for v in _drope_study(0.4, 0.3, 0.2, 0.1, 0.0)]
   assert labels == ["none qk-norm temperature drope FT", "none",
                     "rope+none window 32 (local/global)", "rope zero-shot yarn x2", "rope"]
+
+
+def test_the_fox_claim_needs_alibis_reach_and_ropes_retrieval_both():
+  alibi = _variant("alibi", [11, 11.5, 11.8, 12, 14])  # flat to 8x
+  rope = _variant("rope", [10, 30, 90, 200, 400], exact=0.9, trials=100)
+  judge = lambda ppl, exact: claims._fox([alibi, rope, _variant("fox", ppl, exact=exact,
+                                                                trials=100)])
+  flat = [10, 10.2, 10.5, 10.8, 11.5]  # to 8x as alibi, 16x beyond 10%
+  figure, verdict = judge(flat, 0.88)
+  assert verdict == claims.SUPPORTS
+  assert figure.startswith("perplexity within 10% of 1x up to 8x for fox, 8x for alibi; exact "
+                           "match at 1x: fox 88%, rope 90% (rope - fox +2 +- ")
+  assert judge([10, 10.2, 12, 30, 90], 0.9)[1] == claims.REFUTES  # reaches 2x only
+  assert judge(flat, 0.5)[1] == claims.REFUTES  # retrieves far worse than rope
+  assert claims._fox([alibi, rope]) == ("needs fox, alibi and rope", claims.UNKNOWN)

@@ -40,7 +40,7 @@ CASES += [("rope", "dynamic_ntk", "blockwise"), ("rope", "yarn", "dense")]
 CASES += [("rope", "none", "blockwise-gqa"), ("t5", "none", "dense-gqa")]
 CASES += [("hybrid", "dynamic_ntk", "blockwise"), ("rope", "none", "dense-temperature")]
 CASES += [("rope", "none", "dense-window"), ("alibi", "none", "blockwise-window"),
-          ("rope", "none", "blockwise-chunk")]
+          ("rope", "none", "blockwise-chunk"), ("fox", "none", "blockwise-window")]
 if native.unavailable_reason() is None:
   CASES += [("alibi", "none", "native"), ("rope", "none", "native"),
             ("alibi", "none", "native-gqa")]

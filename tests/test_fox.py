@@ -3,7 +3,7 @@ paper's formula (an explicit per-document cumulative sum and an L x L bias), a c
 ALiBi, the initial gates, every kernel that takes it against dense through a whole model (values
 and the gradients of every parameter, the gate's included), and the config's refusals. Decoding
 with a KV cache and sharded training are the generic tests' (test_decode, test_train: every
-registered scheme)."""
+registered scheme), the memories' test_memory's."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,13 +117,6 @@ def test_the_config_refuses_what_fox_cannot_run_with():
                                         r"scheme's bias: .*use blockwise"):
     resolve(c, 1)
   c.model.attention = "auto"
-  c.model.memory, c.model.segment_len = "xl", 32
-  with pytest.raises(ConfigError, match=r"model.memory='xl' attends to stored keys, which do not "
-                                        r"keep the log forget gates .*allowed with it: none, rmt"):
-    resolve(c, 1)
-  c.model.memory = "rmt"
-  resolve(c, 1)
-  c.model.memory, c.model.segment_len = "none", 0
   c.model.fox.decay_time_min = 4.0
   with pytest.raises(ConfigError, match=r"model.fox.decay_time_min=4.0 and decay_time_max=0.0 "
                                         r"must both be 0"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lcx import memory
+from lcx import memory, positions
 from lcx.config import ConfigError, resolve
 from lcx.model import ModelConfig, Transformer, token_losses
 from tests.conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
@@ -29,8 +29,9 @@ def _stream(length=48, batch=2):
 
 
 # A rotation (with the layers looped and scanned), a fixed bias, a learned one, absolute positions.
+# FoX: the cache keeps each key's log forget gate, the bias sums them across the segments.
 @pytest.mark.parametrize("position, scan", [("rope", False), ("rope", True), ("alibi", False),
-                                            ("t5", False), ("learned", False)])
+                                            ("t5", False), ("learned", False), ("fox", True)])
 def test_xl_over_segments_equals_full_attention_while_the_cache_holds_the_past(position, scan):
   """Two segments of 16 with a 16-token cache (and three with a 32-token one): every query sees
   every earlier token, as in the plain model, so the logits are the same."""
@@ -161,7 +162,7 @@ def test_compressive_evicts_the_oldest_entries_into_mean_pooled_ones_in_order():
   """Segments of 4, a memory of 4, rate 2: each segment pushes the previous one out of the
   memory into two compressed entries (mean keys and positions; a pair across two documents is
   masked), oldest first."""
-  cfg = memory.MemoryConfig(n_layers=1, n_heads=1, head_dim=2, segment_len=4,
+  cfg = memory.MemoryConfig(n_layers=1, n_heads=1, head_dim=2, segment_len=4, gate_heads=1,
                             options=_compressive(length=4, compressed_length=4, rate=2))
   mechanism = memory.make("compressive", cfg, rngs=nnx.Rngs(0))
   state = mechanism.init_layers(1)[0]
@@ -169,7 +170,12 @@ def test_compressive_evicts_the_oldest_entries_into_mean_pooled_ones_in_order():
   for i in range(3):
     pos = jnp.arange(4 * i, 4 * i + 4)[None]
     kv = jnp.broadcast_to(pos[..., None, None], (1, 4, 1, 2)).astype(jnp.float32)
-    state = mechanism.update(state, kv, -kv, pos, ids[i][None], 0)
+    gates = -0.1 * pos[..., None].astype(jnp.float32)  # log forget gates, kept with the keys
+    state = mechanism.update(state, kv, -kv, pos, ids[i][None], 0, log_gates_BCH=gates)
+  np.testing.assert_allclose(state.memory.log_gates_BSH[0, :, 0], [-0.8, -0.9, -1.0, -1.1])
+  # a compressed entry decays as the last of its tokens: it keeps the sum of their gates
+  np.testing.assert_allclose(state.compressed.log_gates_BSH[0, :, 0], [-0.1, -0.5, -0.9, -1.3],
+                             rtol=1e-6)
   np.testing.assert_array_equal(state.memory.positions_BS[0], [8, 9, 10, 11])
   compressed = state.compressed
   np.testing.assert_allclose(compressed.k_BSHK[0, :, 0, 0], [0.5, 2.5, 4.5, 6.5])
@@ -178,14 +184,17 @@ def test_compressive_evicts_the_oldest_entries_into_mean_pooled_ones_in_order():
   np.testing.assert_array_equal(compressed.segment_ids_BS[0], [1, 1, 1, 0])  # 6, 7: two docs
 
 
-@pytest.mark.parametrize("compression", ["mean", "conv"])
-def test_compressive_at_rate_one_is_xl_with_both_memories(compression):
+@pytest.mark.parametrize("compression, position", [("mean", "none"), ("conv", "none"),
+                                                   ("mean", "fox")])
+def test_compressive_at_rate_one_is_xl_with_both_memories(compression, position):
   """Rate 1 compresses nothing away (and the conv starts as the mean): a memory of 16 plus 16
   compressed entries hold the last 32 tokens, so three segments of 16 give full attention."""
   tokens, pos = _stream()
-  model = _model(memory="compressive", segment_len=16, memory_options=_compressive(
-      length=16, compressed_length=16, rate=1, compression=compression))
-  np.testing.assert_allclose(model(tokens, pos), _model()(tokens, pos), atol=2e-5)
+  model = _model(memory="compressive", segment_len=16, position=position,
+                 memory_options=_compressive(length=16, compressed_length=16, rate=1,
+                                             compression=compression))
+  np.testing.assert_allclose(model(tokens, pos), _model(position=position)(tokens, pos),
+                             atol=2e-5)
 
 
 def test_the_learned_compression_gets_a_gradient():
@@ -231,13 +240,14 @@ def test_knn_retrieves_the_exact_top_k_of_the_same_document():
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_knn_mixes_retrieval_and_local_attention_through_its_gate():
+@pytest.mark.parametrize("position", ["none", "fox"])  # FoX: its bias on the local keys only
+def test_knn_mixes_retrieval_and_local_attention_through_its_gate(position):
   """The second segment's memory layer: g * retrieved + (1 - g) * local, g = sigmoid(gate); a
   gate driven to -inf leaves the local attention (the memory-free windowed model)."""
   tokens, pos = _stream(32)
   options = memory.option_types()["knn"](size=16, k=4)
-  knn = _model(memory="knn", segment_len=16, memory_options=options)
-  windowed = _model(segment_len=16)
+  knn = _model(memory="knn", segment_len=16, memory_options=options, position=position)
+  windowed = _model(segment_len=16, position=position)
   first = np.asarray(windowed(tokens, pos))
   np.testing.assert_allclose(knn(tokens, pos)[:, :16], first[:, :16], atol=2e-5)  # no memory yet
   assert float(jnp.abs(knn(tokens, pos)[:, 16:] - first[:, 16:]).max()) > 1e-3
@@ -262,7 +272,9 @@ def test_knn_gate_learns_and_no_gradient_enters_its_memory():
   assert float(jnp.abs(grads["embedding"][...][:16]).max()) == 0.0
 
 
-def test_rmt_carries_the_first_segment_to_the_third_and_backpropagates_through_it():
+# FoX: the memory tokens make gates too (starting near 1, or the handoffs are mostly forgotten)
+@pytest.mark.parametrize("position", ["none", "fox"])
+def test_rmt_carries_the_first_segment_to_the_third_and_backpropagates_through_it(position):
   """Recurrent memory tokens: the third segment's logits depend on a token of the first (through
   two memory handoffs), its loss sends a gradient back to that token's embedding and to the
   learned initial memory; with memory=none neither happens."""
@@ -271,9 +283,11 @@ def test_rmt_carries_the_first_segment_to_the_third_and_backpropagates_through_i
   tokens = jnp.concatenate([first, jax.random.randint(jax.random.PRNGKey(2), (2, 32), 16, 64)], 1)
   changed = tokens.at[:, 3].set(4)
   options = memory.option_types()["rmt"](tokens=4)
-  rmt = _model(memory="rmt", segment_len=16, tie_embeddings=False, memory_options=options)
+  fox = positions.FoxOptions(decay_time_min=1e3, decay_time_max=1e3)
+  rmt = _model(memory="rmt", segment_len=16, tie_embeddings=False, memory_options=options,
+               position=position, position_options=fox if position == "fox" else None)
   assert float(jnp.abs(rmt(tokens, pos)[:, 32:] - rmt(changed, pos)[:, 32:]).max()) > 1e-4
-  windowed = _model(segment_len=16)
+  windowed = _model(segment_len=16, position=position)
   np.testing.assert_allclose(windowed(tokens, pos)[:, 32:], windowed(changed, pos)[:, 32:])
   graphdef, params = nnx.split(rmt, nnx.Param)
 

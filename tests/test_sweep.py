@@ -73,8 +73,9 @@ def test_product_and_zip():
 
 FIRST = ["none", "sinusoidal", "learned", "rope", "alibi"]
 BIASES = ["fire", "kerple", "t5"]  # the rest of the registry: with a bias, then without
+DATA_BIASES = ["fox", "fox-open"]  # a bias made from the data: FoX, its gates shut and open
 ROTATIONS = ["xpos", "p-rope"]
-EVERY = FIRST + BIASES + ROTATIONS
+EVERY = FIRST + BIASES + DATA_BIASES + ROTATIONS
 
 
 def _resolved(stage):
@@ -89,6 +90,7 @@ def _resolved(stage):
 
 
 @pytest.mark.parametrize("scale, names", [("cpu", FIRST), ("cpu-biases", BIASES),
+                                          ("cpu-data-biases", [*DATA_BIASES, "alibi", "rope"]),
                                           ("cpu-rotations", ROTATIONS), ("small", EVERY),
                                           ("base", EVERY)])
 def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tokenizer):
@@ -97,10 +99,10 @@ def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tok
   study, runs = load_sweep(str(ROOT / f"experiments/extrapolation.py:{scale}"))
   assert study == f"extrapolation-{scale}"
   assert [r.name for r in runs] == names
-  if "rope" in names:
+  if "rope" in names:  # the data biases' part has RoPE's plain run only, the cpu part's stages
     rope = next(r for r in runs if r.name == "rope")
-    assert [s.name for s in rope.stages if s.kind == "finetune"] == ["finetune-linear",
-                                                                     "finetune-yarn"]
+    assert [s.name for s in rope.stages if s.kind == "finetune"] == (
+        [] if scale == "cpu-data-biases" else ["finetune-linear", "finetune-yarn"])
   for run in runs:
     for stage in run.stages:
       if stage.kind == "evaluate":
@@ -108,9 +110,12 @@ def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tok
       resolved = _resolved(stage)
       # The learned biases train at 3x the rate at CPU scale only (experiments/extrapolation.py).
       assert resolved.train.position_lr_scale == (
-          3 if scale.startswith("cpu") and run.name in BIASES else 1)
+          3 if scale.startswith("cpu") and run.name in BIASES + DATA_BIASES else 1)
       if run.name == "p-rope":
         assert (resolved.model.position, resolved.model.rope.keep) == ("rope", 0.75)
+      elif run.name == "fox-open":  # decay times from 2 tokens to 16x the training length
+        assert resolved.model.position == "fox" and resolved.model.fox.decay_time_min == 2
+        assert resolved.model.fox.decay_time_max == 16 * resolved.data.seq_len
       else:
         assert resolved.model.position == run.name or stage.kind == "finetune"
 

@@ -7,9 +7,11 @@ the state is and what each layer's attention sees of it:
   init_layers(batch)               each layer's state at the start of a sequence (a list)
   entries(layer_state, layer)      a KVCache of keys and values (with their positions and segment
                                    ids) the layer attends to before the segment's own, or None
-  update(layer_state, k, v, positions, segment_ids, layer)
+  update(layer_state, k, v, positions, segment_ids, layer, log_gates)
                                    the layer's state after a segment whose rotated keys and
-                                   values were k and v
+                                   values were k and v (and, for a bias made from the data,
+                                   their log forget gates, which stored keys keep:
+                                   cfg.gate_heads)
 `layer` is the layer's index (an int, or a traced scalar when the layers run as a scan), for
 mechanisms with per-layer parameters. A mechanism that combines its memory with the segment other
 than as earlier keys (kNN's gated retrieval) overrides `attend`. One that acts on the whole
@@ -25,6 +27,8 @@ from typing import Any
 
 from flax import nnx
 
+from lcx.memory.cache import KVCache
+from lcx.positions.bias import gate_row_bias
 from lcx.registry import Registry
 
 
@@ -40,6 +44,9 @@ class MemoryConfig:
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
   scan_layers: bool = False
+  # the query heads whose log forget gates stored keys keep (a position bias made from the data,
+  # FoX's: KVCache.empty's gate_heads); 0: none
+  gate_heads: int = 0
   options: Any = None  # the mechanism's own Options, or None
 
   @property
@@ -78,24 +85,27 @@ class MemoryMechanism(nnx.Module):
     del layer_state, layer
     return None
 
-  def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer):
-    del k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer
+  def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer,
+             log_gates_BCH=None):
+    del k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer, log_gates_BCH
     return layer_state
 
   def attend(self, layer_state, layer, q_BCHK, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, *,
-             attend, cache_attend, bias_fn):
+             attend, cache_attend, bias_fn, log_gates_BCH=None):
     """One layer's attention output for a segment: over the mechanism's entries, then the
     segment's own keys (`cache_attend` takes queries aligned to the end of longer keys), or over
-    the segment alone (`attend`) when there are none."""
+    the segment alone (`attend`) when there are none. With log gates (a bias made from the
+    data), the bias runs over the entries' gates and the segment's."""
     entries = self.entries(layer_state, layer)
-    if entries is None:
-      return attend(q_BCHK, k_BCHK, v_BCHK, q_positions_BQ=positions_BC,
-                    k_positions_BK=positions_BC, q_segment_ids_BQ=segment_ids_BC,
-                    k_segment_ids_BK=segment_ids_BC, bias_fn=bias_fn)
-    keys = entries.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC)
-    return cache_attend(q_BCHK, keys.k_BSHK, keys.v_BSHK, q_positions_BQ=positions_BC,
-                        k_positions_BK=keys.positions_BS, q_segment_ids_BQ=segment_ids_BC,
-                        k_segment_ids_BK=keys.segment_ids_BS, bias_fn=bias_fn)
+    keys = (KVCache(k_BCHK, v_BCHK, positions_BC, segment_ids_BC, log_gates_BSH=log_gates_BCH)
+            if entries is None else
+            entries.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC, log_gates_BCH))
+    rows = {} if log_gates_BCH is None else dict(row_bias=gate_row_bias(
+        keys.log_gates_BSH, keys.segment_ids_BS, q_len=positions_BC.shape[1]))
+    return (attend if entries is None else cache_attend)(
+        q_BCHK, keys.k_BSHK, keys.v_BSHK, q_positions_BQ=positions_BC,
+        k_positions_BK=keys.positions_BS, q_segment_ids_BQ=segment_ids_BC,
+        k_segment_ids_BK=keys.segment_ids_BS, bias_fn=bias_fn, **rows)
 
   @classmethod
   def memory_keys(cls, cfg: MemoryConfig) -> float:
@@ -132,13 +142,6 @@ def validate(name: str, cfg: MemoryConfig, train_length: int) -> None:
     raise ValueError(f"config.model.memory={name!r} carries a state between segments; set "
                      f"config.model.segment_len to a length in [1, {train_length}]")
   REGISTRY.lookup(name).validate(REGISTRY.with_options(name, cfg), train_length)
-
-
-def keeps_entries(name: str) -> bool:
-  """Whether the mechanism's layers attend to stored keys besides the segment's own (xl,
-  compressive, knn), not only to what its `wrap` puts in the segment (rmt's tokens)."""
-  cls = REGISTRY.lookup(name)
-  return (cls.entries is not MemoryMechanism.entries or cls.attend is not MemoryMechanism.attend)
 
 
 def check_options(name: str, sections: dict[str, object]) -> None:

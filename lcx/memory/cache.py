@@ -42,10 +42,13 @@ class KVCache:
     """These entries followed by C new ones (S + C slots); their log gates where the cache keeps
     them."""
     join = lambda old, new: jnp.concatenate([old, new.astype(old.dtype)], axis=1)
-    if (self.log_gates_BSH is None) != (log_gates_BCH is None):
-      raise ValueError("a cache that keeps log forget gates takes them with every entry, and one "
-                       "that does not takes none")
-    gates = None if log_gates_BCH is None else join(self.log_gates_BSH, log_gates_BCH)
+    gates = self.log_gates_BSH
+    if gates is None and log_gates_BCH is not None:
+      raise ValueError("this cache keeps no log forget gates; make it with gate_heads")
+    if gates is not None:  # a layer whose scheme makes none (a per-layer pattern): no decay
+      new = (jnp.zeros((*positions_BC.shape, gates.shape[2]), gates.dtype)
+             if log_gates_BCH is None else log_gates_BCH)
+      gates = join(gates, new)
     return KVCache(join(self.k_BSHK, k_BCHK), join(self.v_BSHK, v_BCHK),
                    join(self.positions_BS, positions_BC), join(self.segment_ids_BS, segment_ids_BC),
                    self.context, gates)

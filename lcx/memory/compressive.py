@@ -59,7 +59,8 @@ class CompressiveMemory(MemoryMechanism):
 
   def init_layers(self, batch: int) -> list[CompressiveState]:
     empty = lambda n: KVCache.empty(batch, n, self.cfg.kv_heads, self.cfg.head_dim,
-                                    jnp.dtype(self.cfg.compute_dtype))
+                                    jnp.dtype(self.cfg.compute_dtype),
+                                    gate_heads=self.cfg.gate_heads)
     return [CompressiveState(empty(self.length), empty(self.compressed_length))
             for _ in range(self.cfg.n_layers)]
 
@@ -67,11 +68,13 @@ class CompressiveMemory(MemoryMechanism):
     del layer
     c = state.compressed
     return c.concat(state.memory.k_BSHK, state.memory.v_BSHK, state.memory.positions_BS,
-                    state.memory.segment_ids_BS)
+                    state.memory.segment_ids_BS, state.memory.log_gates_BSH)
 
   def compress(self, evicted: KVCache, layer) -> KVCache:
     """c consecutive entries -> one: pooled keys and values, mean position, shared document id
-    (0 if they differ). The oldest len % c entries are left out."""
+    (0 if they differ), and the sum of their log forget gates where kept (a bias made from the
+    data then decays from the entry as from the last of its tokens). The oldest len % c entries
+    are left out."""
     rate = self.cfg.options.rate
     n = evicted.size // rate
     groups = lambda x: x[:, evicted.size - n * rate:].reshape(x.shape[0], n, rate, *x.shape[2:])
@@ -85,17 +88,21 @@ class CompressiveMemory(MemoryMechanism):
     positions = groups(evicted.positions_BS).mean(axis=2).astype(jnp.int32)
     ids = groups(evicted.segment_ids_BS)
     same = jnp.all(ids == ids[:, :, :1], axis=2)
-    return KVCache(k, v, positions, jnp.where(same, ids[:, :, 0], 0))
+    gates = (None if evicted.log_gates_BSH is None
+             else groups(evicted.log_gates_BSH).sum(axis=2))
+    return KVCache(k, v, positions, jnp.where(same, ids[:, :, 0], 0), log_gates_BSH=gates)
 
-  def update(self, state: CompressiveState, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer):
-    k_BCHK, v_BCHK = jax.lax.stop_gradient(k_BCHK), jax.lax.stop_gradient(v_BCHK)
-    every = state.memory.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC)
+  def update(self, state: CompressiveState, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer,
+             log_gates_BCH=None):
+    k_BCHK, v_BCHK, log_gates_BCH = jax.lax.stop_gradient((k_BCHK, v_BCHK, log_gates_BCH))
+    every = state.memory.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC, log_gates_BCH)
     evicted = every.first(every.size - self.length)
     compressed = state.compressed
     if evicted.size >= self.cfg.options.rate:
       new = self.compress(evicted, layer)
       compressed = compressed.concat(new.k_BSHK, new.v_BSHK, new.positions_BS,
-                                     new.segment_ids_BS).last(self.compressed_length)
+                                     new.segment_ids_BS, new.log_gates_BSH).last(
+                                         self.compressed_length)
     return CompressiveState(every.last(self.length), compressed)
 
   @classmethod

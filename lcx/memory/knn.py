@@ -75,10 +75,12 @@ class KnnMemory(MemoryMechanism):
     return state
 
   def attend(self, layer_state, layer, q_BCHK, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, *,
-             attend, cache_attend, bias_fn):
+             attend, cache_attend, bias_fn, log_gates_BCH=None):
+    # the retrieved entries get no position bias, a bias made from the data included (as the
+    # paper: they come from anywhere in the past); the segment's own keys get the scheme's
     local_BCHK = super().attend(None, layer, q_BCHK, k_BCHK, v_BCHK, positions_BC,
                                 segment_ids_BC, attend=attend, cache_attend=cache_attend,
-                                bias_fn=bias_fn)
+                                bias_fn=bias_fn, log_gates_BCH=log_gates_BCH)
     if layer_state is None:
       return local_BCHK
     retrieved_BCHK, found_BCH = retrieve(q_BCHK, layer_state, segment_ids_BC, self.cfg.options.k)
@@ -86,7 +88,9 @@ class KnnMemory(MemoryMechanism):
     mixed_BCHK = g_H * retrieved_BCHK.astype(local_BCHK.dtype) + (1 - g_H) * local_BCHK
     return jnp.where(found_BCH[..., None], mixed_BCHK, local_BCHK)
 
-  def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer):
+  def update(self, layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer,
+             log_gates_BCH=None):
+    del log_gates_BCH  # retrieval ignores them
     if layer_state is None:
       return None
     k_BCHK, v_BCHK = jax.lax.stop_gradient(k_BCHK), jax.lax.stop_gradient(v_BCHK)

@@ -23,16 +23,19 @@ class SegmentRecurrence(MemoryMechanism):
 
   def init_layers(self, batch: int) -> list[KVCache]:
     return [KVCache.empty(batch, self.length, self.cfg.kv_heads, self.cfg.head_dim,
-                          jnp.dtype(self.cfg.compute_dtype)) for _ in range(self.cfg.n_layers)]
+                          jnp.dtype(self.cfg.compute_dtype), gate_heads=self.cfg.gate_heads)
+            for _ in range(self.cfg.n_layers)]
 
   def entries(self, layer_state: KVCache, layer) -> KVCache:
     del layer
     return layer_state
 
-  def update(self, layer_state: KVCache, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer):
+  def update(self, layer_state: KVCache, k_BCHK, v_BCHK, positions_BC, segment_ids_BC, layer,
+             log_gates_BCH=None):
     del layer
-    k_BCHK, v_BCHK = jax.lax.stop_gradient(k_BCHK), jax.lax.stop_gradient(v_BCHK)
-    return layer_state.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC).last(self.length)
+    k_BCHK, v_BCHK, log_gates_BCH = jax.lax.stop_gradient((k_BCHK, v_BCHK, log_gates_BCH))
+    return layer_state.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC,
+                              log_gates_BCH).last(self.length)
 
   @classmethod
   def memory_keys(cls, cfg) -> float:

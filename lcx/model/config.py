@@ -120,7 +120,14 @@ class ModelConfig:
         n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.kv_heads,
         head_dim=self.head_dim, segment_len=self.segment_len, d_model=self.d_model, param_dtype=self.param_dtype,
         compute_dtype=self.compute_dtype, scan_layers=self.scan_layers,
-        options=self.memory_options)
+        gate_heads=self.n_heads if self.makes_gates else 0, options=self.memory_options)
+
+  @property
+  def makes_gates(self) -> bool:
+    """Whether a layer's position bias is made from the data (log forget gates, FoX's), which
+    KV caches and memories then keep per key."""
+    return any(getattr(positions.bias_kind(name), "rows", False)
+               for name, _ in self.layer_positions())
 
 
 REMAT_POLICIES = {

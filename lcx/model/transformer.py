@@ -5,7 +5,6 @@ Shape legend for names such as x_BLD:
   attention), K head dim, F mlp dim, V vocabulary.
 Every parameter carries `logical_axes`; lcx.sharding maps them to the mesh.
 """
-import functools
 import math
 
 import jax
@@ -103,14 +102,12 @@ class Attention(nnx.Module):
     """One segment whose queries also see the mechanism's entries for this layer (placed before
     the segment's own keys): (output, the layer's next state)."""
     q_BCHK, k_BCHK, v_BCHK = self._qkv(x_BCD, positions_BC, scheme)
-    # A bias made from the data covers the segment's own keys only: config resolution lets it
-    # through with mechanisms that add no stored keys (lcx.memory.keeps_entries).
-    attend = functools.partial(self.attend, **_row_bias(scheme, x_BCD, layer, segment_ids_BC))
+    gates_BCH = scheme.log_gates(x_BCD, layer)  # a bias made from the data: the memory keeps them
     o_BCHK = mechanism.attend(layer_state, layer, q_BCHK, k_BCHK, v_BCHK, positions_BC,
-                              segment_ids_BC, attend=attend, cache_attend=self.cache_attend,
-                              bias_fn=scheme.bias_fn(layer))
+                              segment_ids_BC, attend=self.attend, cache_attend=self.cache_attend,
+                              bias_fn=scheme.bias_fn(layer), log_gates_BCH=gates_BCH)
     layer_state = mechanism.update(layer_state, k_BCHK, v_BCHK, positions_BC, segment_ids_BC,
-                                   layer)
+                                   layer, log_gates_BCH=gates_BCH)
     return project(o_BCHK, self.wo[...], in_dims=2), layer_state
 
   def extend(self, x_BCD, positions_BC, scheme, cache: KVCache, layer: int):
@@ -322,11 +319,11 @@ class Transformer(nnx.Module):
     local layer's for its window or chunk only (its memory constant in `size`)."""
     self.check_length(size)
     span = self.cfg.window or self.cfg.chunk
-    gated = [bool(s.BIAS and s.BIAS.rows) for s in self.schemes]  # keys keep their log gates
+    gate_heads = self.cfg.n_heads if self.cfg.makes_gates else 0  # keys keep their log gates
     return [KVCache.empty(batch, min(size, span) if block.attn.local else size, self.cfg.kv_heads,
                           self.cfg.head_dim, jnp.dtype(self.cfg.compute_dtype), context=size,
-                          gate_heads=self.cfg.n_heads if gated[i % len(gated)] else 0)
-            for i, block in enumerate(self.blocks)]
+                          gate_heads=gate_heads)
+            for block in self.blocks]
 
   def extend(self, tokens_BC, positions_BC, caches: list[KVCache]):
     """Logits of C tokens that follow those in the caches, and the caches with them added. A

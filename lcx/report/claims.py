@@ -125,6 +125,27 @@ def _alibi_retrieval(variants):
   return figure, UNKNOWN
 
 
+def _fox(variants):
+  # the paper's FoX: its gates start at 1/2 (no decay times set)
+  papers = [v for v in variants if not (v.results.get("scheme_options") or {}).get(
+      "decay_time_max")]
+  fox, alibi = _plain(papers, "fox"), _plain(variants, "alibi")
+  fox_r, rope = _plain(papers, "fox", True), _plain(variants, "rope", True)
+  if fox is None or alibi is None or rope is None or fox_r is None:
+    return "needs fox, alibi and rope", UNKNOWN
+  reach, alibi_reach = _longest_flat(fox), _longest_flat(alibi)
+  f, r = _exact_1x(fox_r), _exact_1x(rope)
+  if reach is None or alibi_reach is None or f is None or r is None:
+    return "needs perplexity and retrieval at 1x for fox, alibi and rope", UNKNOWN
+  gap, half = r[0] - f[0], Z95 * math.sqrt(f[1] + r[1])
+  figure = (f"perplexity within {EXTRAPOLATES - 1:.0%} of 1x up to {reach}x for fox, "
+            f"{alibi_reach}x for alibi; exact match at 1x: fox {f[0]:.0%}, rope {r[0]:.0%} (rope "
+            f"- fox {100 * gap:+.0f} +- {100 * half:.0f} points, 95%)")
+  if reach < alibi_reach or gap - half > 0:
+    return figure, REFUTES
+  return figure, SUPPORTS
+
+
 def _sinusoidal(variants):
   sinusoidal = _plain(variants, "sinusoidal")
   if sinusoidal is None:
@@ -288,6 +309,11 @@ CLAIMS = (
           "supports when the 95% interval of rope's minus alibi's exact match at 1x (from the "
           "trial counts) lies within 0-10 points, does not when it lies outside them, cannot tell "
           "when it straddles", _alibi_retrieval),
+    Claim("FoX extrapolates like ALiBi in perplexity while retrieving at least as well as RoPE "
+          "at 1x", "supports when fox's perplexity stays within 10% of its 1x value as far as "
+          "alibi's does (or farther) and rope's exact match at 1x is not above fox's beyond the "
+          "95% interval of the difference (from the trial counts); does not support otherwise",
+          _fox),
     Claim("Sinusoidal positions fail past the training length",
           "supports when perplexity at 2x is over 1.5 times that at 1x", _sinusoidal),
     Claim("PI needs about 1,000 fine-tuning steps", "supports when PI has not recovered (within "
