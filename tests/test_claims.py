@@ -178,3 +178,11 @@ def test_the_fox_claim_needs_alibis_reach_and_ropes_retrieval_both():
   assert judge([10, 10.2, 12, 30, 90], 0.9)[1] == claims.REFUTES  # reaches 2x only
   assert judge(flat, 0.5)[1] == claims.REFUTES  # retrieves far worse than rope
   assert claims._fox([alibi, rope]) == ("needs fox, alibi and rope", claims.UNKNOWN)
+  # a run whose gates started open is shown beside the paper's, which alone is judged
+  opened = _variant("fox", flat, exact=0.9, trials=100)
+  opened.results["scheme_options"] = {"decay_time_min": 2.0, "decay_time_max": 2048.0}
+  figure, verdict = claims._fox([alibi, rope, _variant("fox", flat, exact=0.5, trials=100),
+                                 opened])
+  assert verdict == claims.REFUTES and "fox 50%" in figure
+  assert "; gates started open (decay times 2-2048): perplexity within 10% of 1x up to 8x for " \
+         "fox, 8x for alibi; exact match at 1x: fox 90%" in figure

@@ -125,3 +125,16 @@ def test_the_config_refuses_what_fox_cannot_run_with():
   with pytest.raises(ConfigError, match=r"model.fox.gate='constant' is unknown; allowed: data, "
                                         "bias"):
     resolve(c, 1)
+
+
+@pytest.mark.parametrize("attention", ["dense", "blockwise"])
+def test_no_token_sees_a_later_one_through_its_gates(attention):
+  """The gates are made from each token's own input, and the bias sums those up to the query: a
+  change to token t leaves every logit before t as it was (and changes those from t on)."""
+  model = _model(attention)
+  tokens = jax.random.randint(jax.random.key(3), (2, 30), 0, 64)
+  pos = jnp.broadcast_to(jnp.arange(30), tokens.shape)
+  changed = tokens.at[:, 17].set((tokens[:, 17] + 1) % 64)
+  before, after = model(tokens, pos), model(changed, pos)
+  np.testing.assert_array_equal(before[:, :17], after[:, :17])
+  assert float(jnp.abs(before[:, 17:] - after[:, 17:]).max()) > 1e-4

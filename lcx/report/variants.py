@@ -158,7 +158,8 @@ def _settings(results: dict) -> dict[str, str]:
               if not k.startswith(_NOT_A_DIFFERENCE)}
   for override in results.get("overrides", []):  # evaluated with, e.g., model.rope.factor=8
     key, _, value = override.partition("=")
-    settings[key] = value
+    if not key.startswith(_NOT_A_DIFFERENCE):
+      settings[key] = value
   return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in settings.items()}
 
 
@@ -172,8 +173,10 @@ def distinguish(variants: list[Variant], names: list[str], limit: int = 3) -> No
     if len(members) < 2:
       continue
     settings = [_settings(variants[i].results) for i in members]
+    # A field some runs lack (saved before it existed: they ran as its default) differs only
+    # where the runs that have it disagree.
     differing = sorted(k for k in set().union(*settings)
-                       if len({s.get(k, "unset") for s in settings}) > 1)
+                       if len({s[k] for s in settings if k in s}) > 1)
     short = {k: k.split(".", 1)[-1] for k in differing}  # data.seq_len -> seq_len
     for i, s in zip(members, settings):
       parts = [f"{short[k]}={s.get(k, 'unset')}" for k in differing[:limit]]
