@@ -147,7 +147,10 @@ def scheme_of(name):
   return positions.make(name, cfg, rngs=nnx.Rngs(0)), "at initialization"
 
 
-with_bias = [n for n in positions.available() if positions.bias_kind(n) is not None]
+# Biases that are functions of positions; one made from the data (FoX's) has no picture apart
+# from a text: its gates are the layer's input's (docs/positions.md).
+with_bias = [n for n in positions.available()
+             if positions.bias_kind(n) is not None and not positions.bias_kind(n).rows]
 fig, axes = plt.subplots(len(with_bias), 5, figsize=(15, 2.6 * len(with_bias)), squeeze=False)
 window, far = 32, 4 * TRAIN_LENGTH
 causal = np.tril(np.ones((window, window), bool))
