@@ -45,11 +45,20 @@ def _with_memory(config):
   config.model.update(memory="xl", segment_len=8)
 
 
-@pytest.mark.parametrize("position", [*SCHEMES, "rope+xl", "rope+gqa", "alibi+gqa",
-                                      "rope+recipes"])
+# The schemes that add to the embeddings alone; every other one, a layer each, in one model (a
+# per-layer pattern: each layer's parameters and bias sharded as they are with it alone).
+EMBEDDING_SCHEMES = [name for name in SCHEMES if positions.embeds(name)]
+LAYER_SCHEMES = tuple(name for name in SCHEMES if not positions.embeds(name))
+
+
+@pytest.mark.parametrize("position", [*EMBEDDING_SCHEMES, "every-layer-scheme", "rope+xl",
+                                      "rope+gqa", "alibi+gqa", "rope+recipes"])
 def test_sharded_matches_single_device(tiny_config, tmp_path, position):
   position, _, variant = position.partition("+")
-  tiny_config.model.position = position
+  if position == "every-layer-scheme":
+    tiny_config.model.update(position_layers=LAYER_SCHEMES, n_layers=len(LAYER_SCHEMES))
+  else:
+    tiny_config.model.position = position
   if variant == "xl":
     _with_memory(tiny_config)
   if variant == "gqa":  # 2 key/value heads for 4 query heads, split over tensor=2 as they are
