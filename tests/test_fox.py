@@ -138,3 +138,11 @@ def test_no_token_sees_a_later_one_through_its_gates(attention):
   before, after = model(tokens, pos), model(changed, pos)
   np.testing.assert_array_equal(before[:, :17], after[:, :17])
   assert float(jnp.abs(before[:, 17:] - after[:, 17:]).max()) > 1e-4
+
+
+def test_one_document_a_row_is_the_plain_cumulative_sum():
+  gates = -jax.random.uniform(jax.random.key(4), (2, 9, 3))
+  a, b = positions.gate_row_bias(gates, None, q_len=4)
+  a_one, b_one = positions.gate_row_bias(gates, jnp.ones((2, 9), jnp.int32), q_len=4)
+  np.testing.assert_allclose(b, b_one, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(a, a_one, rtol=1e-6, atol=1e-6)

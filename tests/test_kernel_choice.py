@@ -121,10 +121,11 @@ def test_a_bad_kernel_table_is_refused_in_one_line_when_the_model_is_built(cpu_t
 
 def test_the_kernel_bench_measures_a_table_auto_can_read(tmp_path):
   tiny = ModelConfig(vocab_size=64, d_model=16, n_heads=2, head_dim=8, mlp_dim=32)
-  seconds, skipped = kernels_bench.measure(tiny, ("none", "kerple"), (64,), tokens=128,
+  seconds, skipped = kernels_bench.measure(tiny, ("none", "kerple", "fox"), (64,), tokens=128,
                                            repeats=1, memory_limit=2 ** 30)
   assert set(seconds["none"][64]) == {"native", "blockwise", "dense"}
   assert set(seconds["kerple"][64]) == {"blockwise", "dense"}  # native takes no learned bias
+  assert set(seconds["fox"][64]) == {"blockwise", "dense"}  # nor one made from the data
   assert all(s > 0 for row in seconds.values() for s in row[64].values()) and not skipped
   seconds, skipped = kernels_bench.measure(tiny, ("none",), (64,), tokens=128, repeats=1,
                                            memory_limit=1)

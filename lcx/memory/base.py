@@ -101,7 +101,7 @@ class MemoryMechanism(nnx.Module):
             if entries is None else
             entries.concat(k_BCHK, v_BCHK, positions_BC, segment_ids_BC, log_gates_BCH))
     rows = {} if log_gates_BCH is None else dict(row_bias=gate_row_bias(
-        keys.log_gates_BSH, keys.segment_ids_BS, q_len=positions_BC.shape[1]))
+        keys.log_gates_BSH, keys.segment_ids_BS, positions_BC.shape[1]))
     return (attend if entries is None else cache_attend)(
         q_BCHK, keys.k_BSHK, keys.v_BSHK, q_positions_BQ=positions_BC,
         k_positions_BK=keys.positions_BS, q_segment_ids_BQ=segment_ids_BC,

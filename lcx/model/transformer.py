@@ -90,11 +90,11 @@ class Attention(nnx.Module):
                layer):
     """`layer`: this layer's index (an int, or a scalar under a scan), for per-layer biases."""
     q_BLHK, k_BLHK, v_BLHK = self._qkv(x_BLD, positions_BL, scheme)
-    gates = _row_bias(scheme, x_BLD, layer, segment_ids_BL)
+    rows = _row_bias(scheme.log_gates(x_BLD, layer), segment_ids_BL, x_BLD.shape[1])
     o_BLHK = self.attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
                          k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
                          k_segment_ids_BK=segment_ids_BL,
-                         bias_fn=scheme.bias_fn(layer), **self.local, **gates)
+                         bias_fn=scheme.bias_fn(layer), **self.local, **rows)
     return project(o_BLHK, self.wo[...], in_dims=2)
 
   def with_memory(self, x_BCD, positions_BC, segment_ids_BC, scheme, layer, mechanism,
@@ -121,24 +121,21 @@ class Attention(nnx.Module):
     seen = (cache.concat(k_BCHK, v_BCHK, positions_BC, ones, gates_BCH) if self.local
             else cache.append(k_BCHK, v_BCHK, positions_BC, gates_BCH))
     # the cache keeps each key's log gate: the sums over its window are the bias's differences
-    row_bias = {} if gates_BCH is None else dict(row_bias=positions.gate_row_bias(
-        seen.log_gates_BSH, seen.segment_ids_BS, q_len=positions_BC.shape[1]))
+    rows = _row_bias(None if gates_BCH is None else seen.log_gates_BSH, seen.segment_ids_BS,
+                     positions_BC.shape[1])
     o_BCHK = self.cache_attend(q_BCHK, seen.k_BSHK, seen.v_BSHK, q_positions_BQ=positions_BC,
                                k_positions_BK=seen.positions_BS, q_segment_ids_BQ=ones,
                                k_segment_ids_BK=seen.segment_ids_BS,
-                               bias_fn=scheme.bias_fn(layer), **self.local, **row_bias)
+                               bias_fn=scheme.bias_fn(layer), **self.local, **rows)
     return project(o_BCHK, self.wo[...], in_dims=2), seen.last(cache.size)
 
 
-def _row_bias(scheme, x_BLD, layer, segment_ids_BL) -> dict:
-  """The kernels' `row_bias` argument for a scheme whose bias is made from the data (FoX's),
-  else no argument: kernels without one take none."""
-  gates_BLH = scheme.log_gates(x_BLD, layer)
-  if gates_BLH is None:
+def _row_bias(log_gates_BKH, segment_ids_BK, q_len: int) -> dict:
+  """The kernels' `row_bias` argument from the keys' log forget gates (a bias made from the data,
+  FoX's); no argument where the scheme makes none, since kernels without one take none."""
+  if log_gates_BKH is None:
     return {}
-  if segment_ids_BL is None:
-    segment_ids_BL = jnp.ones(x_BLD.shape[:2], jnp.int32)
-  return dict(row_bias=positions.gate_row_bias(gates_BLH, segment_ids_BL, x_BLD.shape[1]))
+  return dict(row_bias=positions.gate_row_bias(log_gates_BKH, segment_ids_BK, q_len))
 
 
 class Mlp(nnx.Module):

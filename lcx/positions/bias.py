@@ -107,6 +107,9 @@ def gate_row_bias(log_gates_BKH, segment_ids_BK, q_len: int) -> tuple[jax.Array,
   """The Forgetting Transformer's bias as the kernels' row_bias (a_BHQ, b_BHK): with
   c = the per-document cumulative sum of the keys' log forget gates, the logit of (i, j) gets
   c_i - c_j, the sum of the gates after j up to i. The queries are the last q_len keys (a KV
-  cache's or a memory's keys come first); float32."""
-  c_BHK = document_cumsum(log_gates_BKH.astype(jnp.float32), segment_ids_BK).transpose(0, 2, 1)
+  cache's or a memory's keys come first); float32. segment_ids_BK None: one document a row."""
+  log_gates_BKH = log_gates_BKH.astype(jnp.float32)
+  c_BKH = (jnp.cumsum(log_gates_BKH, axis=1) if segment_ids_BK is None
+           else document_cumsum(log_gates_BKH, segment_ids_BK))
+  c_BHK = c_BKH.transpose(0, 2, 1)
   return c_BHK[:, :, c_BHK.shape[2] - q_len:], c_BHK

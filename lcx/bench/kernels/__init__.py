@@ -43,8 +43,7 @@ def _layer(model: ModelConfig, scheme: str, kernel: str, batch: int, length: int
   def loss(q, k, v, params):
     scheme = nnx.merge(graphdef, params, rest)
     gates = scheme.log_gates(x, 0)
-    rows = {} if gates is None else dict(row_bias=positions.gate_row_bias(
-        gates, jnp.ones(pos.shape, jnp.int32), length))
+    rows = {} if gates is None else dict(row_bias=positions.gate_row_bias(gates, None, length))
     o = attend(q, k, v, q_positions_BQ=pos, k_positions_BK=pos, bias_fn=scheme.bias_fn(0), **rows)
     return o.astype(jnp.float32).sum()
 
