@@ -46,8 +46,12 @@ def learning_rate_schedule(c: OptimizerConfig) -> optax.Schedule:
   return lambda count: decay(count + 1)
 
 
+# Where the model keeps its position schemes' parameters: one scheme's, or a per-layer pattern's.
+POSITION_PARAMS = ("position", "position_layers")
+
+
 def _is_position_param(path) -> bool:
-  return bool(path) and getattr(path[0], "key", None) == "position"
+  return bool(path) and getattr(path[0], "key", None) in POSITION_PARAMS
 
 
 def _decay_mask(params):

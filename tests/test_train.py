@@ -295,6 +295,8 @@ def test_position_parameters_get_their_own_rate_and_no_decay():
   import optax
   from lcx.optimizer import learning_rate_schedule, make_optimizer
   params = {"position": {"table": np.ones((4, 3), np.float32)},
+            # a per-layer pattern's schemes (FoX's gate weights: a matrix per layer)
+            "position_layers": {0: {"gate_weight": np.ones((2, 3, 3), np.float32)}},
             "w": np.ones((3, 3), np.float32), "b": np.ones(3, np.float32)}
   grads = jax.tree.map(lambda p: np.full_like(p, 0.5), params)
   base = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, steps=10, weight_decay=0.5,
@@ -312,10 +314,13 @@ def test_position_parameters_get_their_own_rate_and_no_decay():
   plain, scaled = step(base), step(dataclasses.replace(base, position_lr_scale=10.0))
   np.testing.assert_allclose(scaled["position"]["table"], 10 * plain["position"]["table"],
                              rtol=1e-6)
+  gate = lambda updates: updates["position_layers"][0]["gate_weight"]
+  np.testing.assert_allclose(gate(scaled), 10 * gate(plain), rtol=1e-6)
   for name in ("w", "b"):
     np.testing.assert_array_equal(scaled[name], plain[name])
-  # A matrix outside the scheme is decayed (a larger step than Adam's alone); the table is not.
+  # A matrix outside the schemes is decayed (a larger step than Adam's alone); theirs are not.
   assert float(plain["w"][0, 0]) < float(plain["position"]["table"][0, 0]) < 0
+  np.testing.assert_allclose(gate(plain), plain["position"]["table"][0, 0], rtol=1e-6)
 
 
 def test_the_retrieval_probe_scores_fixed_trials_during_training(tiny_config, tmp_path):
