@@ -94,7 +94,9 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   if "n_kv_heads" not in m:  # runs saved before grouped-query attention: one per query head
     m.n_kv_heads = m.n_heads
   if c.get("mesh") and "rules" in c.mesh:
-    c.mesh.rules = _with_kv_heads_rule(c.mesh.rules)
+    c.mesh.rules = _with_length_rule(_with_kv_heads_rule(c.mesh.rules))
+  if c.get("mesh") and "context" not in c.mesh:  # runs saved before context parallelism
+    c.mesh.context = 1
   for name, options in _option_types().items():  # sections and fields added since: defaults
     if name not in m:
       m[name] = ml_collections.ConfigDict()
@@ -184,6 +186,14 @@ def _with_kv_heads_rule(rules) -> tuple:
   if "kv_heads" in pairs or "heads" not in pairs:
     return rules
   return (*rules, ("kv_heads", pairs["heads"]))
+
+
+def _with_length_rule(rules) -> tuple:
+  """Rules that shard a sequence's length over the context axis where they do not say otherwise
+  (rules written before context parallelism)."""
+  if any(isinstance(r, (tuple, list)) and r and r[0] == "length" for r in rules):
+    return tuple(rules)
+  return (*rules, ("length", "context"))
 
 
 def _maps_to(rules, logical: str, mesh_axis: str) -> bool:
@@ -334,7 +344,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _check_rules(c.mesh.rules)
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape
+  c.mesh.data, c.mesh.fsdp, c.mesh.context, c.mesh.tensor = shape
+  if c.mesh.context > 1:
+    _check_context(c)
   batch_shards = c.mesh.data * c.mesh.fsdp
   per_step = batch_shards * t.grad_accum_steps
   _require(d.batch_size % per_step == 0,
@@ -352,6 +364,26 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
            f"config.model.d_model={m.d_model} must be divisible by config.mesh.fsdp={c.mesh.fsdp}")
   c.lock()
   return c
+
+
+def _check_context(c) -> None:
+  """What context parallelism (mesh.context > 1) takes: the load-balanced order's 2C chunks,
+  sequences it can shard, and kernels that take a query offset into gathered keys."""
+  C, m = c.mesh.context, c.model
+  _require(_maps_to(c.mesh.rules, "length", "context"),
+           f"config.mesh.context={C} needs ('length', 'context') in config.mesh.rules")
+  _require(c.data.seq_len % (2 * C) == 0,
+           f"config.data.seq_len={c.data.seq_len} must be a multiple of 2 x mesh.context = {2 * C} "
+           "(each device holds two equal chunks of every sequence)")
+  _require(m.memory == "none",
+           f"config.model.memory={m.memory!r} with mesh.context={C}: a memory mechanism carries its "
+           "state from segment to segment, which a sequence sharded over devices does not have in "
+           "order; set mesh.context=1 (a memory run's segments are short) or model.memory='none'")
+  allowed = attention.OFFSET_TAKERS
+  _require(m.attention in ("auto", *allowed),
+           f"config.model.attention={m.attention!r} with mesh.context={C}: context parallelism "
+           f"runs a kernel that takes queries at an offset into the gathered keys; allowed: "
+           f"auto, {', '.join(allowed)}")
 
 
 def _defaults(cls, *, skip=()) -> dict:

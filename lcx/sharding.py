@@ -1,18 +1,28 @@
 """Mesh from config, logical-axis rules, and the one `shard(x, names)` helper.
 
-Parameters and activations name their axes logically ("embed", "heads", "batch", ...). A small
-rule table (config.mesh.rules) maps those names to mesh axes; nothing else decides layout.
+Parameters and activations name their axes logically ("embed", "heads", "batch", "length", ...).
+A small rule table (config.mesh.rules) maps those names to mesh axes; nothing else decides layout.
+
+A sequence sharded over the `context` axis (context parallelism) is held in load-balanced order:
+cut into 2C chunks for C devices, device d holds chunk d and chunk 2C-1-d, so that under a
+causal mask every device has the same work (an early chunk sees few keys, a late one many).
+`to_context_order` / `from_context_order` move a sequence axis between that order and the
+natural one; with C = 1 both are the identity.
 """
 import contextlib
 import contextvars
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# context before tensor: tensor parallelism, whose collectives are the most frequent, keeps the
+# nearest devices
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+CONTEXT = "context"
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
@@ -20,8 +30,9 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.Context
 
 
 def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
-  """Sizes for (data, fsdp, tensor); one -1 takes the devices the others leave."""
-  shape = [int(sizes[a]) for a in MESH_AXES]
+  """Sizes for (data, fsdp, context, tensor); one -1 takes the devices the others leave. A
+  missing context is 1 (meshes written before context parallelism)."""
+  shape = [int(sizes.get(a, 1) if a == CONTEXT else sizes[a]) for a in MESH_AXES]
   free = [i for i, s in enumerate(shape) if s == -1]
   if len(free) > 1 or any(s == 0 or s < -1 for s in shape):
     raise ValueError(f"config.mesh: sizes {dict(zip(MESH_AXES, shape))} are invalid; each must be "
@@ -33,7 +44,7 @@ def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ..
                        f"devices; the fixed sizes' product ({fixed}) must divide {num_devices}")
     shape[free[0]] = num_devices // fixed
   if int(np.prod(shape)) != num_devices:
-    raise ValueError(f"config.mesh: data*fsdp*tensor = {int(np.prod(shape))} but there are "
+    raise ValueError(f"config.mesh: data*fsdp*context*tensor = {int(np.prod(shape))} but there are "
                      f"{num_devices} devices; make the product {num_devices} or set one axis to -1")
   return tuple(shape)
 
@@ -77,6 +88,44 @@ def activation_sharding(mesh: Mesh, rules: Rules):
 def active() -> tuple[Mesh, Rules] | None:
   """The (mesh, rules) of the enclosing activation_sharding context, or None."""
   return _ACTIVE.get()
+
+
+def context_size() -> int:
+  """How many devices the enclosing activation_sharding's mesh shards a sequence over (1 outside
+  one, or without a context axis)."""
+  active = _ACTIVE.get()
+  return int(active[0].shape.get(CONTEXT, 1)) if active else 1
+
+
+def context_chunks(context: int) -> np.ndarray:
+  """The natural chunk index at each place of the load-balanced order: device d holds chunks d
+  and 2C-1-d, in that order (C=2: 0, 3, 1, 2)."""
+  return np.stack([np.arange(context), 2 * context - 1 - np.arange(context)], axis=1).reshape(-1)
+
+
+def to_context_order(x, context: int, axis: int = 1):
+  """x (numpy or JAX) with its sequence axis `axis` put in the load-balanced order of `context`
+  devices; the length must be a multiple of 2 * context."""
+  return _reorder(x, context, axis, context_chunks(context))
+
+
+def from_context_order(x, context: int, axis: int = 1):
+  """The inverse of to_context_order: the sequence axis back in natural order."""
+  return _reorder(x, context, axis, np.argsort(context_chunks(context)))
+
+
+def _reorder(x, context, axis, chunks):
+  if context == 1:
+    return x
+  axis = axis % x.ndim
+  length = x.shape[axis]
+  if length % (2 * context):
+    raise ValueError(f"a sequence of {length} tokens cannot be split into 2 x {context} equal "
+                     f"chunks for mesh.context={context}; use a length that is a multiple of "
+                     f"{2 * context}")
+  xp = np if isinstance(x, np.ndarray) else jnp
+  split = x.reshape(*x.shape[:axis], 2 * context, length // (2 * context), *x.shape[axis + 1:])
+  return xp.take(split, chunks, axis=axis).reshape(x.shape)
 
 
 def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -171,13 +171,14 @@ def test_the_attention_face_loads_no_kernel_and_every_kernel_is_one_record():
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.strip() == "['lcx.attention.choice', 'lcx.attention.kernels', " \
-      "'lcx.attention.tiles']", result.stdout
+  assert result.stdout.strip() == "['lcx.attention.choice', 'lcx.attention.context', " \
+      "'lcx.attention.kernels', 'lcx.attention.tiles']", result.stdout
   from lcx.attention import kernels
   for record in kernels.KERNELS.values():
     parameters = inspect.signature(kernels.function(record.name)).parameters
     assert {"q_positions_BQ", "bias_fn", "causal"} <= set(parameters), record.name
     assert record.tiled == ({"block_q", "block_k"} <= set(parameters)), record.name
+    assert record.takes_offset == ("q_offset" in parameters), record.name
 
 
 def test_without_a_compiler_auto_keeps_blockwise_and_native_says_why(tmp_path):

@@ -38,7 +38,7 @@ def _tiny(**overrides):
      r"config.train.position_lr_scale=-1.0 must be positive \(1: the model's learning rate\)"),
     ({"data.batch_size": -4}, 1, r"config.data.batch_size=-4 must be a positive integer"),
     ({"mesh.data": 3, "mesh.fsdp": -1}, 8, r"config.mesh: .*cannot fill 8 devices"),
-    ({"mesh.data": 2, "mesh.fsdp": 2}, 8, r"data\*fsdp\*tensor = 4 but there are 8 devices"),
+    ({"mesh.data": 2, "mesh.fsdp": 2}, 8, r"data\*fsdp\*context\*tensor = 4 but there are 8 devices"),
     ({"data.batch_size": 12}, 8, r"config.data.batch_size=12 must be a multiple of .* = 8"),
     ({"model.mlp": "relu"}, 1, r"config.model.mlp='relu' is not allowed; allowed: swiglu, gelu"),
     ({"model.compute_dtype": "float16"}, 1, r"allowed: float32, bfloat16"),
@@ -80,7 +80,7 @@ def _tiny(**overrides):
      r"config.model.rope.keep=0.5 \(p-RoPE\) needs config.model.position='rope', not 'alibi'"),
     ({"mesh.rules": (("batch", ("data", "model")),)}, 1,
      r"config.mesh.rules: the entry \('batch', \('data', 'model'\)\) names 'model', which is not "
-     r"an axis of the mesh; its axes: data, fsdp, tensor \(or None: not sharded\)"),
+     r"an axis of the mesh; its axes: data, fsdp, context, tensor \(or None: not sharded\)"),
     ({"mesh.rules": (("embed",),)}, 1,
      r"config.mesh.rules: the entry \('embed',\) is not \(logical axis name, mesh axes\)"),
     ({"wandb.init_timeout_s": -1.0}, 1, r"config.wandb.init_timeout_s=-1.0 must be a positive number"),
@@ -89,6 +89,14 @@ def _tiny(**overrides):
     ({"model.n_kv_heads": 1, "mesh.tensor": 2, "mesh.data": 4}, 8,
      r"config.model.n_kv_heads=1 must be divisible by config.mesh.tensor=2, or add \('kv_heads', "
      r"None\) to config.mesh.rules"),
+    ({"mesh.context": 4, "mesh.data": 2, "data.seq_len": 100}, 8,
+     r"config.data.seq_len=100 must be a multiple of 2 x mesh.context = 8"),
+    ({"mesh.context": 4, "mesh.data": 2, "model.memory": "xl", "model.segment_len": 32}, 8,
+     r"config.model.memory='xl' with mesh.context=4: a memory mechanism carries its state"),
+    ({"mesh.context": 4, "mesh.data": 2, "model.attention": "native"}, 8,
+     r"config.model.attention='native' with mesh.context=4: .*allowed: auto, dense, blockwise"),
+    ({"mesh.context": 4, "mesh.data": 2, "mesh.rules": (("batch", "data"),  ("length", None))}, 8,
+     r"config.mesh.context=4 needs \('length', 'context'\) in config.mesh.rules"),
 ])
 def test_invalid_config_names_the_field(overrides, devices, pattern):
   with pytest.raises(ConfigError, match=pattern):
@@ -111,7 +119,9 @@ def test_rope_scaling_needs_rope():
 
 def test_resolve_fills_derived_fields():
   c = resolve(_tiny(**{"mesh.data": -1, "mesh.tensor": 2}), 8)
-  assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (4, 1, 2)
+  assert (c.mesh.data, c.mesh.fsdp, c.mesh.context, c.mesh.tensor) == (4, 1, 1, 2)
+  c = resolve(_tiny(**{"mesh.data": 2, "mesh.context": -1}), 8)
+  assert (c.mesh.data, c.mesh.context) == (2, 4)
   assert c.model.head_dim == 16 and c.model.max_len == 128 and c.model.vocab_size == 320
 
 

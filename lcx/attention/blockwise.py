@@ -16,6 +16,10 @@ query heads of a group meet its keys in one product (query-head operands viewed 
 (B*G, R, ...)), so keys and values are never repeated, and dK, dV sum over the group.
 Queries come scaled by 1/sqrt(K) (once, not per tile), and a tile wholly below the causal diagonal
 without padded keys or packed documents is not masked at all.
+
+A traced `q_offset` (a device's chunk of queries against the gathered keys of a sequence sharded
+over devices: lcx.attention.context) makes the tile loops' bounds traced: they run as
+while-loops that still visit only the tiles some query sees, and every tile is masked.
 """
 import functools
 
@@ -34,13 +38,15 @@ UNROLL_MAX_TILES = 64
 
 def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                         q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
-                        window: int = 0, chunk: int = 0, row_bias=None,
+                        window: int = 0, chunk: int = 0, row_bias=None, q_offset=None,
                         block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
   """Same signature and result as lcx.attention.library.dense_attention (see there). A local
   layer (window, chunk) visits only the tiles within its span: cost and memory linear in
   length."""
   if (window or chunk) and not causal:
     raise ValueError("a local attention window or chunk needs causal attention")
+  if q_offset is not None and not causal:
+    raise ValueError("a query offset (q_offset) places queries for a causal mask; it needs causal")
   B, Q, H, K = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   bq, bk = min(block_q, Q), min(block_k, S)
@@ -60,16 +66,21 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
   offset = S - Q if causal else None  # query q sees keys up to q + offset
   bias, bias_args = hoisted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
   span = window or chunk  # no key at or past this distance is seen
+  dynamic = q_offset is not None  # the offset is known at run time only: every tile may be seen
+  tiles = (tuple((i, j) for i in range(nq) for j in range(nk)) if dynamic
+           else visible_tiles(nq, nk, bq, bk, offset, span))
   geometry = Geometry(B=B, H=H, R=H // G, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
-                      causal_offset=offset, tiles=visible_tiles(nq, nk, bq, bk, offset, span),
+                      causal_offset=None if dynamic else offset, dynamic=dynamic, tiles=tiles,
                       bias=bias, window=window, chunk=chunk, span=span)
+  q_offset = None if q_offset is None else jnp.asarray(q_offset, jnp.int32)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
   if row_bias is not None:  # (B, H, L) each -> (B*H, L + pad), float32
     rows = lambda x, pad: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, 0), (0, pad))).reshape(
         B * H, -1)
     row_bias = (rows(row_bias[0], pad_q), rows(row_bias[1], pad_k))
   o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
-                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)
+                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args, row_bias,
+                 q_offset)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
 
 
@@ -107,8 +118,9 @@ def _tile_mask(g, i, j, q_seg, k_seg, q_pos, k_pos):
   """Which keys of tile (i, j) each query sees, (1 or B, bq, bk), or None where every query sees
   every key: a tile wholly below the causal diagonal, with no padded key and no packed documents
   (and no local window or chunk, whose bounds are by position). i and j may be traced (in a
-  while-loop); the mask is then always built."""
-  xp = jnp if isinstance(i, jax.Array) or isinstance(j, jax.Array) else np
+  while-loop), and so may the causal offset; the mask is then always built."""
+  traced = any(isinstance(x, jax.Array) for x in (i, j, g.causal_offset))
+  xp = jnp if traced else np
   q_index = i * g.bq + xp.arange(g.bq)[:, None]
   k_index = j * g.bk + xp.arange(g.bk)[None, :]
   mask = k_index < g.keys  # padded keys
@@ -173,11 +185,15 @@ def _loop(lo, hi, body, carry, unrolled: bool):
   return jax.lax.fori_loop(lo, hi, body, carry)
 
 
+def _unrolled(g) -> bool:
+  return not g.dynamic and len(g.tiles) <= UNROLL_MAX_TILES
+
+
 def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
   """(output (B*H, Lq, K) in q's dtype, log-normalizer (B*H, Lq) float32), one query tile at a
   time: its running max, normalizer and output stay small and local."""
   n, _, d = q.shape
-  unrolled = len(g.tiles) <= UNROLL_MAX_TILES
+  unrolled = _unrolled(g)
 
   def query_tile(i):
     q_i = _rows(q, i, g.bq)
@@ -239,19 +255,22 @@ def _sum_to(x, shape):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
-  return _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)[0]
+def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset):
+  return _forward(g.at_offset(q_offset), q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args,
+                  row_bias)[0]
 
 
-def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
-  o, lse = _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)
-  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias)
+def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset):
+  o, lse = _forward(g.at_offset(q_offset), q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args,
+                    row_bias)
+  return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset)
 
 
 def _attention_bwd(g, residuals, do):
   """One key tile at a time: its dK and dV accumulate locally over the query tiles that see it;
   dQ accumulates across key tiles."""
-  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias = residuals
+  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset = residuals
+  g = g.at_offset(q_offset)
   bias_consts, bias_params = bias_args
   n, _, d = q.shape
   n_kv = k.shape[0]  # B*G: the key/value heads' rows
@@ -268,7 +287,7 @@ def _attention_bwd(g, residuals, do):
                               else ())
   add = functools.partial(jax.tree.map, jnp.add)
 
-  if len(g.tiles) <= UNROLL_MAX_TILES:
+  if _unrolled(g):
     dq = [jnp.zeros((n, g.bq, d), jnp.float32) for _ in range(g.nq)]
     da = [row_zeros(g.bq) for _ in range(g.nq)]
     dk, dv, db, dbias = [], [], [], jax.tree.map(zeros, bias_params)
@@ -309,7 +328,7 @@ def _attention_bwd(g, residuals, do):
   no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), no_grad(q_pos),
           no_grad(k_pos), no_grad(q_seg), no_grad(k_seg),
-          (tuple(map(no_grad, bias_consts)), dbias), d_row_bias)
+          (tuple(map(no_grad, bias_consts)), dbias), d_row_bias, no_grad(q_offset))
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

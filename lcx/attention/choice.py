@@ -146,9 +146,10 @@ class Choice:
   table: Table | None = dataclasses.field(default=None, compare=False, hash=False)
 
   def kernel(self, q_len: int, k_len: int | None = None, *, packed: bool = False,
-             causal: bool = True, cache: bool = False) -> str:
+             causal: bool = True, cache: bool = False, offset: bool = False) -> str:
     """The kernel a call with q_len queries and k_len keys runs (`cache`: a KV cache's call,
-    where only dense and the tiled kernels take queries aligned to the end of the keys)."""
+    where only dense and the tiled kernels take queries aligned to the end of the keys;
+    `offset`: a traced query offset, context parallelism's)."""
     if self.requested != "auto":
       return self.requested
     k_len = k_len or q_len
@@ -159,6 +160,8 @@ class Choice:
         continue  # said once, when the model was built (select)
       if cache and not kernels.KERNELS[name].takes_cache:
         reason = "it takes no queries aligned to the end of longer keys"
+      elif offset and not kernels.KERNELS[name].takes_offset:
+        reason = "it takes no query offset into gathered keys (context parallelism)"
       else:
         reason = takes_call(name, q_len=q_len, k_len=k_len, packed=packed, causal=causal,
                             block=self.block)
@@ -177,16 +180,17 @@ class Choice:
              f"its fixed order ({self.table.source} has no row for {self.scheme})")
     if passed:
       why += f"; passed over {'; '.join(passed)}"
-    _log_choice(self.backend, self.scheme, q_len, k_len, packed, cache, name, why)
+    call = ", KV cache" if cache else ", at an offset into gathered keys" if offset else ""
+    _log_choice(self.backend, self.scheme, q_len, k_len, packed, call, name, why)
     return name
 
 
 @functools.lru_cache(maxsize=None)
-def _log_choice(backend, scheme, q_len, k_len, packed, cache, name, why):
+def _log_choice(backend, scheme, q_len, k_len, packed, call, name, why):
   # Cached: a length is traced many times (shapes, init, every jit), its choice logged once.
   logging.getLogger("lcx").info(
       "attention=auto on %s, %s, %d queries x %d keys%s%s: %s, %s", backend, scheme, q_len, k_len,
-      ", packed" if packed else "", ", KV cache" if cache else "", name, why)
+      ", packed" if packed else "", call, name, why)
 
 
 def choose(name: str, *, scheme: str, block: int = DEFAULT_BLOCK,
@@ -213,7 +217,7 @@ def make(choice: Choice, *, cache: bool = False):
 
   def attend(q_BQHK, k_BKHK, v_BKHK, *, q_segment_ids_BQ=None, causal=True, **kw):
     name = choice.kernel(q_BQHK.shape[1], k_BKHK.shape[1], packed=q_segment_ids_BQ is not None,
-                         causal=causal, cache=cache)
+                         causal=causal, cache=cache, offset=kw.get("q_offset") is not None)
     return kernels.with_block(name, choice.block)(
         q_BQHK, k_BKHK, v_BKHK, q_segment_ids_BQ=q_segment_ids_BQ, causal=causal, **kw)
 

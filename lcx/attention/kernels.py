@@ -52,6 +52,9 @@ class Kernel:
   tiled: bool = False  # takes tile lengths (block_q, block_k); holds one tile of scores at once
   # takes queries aligned to the end of a longer key buffer (a KV cache)
   takes_cache: bool = False
+  # takes `q_offset`, a traced index of the first query into the keys (context parallelism: a
+  # device's chunk of queries against the gathered keys of the whole sequence)
+  takes_offset: bool = False
   quadratic: bool = False  # memory grows with the square of the length
   # The local layers it takes: "window" (model.window), "chunk" (model.chunk). By position
   # (any positions), or `local_by_index`: by token index, the same only where positions count
@@ -71,9 +74,9 @@ class Kernel:
 
 KERNELS = {k.name: k for k in (
     Kernel("dense", "lcx.attention.library:dense_attention", BACKENDS, "any", takes_cache=True,
-           quadratic=True, local=LOCAL, auto_on=BACKENDS, rank=3),
+           takes_offset=True, quadratic=True, local=LOCAL, auto_on=BACKENDS, rank=3),
     Kernel("blockwise", "lcx.attention.blockwise:blockwise_attention", BACKENDS, "any", tiled=True,
-           takes_cache=True, local=LOCAL, auto_on=BACKENDS, preferred_on=BACKENDS, rank=2),
+           takes_cache=True, takes_offset=True, local=LOCAL, auto_on=BACKENDS, preferred_on=BACKENDS, rank=2),
     Kernel("native", "lcx.attention.native:native_attention", ("cpu",), "linear", tiled=True,
            takes_cache=True, local=LOCAL, unavailable=_native_unavailable, auto_on=("cpu",),
            preferred_on=("cpu",)),
@@ -92,6 +95,7 @@ KERNELS = {k.name: k for k in (
 CHOICES = (*KERNELS, "auto")
 TILED = tuple(k.name for k in KERNELS.values() if k.tiled)
 QUADRATIC = tuple(k.name for k in KERNELS.values() if k.quadratic)
+OFFSET_TAKERS = tuple(k.name for k in KERNELS.values() if k.takes_offset)
 FALLBACK = "blockwise"  # runs everywhere and takes every bias
 REFERENCE = "dense"  # the full score matrix: what every other kernel is checked and timed against
 

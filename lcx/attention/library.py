@@ -28,12 +28,13 @@ def local_mask(q_positions_BQ, k_positions_BK, window: int = 0, chunk: int = 0):
 
 def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
-                    window: int = 0, chunk: int = 0, row_bias=None):
+                    window: int = 0, chunk: int = 0, row_bias=None, q_offset=None):
   """Reference implementation: the full (Q, K) score matrix in float32. Keys and values may have
   fewer heads than the queries (grouped-query attention: each serves H / G query heads). A local
   layer sees only the keys of its window or chunk (local_mask). `row_bias`: a bias made of two
   per-row vectors (a_BHQ, b_BHK), the score of (i, j) getting a_i - b_j (a data-dependent bias
-  such as the Forgetting Transformer's)."""
+  such as the Forgetting Transformer's). `q_offset` (may be traced): the keys' index of the first
+  query, which then sees keys up to its own index (default: queries aligned to the keys' end)."""
   B, Q, H, head_dim = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   if G == H:
@@ -52,7 +53,9 @@ def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
     scores_BHQK = scores_BHQK + (a_BHQ[..., :, None] - b_BHK[..., None, :]).astype(jnp.float32)
   q_len, k_len = q_BQHK.shape[1], k_BKHK.shape[1]
   mask = jnp.ones((1, 1, q_len, k_len), dtype=bool)
-  if causal:
+  if causal and q_offset is not None:
+    mask = mask & (jnp.arange(k_len) <= jnp.arange(q_len)[:, None] + q_offset)
+  elif causal:
     mask = jnp.tril(mask, k=k_len - q_len)
   if q_segment_ids_BQ is not None:
     same = q_segment_ids_BQ[:, :, None] == k_segment_ids_BK[:, None, :]

@@ -24,7 +24,7 @@ def first_key_tile(g, i, div=operator.floordiv):
   if not g.span:
     return 0
   first = div(i * g.bq + g.causal_offset - g.span + 1, g.bk)
-  return jnp.maximum(first, 0) if isinstance(i, jax.Array) else max(first, 0)
+  return jnp.maximum(first, 0) if isinstance(first, jax.Array) else max(first, 0)
 
 
 def query_tiles_end(g, j, div=operator.floordiv):
@@ -33,26 +33,26 @@ def query_tiles_end(g, j, div=operator.floordiv):
   if not g.span:
     return g.nq
   end = div((j + 1) * g.bk - 1 - g.causal_offset + g.span - 1, g.bq) + 1
-  return jnp.minimum(end, g.nq) if isinstance(j, jax.Array) else min(end, g.nq)
+  return jnp.minimum(end, g.nq) if isinstance(end, jax.Array) else min(end, g.nq)
 
 
 def key_tiles_seen(g, i, div=operator.floordiv):
   """How many key tiles (from the first) query tile i of a call with geometry g visits; i may be
-  traced. `div`: the integer division the kernel's compiler lowers (Pallas: lax.div, which
+  traced, and so may g's causal offset. `div`: the integer division the kernel's compiler lowers (Pallas: lax.div, which
   truncates; the same as floor here, where a negative quotient is clipped to 0)."""
   if g.causal_offset is None:
     return g.nk
   seen = div((i + 1) * g.bq - 1 + g.causal_offset, g.bk) + 1
-  return jnp.clip(seen, 0, g.nk) if isinstance(i, jax.Array) else min(max(seen, 0), g.nk)
+  return jnp.clip(seen, 0, g.nk) if isinstance(seen, jax.Array) else min(max(seen, 0), g.nk)
 
 
 def first_query_tile(g, j, div=operator.floordiv):
-  """The first query tile that sees key tile j; j may be traced. (Never past the last query
-  tile: the keys end `causal_offset` after the queries, so j * bk - offset < Q.)"""
+  """The first query tile that sees key tile j; j may be traced. (Past the last query tile, nq or
+  more, only where keys follow the queries: a traced query offset.)"""
   if g.causal_offset is None:
     return 0
   first = div(j * g.bk - g.causal_offset, g.bq)
-  return jnp.maximum(first, 0) if isinstance(j, jax.Array) else max(first, 0)
+  return jnp.maximum(first, 0) if isinstance(first, jax.Array) else max(first, 0)
 
 
 def hoisted_bias(bias_fn, q_pos_tile, k_pos_tile):
@@ -119,6 +119,15 @@ class Geometry:
   def __init__(self, **fields):
     self.__dict__.update(fields)
     self._key = tuple(sorted((k, v if k != "bias" else id(v)) for k, v in fields.items()))
+
+  def at_offset(self, offset):
+    """This geometry with a causal offset known only when traced (q_offset), for use inside the
+    kernel's trace; itself where there is none."""
+    if offset is None:
+      return self
+    view = Geometry.__new__(Geometry)
+    view.__dict__.update(self.__dict__, causal_offset=offset)
+    return view
 
   def __hash__(self):
     return hash(self._key)

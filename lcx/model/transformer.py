@@ -5,6 +5,7 @@ Shape legend for names such as x_BLD:
   attention), K head dim, F mlp dim, V vocabulary.
 Every parameter carries `logical_axes`; lcx.sharding maps them to the mesh.
 """
+import functools
 import math
 
 import jax
@@ -16,9 +17,12 @@ from lcx import memory as memory_lib
 from lcx.memory import KVCache
 from lcx.model import temperature as temperature_lib
 from lcx.model.config import REMAT_POLICIES, ModelConfig
+from lcx import sharding
 from lcx.sharding import shard
 
-BATCH_ACTIVATION = ("batch", None, None)
+# Under context parallelism (mesh.context > 1) the length is sharded too, and every sequence
+# enters the model in the load-balanced order (lcx.sharding.to_context_order).
+BATCH_ACTIVATION = ("batch", "length", None)
 
 
 def _param(rngs, shape, axes, std, dtype):
@@ -90,11 +94,15 @@ class Attention(nnx.Module):
                layer):
     """`layer`: this layer's index (an int, or a scalar under a scan), for per-layer biases."""
     q_BLHK, k_BLHK, v_BLHK = self._qkv(x_BLD, positions_BL, scheme)
-    rows = _row_bias(scheme.log_gates(x_BLD, layer), segment_ids_BL, x_BLD.shape[1])
-    o_BLHK = self.attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
-                         k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
-                         k_segment_ids_BK=segment_ids_BL,
-                         bias_fn=scheme.bias_fn(layer), **self.local, **rows)
+    context = sharding.context_size()
+    rows = _row_bias(scheme.log_gates(x_BLD, layer), segment_ids_BL, x_BLD.shape[1], context)
+    attend = self.attend
+    if context > 1:
+      attend = functools.partial(attention.attend_over_context, self.attend)
+    o_BLHK = attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
+                    k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
+                    k_segment_ids_BK=segment_ids_BL, bias_fn=scheme.bias_fn(layer), **self.local,
+                    **rows)
     return project(o_BLHK, self.wo[...], in_dims=2)
 
   def with_memory(self, x_BCD, positions_BC, segment_ids_BC, scheme, layer, mechanism,
@@ -130,12 +138,19 @@ class Attention(nnx.Module):
     return project(o_BCHK, self.wo[...], in_dims=2), seen.last(cache.size)
 
 
-def _row_bias(log_gates_BKH, segment_ids_BK, q_len: int) -> dict:
+def _row_bias(log_gates_BKH, segment_ids_BK, q_len: int, context: int = 1) -> dict:
   """The kernels' `row_bias` argument from the keys' log forget gates (a bias made from the data,
-  FoX's); no argument where the scheme makes none, since kernels without one take none."""
+  FoX's); no argument where the scheme makes none, since kernels without one take none. Its sums
+  run along the sequence in natural order: a sequence in the load-balanced order of `context`
+  devices is put in natural order for them (a few numbers per token) and the bias back in its
+  order."""
   if log_gates_BKH is None:
     return {}
-  return dict(row_bias=positions.gate_row_bias(log_gates_BKH, segment_ids_BK, q_len))
+  natural = lambda x: sharding.from_context_order(x, context, axis=1)
+  if segment_ids_BK is not None:
+    segment_ids_BK = natural(segment_ids_BK)
+  rows = positions.gate_row_bias(natural(log_gates_BKH), segment_ids_BK, q_len)
+  return dict(row_bias=tuple(sharding.to_context_order(x, context, axis=2) for x in rows))
 
 
 class Mlp(nnx.Module):

@@ -8,9 +8,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lcx.model.config import ModelConfig
 from lcx.model.transformer import Transformer, abstract_model
 from lcx.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from lcx.sharding import Rules, activation_sharding, named_sharding, param_shardings, shard
+from lcx.sharding import (CONTEXT, Rules, activation_sharding, named_sharding, param_shardings,
+                          shard, to_context_order)
 
-BATCH_NAMES = ("batch", None)
+BATCH_NAMES = ("batch", "length")
 
 
 class TrainProgram:
@@ -55,8 +56,12 @@ class TrainProgram:
                         self.abstract_state, self.state_shardings)
 
   def global_batch(self, local_batch: dict) -> dict:
-    """Global arrays from this process's rows (the same code on one host and many)."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+    """Global arrays from this process's rows (the same code on one host and many); under context
+    parallelism each row in the load-balanced order the model takes (the loss, a weighted mean
+    over tokens, does not depend on their order)."""
+    context = int(self.mesh.shape.get(CONTEXT, 1))
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding,
+                                                       to_context_order(v, context, axis=1))
             for k, v in local_batch.items()}
 
   def loss(self, params, batch) -> jax.Array:

@@ -1,0 +1,68 @@
+"""Attention over a sequence sharded on the mesh's `context` axis (context parallelism).
+
+Each device holds two chunks of every sequence in the load-balanced order (lcx.sharding: device d
+holds chunks d and 2C-1-d of 2C). Inside a shard_map manual over `context` only (batch and heads
+stay sharded as the rules say), each device gathers the keys and values of the whole sequence,
+with their positions, document ids and the keys' half of a row bias, puts them in natural order,
+and runs the layer's kernel once per chunk: the chunk's queries at their offset into the keys
+(`q_offset`, traced: shard_map runs one program on every device). Positions are global and
+explicit, so every position scheme's bias is the same function of them as on one device, and
+document ids keep packed documents apart across chunk boundaries. Under the causal mask the
+early chunk meets few key tiles and the late one many; their sum is the same on every device.
+
+The gathers' transposes (reduce-scatters) carry dK and dV back to the devices that hold the keys;
+a learned bias's parameters, closed over, get their gradient summed over the devices.
+"""
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from lcx import sharding
+from lcx.sharding import CONTEXT
+
+
+def attend_over_context(attend, q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
+                        q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None,
+                        row_bias=None, causal=True, **local):
+  """attend(...) of a sequence sharded over the active mesh's context axis, queries and keys the
+  same tokens in the load-balanced order; `attend` must take `q_offset` (a kernel record's
+  takes_offset). The result is in the same order, sharded alike."""
+  if not causal:
+    raise ValueError("context parallelism splits the work of a causal mask; it needs causal")
+  mesh, _ = sharding.active()
+  C = int(mesh.shape[CONTEXT])
+  by_length = P(None, CONTEXT)  # (B, L, ...): the sequence axis is the context axis's
+  inputs = dict(q=q_BQHK, k=k_BKHK, v=v_BKHK, q_pos=q_positions_BQ, k_pos=k_positions_BK,
+                q_seg=q_segment_ids_BQ, k_seg=k_segment_ids_BK)
+  specs = {name: by_length for name in inputs}
+  if row_bias is not None:  # (B, H, L) each
+    inputs.update(a=row_bias[0], b=row_bias[1])
+    specs.update(a=P(None, None, CONTEXT), b=P(None, None, CONTEXT))
+  inputs = {name: x for name, x in inputs.items() if x is not None}
+  specs = {name: specs[name] for name in inputs}
+
+  def per_device(x):
+    gather = lambda name, axis: sharding.from_context_order(
+        jax.lax.all_gather(x[name], CONTEXT, axis=axis, tiled=True), C, axis)
+    keys = dict(k_BKHK=gather("k", 1), v_BKHK=gather("v", 1), k_positions_BK=gather("k_pos", 1),
+                k_segment_ids_BK=gather("k_seg", 1) if "k_seg" in x else None)
+    b_BHK = gather("b", 2) if "b" in x else None
+    c = x["q"].shape[1] // 2
+    device = jax.lax.axis_index(CONTEXT)
+    outputs = []
+    for half, chunk in enumerate((device, 2 * C - 1 - device)):
+      rows = slice(half * c, (half + 1) * c)
+      extra = {} if b_BHK is None else dict(row_bias=(x["a"][:, :, rows], b_BHK))
+      outputs.append(attend(
+          x["q"][:, rows], keys["k_BKHK"], keys["v_BKHK"], q_positions_BQ=x["q_pos"][:, rows],
+          k_positions_BK=keys["k_positions_BK"],
+          q_segment_ids_BQ=x["q_seg"][:, rows] if "q_seg" in x else None,
+          k_segment_ids_BK=keys["k_segment_ids_BK"], bias_fn=bias_fn, q_offset=chunk * c,
+          **extra, **local))
+    return jnp.concatenate(outputs, axis=1)
+
+  # check_vma=False: the kernels' loops start from constants, which the varying-axes check would
+  # have marked per device; the transpose then sums the gradient of what the body closes over
+  # (a bias's parameters) over the devices, as a replicated input's must be.
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(specs,), out_specs=by_length,
+                       axis_names={CONTEXT}, check_vma=False)(inputs)

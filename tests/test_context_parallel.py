@@ -1,0 +1,127 @@
+"""Context parallelism: a sequence sharded over the mesh's context axis gives one device's losses
+and gradients, for every position scheme, packed documents straddling the shards' chunks, and
+retrieval answers' token weights."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lcx import config as config_lib
+from lcx import positions, sharding
+from lcx.attention.blockwise import blockwise_attention
+from lcx.attention.library import dense_attention
+from lcx.sharding import make_mesh
+from lcx.train.step import TrainProgram
+
+LAYER_SCHEMES = tuple(name for name in positions.available() if not positions.embeds(name))
+EMBEDDING_SCHEMES = tuple(name for name in positions.available() if positions.embeds(name))
+
+
+def test_context_order_puts_an_early_and_a_late_chunk_on_each_device():
+  assert list(sharding.context_chunks(2)) == [0, 3, 1, 2]
+  x = np.arange(2 * 16).reshape(2, 16)
+  ordered = sharding.to_context_order(x, 4, axis=1)
+  # device d holds places [4d, 4d + 4): chunks d and 7 - d, two tokens each
+  np.testing.assert_array_equal(ordered[0, 4:8], [2, 3, 12, 13])
+  np.testing.assert_array_equal(sharding.from_context_order(ordered, 4, axis=1), x)
+  np.testing.assert_array_equal(sharding.to_context_order(x, 1), x)
+  with pytest.raises(ValueError, match="cannot be split into 2 x 3 equal chunks"):
+    sharding.to_context_order(x, 3)
+
+
+@pytest.mark.parametrize("kernel", [dense_attention, blockwise_attention])
+def test_a_traced_query_offset_equals_the_rows_of_the_full_sequence(kernel):
+  """Chunks of queries at a traced offset into all the keys (packed documents, a window, a
+  bias, grouped heads) give the full causal attention's rows, and its gradients summed."""
+  B, L, H, G, K = 2, 96, 4, 2, 8
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(B, L, h, K)), jnp.float32) for h in (H, G, G))
+  pos = jnp.tile(jnp.arange(L), (B, 1))
+  seg = jnp.asarray(1 + (np.arange(L)[None] >= np.array([[30], [50]])), jnp.int32)
+  slopes = jnp.asarray([0.5, 0.25, 0.125, 0.0625])
+  bias_fn = lambda qp, kp: -slopes[None, :, None, None] * jnp.abs(
+      qp[:, None, :, None] - kp[:, None, None, :]).astype(jnp.float32)
+  extra = dict(block_q=8, block_k=16) if kernel is blockwise_attention else {}
+  common = dict(k_positions_BK=pos, k_segment_ids_BK=seg, bias_fn=bias_fn, window=40)
+
+  def by_chunks(q, k, v):
+    step = 24
+    return jnp.concatenate([
+        kernel(q[:, s:s + step], k, v, q_positions_BQ=pos[:, s:s + step],
+               q_segment_ids_BQ=seg[:, s:s + step], q_offset=jnp.int32(s), **common, **extra)
+        for s in range(0, L, step)], axis=1)
+
+  full = lambda q, k, v: dense_attention(q, k, v, q_positions_BQ=pos, q_segment_ids_BQ=seg,
+                                         **common)
+  np.testing.assert_allclose(jax.jit(by_chunks)(q, k, v), full(q, k, v), atol=2e-6)
+  loss = lambda f: lambda *x: (f(*x) ** 2).sum()
+  grads = jax.jit(jax.grad(loss(by_chunks), argnums=(0, 1, 2)))(q, k, v)
+  for got, want in zip(grads, jax.grad(loss(full), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def _packed_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict:
+  """Packed documents of random lengths (so they straddle every chunk boundary), positions
+  restarting at each, and retrieval answers' weights (4 on a few tokens)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, vocab, size=(rows, length + 1))
+  segment_ids = np.zeros((rows, length), np.int32)
+  positions_ = np.zeros((rows, length), np.int32)
+  for r in range(rows):
+    start, doc = 0, 1
+    while start < length:
+      end = min(length, start + int(rng.integers(length // 5, length // 2)))
+      segment_ids[r, start:end], positions_[r, start:end] = doc, np.arange(end - start)
+      start, doc = end, doc + 1
+  weights = np.ones((rows, length), np.float32)
+  weights[rng.random((rows, length)) < 0.1] = 4.0
+  return dict(tokens=tokens[:, :-1].astype(np.int32), targets=tokens[:, 1:].astype(np.int32),
+              positions=positions_, segment_ids=segment_ids, weights=weights)
+
+
+def _loss_and_grads(c, mesh_sizes, batch, devices=None):
+  c = config_lib.resolve(c, len(devices or jax.devices()))
+  mesh = make_mesh(mesh_sizes, devices)
+  program = TrainProgram(config_lib.model_config(c), config_lib.optimizer_config(c), mesh,
+                         tuple(map(tuple, c.mesh.rules)))
+  state = program.init()
+  grads_fn = jax.jit(program._grads, in_shardings=(program.state_shardings["params"],
+                                                   program.batch_sharding))
+  with sharding.activation_sharding(mesh, program.rules):
+    loss, grads = grads_fn(state["params"], program.global_batch(batch))
+  return float(loss), jax.tree.map(np.asarray, jax.device_get(grads))
+
+
+@pytest.mark.parametrize("setup", ["every-layer-scheme", *EMBEDDING_SCHEMES, "fox+gqa+window"])
+def test_context_parallel_losses_and_gradients_equal_one_devices(tiny_config, setup):
+  """mesh.context=4 and data=2 x context=4 against one device, rtol 1e-5."""
+  name, *variants = setup.split("+")
+  m = tiny_config.model
+  if name == "every-layer-scheme":  # a layer each, learned biases' gradients included
+    m.update(position_layers=LAYER_SCHEMES, n_layers=len(LAYER_SCHEMES))
+  else:
+    m.position = name
+  if "gqa" in variants:
+    m.n_kv_heads = 2
+  if "window" in variants:
+    m.update(window=24, attention_layers=("local", "global"))
+  m.attention = "blockwise"
+  m.attention_block = 16  # chunks of 8 or 16 tokens against keys of 4 to 8 tiles
+  tiny_config.data.seq_len = 128
+  batch = _packed_batch(tiny_config.data.batch_size, 128, 256)
+  tiny_config.mesh.update(data=1, fsdp=1, context=1, tensor=1)
+  loss, grads = _loss_and_grads(tiny_config, tiny_config.mesh.to_dict(), batch,
+                                jax.devices()[:1])
+  for sizes in (dict(data=1, fsdp=1, context=4, tensor=1),
+                dict(data=2, fsdp=1, context=4, tensor=1)):
+    tiny_config.mesh.update(**sizes)
+    got_loss, got_grads = _loss_and_grads(tiny_config, sizes, batch, jax.devices()[:8 if
+                                          sizes["data"] == 2 else 4])
+    np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
+    # float32 noise is relative to the gradient's scale: a parameter whose true gradient is 0
+    # (FIRE's per-head constant, which shifts a whole softmax row) has only noise to compare
+    scale = max(np.abs(g).max() for g in jax.tree.leaves(grads))
+    flat_got, flat_want = (jax.tree_util.tree_leaves_with_path(g) for g in (got_grads, grads))
+    for (path, got), (_, want) in zip(flat_got, flat_want):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale,
+                                 err_msg=jax.tree_util.keystr(path))
