@@ -125,3 +125,40 @@ def test_context_parallel_losses_and_gradients_equal_one_devices(tiny_config, se
     for (path, got), (_, want) in zip(flat_got, flat_want):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale,
                                  err_msg=jax.tree_util.keystr(path))
+
+
+def test_scorer_on_a_context_mesh_equals_one_device(tiny_config):
+  """Evaluation's windows (of a length that needs padding to 2 x context) sharded over the
+  context axis: the same losses and predictions as on one device."""
+  from flax import nnx
+  from lcx.evaluate.scoring import Scorer
+  from lcx.model import Transformer
+  tiny_config.model.position = "alibi"
+  c = config_lib.resolve(tiny_config, 1)
+  model = Transformer(config_lib.model_config(c), rngs=nnx.Rngs(0))
+  rules = tuple(map(tuple, c.mesh.rules))
+  windows = np.random.default_rng(1).integers(0, 256, size=(4, 38)).astype(np.int32)
+  one = Scorer(model, make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]), rules)
+  context = Scorer(model, make_mesh(dict(data=2, fsdp=1, context=4, tensor=1)), rules)
+  (losses, argmax), (got_losses, got_argmax) = one.run(windows), context.run(windows)
+  np.testing.assert_allclose(got_losses, losses, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got_argmax, argmax)
+
+
+def test_a_run_resumed_with_another_mesh_context_continues_exactly(trained_run, tiny_config,
+                                                                   tmp_path):
+  """The shared run (6 steps on data=8) resumed from its step-3 checkpoint on data=2 x
+  context=4: the same losses, and the training loop, data stream and checkpoints all work on a
+  sharded sequence."""
+  import shutil
+  from lcx.metrics import read_jsonl
+  from lcx.runs import layout
+  from lcx.train import train_and_evaluate
+  workdir = shutil.copytree(trained_run, tmp_path / "run")
+  straight = [r["loss"] for r in read_jsonl(workdir / layout.METRICS)]
+  shutil.rmtree(workdir / layout.CHECKPOINTS / "6")
+  tiny_config.mesh.update(data=2, fsdp=1, context=4, tensor=1)
+  train_and_evaluate(tiny_config, workdir)
+  resumed = [r["loss"] for r in read_jsonl(workdir / layout.METRICS)]
+  assert [r["step"] for r in read_jsonl(workdir / layout.METRICS)] == list(range(1, 7))
+  np.testing.assert_allclose(resumed, straight, rtol=1e-5)

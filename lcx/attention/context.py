@@ -42,27 +42,36 @@ def attend_over_context(attend, q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_pos
   specs = {name: specs[name] for name in inputs}
 
   def per_device(x):
-    gather = lambda name, axis: sharding.from_context_order(
-        jax.lax.all_gather(x[name], CONTEXT, axis=axis, tiled=True), C, axis)
-    keys = dict(k_BKHK=gather("k", 1), v_BKHK=gather("v", 1), k_positions_BK=gather("k_pos", 1),
-                k_segment_ids_BK=gather("k_seg", 1) if "k_seg" in x else None)
-    b_BHK = gather("b", 2) if "b" in x else None
     c = x["q"].shape[1] // 2
+
+    def gather(name, axis):
+      """(the first half of the sequence, the whole), natural order: each device's early chunks,
+      gathered, are chunks 0..C-1 in order; its late ones, C..2C-1 in reverse."""
+      halves = jnp.split(x[name], 2, axis=axis)
+      early, late = (jax.lax.all_gather(h, CONTEXT, axis=axis, tiled=True) for h in halves)
+      late = jnp.flip(late.reshape(*late.shape[:axis], C, c, *late.shape[axis + 1:]), axis=axis)
+      return early, jnp.concatenate([early, late.reshape(early.shape)], axis=axis)
+
+    keys = {name: gather(name, 2 if name == "b" else 1) if name in x else (None, None)
+            for name in ("k", "v", "k_pos", "k_seg", "b")}
     device = jax.lax.axis_index(CONTEXT)
     outputs = []
+    # The early chunk (d < C) sees only keys of the first half; the late one, keys of both.
     for half, chunk in enumerate((device, 2 * C - 1 - device)):
       rows = slice(half * c, (half + 1) * c)
-      extra = {} if b_BHK is None else dict(row_bias=(x["a"][:, :, rows], b_BHK))
+      seen = {name: pair[half] for name, pair in keys.items()}
+      extra = {} if seen["b"] is None else dict(row_bias=(x["a"][:, :, rows], seen["b"]))
       outputs.append(attend(
-          x["q"][:, rows], keys["k_BKHK"], keys["v_BKHK"], q_positions_BQ=x["q_pos"][:, rows],
-          k_positions_BK=keys["k_positions_BK"],
+          x["q"][:, rows], seen["k"], seen["v"], q_positions_BQ=x["q_pos"][:, rows],
+          k_positions_BK=seen["k_pos"],
           q_segment_ids_BQ=x["q_seg"][:, rows] if "q_seg" in x else None,
-          k_segment_ids_BK=keys["k_segment_ids_BK"], bias_fn=bias_fn, q_offset=chunk * c,
-          **extra, **local))
+          k_segment_ids_BK=seen["k_seg"], bias_fn=bias_fn, q_offset=chunk * c, **extra,
+          **local))
     return jnp.concatenate(outputs, axis=1)
 
   # check_vma=False: the kernels' loops start from constants, which the varying-axes check would
   # have marked per device; the transpose then sums the gradient of what the body closes over
   # (a bias's parameters) over the devices, as a replicated input's must be.
-  return jax.shard_map(per_device, mesh=mesh, in_specs=(specs,), out_specs=by_length,
-                       axis_names={CONTEXT}, check_vma=False)(inputs)
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(specs,), out_specs=by_length,
+                          axis_names={CONTEXT}, check_vma=False)
+  return sharded(inputs)

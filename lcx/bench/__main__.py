@@ -1,6 +1,8 @@
 """python -m lcx.bench [--lengths 1024,2048,4096] [--eval_lengths 8192,16384,32768] [--out FILE]
     [--data_tokenizers byte,sentencepiece:PATH] [--data_lengths 1024,4096] [--data_batch 256]
     [--data_config configs/pretrain.py:125m --config.data.data_dir=DIR]
+    [--context_lengths 8192,16384,32768 --contexts 1,2,4,8]  (context parallelism; on a CPU with
+    XLA_FLAGS=--xla_force_host_platform_device_count=8)
 
 The input pipeline alone (no model timed): --lengths= --eval_lengths= --profile_lengths=
 
@@ -22,8 +24,10 @@ from lcx.attention.kernels import QUADRATIC
 from lcx import bench, cli
 from lcx import overrides as overrides_lib
 from lcx.bench import data as data_bench
+from lcx.bench.context import context_table, run_context_benchmarks
 from lcx.bench.tables import eval_table, profile_table, train_table
-from lcx.bench.targets import PIPELINE_TOKENS_PER_SECOND, preset_target_checks, target_checks
+from lcx.bench.targets import (PIPELINE_TOKENS_PER_SECOND, context_checks, preset_target_checks,
+                               target_checks)
 from lcx.data.sources import Documents
 from lcx.data.tokenizers import make_tokenizer
 from lcx.model import ModelConfig
@@ -59,6 +63,9 @@ _DATA_TOKENIZERS = flags.DEFINE_list("data_tokenizers", ["byte"], "The input pip
 _DATA_LENGTHS = flags.DEFINE_list("data_lengths", ["1024", "4096"], "The input pipeline's lengths.")
 _DATA_BATCH = flags.DEFINE_integer("data_batch", 256, "The input pipeline's global batch (rows).")
 _DATA_BATCHES = flags.DEFINE_integer("data_batches", 5, "Batches timed per pipeline row.")
+_CONTEXT_LENGTHS = flags.DEFINE_list("context_lengths", [], "Lengths of one sequence sharded over "
+                                     "--contexts devices (context parallelism; empty: none).")
+_CONTEXTS = flags.DEFINE_list("contexts", ["1", "2", "4", "8"], "mesh.context sizes of those rows.")
 _DATA_CONFIG = flags.DEFINE_string("data_config", "configs/pretrain.py:tiny", "The run config "
                                    "whose corpus (data.name, data_dir, ...) the pipeline reads; "
                                    "--config.data.FIELD=VALUE changes it.")
@@ -109,6 +116,9 @@ def main(argv, overrides):
       for s in _EVAL_SCHEMES.value)
   data_lengths = [int(n) for n in _DATA_LENGTHS.value]
   total += len(_DATA_TOKENIZERS.value) * len(data_lengths)
+  context_lengths = [int(n) for n in _CONTEXT_LENGTHS.value]
+  contexts = [int(n) for n in _CONTEXTS.value]
+  total += len(context_lengths) * len(contexts)
   try:  # the corpus the pipeline reads, and its tokenizers, checked before anything is timed
     data = overrides_lib.load_config(_DATA_CONFIG.value, overrides).data
     docs = (Documents(data.name, "train", data_dir=data.data_dir, text_dir=data.text_dir,
@@ -134,6 +144,8 @@ def main(argv, overrides):
         profiles.append(bench.attention_profile(
             ModelConfig(**train_model), max(1, _TOKENS.value // length), length,
             _REPEATS.value, implementation))
+  context_rows = run_context_benchmarks(context_lengths, contexts, _REPEATS.value, progress,
+                                        model_fields=eval_model)
   data_rows = (data_bench.pipeline_rows(docs, _DATA_TOKENIZERS.value, data_lengths,
                                         _DATA_BATCH.value, _DATA_BATCHES.value, progress)
                if docs is not None else [])
@@ -144,6 +156,7 @@ def main(argv, overrides):
               f"({r['tokenizer']}, L={r['length']}, batch {r['batch']})",
               r["tokens_per_second"] >= PIPELINE_TOKENS_PER_SECOND,
               f"{r['tokens_per_second'] / 1e6:.1f}M") for r in data_rows]
+  checks += context_checks(context_rows) if _MODEL.value == "bench" else []
   data_text = "" if not data_rows else (
       f"\n\n### Input pipeline (one process building the whole global batch from the token cache "
       f"of {data_rows[0]['corpus']}; first preparation: tokenizing the train split once)\n\n"
@@ -159,12 +172,16 @@ def main(argv, overrides):
       f"round; MFU (PaLM): 6N + 12 n_layers d_attn L FLOPs per token, full attention, "
       f"comparable with other codebases; MFU (causal): 6N + 6 n_layers d_attn L, the causal "
       f"half the kernels compute\n\n{train_table(train_rows)}")
+  context_text = "" if not context_rows else (
+      f"\n\n### Context parallelism (one sequence of ALiBi's {_describe(eval_model)}, "
+      f"sharded over mesh.context devices; blockwise; activations: XLA's temporaries per "
+      f"device)\n\n{context_table(context_rows)}")
   eval_text = "" if not eval_rows else (
       f"\n\n### Forward-only evaluation ({_describe(eval_model)}; one row)\n\n"
       f"{eval_table(eval_rows)}")
   print(f"\n## {machine}\n\nmatmul peak in this run (best of the samples taken with every "
         f"timing round): {peak.best / 1e9:,.0f} GFLOP/s ({train_model['compute_dtype']})"
-        f"{train_text}{eval_text}{profile_text}{data_text}\n\n### Targets\n\n"
+        f"{train_text}{eval_text}{context_text}{profile_text}{data_text}\n\n### Targets\n\n"
         "| target | met | measured |\n| --- | --- | ---: |\n"
         + "\n".join(f"| {what} | {'yes' if met else '**no**'} | {value} |"
                      for what, met, value in checks))
@@ -173,7 +190,8 @@ def main(argv, overrides):
   out.write_text(json.dumps({"machine": machine, "model": _MODEL.value,
                              "train_model": train_model, "eval_model": eval_model,
                              "peak_flops": peak.best, "train": train_rows,
-                             "eval": eval_rows, "attention_profiles": profiles,
+                             "eval": eval_rows, "context": context_rows,
+                             "attention_profiles": profiles,
                              "data": data_rows, "targets": [
                                  {"target": w, "met": m, "measured": v} for w, m, v in checks]},
                             indent=2) + "\n")

@@ -69,8 +69,8 @@ def with_fields(model: dict, assignments) -> dict:
   return model
 
 
-RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("vocab", "tensor"), ("heads", "tensor"),
-         ("mlp", "tensor"))
+RULES = (("batch", ("data", "fsdp")), ("length", "context"), ("embed", "fsdp"), ("vocab", "tensor"),
+         ("heads", "tensor"), ("mlp", "tensor"))
 
 
 def single_device_mesh():

@@ -13,7 +13,11 @@ TARGETS = {"rope_overhead": 1.03, "learned_bias_overhead": 1.10, "alibi_overhead
            # shortest length to the longest, at a fixed number of tokens per step (linear cost)
            "local_growth": 1.5,
            # a bias made from the data (FoX's): its gates, cumulative sums and per-row reads
-           "data_bias_overhead": 1.15}
+           "data_bias_overhead": 1.15,
+           # context parallelism: activation memory per device at context=4 against context=1,
+           # one sequence of CONTEXT_TARGET_LENGTH tokens, the tiny model
+           "context_memory": 0.35}
+CONTEXT_TARGET_LENGTH = 16384
 PRESET_TARGETS = {"bias_overhead": 1.05, "mfu_causal": 0.50, "eval_memory_gib": 16.0}
 PIPELINE_TOKENS_PER_SECOND = 2e6  # per host, from the token cache
 
@@ -109,3 +113,13 @@ def preset_target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
                      and r["memory_bytes"] <= PRESET_TARGETS["eval_memory_gib"] * 2 ** 30,
                      f"{_gib(r['memory_bytes'])} GiB"))
   return checks
+
+
+def context_checks(rows) -> list[tuple[str, bool, str]]:
+  """The context-parallel memory target, where the rows measured it."""
+  return [(f"activations per device at context=4 <= {TARGETS['context_memory']}x context=1 "
+           f"(L={r['length']}, the tiny model)",
+           r["activations_vs_context_1"] <= TARGETS["context_memory"],
+           _ratio(r["activations_vs_context_1"]))
+          for r in rows if r["context"] == 4 and r["length"] == CONTEXT_TARGET_LENGTH
+          and r["activations_vs_context_1"] is not None]

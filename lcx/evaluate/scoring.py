@@ -8,7 +8,8 @@ from flax import nnx
 
 from lcx import attention
 from lcx.model import transformer
-from lcx.sharding import activation_sharding, named_sharding
+from lcx.sharding import (CONTEXT, activation_sharding, from_context_order, named_sharding,
+                          to_context_order)
 
 
 class DoesNotFit(ValueError):
@@ -24,7 +25,9 @@ def available_memory_bytes(device: jax.Device) -> int:
 
 class Scorer:
   """For windows (N, L + 1): losses (N, L) of token t + 1 given tokens 0..t, and the argmax
-  predictions (N, L) of each next token."""
+  predictions (N, L) of each next token. On a mesh with a context axis each window is sharded
+  over it (context parallelism): padded at its end to a multiple of 2 x context tokens (a causal
+  model's earlier tokens never see them) and put in the load-balanced order the model takes."""
 
   def __init__(self, model: nnx.Module, mesh, rules, *, max_batch_tokens: int = 32768,
                memory_fraction: float = 0.5):
@@ -33,9 +36,10 @@ class Scorer:
     self.attention = model.attention_choice
     self.mesh, self.rules = mesh, rules
     self.shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    self.context = int(mesh.shape.get(CONTEXT, 1))
     self.max_batch_tokens = max_batch_tokens
     self.budget = memory_fraction * available_memory_bytes(mesh.devices.flat[0]) * mesh.devices.size
-    self.sharding = named_sharding(mesh, ("batch", None), rules)
+    self.sharding = named_sharding(mesh, ("batch", "length"), rules)
     self._fn = jax.jit(self._losses)
 
   def _losses(self, params, tokens, positions, targets):
@@ -44,7 +48,7 @@ class Scorer:
       return model.losses(tokens, positions, targets, predictions=True)
 
   def sharding_for(self, array: np.ndarray):
-    """Rows over the batch shards, every other axis whole."""
+    """Rows over the batch shards, every other axis whole (prompts for decoding)."""
     return named_sharding(self.mesh, ("batch",) + (None,) * (array.ndim - 1), self.rules)
 
   def bytes_per_row(self, length: int) -> int:
@@ -61,7 +65,7 @@ class Scorer:
 
   def batch_rows(self, length: int) -> int:
     """Rows per batch: a multiple of the batch shards, within the token and memory budgets."""
-    per_row = self.bytes_per_row(length)
+    per_row = self.bytes_per_row(length) // self.context  # a row's share on each of its devices
     if per_row * self.shards > self.budget:
       raise DoesNotFit(
           f"length {length} needs about {per_row * self.shards / 2**30:.1f} GiB of activations "
@@ -83,7 +87,10 @@ class Scorer:
     # little padding, and still few distinct shapes to compile.
     per_shard = 2 ** math.ceil(math.log2(-(-n // self.shards)))
     rows = min(self.batch_rows(length), self.shards * per_shard)
+    padded = -(-length // (2 * self.context)) * 2 * self.context
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
+    ordered = lambda x: to_context_order(np.pad(x, ((0, 0), (0, padded - length))), self.context)
+    natural = lambda x: from_context_order(x, self.context)[:, :length]
     losses_out = np.empty((n, length), np.float32)
     argmax_out = np.empty((n, length), np.int32)
     for start in range(0, n, rows):
@@ -91,10 +98,11 @@ class Scorer:
       pad = rows - len(chunk)
       if pad:  # fixed batch shapes: one compilation per length
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      put = lambda x: jax.device_put(np.ascontiguousarray(x, np.int32), self.sharding)
+      put = lambda x: jax.device_put(np.ascontiguousarray(ordered(x), np.int32), self.sharding)
       try:
-        losses, argmax = jax.device_get(
-            self._fn(self.params, put(chunk[:, :-1]), put(positions), put(chunk[:, 1:])))
+        losses, argmax = map(natural, jax.device_get(
+            self._fn(self.params, put(chunk[:, :-1]), put(positions),
+                     put(chunk[:, 1:]))))
         losses_out[start:start + rows - pad] = losses[: rows - pad]
         argmax_out[start:start + rows - pad] = argmax[: rows - pad]
       except jax.errors.JaxRuntimeError as e:

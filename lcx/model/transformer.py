@@ -425,7 +425,19 @@ LOGITS_SLICE = 2048
 def sliced_head(unembed, x_BLD, targets_BL, *, predictions: bool = False):
   """token_losses (and with predictions=True the argmax) of unembed(x), LOGITS_SLICE positions at
   a time: a lax.map over slices, each under jax.checkpoint, so one slice's logits live at once in
-  the forward pass and again in the backward one (which remakes them from the slice's inputs)."""
+  the forward pass and again in the backward one (which remakes them from the slice's inputs).
+  A sequence sharded over C devices (context parallelism) is sliced within each device's part:
+  its rows viewed as B*C rows of L/C tokens, so that no device makes another's logits."""
+  context = sharding.context_size()
+  if context == 1:
+    return _sliced_head(unembed, x_BLD, targets_BL, predictions)
+  B, L, D = x_BLD.shape
+  out = _sliced_head(unembed, x_BLD.reshape(B * context, L // context, D),
+                     targets_BL.reshape(B * context, L // context), predictions)
+  return jax.tree.map(lambda a: a.reshape(B, L), out)
+
+
+def _sliced_head(unembed, x_BLD, targets_BL, predictions: bool):
   B, L, D = x_BLD.shape
   S = LOGITS_SLICE
   n = -(-L // S)

@@ -101,6 +101,13 @@ def _build(c, devices):
   """Mesh, data stream, program and the evaluation during training (or None) of a resolved
   config."""
   try:
+    if (jax.process_count() > 1 and c.mesh.context > 1
+        and c.mesh.context * c.mesh.tensor > jax.local_device_count()):
+      # each process feeds its own rows whole (the data stream splits rows, not lengths)
+      raise config_lib.ConfigError(
+          f"config.mesh.context={c.mesh.context} x mesh.tensor={c.mesh.tensor} spans hosts; "
+          f"context parallelism shards a sequence within one host's {jax.local_device_count()} "
+          "devices: make context x tensor at most that")
     mesh = make_mesh(c.mesh, devices)
     tokenizer = make_tokenizer(c.data.tokenizer)
     docs = Documents(c.data.name, "train", data_dir=c.data.data_dir, text_dir=c.data.text_dir,
