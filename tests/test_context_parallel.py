@@ -94,13 +94,18 @@ def _loss_and_grads(c, mesh_sizes, batch, devices=None):
 
 @pytest.mark.parametrize("setup", ["every-layer-scheme", *EMBEDDING_SCHEMES, "fox+gqa+window"])
 def test_context_parallel_losses_and_gradients_equal_one_devices(tiny_config, setup):
-  """mesh.context=4 and data=2 x context=4 against one device, rtol 1e-5."""
+  """Against one device, rtol 1e-5: every in-layer scheme on mesh.context=4, FoX (a learned bias
+  made from the data) and the embedding schemes on data=2 x context=4."""
   name, *variants = setup.split("+")
   m = tiny_config.model
+  sizes = dict(data=2, fsdp=1, context=4, tensor=1)
   if name == "every-layer-scheme":  # a layer each, learned biases' gradients included
     m.update(position_layers=LAYER_SCHEMES, n_layers=len(LAYER_SCHEMES))
+    sizes.update(data=1)
   else:
     m.position = name
+  if name in EMBEDDING_SCHEMES:  # their attention is the plain one: one layer shows it
+    m.n_layers = 1
   if "gqa" in variants:
     m.n_kv_heads = 2
   if "window" in variants:
@@ -112,19 +117,17 @@ def test_context_parallel_losses_and_gradients_equal_one_devices(tiny_config, se
   tiny_config.mesh.update(data=1, fsdp=1, context=1, tensor=1)
   loss, grads = _loss_and_grads(tiny_config, tiny_config.mesh.to_dict(), batch,
                                 jax.devices()[:1])
-  for sizes in (dict(data=1, fsdp=1, context=4, tensor=1),
-                dict(data=2, fsdp=1, context=4, tensor=1)):
-    tiny_config.mesh.update(**sizes)
-    got_loss, got_grads = _loss_and_grads(tiny_config, sizes, batch, jax.devices()[:8 if
-                                          sizes["data"] == 2 else 4])
-    np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
-    # float32 noise is relative to the gradient's scale: a parameter whose true gradient is 0
-    # (FIRE's per-head constant, which shifts a whole softmax row) has only noise to compare
-    scale = max(np.abs(g).max() for g in jax.tree.leaves(grads))
-    flat_got, flat_want = (jax.tree_util.tree_leaves_with_path(g) for g in (got_grads, grads))
-    for (path, got), (_, want) in zip(flat_got, flat_want):
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale,
-                                 err_msg=jax.tree_util.keystr(path))
+  tiny_config.mesh.update(**sizes)
+  got_loss, got_grads = _loss_and_grads(tiny_config, sizes, batch,
+                                        jax.devices()[:sizes["data"] * sizes["context"]])
+  np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
+  # float32 noise is relative to the gradient's scale: a parameter whose true gradient is 0
+  # (FIRE's per-head constant, which shifts a whole softmax row) has only noise to compare
+  scale = max(np.abs(g).max() for g in jax.tree.leaves(grads))
+  flat_got, flat_want = (jax.tree_util.tree_leaves_with_path(g) for g in (got_grads, grads))
+  for (path, got), (_, want) in zip(flat_got, flat_want):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale,
+                               err_msg=jax.tree_util.keystr(path))
 
 
 def test_scorer_on_a_context_mesh_equals_one_device(tiny_config):

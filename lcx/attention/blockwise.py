@@ -19,7 +19,10 @@ without padded keys or packed documents is not masked at all.
 
 A traced `q_offset` (a device's chunk of queries against the gathered keys of a sequence sharded
 over devices: lcx.attention.context) makes the tile loops' bounds traced: they run as
-while-loops that still visit only the tiles some query sees, and every tile is masked.
+while-loops that still visit only the tiles some query sees, and every tile is masked. With
+`keys_from` (the gather) the kernel makes the keys it meets itself, inside its custom VJP, in the
+forward pass and again in the backward one: only the keys it was given (a device's own) are kept
+in between, and the gather's transpose carries their gradients back.
 """
 import functools
 
@@ -39,7 +42,8 @@ UNROLL_MAX_TILES = 64
 def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                         q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
                         window: int = 0, chunk: int = 0, row_bias=None, q_offset=None,
-                        block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
+                        keys_from=None, block_q: int = DEFAULT_BLOCK,
+                        block_k: int = DEFAULT_BLOCK):
   """Same signature and result as lcx.attention.library.dense_attention (see there). A local
   layer (window, chunk) visits only the tiles within its span: cost and memory linear in
   length."""
@@ -48,39 +52,53 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
   if q_offset is not None and not causal:
     raise ValueError("a query offset (q_offset) places queries for a causal mask; it needs causal")
   B, Q, H, K = q_BQHK.shape
-  S, G = k_BKHK.shape[1], k_BKHK.shape[2]
+  G = k_BKHK.shape[2]
+  keys_given = (k_BKHK, v_BKHK, k_positions_BK, k_segment_ids_BK,
+                None if row_bias is None else row_bias[1])
+  # the number of keys the queries meet (those keys_from makes)
+  S = (jax.eval_shape(keys_from, *keys_given)[0] if keys_from else k_BKHK).shape[1]
   bq, bk = min(block_q, Q), min(block_k, S)
   nq, nk = -(-Q // bq), -(-S // bk)
   pad_q, pad_k = nq * bq - Q, nk * bk - S
-  q_seg = k_seg = None
+  q_seg = None
   if q_segment_ids_BQ is not None:  # padded keys are masked by index, whatever their segment
     q_seg = jnp.pad(q_segment_ids_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)))
-    k_seg = jnp.pad(k_segment_ids_BK.astype(jnp.int32), ((0, 0), (0, pad_k)))
   q_pos = jnp.pad(q_positions_BQ, ((0, 0), (0, pad_q)))
-  k_pos = jnp.pad(k_positions_BK, ((0, 0), (0, pad_k)))
 
   def heads_first(x, pad):  # (B, L, H or G, K) -> (B*H or B*G, L + pad, K)
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
     return x.transpose(0, 2, 1, 3).reshape(B * x.shape[2], x.shape[1], K)
 
+  # (B, L, H, ...) row bias vectors -> (B*H, L + pad), float32
+  rows = lambda x, pad: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, 0), (0, pad))).reshape(
+      B * H, -1)
+
+  def key_layout(k, v, k_pos, k_seg, b):
+    """The keys, their positions, documents and row bias in the kernel's layout, padded."""
+    pad = ((0, 0), (0, pad_k))
+    return (heads_first(k, pad_k), heads_first(v, pad_k), jnp.pad(k_pos, pad),
+            None if k_seg is None else jnp.pad(k_seg.astype(jnp.int32), pad),
+            None if b is None else rows(b, pad_k))
+
   offset = S - Q if causal else None  # query q sees keys up to q + offset
-  bias, bias_args = hoisted_bias(bias_fn, q_pos[:, :bq], k_pos[:, :bk])
+  bias, bias_args = hoisted_bias(bias_fn, q_pos[:, :bq], jnp.zeros((B, bk), q_pos.dtype))
   span = window or chunk  # no key at or past this distance is seen
   dynamic = q_offset is not None  # the offset is known at run time only: every tile may be seen
   tiles = (tuple((i, j) for i in range(nq) for j in range(nk)) if dynamic
            else visible_tiles(nq, nk, bq, bk, offset, span))
+  # keys_from: the kernel lays out the keys itself, after making them (its custom VJP keeps the
+  # keys given); otherwise they enter laid out
+  expand = (lambda *keys: key_layout(*keys_from(*keys))) if keys_from else None
   geometry = Geometry(B=B, H=H, R=H // G, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
                       causal_offset=None if dynamic else offset, dynamic=dynamic, tiles=tiles,
-                      bias=bias, window=window, chunk=chunk, span=span)
+                      bias=bias, window=window, chunk=chunk, span=span, expand=expand)
   q_offset = None if q_offset is None else jnp.asarray(q_offset, jnp.int32)
   q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
-  if row_bias is not None:  # (B, H, L) each -> (B*H, L + pad), float32
-    rows = lambda x, pad: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, 0), (0, pad))).reshape(
-        B * H, -1)
-    row_bias = (rows(row_bias[0], pad_q), rows(row_bias[1], pad_k))
-  o = _attention(geometry, heads_first(q_scaled, pad_q), heads_first(k_BKHK, pad_k),
-                 heads_first(v_BKHK, pad_k), q_pos, k_pos, q_seg, k_seg, bias_args, row_bias,
-                 q_offset)
+  k, v, k_pos, k_seg, b = keys_given if expand else key_layout(*keys_given)
+  if row_bias is not None:
+    row_bias = (rows(row_bias[0], pad_q), b)
+  o = _attention(geometry, heads_first(q_scaled, pad_q), k, v, q_pos, k_pos, q_seg, k_seg,
+                 bias_args, row_bias, q_offset)
   return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
 
 
@@ -254,22 +272,66 @@ def _sum_to(x, shape):
   return x.sum(axis=axes, keepdims=True) if axes else x
 
 
+def _expanded(g, k, v, k_pos, k_seg, row_bias):
+  """The keys the queries meet, laid out: those given, or what g.expand makes of them."""
+  if g.expand is None:
+    return k, v, k_pos, k_seg, row_bias
+  b = None if row_bias is None else row_bias[1]
+  k, v, k_pos, k_seg, b = g.expand(k, v, k_pos, k_seg, b)
+  return k, v, k_pos, k_seg, None if row_bias is None else (row_bias[0], b)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset):
+  k, v, k_pos, k_seg, row_bias = _expanded(g, k, v, k_pos, k_seg, row_bias)
   return _forward(g.at_offset(q_offset), q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args,
                   row_bias)[0]
 
 
 def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset):
-  o, lse = _forward(g.at_offset(q_offset), q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args,
-                    row_bias)
+  made_k, made_v, made_pos, made_seg, made_rows = _expanded(g, k, v, k_pos, k_seg, row_bias)
+  o, lse = _forward(g.at_offset(q_offset), q, made_k, made_v, q_pos, made_pos, q_seg, made_seg,
+                    bias_args, made_rows)
+  # the keys as given: with g.expand, made again in the backward pass
   return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset)
 
 
 def _attention_bwd(g, residuals, do):
+  """The keys made again where g.expand makes them, the gradients of what the kernel met, and
+  with g.expand those carried back to the keys given (the transpose of making them)."""
+  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset = residuals
+  if g.expand is None:
+    return _gradients(g, q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias,
+                      q_offset, do)
+  b = None if row_bias is None else row_bias[1]
+  # Made from values that depend on the incoming gradient, so that XLA cannot merge making them
+  # again with making them in the forward pass, which would keep the made keys alive in between
+  # (as an optimization barrier would say, but XLA's CPU pipeline drops those before merging).
+  # 0 (never NaN, whatever the gradient holds), but only once the backward pass runs
+  after = 0.0 * jnp.isfinite(do.reshape(-1)[0]).astype(jnp.float32)
+  k, v = (x + after.astype(x.dtype) for x in (k, v))
+  b = None if b is None else b + after
+  made_pos, made_seg = g.expand(k, v, k_pos, k_seg, b)[2:4]  # (its keys and values unused)
+
+  def made_floats(k, v, b):
+    made = g.expand(k, v, k_pos, k_seg, b)
+    return made[0], made[1], made[4]
+
+  (made_k, made_v, made_b), back = jax.vjp(made_floats, k, v, b)
+  made_rows = None if row_bias is None else (row_bias[0], made_b)
+  grads = _gradients(g, q, made_k, made_v, o, lse, q_pos, made_pos, q_seg, made_seg, bias_args,
+                     made_rows, q_offset, do)
+  d_rows = grads[8]
+  dk, dv, db = back((grads[1], grads[2], None if d_rows is None else d_rows[1]))
+  no_grad = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
+  return (grads[0], dk, dv, grads[3], no_grad(k_pos), grads[5], no_grad(k_seg), grads[7],
+          None if d_rows is None else (d_rows[0], db), grads[9])
+
+
+def _gradients(g, q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset,
+               do):
   """One key tile at a time: its dK and dV accumulate locally over the query tiles that see it;
   dQ accumulates across key tiles."""
-  q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset = residuals
   g = g.at_offset(q_offset)
   bias_consts, bias_params = bias_args
   n, _, d = q.shape

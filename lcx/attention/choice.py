@@ -160,8 +160,10 @@ class Choice:
         continue  # said once, when the model was built (select)
       if cache and not kernels.KERNELS[name].takes_cache:
         reason = "it takes no queries aligned to the end of longer keys"
-      elif offset and not kernels.KERNELS[name].takes_offset:
-        reason = "it takes no query offset into gathered keys (context parallelism)"
+      elif offset and (not kernels.KERNELS[name].takes_offset or name in kernels.QUADRATIC):
+        # (the call's keys are a device's own: their gathered length is not what a table
+        # measured, so a quadratic kernel is left to be named)
+        reason = "context parallelism runs a tiled kernel that takes a query offset"
       else:
         reason = takes_call(name, q_len=q_len, k_len=k_len, packed=packed, causal=causal,
                             block=self.block)

@@ -2,10 +2,11 @@
 
 Each device holds two chunks of every sequence in the load-balanced order (lcx.sharding: device d
 holds chunks d and 2C-1-d of 2C). Inside a shard_map manual over `context` only (batch and heads
-stay sharded as the rules say), each device gathers the keys and values of the whole sequence,
-with their positions, document ids and the keys' half of a row bias, puts them in natural order,
-and runs the layer's kernel once per chunk: the chunk's queries at their offset into the keys
-(`q_offset`, traced: shard_map runs one program on every device). Positions are global and
+stay sharded as the rules say), each device runs the layer's kernel once per chunk: the chunk's
+queries at their offset (`q_offset`, traced: shard_map runs one program on every device) into
+the keys of the sequence, which the kernel gathers from every device with their positions,
+document ids and the keys' half of a row bias, in natural order (`keys_from`: inside its custom
+VJP, so that between the forward and backward passes it keeps only this device's keys). Positions are global and
 explicit, so every position scheme's bias is the same function of them as on one device, and
 document ids keep packed documents apart across chunk boundaries. Under the causal mask the
 early chunk meets few key tiles and the late one many; their sum is the same on every device.
@@ -44,29 +45,37 @@ def attend_over_context(attend, q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_pos
   def per_device(x):
     c = x["q"].shape[1] // 2
 
-    def gather(name, axis):
-      """(the first half of the sequence, the whole), natural order: each device's early chunks,
-      gathered, are chunks 0..C-1 in order; its late ones, C..2C-1 in reverse."""
-      halves = jnp.split(x[name], 2, axis=axis)
-      early, late = (jax.lax.all_gather(h, CONTEXT, axis=axis, tiled=True) for h in halves)
+    def gather(array, axis, whole):
+      """The first half of the sequence (whole=False) or all of it, natural order, from every
+      device's part: their early chunks, gathered, are chunks 0..C-1 in order; their late ones,
+      C..2C-1 in reverse."""
+      early, late = (jax.lax.all_gather(h, CONTEXT, axis=axis, tiled=True)
+                     for h in jnp.split(array, 2, axis=axis))
+      if not whole:
+        return early
       late = jnp.flip(late.reshape(*late.shape[:axis], C, c, *late.shape[axis + 1:]), axis=axis)
-      return early, jnp.concatenate([early, late.reshape(early.shape)], axis=axis)
+      return jnp.concatenate([early, late.reshape(early.shape)], axis=axis)
 
-    keys = {name: gather(name, 2 if name == "b" else 1) if name in x else (None, None)
-            for name in ("k", "v", "k_pos", "k_seg", "b")}
+    def keys_from(whole):
+      def made(k, v, k_pos, k_seg, b):
+        return (gather(k, 1, whole), gather(v, 1, whole), gather(k_pos, 1, whole),
+                None if k_seg is None else gather(k_seg, 1, whole),
+                None if b is None else gather(b, 2, whole))
+      return made
+
     device = jax.lax.axis_index(CONTEXT)
     outputs = []
-    # The early chunk (d < C) sees only keys of the first half; the late one, keys of both.
+    # The early chunk (d < C) meets only keys of the first half; the late one, keys of both. The
+    # kernel gathers them itself (keys_from), so that it keeps only this device's for its
+    # backward pass and gathers them again there.
     for half, chunk in enumerate((device, 2 * C - 1 - device)):
       rows = slice(half * c, (half + 1) * c)
-      seen = {name: pair[half] for name, pair in keys.items()}
-      extra = {} if seen["b"] is None else dict(row_bias=(x["a"][:, :, rows], seen["b"]))
+      extra = {} if "b" not in x else dict(row_bias=(x["a"][:, :, rows], x["b"]))
       outputs.append(attend(
-          x["q"][:, rows], seen["k"], seen["v"], q_positions_BQ=x["q_pos"][:, rows],
-          k_positions_BK=seen["k_pos"],
-          q_segment_ids_BQ=x["q_seg"][:, rows] if "q_seg" in x else None,
-          k_segment_ids_BK=seen["k_seg"], bias_fn=bias_fn, q_offset=chunk * c, **extra,
-          **local))
+          x["q"][:, rows], x["k"], x["v"], q_positions_BQ=x["q_pos"][:, rows],
+          k_positions_BK=x["k_pos"], q_segment_ids_BQ=x["q_seg"][:, rows] if "q_seg" in x else None,
+          k_segment_ids_BK=x.get("k_seg"), bias_fn=bias_fn, q_offset=chunk * c,
+          keys_from=keys_from(whole=bool(half)), **extra, **local))
     return jnp.concatenate(outputs, axis=1)
 
   # check_vma=False: the kernels' loops start from constants, which the varying-axes check would

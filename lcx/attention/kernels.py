@@ -52,8 +52,9 @@ class Kernel:
   tiled: bool = False  # takes tile lengths (block_q, block_k); holds one tile of scores at once
   # takes queries aligned to the end of a longer key buffer (a KV cache)
   takes_cache: bool = False
-  # takes `q_offset`, a traced index of the first query into the keys (context parallelism: a
-  # device's chunk of queries against the gathered keys of the whole sequence)
+  # takes `q_offset`, a traced index of the first query into the keys, and `keys_from`, a
+  # function making the keys it meets from those given (context parallelism: a device's chunk of
+  # queries against the keys of the whole sequence, gathered)
   takes_offset: bool = False
   quadratic: bool = False  # memory grows with the square of the length
   # The local layers it takes: "window" (model.window), "chunk" (model.chunk). By position

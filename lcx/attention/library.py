@@ -28,13 +28,21 @@ def local_mask(q_positions_BQ, k_positions_BK, window: int = 0, chunk: int = 0):
 
 def dense_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                     q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None, causal=True,
-                    window: int = 0, chunk: int = 0, row_bias=None, q_offset=None):
+                    window: int = 0, chunk: int = 0, row_bias=None, q_offset=None,
+                    keys_from=None):
   """Reference implementation: the full (Q, K) score matrix in float32. Keys and values may have
   fewer heads than the queries (grouped-query attention: each serves H / G query heads). A local
   layer sees only the keys of its window or chunk (local_mask). `row_bias`: a bias made of two
   per-row vectors (a_BHQ, b_BHK), the score of (i, j) getting a_i - b_j (a data-dependent bias
   such as the Forgetting Transformer's). `q_offset` (may be traced): the keys' index of the first
-  query, which then sees keys up to its own index (default: queries aligned to the keys' end)."""
+  query, which then sees keys up to its own index (default: queries aligned to the keys' end).
+  `keys_from(k, v, k_positions, k_segment_ids, b_BHK)`: makes the keys the queries meet from those
+  given (context parallelism's gather; see blockwise_attention)."""
+  if keys_from is not None:
+    k_BKHK, v_BKHK, k_positions_BK, k_segment_ids_BK, b_BHK = keys_from(
+        k_BKHK, v_BKHK, k_positions_BK, k_segment_ids_BK,
+        None if row_bias is None else row_bias[1])
+    row_bias = None if row_bias is None else (row_bias[0], b_BHK)
   B, Q, H, head_dim = q_BQHK.shape
   S, G = k_BKHK.shape[1], k_BKHK.shape[2]
   if G == H:
