@@ -110,13 +110,15 @@ def test_context_parallel_losses_and_gradients_equal_one_devices(tiny_config, se
     m.n_kv_heads = 2
   if "window" in variants:
     m.update(window=24, attention_layers=("local", "global"))
-  m.attention = "blockwise"
   m.attention_block = 16  # chunks of 8 or 16 tokens against keys of 4 to 8 tiles
   tiny_config.data.seq_len = 128
   batch = _packed_batch(tiny_config.data.batch_size, 128, 256)
+  # the reference: one device, the full score matrix (quick to compile, and another kernel)
+  m.attention = "dense"
   tiny_config.mesh.update(data=1, fsdp=1, context=1, tensor=1)
   loss, grads = _loss_and_grads(tiny_config, tiny_config.mesh.to_dict(), batch,
                                 jax.devices()[:1])
+  m.attention = "blockwise"
   tiny_config.mesh.update(**sizes)
   got_loss, got_grads = _loss_and_grads(tiny_config, sizes, batch,
                                         jax.devices()[:sizes["data"] * sizes["context"]])
@@ -165,3 +167,5 @@ def test_a_run_resumed_with_another_mesh_context_continues_exactly(trained_run, 
   resumed = [r["loss"] for r in read_jsonl(workdir / layout.METRICS)]
   assert [r["step"] for r in read_jsonl(workdir / layout.METRICS)] == list(range(1, 7))
   np.testing.assert_allclose(resumed, straight, rtol=1e-5)
+  from lcx.evaluate.loading import load_run  # evaluation loads it on a data-only mesh
+  assert load_run(workdir).mesh.shape["context"] == 1

@@ -26,11 +26,12 @@ class LoadedRun:
 
 def load_run(workdir, overrides: list[str] = ()) -> LoadedRun:
   """The run's model at its latest checkpoint, with `--config.a.b=v` overrides applied on top
-  (for example a RoPE scaling method, zero-shot). The mesh defaults to all devices as data."""
+  (for example a RoPE scaling method, zero-shot). The mesh defaults to all devices as data (a
+  run trained with context parallelism too: evaluation does not shard sequences yet)."""
   workdir = pathlib.Path(workdir).expanduser()
   saved = config_lib.fill_missing(saved_config(workdir))
   config = ml_collections.ConfigDict(saved.to_dict())
-  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  config.mesh.update(data=-1, fsdp=1, context=1, tensor=1)
   try:
     config = config_lib.resolve(overrides_lib.apply(config, list(overrides)), jax.device_count())
   except ValueError as e:
