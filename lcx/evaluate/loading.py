@@ -26,8 +26,9 @@ class LoadedRun:
 
 def load_run(workdir, overrides: list[str] = ()) -> LoadedRun:
   """The run's model at its latest checkpoint, with `--config.a.b=v` overrides applied on top
-  (for example a RoPE scaling method, zero-shot). The mesh defaults to all devices as data (a
-  run trained with context parallelism too: evaluation does not shard sequences yet)."""
+  (for example a RoPE scaling method, zero-shot). The mesh defaults to all devices as data,
+  whatever mesh the run trained on; `--config.mesh.context=C` (with data) shards the scored
+  windows over C devices (docs/context.md)."""
   workdir = pathlib.Path(workdir).expanduser()
   saved = config_lib.fill_missing(saved_config(workdir))
   config = ml_collections.ConfigDict(saved.to_dict())
