@@ -46,6 +46,10 @@ def test_auto_runs_the_fastest_measured_kernel_that_takes_the_call(caplog):
   untabled = attention.Choice("auto", "none", None, "gpu")
   assert untabled.kernel(1024) == "cudnn"
   assert untabled.kernel(1024, packed=True) == "blockwise"
+  # Context parallelism's calls (a query offset into gathered keys): a tiled kernel that takes
+  # one, never dense (a device's key length is not what the table measured).
+  assert none.kernel(512, offset=True) == "blockwise"
+  assert alibi.kernel(1024, offset=True) == "blockwise"
   # A named kernel runs every call, as asked (cuDNN with its mask).
   assert attention.Choice("cudnn", "none", None, "gpu", table=table).kernel(
       1024, packed=True) == "cudnn"
