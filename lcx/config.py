@@ -376,9 +376,10 @@ def _check_context(c) -> None:
            f"config.data.seq_len={c.data.seq_len} must be a multiple of 2 x mesh.context = {2 * C} "
            "(each device holds two equal chunks of every sequence)")
   _require(m.memory == "none",
-           f"config.model.memory={m.memory!r} with mesh.context={C}: a memory mechanism carries its "
-           "state from segment to segment, which a sequence sharded over devices does not have in "
-           "order; set mesh.context=1 (a memory run's segments are short) or model.memory='none'")
+           f"config.model.memory={m.memory!r} with mesh.context={C}: a memory mechanism carries "
+           "its state from segment to segment, which a sequence sharded over devices does not "
+           "have in order; set mesh.context=1 (a memory run's segments are short) or "
+           "model.memory='none'")
   allowed = attention.OFFSET_TAKERS
   _require(m.attention in ("auto", *allowed),
            f"config.model.attention={m.attention!r} with mesh.context={C}: context parallelism "

@@ -44,8 +44,9 @@ def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ..
                        f"devices; the fixed sizes' product ({fixed}) must divide {num_devices}")
     shape[free[0]] = num_devices // fixed
   if int(np.prod(shape)) != num_devices:
-    raise ValueError(f"config.mesh: data*fsdp*context*tensor = {int(np.prod(shape))} but there are "
-                     f"{num_devices} devices; make the product {num_devices} or set one axis to -1")
+    raise ValueError(f"config.mesh: data*fsdp*context*tensor = {int(np.prod(shape))} but there "
+                     f"are {num_devices} devices; make the product {num_devices} or set one axis "
+                     "to -1")
   return tuple(shape)
 
 

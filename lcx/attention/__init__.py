@@ -33,6 +33,6 @@ from lcx.attention.kernels import (CHOICES, FALLBACK, OFFSET_TAKERS, REFERENCE, 
                                    cannot_run, check, function, masks_local_by_index, preference,
                                    takes_call)
 
-__all__ = ["attend_over_context", "CHOICES", "FALLBACK", "OFFSET_TAKERS", "REFERENCE", "TILED", "Choice", "accepts", "auto_candidates",
-           "cannot_run", "check", "choose", "function", "make", "masks_local_by_index",
-           "preference", "select", "takes_call"]
+__all__ = ["CHOICES", "FALLBACK", "OFFSET_TAKERS", "REFERENCE", "TILED", "Choice", "accepts",
+           "attend_over_context", "auto_candidates", "cannot_run", "check", "choose", "function",
+           "make", "masks_local_by_index", "preference", "select", "takes_call"]

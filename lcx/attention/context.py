@@ -6,10 +6,11 @@ stay sharded as the rules say), each device runs the layer's kernel once per chu
 queries at their offset (`q_offset`, traced: shard_map runs one program on every device) into
 the keys of the sequence, which the kernel gathers from every device with their positions,
 document ids and the keys' half of a row bias, in natural order (`keys_from`: inside its custom
-VJP, so that between the forward and backward passes it keeps only this device's keys). Positions are global and
-explicit, so every position scheme's bias is the same function of them as on one device, and
-document ids keep packed documents apart across chunk boundaries. Under the causal mask the
-early chunk meets few key tiles and the late one many; their sum is the same on every device.
+VJP, so that between the forward and backward passes it keeps only this device's keys).
+Positions are global and explicit, so every position scheme's bias is the same function of them
+as on one device, and document ids keep packed documents apart across chunk boundaries. Under
+the causal mask the early chunk meets few key tiles and the late one many; their sum is the same
+on every device.
 
 The gathers' transposes (reduce-scatters) carry dK and dV back to the devices that hold the keys;
 a learned bias's parameters, closed over, get their gradient summed over the devices.

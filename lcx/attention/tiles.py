@@ -38,8 +38,9 @@ def query_tiles_end(g, j, div=operator.floordiv):
 
 def key_tiles_seen(g, i, div=operator.floordiv):
   """How many key tiles (from the first) query tile i of a call with geometry g visits; i may be
-  traced, and so may g's causal offset. `div`: the integer division the kernel's compiler lowers (Pallas: lax.div, which
-  truncates; the same as floor here, where a negative quotient is clipped to 0)."""
+  traced, and so may g's causal offset. `div`: the integer division the kernel's compiler lowers
+  (Pallas: lax.div, which truncates; the same as floor here, where a negative quotient is clipped
+  to 0)."""
   if g.causal_offset is None:
     return g.nk
   seen = div((i + 1) * g.bq - 1 + g.causal_offset, g.bk) + 1

@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lcx import attention, positions
+from lcx import attention, positions, sharding
 from lcx import memory as memory_lib
 from lcx.memory import KVCache
 from lcx.model import temperature as temperature_lib
 from lcx.model.config import REMAT_POLICIES, ModelConfig
-from lcx import sharding
 from lcx.sharding import shard
 
 # Under context parallelism (mesh.context > 1) the length is sharded too, and every sequence
