@@ -116,8 +116,17 @@ def main(argv, overrides):
       for s in _EVAL_SCHEMES.value)
   data_lengths = [int(n) for n in _DATA_LENGTHS.value]
   total += len(_DATA_TOKENIZERS.value) * len(data_lengths)
-  context_lengths = [int(n) for n in _CONTEXT_LENGTHS.value]
-  contexts = [int(n) for n in _CONTEXTS.value]
+  try:
+    context_lengths, contexts = ([int(n) for n in flag.value]
+                                 for flag in (_CONTEXT_LENGTHS, _CONTEXTS))
+  except ValueError:
+    sys.exit(f"lcx.bench: --context_lengths={','.join(_CONTEXT_LENGTHS.value)} and --contexts="
+             f"{','.join(_CONTEXTS.value)} take whole numbers, e.g. 8192,16384 and 1,2,4,8")
+  for length, context in ((n, c) for n in context_lengths for c in contexts):
+    if context < 1 or length % (2 * context):
+      sys.exit(f"lcx.bench: --contexts={context} with --context_lengths={length}: each context "
+               f"must be positive and each length a multiple of 2 x context (two equal chunks "
+               f"per device)")
   total += len(context_lengths) * len(contexts)
   try:  # the corpus the pipeline reads, and its tokenizers, checked before anything is timed
     data = overrides_lib.load_config(_DATA_CONFIG.value, overrides).data
