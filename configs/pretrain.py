@@ -81,8 +81,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       every_steps=0, multiples=(1, 2, 4), max_tokens=4096,
       probe_tasks=("passkey", "niah_multikey"), probe_trials=16))
 
-  # context > 1 shards each sequence over that many devices (context parallelism, README)
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))
+  # context > 1 shards each sequence over that many devices (context parallelism, README); the
+  # keys reach the queries by all-gather ("gather") or passed device to device ("ring": the
+  # keys of two devices held at a time instead of the whole sequence's)
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1,
+                                          context_exchange="gather"))
   # Logical axis name -> mesh axes. Parameters and activations name their axes logically;
   # this table alone decides how they are laid out on the mesh.
   c.mesh.rules = (

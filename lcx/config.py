@@ -97,6 +97,8 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.mesh.rules = _with_length_rule(_with_kv_heads_rule(c.mesh.rules))
   if c.get("mesh") and "context" not in c.mesh:  # runs saved before context parallelism
     c.mesh.context = 1
+  if c.get("mesh") and "context_exchange" not in c.mesh:  # before its ring variant
+    c.mesh.context_exchange = ModelConfig.context_exchange
   for name, options in _option_types().items():  # sections and fields added since: defaults
     if name not in m:
       m[name] = ml_collections.ConfigDict()
@@ -345,6 +347,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
     raise ConfigError(str(e)) from None
   _check_rules(c.mesh.rules)
   c.mesh.data, c.mesh.fsdp, c.mesh.context, c.mesh.tensor = shape
+  exchanges = attention.CONTEXT_EXCHANGES
+  _require(c.mesh.context_exchange in exchanges,
+           f"config.mesh.context_exchange={c.mesh.context_exchange!r} is not one of "
+           f"{', '.join(exchanges)}")
   if c.mesh.context > 1:
     _check_context(c)
   batch_shards = c.mesh.data * c.mesh.fsdp
@@ -380,6 +386,11 @@ def _check_context(c) -> None:
            "its state from segment to segment, which a sequence sharded over devices does not "
            "have in order; set mesh.context=1 (a memory run's segments are short) or "
            "model.memory='none'")
+  if c.mesh.context_exchange == "ring":
+    _require(m.attention in ("auto", "blockwise"),
+             f"config.model.attention={m.attention!r} with mesh.context_exchange='ring': the ring "
+             "runs blockwise attention's tiles; allowed: auto, blockwise (or context_exchange="
+             "'gather', which takes " + ", ".join(attention.OFFSET_TAKERS) + ")")
   allowed = attention.OFFSET_TAKERS
   _require(m.attention in ("auto", *allowed),
            f"config.model.attention={m.attention!r} with mesh.context={C}: context parallelism "
@@ -419,6 +430,8 @@ def _sections(m: ml_collections.ConfigDict, option_types: dict[str, type]) -> di
 # ModelConfig fields the config holds as sections of their own (model.<scheme>, model.<memory
 # mechanism>: the chosen ones' become these).
 _OPTIONS_FIELDS = ("position_options", "memory_options", "position_pattern", "temperature")
+# ModelConfig's fields that the config keeps outside config.model: config.mesh's
+_NOT_MODEL_FIELDS = _OPTIONS_FIELDS + ("context_exchange",)
 
 
 def model_defaults() -> ml_collections.ConfigDict:
@@ -426,7 +439,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   scheme's and memory mechanism's Options), the one place they live, plus the fields only the
   config has: head_dim, max_len and vocab_size 0 (derived at resolution: d_model // n_heads,
   data.seq_len, the tokenizer's vocabulary padded to a multiple of vocab_multiple)."""
-  c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=_OPTIONS_FIELDS))
+  c = ml_collections.ConfigDict(_defaults(ModelConfig, skip=_NOT_MODEL_FIELDS))
   c.update(head_dim=0, max_len=0, vocab_size=0, vocab_multiple=64)
   # A per-layer pattern of schemes, repeated over the layers: e.g. ('rope',)*3 + ('none',);
   # entries may set their scheme's options ('rope:base=1000000'). Empty: every layer
@@ -467,7 +480,9 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   """The model's dataclass from a resolved config."""
   m = c.model
   return ModelConfig(
-      **_typed(ModelConfig, m, skip=_OPTIONS_FIELDS),
+      **_typed(ModelConfig, m, skip=_NOT_MODEL_FIELDS),
+      context_exchange=str((c.get("mesh") or {}).get("context_exchange",
+                                                       ModelConfig.context_exchange)),
       position_options=_sections(m, positions.option_types()).get(m.position),
       memory_options=_sections(m, memory.option_types()).get(m.memory),
       position_pattern=position_pattern(m),

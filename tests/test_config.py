@@ -96,6 +96,12 @@ def _tiny(**overrides):
      r"config.model.memory='xl' with mesh.context=4: a memory mechanism carries its state"),
     ({"mesh.context": 4, "mesh.data": 2, "model.attention": "native"}, 8,
      r"config.model.attention='native' with mesh.context=4: .*allowed: auto, dense, blockwise"),
+    ({"mesh.context": 4, "mesh.data": 2, "mesh.context_exchange": "ring",
+      "model.attention": "dense"}, 8,
+     r"config.model.attention='dense' with mesh.context_exchange='ring': .*allowed: auto, "
+     r"blockwise"),
+    ({"mesh.context_exchange": "ulysses"}, 8,
+     r"config.mesh.context_exchange='ulysses' is not one of gather, ring"),
     ({"mesh.context": 4, "mesh.data": 2, "mesh.rules": (("batch", "data"),  ("length", None))}, 8,
      r"config.mesh.context=4 needs \('length', 'context'\) in config.mesh.rules"),
 ])

@@ -60,6 +60,45 @@ def test_a_traced_query_offset_equals_the_rows_of_the_full_sequence(kernel):
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
+@pytest.mark.parametrize("exchange,window", [("gather", 0), ("ring", 0), ("ring", 40)])
+def test_attention_over_a_sharded_sequence_equals_the_full_sequences(exchange, window):
+  """Attention over context=4 devices, the gather and the ring (chunks of 12 queries in tiles of
+  8: padded), against the full sequence's rows and gradients: packed documents, a learned bias's
+  parameter, a row bias (FoX's form), grouped heads, a window."""
+  import functools
+  from lcx.attention.context import attend_over_context
+  C, B, L, H, G, K = 4, 2, 96, 4, 2, 8
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(B, L, h, K)), jnp.float32) for h in (H, G, G))
+  a, b = (jnp.asarray(rng.normal(size=(B, H, L)), jnp.float32) for _ in range(2))
+  pos = jnp.tile(jnp.arange(L), (B, 1))
+  seg = jnp.asarray(1 + (np.arange(L)[None] >= np.array([[30], [50]])), jnp.int32)
+  slopes = jnp.asarray([0.5, 0.25, 0.125, 0.0625])
+  bias = lambda w: lambda qp, kp: -w * slopes[None, :, None, None] * jnp.abs(
+      qp[:, None, :, None] - kp[:, None, None, :]).astype(jnp.float32)
+  mesh = make_mesh(dict(data=1, fsdp=1, context=C, tensor=1), jax.devices()[:C])
+  ordered = lambda x, axis=1: sharding.to_context_order(x, C, axis)
+
+  def sharded(q, k, v, a, b, w):
+    with sharding.activation_sharding(mesh, (("length", "context"),)):
+      o = attend_over_context(
+          functools.partial(blockwise_attention, block_q=8, block_k=8), *map(ordered, (q, k, v)),
+          q_positions_BQ=ordered(pos), k_positions_BK=ordered(pos),
+          q_segment_ids_BQ=ordered(seg), k_segment_ids_BK=ordered(seg), bias_fn=bias(w),
+          row_bias=(ordered(a, 2), ordered(b, 2)), window=window, exchange=exchange, block=8)
+    return sharding.from_context_order(o, C, 1)
+
+  full = lambda q, k, v, a, b, w: dense_attention(
+      q, k, v, q_positions_BQ=pos, k_positions_BK=pos, q_segment_ids_BQ=seg,
+      k_segment_ids_BK=seg, bias_fn=bias(w), row_bias=(a, b), window=window)
+  args = (q, k, v, a, b, jnp.float32(0.3))
+  np.testing.assert_allclose(jax.jit(sharded)(*args), full(*args), atol=2e-6)
+  loss = lambda f: lambda *x: (f(*x) ** 2).sum()
+  grads = jax.jit(jax.grad(loss(sharded), argnums=range(6)))(*args)
+  for got, want in zip(grads, jax.grad(loss(full), argnums=range(6))(*args)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
 def _packed_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict:
   """Packed documents of random lengths (so they straddle every chunk boundary), positions
   restarting at each, and retrieval answers' weights (4 on a few tokens)."""
@@ -92,16 +131,21 @@ def _loss_and_grads(c, mesh_sizes, batch, devices=None):
   return float(loss), jax.tree.map(np.asarray, jax.device_get(grads))
 
 
-@pytest.mark.parametrize("setup", ["every-layer-scheme", *EMBEDDING_SCHEMES, "fox+gqa+window"])
+@pytest.mark.parametrize("setup", ["every-layer-scheme", *EMBEDDING_SCHEMES, "fox+gqa+window",
+                                   "ring+gqa+window"])
 def test_context_parallel_losses_and_gradients_equal_one_devices(tiny_config, setup):
   """Against one device, rtol 1e-5: every in-layer scheme on mesh.context=4, FoX (a learned bias
-  made from the data) and the embedding schemes on data=2 x context=4."""
+  made from the data) and the embedding schemes on data=2 x context=4; the ring variant with a
+  learned bias (FIRE) and FoX on data=2 x context=4."""
   name, *variants = setup.split("+")
   m = tiny_config.model
   sizes = dict(data=2, fsdp=1, context=4, tensor=1)
   if name == "every-layer-scheme":  # a layer each, learned biases' gradients included
     m.update(position_layers=LAYER_SCHEMES, n_layers=len(LAYER_SCHEMES))
     sizes.update(data=1)
+  elif name == "ring":
+    m.update(position_layers=("fire", "fox"), n_layers=2)
+    sizes.update(context_exchange="ring")
   else:
     m.position = name
   if name in EMBEDDING_SCHEMES:  # their attention is the plain one: one layer shows it
@@ -120,7 +164,7 @@ def test_context_parallel_losses_and_gradients_equal_one_devices(tiny_config, se
                                 jax.devices()[:1])
   m.attention = "blockwise"
   tiny_config.mesh.update(**sizes)
-  got_loss, got_grads = _loss_and_grads(tiny_config, sizes, batch,
+  got_loss, got_grads = _loss_and_grads(tiny_config, tiny_config.mesh.to_dict(), batch,
                                         jax.devices()[:sizes["data"] * sizes["context"]])
   np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
   # float32 noise is relative to the gradient's scale: a parameter whose true gradient is 0

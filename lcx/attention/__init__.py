@@ -23,16 +23,17 @@ The package:
   choice.py    a named kernel or `auto`'s measured choice per call (tables/<device>.json)
   tiles.py     what the tiled kernels share: tile geometry, the bias split for per-tile use
   library.py   the dense reference, cuDNN's and splash;  blockwise.py  pallas.py  native/
-  context.py   attention over a sequence sharded on the mesh's context axis
+  context.py   attention over a sequence sharded on the mesh's context axis (the gather);
+  ring.py      its ring variant, keys passed device to device
 Importing this face loads no kernel: each is imported when first used.
 """
 from lcx.attention.choice import Choice, choose, make, select
-from lcx.attention.context import attend_over_context
+from lcx.attention.context import EXCHANGES as CONTEXT_EXCHANGES, attend_over_context
 from lcx.attention.kernels import (CHOICES, FALLBACK, OFFSET_TAKERS, REFERENCE, TILED, accepts,
                                    auto_candidates,
                                    cannot_run, check, function, masks_local_by_index, preference,
                                    takes_call)
 
-__all__ = ["CHOICES", "FALLBACK", "OFFSET_TAKERS", "REFERENCE", "TILED", "Choice", "accepts",
+__all__ = ["CHOICES", "CONTEXT_EXCHANGES", "FALLBACK", "OFFSET_TAKERS", "REFERENCE", "TILED", "Choice", "accepts",
            "attend_over_context", "auto_candidates", "cannot_run", "check", "choose", "function",
            "make", "masks_local_by_index", "preference", "select", "takes_call"]

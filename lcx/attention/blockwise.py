@@ -51,55 +51,75 @@ def blockwise_attention(q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_B
     raise ValueError("a local attention window or chunk needs causal attention")
   if q_offset is not None and not causal:
     raise ValueError("a query offset (q_offset) places queries for a causal mask; it needs causal")
-  B, Q, H, K = q_BQHK.shape
-  G = k_BKHK.shape[2]
+  B, Q, H, _ = q_BQHK.shape
   keys_given = (k_BKHK, v_BKHK, k_positions_BK, k_segment_ids_BK,
                 None if row_bias is None else row_bias[1])
   # the number of keys the queries meet (those keys_from makes)
   S = (jax.eval_shape(keys_from, *keys_given)[0] if keys_from else k_BKHK).shape[1]
+  bias, bias_args = hoisted_bias(bias_fn, q_positions_BQ[:, :min(block_q, Q)],
+                                 jnp.zeros((B, min(block_k, S)), q_positions_BQ.dtype))
+  g = geometry(B, H, k_BKHK.shape[2], Q, S, bias=bias, causal=causal, window=window,
+               chunk=chunk, dynamic=q_offset is not None, block_q=block_q, block_k=block_k)
+  if keys_from:  # the kernel lays out the keys itself after making them (its custom VJP keeps
+    # the keys given); otherwise they enter laid out
+    g = g.replace(expand=lambda *keys: keys_laid_out(g, *keys_from(*keys)))
+  q, q_pos, q_seg, a = queries_laid_out(g, q_BQHK, q_positions_BQ, q_segment_ids_BQ,
+                                        None if row_bias is None else row_bias[0])
+  k, v, k_pos, k_seg, b = keys_given if keys_from else keys_laid_out(g, *keys_given)
+  q_offset = None if q_offset is None else jnp.asarray(q_offset, jnp.int32)
+  o = _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args,
+                 None if row_bias is None else (a, b), q_offset)
+  return laid_back(g, o)
+
+
+def geometry(B, H, G, Q, S, *, bias, causal, window, chunk, dynamic, block_q, block_k):
+  """The static description of a call of Q queries (B rows, H heads) against S keys (G heads);
+  `dynamic`: the causal offset comes traced (q_offset), so every tile may be seen."""
   bq, bk = min(block_q, Q), min(block_k, S)
   nq, nk = -(-Q // bq), -(-S // bk)
-  pad_q, pad_k = nq * bq - Q, nk * bk - S
-  q_seg = None
-  if q_segment_ids_BQ is not None:  # padded keys are masked by index, whatever their segment
-    q_seg = jnp.pad(q_segment_ids_BQ.astype(jnp.int32), ((0, 0), (0, pad_q)))
-  q_pos = jnp.pad(q_positions_BQ, ((0, 0), (0, pad_q)))
-
-  def heads_first(x, pad):  # (B, L, H or G, K) -> (B*H or B*G, L + pad, K)
-    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    return x.transpose(0, 2, 1, 3).reshape(B * x.shape[2], x.shape[1], K)
-
-  # (B, L, H, ...) row bias vectors -> (B*H, L + pad), float32
-  rows = lambda x, pad: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, 0), (0, pad))).reshape(
-      B * H, -1)
-
-  def key_layout(k, v, k_pos, k_seg, b):
-    """The keys, their positions, documents and row bias in the kernel's layout, padded."""
-    pad = ((0, 0), (0, pad_k))
-    return (heads_first(k, pad_k), heads_first(v, pad_k), jnp.pad(k_pos, pad),
-            None if k_seg is None else jnp.pad(k_seg.astype(jnp.int32), pad),
-            None if b is None else rows(b, pad_k))
-
   offset = S - Q if causal else None  # query q sees keys up to q + offset
-  bias, bias_args = hoisted_bias(bias_fn, q_pos[:, :bq], jnp.zeros((B, bk), q_pos.dtype))
   span = window or chunk  # no key at or past this distance is seen
-  dynamic = q_offset is not None  # the offset is known at run time only: every tile may be seen
   tiles = (tuple((i, j) for i in range(nq) for j in range(nk)) if dynamic
            else visible_tiles(nq, nk, bq, bk, offset, span))
-  # keys_from: the kernel lays out the keys itself, after making them (its custom VJP keeps the
-  # keys given); otherwise they enter laid out
-  expand = (lambda *keys: key_layout(*keys_from(*keys))) if keys_from else None
-  geometry = Geometry(B=B, H=H, R=H // G, bq=bq, bk=bk, nq=nq, nk=nk, keys=S,
-                      causal_offset=None if dynamic else offset, dynamic=dynamic, tiles=tiles,
-                      bias=bias, window=window, chunk=chunk, span=span, expand=expand)
-  q_offset = None if q_offset is None else jnp.asarray(q_offset, jnp.int32)
-  q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(K), q_BQHK.dtype)  # fused into the layout copy
-  k, v, k_pos, k_seg, b = keys_given if expand else key_layout(*keys_given)
-  if row_bias is not None:
-    row_bias = (rows(row_bias[0], pad_q), b)
-  o = _attention(geometry, heads_first(q_scaled, pad_q), k, v, q_pos, k_pos, q_seg, k_seg,
-                 bias_args, row_bias, q_offset)
-  return o.reshape(B, H, nq * bq, K)[:, :, :Q].transpose(0, 2, 1, 3)
+  return Geometry(B=B, H=H, R=H // G, bq=bq, bk=bk, nq=nq, nk=nk, queries=Q, keys=S,
+                  causal_offset=None if dynamic else offset, dynamic=dynamic, tiles=tiles,
+                  bias=bias, window=window, chunk=chunk, span=span, expand=None)
+
+
+def _heads_first(x, pad):
+  """(B, L, H or G, K) -> (B*H or B*G, L + pad, K)."""
+  x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  return x.transpose(0, 2, 1, 3).reshape(x.shape[0] * x.shape[2], x.shape[1], x.shape[3])
+
+
+def _row_vectors(x, pad):
+  """(B, H, L) row bias vectors -> (B*H, L + pad), float32."""
+  x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, 0), (0, pad)))
+  return x.reshape(-1, x.shape[2])
+
+
+def queries_laid_out(g, q_BQHK, q_pos, q_seg, a):
+  """Queries (scaled by 1/sqrt(K)), their positions, documents and row bias vector (None: none)
+  in the kernel's layout, padded to whole tiles."""
+  pad = g.nq * g.bq - g.queries
+  q_scaled = q_BQHK * jnp.asarray(1.0 / np.sqrt(q_BQHK.shape[3]), q_BQHK.dtype)  # fused
+  # padded keys are masked by index, whatever their segment
+  return (_heads_first(q_scaled, pad), jnp.pad(q_pos, ((0, 0), (0, pad))),
+          None if q_seg is None else jnp.pad(q_seg.astype(jnp.int32), ((0, 0), (0, pad))),
+          None if a is None else _row_vectors(a, pad))
+
+
+def keys_laid_out(g, k, v, k_pos, k_seg, b):
+  """The keys, values, their positions, documents and row bias vector in the kernel's layout."""
+  pad = g.nk * g.bk - g.keys
+  return (_heads_first(k, pad), _heads_first(v, pad), jnp.pad(k_pos, ((0, 0), (0, pad))),
+          None if k_seg is None else jnp.pad(k_seg.astype(jnp.int32), ((0, 0), (0, pad))),
+          None if b is None else _row_vectors(b, pad))
+
+
+def laid_back(g, o):
+  """The kernel's output (B*H, padded queries, K) as (B, Q, H, K)."""
+  return o.reshape(g.B, g.H, g.nq * g.bq, -1)[:, :, :g.queries].transpose(0, 2, 1, 3)
 
 
 def _einsum(g, equation, *operands, query_heads):
@@ -207,7 +227,7 @@ def _unrolled(g) -> bool:
   return not g.dynamic and len(g.tiles) <= UNROLL_MAX_TILES
 
 
-def _forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
+def forward(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias):
   """(output (B*H, Lq, K) in q's dtype, log-normalizer (B*H, Lq) float32), one query tile at a
   time: its running max, normalizer and output stay small and local."""
   n, _, d = q.shape
@@ -284,13 +304,13 @@ def _expanded(g, k, v, k_pos, k_seg, row_bias):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset):
   k, v, k_pos, k_seg, row_bias = _expanded(g, k, v, k_pos, k_seg, row_bias)
-  return _forward(g.at_offset(q_offset), q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args,
+  return forward(g.at_offset(q_offset), q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args,
                   row_bias)[0]
 
 
 def _attention_fwd(g, q, k, v, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset):
   made_k, made_v, made_pos, made_seg, made_rows = _expanded(g, k, v, k_pos, k_seg, row_bias)
-  o, lse = _forward(g.at_offset(q_offset), q, made_k, made_v, q_pos, made_pos, q_seg, made_seg,
+  o, lse = forward(g.at_offset(q_offset), q, made_k, made_v, q_pos, made_pos, q_seg, made_seg,
                     bias_args, made_rows)
   # the keys as given: with g.expand, made again in the backward pass
   return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset)
@@ -301,7 +321,7 @@ def _attention_bwd(g, residuals, do):
   with g.expand those carried back to the keys given (the transpose of making them)."""
   q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset = residuals
   if g.expand is None:
-    return _gradients(g, q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias,
+    return gradients(g, q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias,
                       q_offset, do)
   b = None if row_bias is None else row_bias[1]
   # Made from values that depend on the incoming gradient, so that XLA cannot merge making them
@@ -319,7 +339,7 @@ def _attention_bwd(g, residuals, do):
 
   (made_k, made_v, made_b), back = jax.vjp(made_floats, k, v, b)
   made_rows = None if row_bias is None else (row_bias[0], made_b)
-  grads = _gradients(g, q, made_k, made_v, o, lse, q_pos, made_pos, q_seg, made_seg, bias_args,
+  grads = gradients(g, q, made_k, made_v, o, lse, q_pos, made_pos, q_seg, made_seg, bias_args,
                      made_rows, q_offset, do)
   d_rows = grads[8]
   dk, dv, db = back((grads[1], grads[2], None if d_rows is None else d_rows[1]))
@@ -328,7 +348,7 @@ def _attention_bwd(g, residuals, do):
           None if d_rows is None else (d_rows[0], db), grads[9])
 
 
-def _gradients(g, q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset,
+def gradients(g, q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg, bias_args, row_bias, q_offset,
                do):
   """One key tile at a time: its dK and dV accumulate locally over the query tiles that see it;
   dQ accumulates across key tiles."""

@@ -14,23 +14,33 @@ on every device.
 
 The gathers' transposes (reduce-scatters) carry dK and dV back to the devices that hold the keys;
 a learned bias's parameters, closed over, get their gradient summed over the devices.
+
+`exchange="ring"` runs lcx.attention.ring instead: keys passed device to device, two devices'
+worth held at a time instead of the whole sequence's (blockwise's tiles, whatever `attend` is).
 """
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from lcx import sharding
+from lcx.attention.tiles import DEFAULT_BLOCK
 from lcx.sharding import CONTEXT
+
+EXCHANGES = ("gather", "ring")  # config.mesh.context_exchange
 
 
 def attend_over_context(attend, q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_positions_BK,
                         q_segment_ids_BQ=None, k_segment_ids_BK=None, bias_fn=None,
-                        row_bias=None, causal=True, **local):
+                        row_bias=None, causal=True, exchange: str = "gather",
+                        block: int = DEFAULT_BLOCK, **local):
   """attend(...) of a sequence sharded over the active mesh's context axis, queries and keys the
   same tokens in the load-balanced order; `attend` must take `q_offset` (a kernel record's
-  takes_offset). The result is in the same order, sharded alike."""
+  takes_offset). The result is in the same order, sharded alike. `exchange`: how the keys reach
+  the queries (EXCHANGES); `block`: the ring's tile length."""
   if not causal:
     raise ValueError("context parallelism splits the work of a causal mask; it needs causal")
+  if exchange not in EXCHANGES:
+    raise ValueError(f"context exchange {exchange!r} is not one of {', '.join(EXCHANGES)}")
   mesh, _ = sharding.active()
   C = int(mesh.shape[CONTEXT])
   by_length = P(None, CONTEXT)  # (B, L, ...): the sequence axis is the context axis's
@@ -42,6 +52,13 @@ def attend_over_context(attend, q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_pos
     specs.update(a=P(None, None, CONTEXT), b=P(None, None, CONTEXT))
   inputs = {name: x for name, x in inputs.items() if x is not None}
   specs = {name: specs[name] for name in inputs}
+
+  def ring(x):
+    from lcx.attention.ring import ring_attention  # a kernel: loaded where it runs
+    return ring_attention(
+        x["q"], x["k"], x["v"], q_positions_BQ=x["q_pos"], k_positions_BK=x["k_pos"],
+        q_segment_ids_BQ=x.get("q_seg"), k_segment_ids_BK=x.get("k_seg"), bias_fn=bias_fn,
+        row_bias=(x["a"], x["b"]) if "a" in x else None, block=block, **local)
 
   def per_device(x):
     c = x["q"].shape[1] // 2
@@ -82,6 +99,7 @@ def attend_over_context(attend, q_BQHK, k_BKHK, v_BKHK, *, q_positions_BQ, k_pos
   # check_vma=False: the kernels' loops start from constants, which the varying-axes check would
   # have marked per device; the transpose then sums the gradient of what the body closes over
   # (a bias's parameters) over the devices, as a replicated input's must be.
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(specs,), out_specs=by_length,
+  sharded = jax.shard_map(ring if exchange == "ring" else per_device, mesh=mesh,
+                          in_specs=(specs,), out_specs=by_length,
                           axis_names={CONTEXT}, check_vma=False)
   return sharded(inputs)

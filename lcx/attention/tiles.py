@@ -121,6 +121,11 @@ class Geometry:
     self.__dict__.update(fields)
     self._key = tuple(sorted((k, v if k != "bias" else id(v)) for k, v in fields.items()))
 
+  def replace(self, **changes):
+    """This geometry with some fields changed."""
+    fields = {k: v for k, v in self.__dict__.items() if k != "_key"}
+    return Geometry(**{**fields, **changes})
+
   def at_offset(self, offset):
     """This geometry with a causal offset known only when traced (q_offset), for use inside the
     kernel's trace; itself where there is none."""

@@ -45,6 +45,9 @@ class ModelConfig:
   chunk: int = 0
   attention_layers: tuple = ()
   attention_block: int = 128  # blockwise attention: query and key tile length (128: fastest on CPU)
+  # How keys reach the queries of a sequence sharded over the mesh's context axis: "gather" or
+  # "ring" (config.mesh.context_exchange; lcx.attention.context).
+  context_exchange: str = "gather"
   remat: str = "none"  # what each block keeps for the backward pass: none (all), full, dots
   scan_layers: bool = False  # run the blocks as one lax.scan: compile time constant in depth
   param_dtype: str = "float32"

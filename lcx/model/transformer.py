@@ -66,6 +66,7 @@ class Attention(nnx.Module):
     # a local layer's window and chunk (0: none), which every attention call takes
     self.local = dict(window=cfg.window, chunk=cfg.chunk) if local else {}
     self.attend = attend
+    self.context_exchange = dict(exchange=cfg.context_exchange, block=cfg.attention_block)
     self.cache_attend = cache_attend
     # this layer's attention temperature (None: none), with SSMax's learned s per head
     self.temperature = cfg.temperature if temperature else None
@@ -97,7 +98,8 @@ class Attention(nnx.Module):
     rows = _row_bias(scheme.log_gates(x_BLD, layer), segment_ids_BL, x_BLD.shape[1], context)
     attend = self.attend
     if context > 1:
-      attend = functools.partial(attention.attend_over_context, self.attend)
+      attend = functools.partial(attention.attend_over_context, self.attend,
+                                 **self.context_exchange)
     o_BLHK = attend(q_BLHK, k_BLHK, v_BLHK, q_positions_BQ=positions_BL,
                     k_positions_BK=positions_BL, q_segment_ids_BQ=segment_ids_BL,
                     k_segment_ids_BK=segment_ids_BL, bias_fn=scheme.bias_fn(layer), **self.local,
