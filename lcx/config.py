@@ -323,7 +323,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> ml_collectio
   _require(c.eval.probe_trials >= 0,
            f"config.eval.probe_trials={c.eval.probe_trials!r} must be >= 0 (0 turns the probe off)")
   if c.eval.probe_trials and (problem := retrieval.choice_problem(c.eval.probe_tasks,
-                                                                  retrieval.TASKS)):
+                                                                  retrieval.ALL_TASKS)):
     raise ConfigError(f"config.eval.probe_tasks={tuple(c.eval.probe_tasks)!r}: {problem}")
   _require(not c.get("finetune_changes") or (c.init_from and not c.init_optimizer),
            f"config.finetune_changes={tuple(c.get('finetune_changes', ()))!r} changes the model "
@@ -466,7 +466,8 @@ def optimizer_config(c: ml_collections.ConfigDict) -> OptimizerConfig:
 def retrieval_params(c: ml_collections.ConfigDict) -> retrieval.TaskParams:
   r = c.data.retrieval
   return retrieval.TaskParams(num_keys=r.num_keys, num_values=r.num_values,
-                              num_queries=r.num_queries, num_hops=r.num_hops)
+                              num_queries=r.num_queries, num_hops=r.num_hops,
+                              story_facts=r.story_facts)
 
 
 def mixture_config(c: ml_collections.ConfigDict) -> mixture.MixtureConfig:

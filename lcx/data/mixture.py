@@ -38,18 +38,28 @@ def check(cfg: MixtureConfig, tokenizer: Tokenizer, seq_len: int) -> None:
     raise ValueError(f"data.retrieval.fraction={cfg.fraction!r} must be in [0, 1]")
   if not cfg.answer_weight > 0:
     raise ValueError(f"data.retrieval.answer_weight={cfg.answer_weight!r} must be positive")
-  for field, given, allowed in (("tasks", cfg.tasks, retrieval.TASKS),
+  for field, given, allowed in (("tasks", cfg.tasks, retrieval.ALL_TASKS),
                                 ("styles", cfg.styles, retrieval.STYLES)):
     if problem := retrieval.choice_problem(given, allowed):
       raise ValueError(f"data.retrieval.{field}={tuple(given)!r}: {problem}")
+  for task in cfg.tasks:
+    if not set(cfg.styles) & set(retrieval.styles_of(task)):
+      raise ValueError(f"data.retrieval.tasks: {task} is written in "
+                       f"{', '.join(retrieval.styles_of(task))}, none of data.retrieval.styles="
+                       f"{tuple(cfg.styles)!r}; add one or drop the task")
   if cfg.fraction:
-    for task in cfg.tasks:
-      for style in cfg.styles:
-        need = retrieval.minimum_length(tokenizer, task, style, cfg.params)
-        if need > seq_len:
-          raise ValueError(f"data.retrieval: {task} ({style}) needs {need} tokens, more than "
-                           f"data.seq_len={seq_len}; drop it from data.retrieval.tasks/styles or "
-                           "lengthen seq_len")
+    for task, style in kinds(cfg):
+      need = retrieval.minimum_length(tokenizer, task, style, cfg.params)
+      if need > seq_len:
+        raise ValueError(f"data.retrieval: {task} ({style}) needs {need} tokens, more than "
+                         f"data.seq_len={seq_len}; drop it from data.retrieval.tasks/styles or "
+                         "lengthen seq_len")
+
+
+def kinds(cfg: MixtureConfig) -> list[tuple[str, str]]:
+  """(task, style) of every document kind the mixture draws: each task in each of its styles
+  that the config names."""
+  return [(t, s) for t in cfg.tasks for s in cfg.styles if s in retrieval.styles_of(t)]
 
 
 class RetrievalMixture:
@@ -63,7 +73,7 @@ class RetrievalMixture:
     # the haystack is read from the split's token cache (the packed stream's too)
     self.haystack = retrieval.DocumentHaystack(
         docs, tokenizer, token_cache.prepare(docs, tokenizer, f"{docs.data_dir}/lcx_cache"))
-    self.kinds = [(t, s) for t in cfg.tasks for s in cfg.styles]
+    self.kinds = kinds(cfg)
     self.shortest = {k: retrieval.minimum_length(tokenizer, *k, cfg.params) for k in self.kinds}
 
   def takes(self, index: int) -> bool:
@@ -115,7 +125,8 @@ def default_retrieval() -> ml_collections.ConfigDict:
   m, p = MixtureConfig(), retrieval.TaskParams()
   return ml_collections.ConfigDict(dict(
       fraction=m.fraction, answer_weight=m.answer_weight, tasks=m.tasks, styles=m.styles,
-      num_keys=p.num_keys, num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops))
+      num_keys=p.num_keys, num_values=p.num_values, num_queries=p.num_queries, num_hops=p.num_hops,
+      story_facts=p.story_facts))
 
 
 def fill_missing_data(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -124,6 +135,8 @@ def fill_missing_data(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     d.retrieval = default_retrieval()
   if "answer_weight" not in d.retrieval:  # runs saved before answer weights: the plain loss
     d.retrieval.answer_weight = 1.0
+  if "story_facts" not in d.retrieval:  # runs saved before the bAbI tasks
+    d.retrieval.story_facts = retrieval.TaskParams.story_facts
   if "tokenizer_sha256" not in d:  # runs saved before subword tokenizers: bytes, nothing to hash
     d.tokenizer_sha256 = ""
   if "pose_target_len" not in d:  # runs saved before PoSE: positions as packed

@@ -26,7 +26,8 @@ _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 16384, "Target tokens scored pe
                                    "perplexity (retrieval only).")
 _STRIDE = flags.DEFINE_integer("stride", 0, "Sliding-window stride; 0: the pretraining length; "
                                "-1: no sliding window.")
-_TASKS = flags.DEFINE_list("tasks", list(retrieval.TASKS), "Retrieval tasks.")
+_TASKS = flags.DEFINE_list("tasks", list(retrieval.TASKS), "Retrieval tasks: RULER's (the "
+                           "default) and bAbI's, BABILong-style: " + ", ".join(retrieval.ALL_TASKS))
 _STYLES = flags.DEFINE_list("styles", list(retrieval.STYLES), "Retrieval styles.")
 _DEPTHS = flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"],
                             "Needle depths: fractions of the text before the needle.")

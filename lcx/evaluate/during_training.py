@@ -26,7 +26,7 @@ class RetrievalProbe:
     self.windows, self.answer_starts = {}, {}
     rng = np.random.default_rng(_PROBE_SEED)
     for task in tasks:
-      for style in styles:
+      for style in (s for s in styles if s in retrieval.styles_of(task)):
         if retrieval.minimum_length(tokenizer, task, style, params) > seq_len:
           continue
         haystack = retrieval.default_haystack(task, style, text, tokenizer)
@@ -34,16 +34,17 @@ class RetrievalProbe:
                                       params=params)
                 for depth in np.linspace(0, 1, trials)]
         self.windows[task, style] = np.stack([np.concatenate([t.prompt, t.answer]) for t in cell])
-        self.answer_starts[task, style] = len(cell[0].prompt) - 1  # the first answer target
+        # each row's first answer target (answers differ in length: a bAbI place's name)
+        self.answer_starts[task, style] = np.array([len(t.prompt) - 1 for t in cell])
 
   def __call__(self, scorer: Scorer) -> dict:
     record = {}
     for (task, style), windows in self.windows.items():
       losses, argmax = scorer.run(windows)
-      start = self.answer_starts[task, style]
-      right = argmax[:, start:] == windows[:, start + 1:]
+      answer = np.arange(losses.shape[1])[None] >= self.answer_starts[task, style][:, None]
+      right = (argmax == windows[:, 1:]) | ~answer
       record[f"eval/retrieval/{task}/{style}/exact"] = float(right.all(axis=1).mean())
-      record[f"eval/retrieval/{task}/{style}/answer_loss"] = float(losses[:, start:].mean())
+      record[f"eval/retrieval/{task}/{style}/answer_loss"] = float(losses[answer].mean())
     return record
 
 

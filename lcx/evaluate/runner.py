@@ -54,7 +54,7 @@ class EvalOptions:
     if bad or not self.depths:
       raise ValueError(f"--depths={','.join(map(str, self.depths))}: depths are fractions of the "
                        "text before the needle, in [0, 1], e.g. 0,0.5,1")
-    for flag, given, allowed in (("tasks", self.tasks, retrieval.TASKS),
+    for flag, given, allowed in (("tasks", self.tasks, retrieval.ALL_TASKS),
                                  ("styles", self.styles, retrieval.STYLES)):
       if problem := retrieval.choice_problem(given, allowed):
         raise ValueError(f"--{flag}={','.join(given)}: {problem}")
@@ -116,7 +116,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   scored = [n for n in lengths if n not in skip]
   segments = ppl.common_segments(documents, max(scored), options.max_tokens) if scored else []
 
-  kinds = [(t, st) for t in options.tasks for st in options.styles] if options.trials else []
+  kinds = ([(t, st) for t in options.tasks for st in options.styles
+            if st in retrieval.styles_of(t)] if options.trials else [])
   measures = () if not options.max_tokens else (
       ("perplexity", "sliding") if options.stride >= 0 else ("perplexity",))
   total = len(lengths) * (len(measures) + len(kinds) * len(options.depths))

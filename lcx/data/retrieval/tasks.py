@@ -11,6 +11,9 @@ boundaries, a question at the end, and the answer that should follow it:
   niah_multiquery    K needles, Q of them asked for (in the order asked)
   variable_tracking  a chain A = 12345, B = A, C = B, ... (`num_hops` links) scattered after the
                      depth; asked for the value of the last name
+  babi_qa1 ... qa5   bAbI's reasoning tasks, BABILong-style (lcx.data.retrieval.babi): a story of
+                     `story_facts` facts in order, its first supporting fact at the depth, the
+                     facts before it before the depth and the rest after it
 
 The needles the answer needs sit at the requested depth (the nearest boundary to depth x the
 haystack), distractor needles at random boundaries, the links of a chain at random boundaries
@@ -23,12 +26,21 @@ import dataclasses
 import numpy as np
 
 from lcx.data.tokenizers import Tokenizer
+from lcx.data.retrieval import babi
 from lcx.data.retrieval import haystack as haystacks
 from lcx.data.retrieval import spaces
 
+# RULER's synthetic tasks: the suite's default
 TASKS = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
          "variable_tracking")
+BABI_TASKS = babi.TASKS
+ALL_TASKS = TASKS + BABI_TASKS
 STYLES = ("prose", "python")
+
+
+def styles_of(task: str) -> tuple[str, ...]:
+  """The styles a task is written in (every style, but only where bAbI reads naturally)."""
+  return babi.STYLES.get(task, STYLES)
 
 PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
                  "memorize them. I will quiz you about the important information there.\n")
@@ -43,9 +55,11 @@ class TaskParams:
   num_queries: int = 2  # niah_multiquery: keys asked for
   num_hops: int = 2  # variable_tracking: links after the first assignment
   distractors: int = 9  # likelihood ranking: wrong answers of the same form (chance 1 in 10)
+  story_facts: int = 6  # bAbI tasks: the facts of a story, the supporting ones among them
 
   def __post_init__(self):
-    for name in ("num_keys", "num_values", "num_queries", "num_hops", "distractors"):
+    for name in ("num_keys", "num_values", "num_queries", "num_hops", "distractors",
+                 "story_facts"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"retrieval.{name}={value!r} must be a positive integer")
@@ -82,7 +96,15 @@ class Trial:
 @dataclasses.dataclass
 class _Needle:
   text: str
-  role: str  # "answer" (at the depth), "chain" (after the answer needle), "distractor" (anywhere)
+  # "answer" (at the depth), "before" (before it, in order), "chain" (after it, in order),
+  # "support" (a chain needle the answer needs), "distractor" (anywhere)
+  role: str
+
+
+# needles the answer needs (the trial records where they are)
+_NEEDED = ("answer", "support")
+# at one boundary: needles before the depth's first, then the answer's, then the rest
+_RANK = {"before": 0, "answer": 1}
 
 
 @dataclasses.dataclass
@@ -96,6 +118,7 @@ class _Pieces:
   close: str
   others: list[str]  # values in the prompt that are not the answer: the first distractors
   items: list[str]  # every key and value, none of which may occur in the haystack
+  fresh: str = "number"  # the kind of the answer's further wrong answers (babi.fresh's kinds)
 
   def render(self, values) -> str:
     return self.open + ", ".join(values) + self.close
@@ -105,7 +128,21 @@ def _names(keys: list[str]) -> str:
   return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
 
 
+def _story_pieces(task: str, style: str, rng, space: str, p: TaskParams, avoid: str) -> _Pieces:
+  """A bAbI story's facts as needles: those before its first supporting fact before the depth,
+  that one at it, the rest (the other supporting ones among them) after it, all in order."""
+  story = babi.story(task, style, rng, space, p.story_facts, avoid)
+  first = story.support[0]
+  roles = ["before" if i < first else "answer" if i == first else
+           "support" if i in story.support else "chain" for i in range(len(story.facts))]
+  return _Pieces("", [_Needle(text, role) for text, role in zip(story.facts, roles)],
+                 story.question, [story.answer], True, "", story.close, list(story.others),
+                 list(story.people), fresh=story.kind)
+
+
 def _pieces(task: str, style: str, rng, space: str, p: TaskParams, avoid: str) -> _Pieces:
+  if task in BABI_TASKS:
+    return _story_pieces(task, style, rng, space, p, avoid)
   prose = style == "prose"
   taken: set[str] = set()
   numbers = lambda n: spaces.draw(rng, "number", space, n, avoid, taken)
@@ -179,10 +216,13 @@ def choice_problem(given, allowed) -> str | None:
 
 
 def _check(task: str, style: str, length: int, depth: float) -> None:
-  if task not in TASKS:
-    raise ValueError(f"retrieval task {task!r} is unknown; allowed: {', '.join(TASKS)}")
+  if task not in ALL_TASKS:
+    raise ValueError(f"retrieval task {task!r} is unknown; allowed: {', '.join(ALL_TASKS)}")
   if style not in STYLES:
     raise ValueError(f"retrieval style {style!r} is unknown; allowed: {', '.join(STYLES)}")
+  if style not in styles_of(task):
+    raise ValueError(f"retrieval style {style!r} is not one of {task}'s; allowed: "
+                     f"{', '.join(styles_of(task))}")
   if not 0 <= depth <= 1:
     raise ValueError(f"retrieval depth {depth!r} is outside [0, 1] (0: the start of the text, "
                      "1: its end)")
@@ -212,8 +252,15 @@ def minimum_length(tokenizer: Tokenizer, task: str, style: str,
                    params: TaskParams = TaskParams()) -> int:
   """The shortest length that holds the task's needles, question and answer with no haystack."""
   _check(task, style, 1, 0.0)
-  pieces = _pieces(task, style, np.random.default_rng(0), spaces.EVAL, params, "")
-  return _fixed_tokens(tokenizer, pieces, task)[1] - 1
+  # a bAbI story's length varies with its draw: the longest of several (a longer one is drawn
+  # again where it does not fit)
+  draws = _STORY_DRAWS if task in BABI_TASKS else 1
+  rng = np.random.default_rng(0)
+  return max(_fixed_tokens(tokenizer, _pieces(task, style, rng, spaces.EVAL, params, ""),
+                           task)[1] for _ in range(draws)) - 1
+
+
+_STORY_DRAWS = 16
 
 
 def default_haystack(task: str, style: str, text: haystacks.TextHaystack, tokenizer: Tokenizer):
@@ -229,9 +276,12 @@ def build_trial(tokenizer: Tokenizer, task: str, style: str, length: int, depth:
   """One trial of `task` in `style`: prompt + answer are exactly length + 1 tokens."""
   _check(task, style, length, depth)
   pieces = _pieces(task, style, rng, space, params, "")
-  for _ in range(100):  # redraw keys and values until none occurs in the haystack
+  for attempt in range(100):  # redraw keys and values until none occurs in the haystack
     parts, used = _fixed_tokens(tokenizer, pieces, task)
     room = length + 1 - used
+    if room < 0 and task in BABI_TASKS and attempt < 99:  # a shorter story may fit
+      pieces = _pieces(task, style, rng, space, params, "")
+      continue
     if room < 0:
       raise ValueError(f"length {length} is too short for {task} ({style}): its needles, question "
                        f"and answer take {used - 1} tokens with no text around them")
@@ -246,19 +296,24 @@ def build_trial(tokenizer: Tokenizer, task: str, style: str, length: int, depth:
   kind = "sentence" if style == "prose" else "line"
   points = haystacks.boundaries(hay, tokenizer, kind)
   at_depth = haystacks.nearest(points, depth * room)
-  n_links = sum(n.role == "chain" for n in pieces.needles)
-  links = sorted(int(rng.choice(points[points >= at_depth])) for _ in range(n_links))
-  where = [at_depth if n.role == "answer" else links.pop(0) if n.role == "chain"
-           else int(rng.choice(points)) for n in pieces.needles]
-  # At one boundary the needles the answer needs come first, the rest in their own order.
-  order = sorted(range(len(where)), key=lambda i: (where[i], pieces.needles[i].role != "answer", i))
+  count = lambda *roles: sum(n.role in roles for n in pieces.needles)
+  links = sorted(int(rng.choice(points[points >= at_depth]))
+                 for _ in range(count("chain", "support")))
+  earlier = sorted(int(rng.choice(points[points <= at_depth])) for _ in range(count("before")))
+  where = [at_depth if n.role == "answer" else links.pop(0) if n.role in ("chain", "support")
+           else earlier.pop(0) if n.role == "before" else int(rng.choice(points))
+           for n in pieces.needles]
+  # At one boundary the needles before the depth come first, then those the answer needs, the
+  # rest in their own order.
+  order = sorted(range(len(where)),
+                 key=lambda i: (where[i], _RANK.get(pieces.needles[i].role, 2), i))
   texts = tuple(pieces.needles[i].text for i in order)
   out, starts, ends, cursor = [np.array([tokenizer.eos_id], np.int32), head], [], [], 0
   offset = 1 + len(head)
   for i in order:
     out.append(hay[cursor:where[i]])
     offset += where[i] - cursor
-    if pieces.needles[i].role == "answer":
+    if pieces.needles[i].role in _NEEDED:
       starts.append(offset)
       ends.append(offset + len(needle_tokens[i]))
     out.append(needle_tokens[i])
@@ -279,8 +334,11 @@ def _alternatives(tokenizer, pieces: _Pieces, rng, space, params: TaskParams,
   n = len(pieces.values)
   pool = list(pieces.others)
   rng.shuffle(pool)
-  fresh = spaces.draw(rng, "number", space, params.distractors * n - min(len(pool), params.distractors * n),
-                      prompt_text, set(pieces.values) | set(pool))
-  pool = (pool + fresh)[: params.distractors * n]
+  wanted, taken = params.distractors * n, set(pieces.values) | set(pool)
+  more = max(0, wanted - len(pool))
+  fresh = (spaces.draw(rng, "number", space, more, prompt_text, taken)
+           if pieces.fresh == "number" else babi.fresh(pieces.fresh, rng, space, more,
+                                                       prompt_text, taken))
+  pool = (pool + fresh)[:wanted]
   return tuple(tokenizer.encode(pieces.render(pool[i * n:(i + 1) * n])).astype(np.int32)
                for i in range(params.distractors))
