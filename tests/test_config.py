@@ -7,7 +7,7 @@ import pytest
 
 from configs import pretrain
 from lcx import positions
-from lcx.config import ConfigError, resolve
+from lcx.config import ConfigError, model_config, resolve
 from tests.conftest import ROOT
 
 
@@ -209,6 +209,20 @@ def test_a_run_saved_before_grouped_query_attention_resolves_as_it_ran():
   assert dict(c.mesh.rules)["kv_heads"] == dict(c.mesh.rules)["heads"] == "tensor"
   assert resolve(_tiny(**{"model.n_heads": 8, "model.n_kv_heads": 2}), 1).model.n_kv_heads == 2
   assert resolve(_tiny(), 1).model.n_kv_heads == 4  # 0: as many as the query heads
+
+
+def test_a_run_saved_before_context_parallelism_resolves_as_it_ran():
+  """A config saved before mesh.context, its exchange and the length rule: one device per
+  sequence, and the gather should a later override shard it."""
+  import ml_collections
+  saved = _tiny().to_dict()
+  for name in ("context", "context_exchange"):
+    del saved["mesh"][name]
+  saved["mesh"]["rules"] = [list(r) for r in saved["mesh"]["rules"] if r[0] != "length"]
+  c = resolve(ml_collections.ConfigDict(saved), 8)
+  assert (c.mesh.context, c.mesh.context_exchange) == (1, "gather")
+  assert dict(c.mesh.rules)["length"] == "context"
+  assert model_config(c).context_exchange == "gather"
 
 
 def test_an_xpos_run_saved_with_its_rotation_in_model_rope_keeps_it():

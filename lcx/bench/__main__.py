@@ -1,8 +1,8 @@
 """python -m lcx.bench [--lengths 1024,2048,4096] [--eval_lengths 8192,16384,32768] [--out FILE]
     [--data_tokenizers byte,sentencepiece:PATH] [--data_lengths 1024,4096] [--data_batch 256]
     [--data_config configs/pretrain.py:125m --config.data.data_dir=DIR]
-    [--context_lengths 8192,16384,32768 --contexts 1,2,4,8]  (context parallelism; on a CPU with
-    XLA_FLAGS=--xla_force_host_platform_device_count=8)
+    [--context_lengths 8192,16384,32768 --contexts 1,2,4,8 --context_exchanges gather,ring]
+    (context parallelism; on a CPU with XLA_FLAGS=--xla_force_host_platform_device_count=8)
 
 The input pipeline alone (no model timed): --lengths= --eval_lengths= --profile_lengths=
 
@@ -24,7 +24,7 @@ from lcx.attention.kernels import QUADRATIC
 from lcx import bench, cli
 from lcx import overrides as overrides_lib
 from lcx.bench import data as data_bench
-from lcx.bench.context import context_table, run_context_benchmarks
+from lcx.bench.context import context_configs, context_table, run_context_benchmarks
 from lcx.bench.tables import eval_table, profile_table, train_table
 from lcx.bench.targets import (PIPELINE_TOKENS_PER_SECOND, context_checks, preset_target_checks,
                                target_checks)
@@ -66,6 +66,8 @@ _DATA_BATCHES = flags.DEFINE_integer("data_batches", 5, "Batches timed per pipel
 _CONTEXT_LENGTHS = flags.DEFINE_list("context_lengths", [], "Lengths of one sequence sharded over "
                                      "--contexts devices (context parallelism; empty: none).")
 _CONTEXTS = flags.DEFINE_list("contexts", ["1", "2", "4", "8"], "mesh.context sizes of those rows.")
+_EXCHANGES = flags.DEFINE_list("context_exchanges", ["gather", "ring"],
+                               "mesh.context_exchange values of those rows (context > 1).")
 _DATA_CONFIG = flags.DEFINE_string("data_config", "configs/pretrain.py:tiny", "The run config "
                                    "whose corpus (data.name, data_dir, ...) the pipeline reads; "
                                    "--config.data.FIELD=VALUE changes it.")
@@ -127,7 +129,11 @@ def main(argv, overrides):
       sys.exit(f"lcx.bench: --contexts={context} with --context_lengths={length}: each context "
                f"must be positive and each length a multiple of 2 x context (two equal chunks "
                f"per device)")
-  total += len(context_lengths) * len(contexts)
+  unknown = sorted(set(_EXCHANGES.value) - set(attention_lib.CONTEXT_EXCHANGES))
+  if unknown:
+    sys.exit(f"lcx.bench: unknown --context_exchanges {unknown}; allowed: "
+             f"{', '.join(attention_lib.CONTEXT_EXCHANGES)}")
+  total += len(context_configs(context_lengths, contexts, _EXCHANGES.value))
   try:  # the corpus the pipeline reads, and its tokenizers, checked before anything is timed
     data = overrides_lib.load_config(_DATA_CONFIG.value, overrides).data
     docs = (Documents(data.name, "train", data_dir=data.data_dir, text_dir=data.text_dir,
@@ -154,7 +160,8 @@ def main(argv, overrides):
             ModelConfig(**train_model), max(1, _TOKENS.value // length), length,
             _REPEATS.value, implementation))
   context_rows = run_context_benchmarks(context_lengths, contexts, _REPEATS.value, progress,
-                                        model_fields=eval_model)
+                                        model_fields=eval_model,
+                                        exchanges=tuple(_EXCHANGES.value))
   data_rows = (data_bench.pipeline_rows(docs, _DATA_TOKENIZERS.value, data_lengths,
                                         _DATA_BATCH.value, _DATA_BATCHES.value, progress)
                if docs is not None else [])
@@ -183,8 +190,8 @@ def main(argv, overrides):
       f"half the kernels compute\n\n{train_table(train_rows)}")
   context_text = "" if not context_rows else (
       f"\n\n### Context parallelism (one sequence of ALiBi's {_describe(eval_model)}, "
-      f"sharded over mesh.context devices; blockwise; activations: XLA's temporaries per "
-      f"device)\n\n{context_table(context_rows)}")
+      f"sharded over mesh.context devices, keys exchanged by all-gather or ring; blockwise; "
+      f"activations: XLA's temporaries per device)\n\n{context_table(context_rows)}")
   eval_text = "" if not eval_rows else (
       f"\n\n### Forward-only evaluation ({_describe(eval_model)}; one row)\n\n"
       f"{eval_table(eval_rows)}")

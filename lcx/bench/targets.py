@@ -118,7 +118,7 @@ def preset_target_checks(train_rows, eval_rows) -> list[tuple[str, bool, str]]:
 def context_checks(rows) -> list[tuple[str, bool, str]]:
   """The context-parallel memory target, where the rows measured it."""
   return [(f"activations per device at context=4 <= {TARGETS['context_memory']}x context=1 "
-           f"(L={r['length']}, the tiny model)",
+           f"(L={r['length']}, {r['exchange']}, the tiny model)",
            r["activations_vs_context_1"] <= TARGETS["context_memory"],
            _ratio(r["activations_vs_context_1"]))
           for r in rows if r["context"] == 4 and r["length"] == CONTEXT_TARGET_LENGTH
