@@ -25,6 +25,7 @@ which cannot. Whether a memory lowers the loss of text is asked where nothing el
 2; one part of about 16 minutes each, into their own folder), evaluated at 1x on more text.
 """
 from lcx import memory
+from lcx.data import retrieval
 from lcx.sweep import Run, Stage
 
 # Every registered mechanism but none (any added later too), each with RoPE.
@@ -42,8 +43,14 @@ ROPE_ARMS = ("window", *MECHANISMS)
 # anywhere in the document, up to 3 segments before the question at CPU scale; answers weighted
 # 20x. niah_single's short documents (39 tokens and up, python style) fit in one segment, so the
 # copy is learned inside the window and then reached through the memory; passkey's start at 71.
+# bAbI's qa1 and qa2 (BABILong-style: 6 facts, 195-209 tokens and up in python style) ask for
+# one fact and for two combined, spread over the segments: what a memory must carry to answer.
+BABI = ("babi_qa1", "babi_qa2")
 MIXTURE = ("data.retrieval.fraction=0.75", "data.retrieval.answer_weight=20",
-           "data.retrieval.tasks=('passkey','niah_single')")
+           f"data.retrieval.tasks={('passkey', 'niah_single', *BABI)!r}")
+EVAL_TASKS = "--tasks=passkey," + ",".join(BABI)
+ALL_EVAL_TASKS = "--tasks=" + ",".join((*retrieval.TASKS, *BABI))  # the accelerator scales
+
 SCALES = {
     # pretrain preset, segment length, overrides of every run, evaluation flags. The CPU scale:
     # 256-token examples of 4 segments of 64, a kNN memory that holds the 3 segments before
@@ -53,13 +60,13 @@ SCALES = {
                          "data.batch_size=16", "model.knn.size=192", "model.knn.k=16",
                          "model.attention=dense", "train.steps=1000", "eval.every_steps=500",
                          "eval.probe_trials=0"),
-            ("--max_tokens=4096", "--tasks=passkey", "--styles=python", "--trials=4",
+            ("--max_tokens=4096", EVAL_TASKS, "--styles=python", "--trials=4",
              "--depths=0,0.25,0.5,0.75,1")),
     # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
     "small": ("125m", 256, (*MIXTURE, "model.knn.size=4096"),
-              ("--max_tokens=262144", "--trials=10")),
+              ("--max_tokens=262144", "--trials=10", ALL_EVAL_TASKS)),
     "base": ("350m", 512, (*MIXTURE, "model.knn.size=8192"),
-             ("--max_tokens=262144", "--trials=10")),
+             ("--max_tokens=262144", "--trials=10", ALL_EVAL_TASKS)),
 }
 SEEDS = (1, 2)
 # On a CPU the arms come in two parts of about 20 minutes each (run them into one folder; the

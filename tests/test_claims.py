@@ -186,3 +186,45 @@ def test_the_fox_claim_needs_alibis_reach_and_ropes_retrieval_both():
   assert verdict == claims.REFUTES and "fox 50%" in figure
   assert "; gates started open (decay times 2-2048): perplexity within 10% of 1x up to 8x for " \
          "fox, 8x for alibi; exact match at 1x: fox 90%" in figure
+
+
+def test_effective_length_keeps_85_percent_of_the_variants_own_1x_score():
+  """NoLiMa's effective length: the longest multiple up to which exact match stays at or above
+  85% of the variant's own 1x (a weak model's 40% at 1x counts, where 90% never would), with
+  the trials behind it; a dip below ends it even if a longer length recovers."""
+  from lcx.report.tables import retrieval_tables
+  def grid(exact):
+    return {"babi_qa1/prose": {"task": "babi_qa1", "style": "prose",
+                               "lengths": [100, 200, 400, 800], "depths": [0.5], "trials": 20,
+                               "exact": [[e] for e in exact], "ranked": [[e] for e in exact],
+                               "longest_at_90": None}}
+  def variant(exact):
+    results = {"scheme": "alibi", "base_length": 100, "perplexity": [], "sliding": [],
+               "retrieval": grid(exact)}
+    return Variant("alibi", results, {}, None)
+  assert variant([0.4, 0.36, 0.33, 0.4]).effective_length("babi_qa1") == 2  # 0.33 < 0.34
+  assert variant([0.4, 0.34, 0.4, 0.4]).effective_length("babi_qa1") == 8
+  assert variant([0.0, 0.0, 0.0, 0.0]).effective_length("babi_qa1") is None
+  table = "\n".join(retrieval_tables([variant([0.4, 0.36, 0.33, 0.4])]))
+  assert "| 2x (20 / 20 trials) | n/a |" in table and "effective length" in table
+  assert "n/a (0% at 1x)" in "\n".join(retrieval_tables([variant([0.0] * 4)]))
+
+
+def test_a_memory_arm_answering_two_fact_questions_beyond_its_window_is_told_from_noise():
+  def arm(memory, beyond, trials=60, scheme="rope"):
+    distances = {"0": {"exact": 0.9, "ranked": 0.9, "trials": trials},
+                 "1": {"exact": beyond, "ranked": beyond, "trials": trials},
+                 "2": {"exact": beyond, "ranked": beyond, "trials": trials}}
+    results = {"scheme": scheme, "base_length": 256, "perplexity": [], "sliding": [],
+               "config": {"model": {"memory": memory, "segment_len": 64}},
+               "retrieval": {"babi_qa2/python": {
+                   "task": "babi_qa2", "style": "python", "lengths": [256], "depths": [0.5],
+                   "trials": trials, "exact": [[0.5]], "ranked": [[0.5]], "longest_at_90": None,
+                   "by_distance": {"unit": 64, "distances": distances}}}}
+    return Variant(memory, results, {}, None)
+  measure = claims._memory_two_facts
+  figure, verdict = measure([arm("none", 0.05), arm("xl", 0.4), arm("knn", 0.1)])
+  assert verdict == claims.SUPPORTS and "xl 40% of 120 vs 5% of 120" in figure
+  assert measure([arm("none", 0.05), arm("xl", 0.05)])[1] == claims.REFUTES
+  assert measure([arm("none", 0.05, 5), arm("xl", 0.2, 5)])[1] == claims.UNKNOWN  # few trials
+  assert measure([arm("xl", 0.4)])[1] == claims.UNKNOWN  # no window to read it against

@@ -14,6 +14,7 @@ from flax import nnx
 from lcx.data.tokenizers import ByteTokenizer
 from lcx.evaluate import EvalOptions, evaluate_run
 from lcx.evaluate import perplexity as ppl
+from lcx.evaluate.tables import format_table
 from lcx.evaluate.scoring import DoesNotFit, Scorer
 from lcx.metrics import read_jsonl
 from lcx.model import ModelConfig, Transformer
@@ -126,7 +127,7 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   pretrain_dir = tmp_path / "rope"
   train_and_evaluate(tiny_config, pretrain_dir)
   options = EvalOptions(max_tokens=1024, trials=2, depths=(0.5,),
-                        tasks=("passkey", "niah_multikey"))
+                        tasks=("passkey", "niah_multikey", "babi_qa3"), longppl=True)
   results, paths = evaluate_run(pretrain_dir, (), options, progress=False)
   assert [r["length"] for r in results["perplexity"]] == [32, 64, 128, 256, 512]
   assert all(r["tokens"] == 1024 for r in results["perplexity"])
@@ -135,10 +136,21 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
               "retrieval_png"):
     assert paths[key].exists() and paths[key].stat().st_size > 1000
   assert json.loads(paths["json"].read_text())["perplexity"][0]["loss"] > 0
+  # LongPPL past the pretraining length (32 tokens): key tokens by the model's own losses
+  assert "longppl" not in results["perplexity"][0]
+  for row in results["perplexity"][1:]:
+    record = row["longppl"]
+    assert record["window"] == 32 and 0 <= record["key_fraction"] < 1
+    assert record["longppl"] is None or record["key_loss"] < 2.0
+  assert "LongPPL | key tokens" in format_table(results)
   # The prompts need more than 32 tokens: those cells are not applicable, not an error.
   grid = results["retrieval"]["niah_multikey/python"]
   assert grid["exact"][0] == [None] and "needs 84 tokens" in grid["not_applicable"]["32"]
   assert all(0 <= a <= 1 for row in grid["exact"][2:] + grid["ranked"][2:] for a in row)
+  # bAbI's qa3 (prose only: no python grid), scored where its story fits
+  assert "babi_qa3/python" not in results["retrieval"] and paths["babi_qa3_png"].exists()
+  babi = results["retrieval"]["babi_qa3/prose"]
+  assert babi["exact"][0] == [None] and babi["exact"][-1][0] in (0.0, 0.5, 1.0)
 
   # Zero-shot YaRN from the command line.
   cli = subprocess.run(
@@ -195,3 +207,26 @@ def test_learned_positions_are_not_applicable_beyond_their_table(tiny_config, tm
                         capture_output=True, text=True, timeout=120, check=True).stdout
   assert "perplexity_by_length" in dump and "plots/perplexity_png" in dump
   assert '"job_type":"evaluate"' in dump
+
+
+def test_longppl_scores_each_target_with_the_short_window_and_keeps_the_key_tokens():
+  """Short-context losses (stride 1: exactly `window` tokens of context) equal each target
+  scored alone with its last `window` tokens; key tokens are those the thresholds pick."""
+  from lcx.evaluate.longppl import LongPPL
+  cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, head_dim=8, mlp_dim=32)
+  scorer = Scorer(Transformer(cfg, rngs=nnx.Rngs(0)), make_mesh(dict(data=-1, fsdp=1, tensor=1)),
+                  RULES)
+  windows = np.random.default_rng(0).integers(0, 64, (2, 25)).astype(np.int32)
+  measure = LongPPL(window=8, stride=1)
+  short = measure.short_losses(scorer.losses, windows)
+  full = scorer.losses(windows)
+  np.testing.assert_allclose(short[:, :8], full[:, :8], rtol=1e-5)  # the whole window is short
+  for t in (8, 15, 23):  # target t: token t + 1 after tokens t - 7 .. t
+    alone = scorer.losses(windows[:, t - 7:t + 2])[:, -1]
+    np.testing.assert_allclose(short[:, t], alone, rtol=1e-5)
+  full = np.array([[0.5, 1.9, 2.5, 0.1]])
+  short = np.array([[3.0, 3.0, 5.0, 2.0]])  # drops of 2.5, 1.1, 2.5, 1.9
+  np.testing.assert_array_equal(LongPPL(window=8).key_tokens(full, short),
+                                [[True, False, False, False]])  # (2.5 is above the ceiling)
+  with pytest.raises(ValueError, match="must be positive"):
+    LongPPL(window=8, drop=0)

@@ -13,9 +13,8 @@ from absl import flags
 from lcx import cli
 from lcx.data import retrieval
 from lcx.config import ConfigError
-from lcx.evaluate.plots import depth_mean
-from lcx.evaluate.records import DISTANCE_BUCKETS, pool_distances
 from lcx.evaluate.runner import EvalOptions, evaluate_run
+from lcx.evaluate.tables import format_table
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
 _LENGTHS = flags.DEFINE_list("lengths", [], "Evaluation lengths; default 1x-16x the training length.")
@@ -36,6 +35,16 @@ _TRIALS = flags.DEFINE_integer("trials", 5, "Retrieval trials per (task, style, 
 _DISTANCE_UNIT = flags.DEFINE_integer(
     "distance_unit", 0, "Report retrieval by the needle's distance in segments of this many "
     "tokens; 0: the model's segment_len (none for a plain model).")
+_LONGPPL = flags.DEFINE_bool(
+    "longppl", False, "Also LongPPL: perplexity over the key tokens, those whose loss drops by "
+    "more than --longppl_drop nats with the whole window instead of the last --longppl_window "
+    "tokens, and stays below --longppl_loss (Fang et al., 2025).")
+_LONGPPL_WINDOW = flags.DEFINE_integer("longppl_window", 0, "LongPPL's short context in tokens; "
+                                       "0: the pretraining length (the paper's 4K at 4K).")
+_LONGPPL_DROP = flags.DEFINE_float("longppl_drop", 2.0, "LongPPL: the loss drop (nats) that makes "
+                                   "a key token (the paper's 2).")
+_LONGPPL_LOSS = flags.DEFINE_float("longppl_loss", 2.0, "LongPPL: a key token's loss with the whole "
+                                   "window stays below this (nats; the paper's 2).")
 _NAME = flags.DEFINE_string("name", "", "Output name; default from the overrides ('base' if none).")
 _OVERRIDES_FROM = flags.DEFINE_string(
     "overrides_from", "", "A JSON file whose \"overrides\" list (a.b=value) is applied before "
@@ -54,7 +63,9 @@ def main(argv, overrides):
         lengths=_numbers("lengths", _LENGTHS.value, int), split=_SPLIT.value,
         max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, tasks=tuple(_TASKS.value),
         styles=tuple(_STYLES.value), depths=_numbers("depths", _DEPTHS.value, float),
-        trials=_TRIALS.value, name=_NAME.value, distance_unit=_DISTANCE_UNIT.value)
+        trials=_TRIALS.value, name=_NAME.value, distance_unit=_DISTANCE_UNIT.value,
+        longppl=_LONGPPL.value, longppl_window=_LONGPPL_WINDOW.value,
+        longppl_drop=_LONGPPL_DROP.value, longppl_loss=_LONGPPL_LOSS.value)
     results, paths = evaluate_run(_WORKDIR.value, overrides, options)
   except (ConfigError, ValueError) as e:
     sys.exit(f"lcx.evaluate: {e}")
@@ -88,52 +99,6 @@ def _numbers(flag: str, values: list[str], kind) -> tuple:
   except ValueError:
     raise ValueError(f"--{flag}={','.join(values)}: expected comma-separated "
                      f"{'integers' if kind is int else 'numbers'}") from None
-
-
-def format_table(results: dict) -> str:
-  """Markdown tables: perplexity (non-overlapping and sliding) per length, then retrieval."""
-  sliding = {r["length"]: r for r in results["sliding"]}
-  lines = [f"{results['scheme']} {results['name']} (step {results['checkpoint_step']}, trained at "
-           f"{results['train_length']})", "",
-           "| length | x train | loss | ppl | bits/byte | sliding ppl | tokens |",
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-  for row in results["perplexity"]:
-    slide = sliding.get(row["length"], {})
-    if "loss" not in row:
-      lines.append(f"| {row['length']} | {row['multiple']:g} | n/a | n/a | n/a | n/a | 0 |")
-      continue
-    lines.append(f"| {row['length']} | {row['multiple']:g} | {row['loss']:.4f} | "
-                 f"{row['perplexity']:.3f} | {row['bits_per_byte']:.4f} | "
-                 f"{slide.get('perplexity', float('nan')):.3f} | {row['tokens']} |")
-  if results["retrieval"]:
-    lines += ["", retrieval_table(results)]
-  return "\n".join(lines)
-
-
-def retrieval_table(results: dict) -> str:
-  """Per task and style: exact / ranked accuracy at each length (mean over depths)."""
-  grids = results["retrieval"]
-  lengths = next(iter(grids.values()))["lengths"]
-  lines = ["| retrieval | " + " | ".join(str(n) for n in lengths) + " | longest at >= 90% |",
-           "| --- |" + " ---: |" * (len(lengths) + 1)]
-  for key, grid in grids.items():
-    cells = [("n/a" if e is None else f"{e:.0%} / {r:.0%}")
-             for e, r in zip(depth_mean(grid["exact"]), depth_mean(grid["ranked"]))]
-    lines.append(f"| {key} | " + " | ".join(cells) + f" | {grid['longest_at_90'] or 'none'} |")
-  lines.append(f"\nCells: exact match of greedy decoding / true answer ranked first among "
-               f"{round(1 / next(iter(grids.values()))['chance'])} (chance "
-               f"{next(iter(grids.values()))['chance']:.0%}), mean over depths.")
-  by_distance = {key: grid["by_distance"] for key, grid in grids.items() if "by_distance" in grid}
-  if by_distance:
-    unit = next(iter(by_distance.values()))["unit"]
-    lines += ["", f"| by needle distance ({unit}-token segments back) | "
-              + " | ".join(DISTANCE_BUCKETS) + " |", "| --- |" + " ---: |" * len(DISTANCE_BUCKETS)]
-    for key, record in by_distance.items():
-      exact, ranked = (pool_distances([record], kind) for kind in ("exact", "ranked"))
-      cells = [f"{exact[b][0]:.0%} / {ranked[b][0]:.0%} ({exact[b][1]})" if b in exact else "-"
-               for b in DISTANCE_BUCKETS]
-      lines.append(f"| {key} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
 
 
 if __name__ == "__main__":

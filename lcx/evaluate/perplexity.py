@@ -62,10 +62,11 @@ def _summary(loss_sum: float, tokens: int, nbytes: int) -> dict:
 
 
 def evaluate_non_overlapping(losses: Losses, segments, length: int, tokenizer: Tokenizer,
-                             bins: int = 32, segment_len: int = 0) -> dict:
+                             bins: int = 32, segment_len: int = 0, longppl=None) -> dict:
   """Loss and perplexity of non-overlapping windows, and the loss by position (log-spaced bins);
   for a model that runs segments (segment_len), also the mean loss of each segment of the window
-  (`by_segment`: what a memory adds shows in the second and later)."""
+  (`by_segment`: what a memory adds shows in the second and later); with `longppl` (a
+  lcx.evaluate.longppl.LongPPL) and windows longer than its short one, LongPPL."""
   windows = np.concatenate([non_overlapping_windows(s, length) for s in segments])
   token_losses = losses(windows).astype(np.float64)
   nbytes = sum(tokenizer.byte_length(w[1:]) for w in windows)
@@ -80,6 +81,8 @@ def evaluate_non_overlapping(losses: Losses, segments, length: int, tokenizer: T
     starts = range(0, length, segment_len)
     result["by_segment"] = {"segment_len": segment_len, "loss": [
         float(per_position[a:a + segment_len].mean()) for a in starts]}
+  if longppl is not None and length > longppl.window:
+    result["longppl"] = longppl.measure(losses, windows, token_losses)
   return result
 
 

@@ -35,6 +35,12 @@ def perplexity_vs_length(results: dict, path: pathlib.Path) -> pathlib.Path:
     if rows:
       ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=label)
       values += [r["perplexity"] for r in rows]
+  keyed = [r for r in _applicable(results.get("perplexity", []))
+           if (r.get("longppl") or {}).get("longppl") is not None]
+  if keyed:  # LongPPL: perplexity over the key tokens only (lcx.evaluate.longppl)
+    ax.plot([r["length"] for r in keyed], [r["longppl"]["longppl"] for r in keyed], marker="s",
+            label="LongPPL (key tokens)")
+    values += [r["longppl"]["longppl"] for r in keyed]
   ax.axvline(results["train_length"], color="grey", linestyle=":", label="training length")
   log_scale_length_axis(ax, [r["length"] for r in results.get("perplexity", [])])
   # Log only when perplexity spans an order of magnitude; a narrow range reads better linear.

@@ -16,6 +16,7 @@ from lcx.config import retrieval_params
 from lcx.evaluate import perplexity as ppl
 from lcx.evaluate import plots
 from lcx.evaluate.decode import Decoder
+from lcx.evaluate.longppl import LongPPL
 from lcx.evaluate.retrieval import retrieval_grid
 from lcx.files import write_atomic
 from lcx.evaluate.loading import LoadedRun, load_run
@@ -43,6 +44,12 @@ class EvalOptions:
   # segment_len (none for a plain model). A study gives its window to plain runs too, so that a
   # full-attention arm is read in the same units as the memory arms.
   distance_unit: int = 0
+  # LongPPL (lcx.evaluate.longppl) at lengths past its short window (0: the pretraining length),
+  # with the paper's thresholds in nats
+  longppl: bool = False
+  longppl_window: int = 0
+  longppl_drop: float = 2.0
+  longppl_loss: float = 2.0
 
   def __post_init__(self):
     """Arguments that would give wrong numbers are refused, one line naming the flag."""
@@ -68,6 +75,10 @@ class EvalOptions:
                        "pretraining length) or -1 (no sliding window)")
     if self.max_tokens < 0:
       raise ValueError(f"--max_tokens={self.max_tokens} must be >= 0 (0 skips perplexity)")
+    if self.longppl_window < 0:
+      raise ValueError(f"--longppl_window={self.longppl_window} must be >= 0 (0: the "
+                       "pretraining length)")
+    LongPPL(window=1, drop=self.longppl_drop, ceiling=self.longppl_loss)  # checks the thresholds
     if "/" in self.name or self.name.startswith("."):
       raise ValueError(f"--name={self.name!r}: a file name inside RUN/eval/, without '/' or a "
                        "leading '.'")
@@ -102,6 +113,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
                  if c.init_from else train_length)
   lengths = tuple(options.lengths) or tuple(m * base_length for m in (1, 2, 4, 8, 16))
   stride = options.stride or base_length
+  longppl = (LongPPL(window=options.longppl_window or base_length, drop=options.longppl_drop,
+                     ceiling=options.longppl_loss) if options.longppl else None)
   tokenizer = make_tokenizer(c.data.tokenizer)
   docs = Documents(c.data.name, options.split, data_dir=c.data.data_dir, text_dir=c.data.text_dir,
                    text_glob=c.data.text_glob, text_key=c.data.text_key)
@@ -145,7 +158,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
         try:
           if kind == "perplexity":
             row.update(ppl.evaluate_non_overlapping(scorer.losses, segments, length, tokenizer,
-                                                    segment_len=run.model.cfg.segment_len))
+                                                    segment_len=run.model.cfg.segment_len,
+                                                    longppl=longppl))
           else:
             row.update(ppl.evaluate_sliding(scorer.losses, segments, length,
                                             min(stride, length), tokenizer))

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from typing import Callable
 
+from lcx.evaluate.records import DISTANCE_BUCKETS
 from lcx.report.variants import recipe, rope_options
 
 SUPPORTS, REFUTES, UNKNOWN = "supports", "does not support", "cannot tell"
@@ -309,6 +310,43 @@ def _drope_order(variants):
   return figure, REFUTES if any(reversed_beyond_noise(a, b) for a, b in pairs) else UNKNOWN
 
 
+def _beyond_window(v, task: str) -> tuple[float, int] | None:
+  """Exact match of `task` where its farthest needed fact lies one segment back or more (past a
+  window of one segment), pooled over lengths, depths and styles: (accuracy, trials)."""
+  pooled = v.by_distance(task, "exact")
+  cells = [pooled[b] for b in DISTANCE_BUCKETS[1:] if b in pooled]
+  n = sum(t for _, t in cells)
+  return (sum(a * t for a, t in cells) / n, n) if n else None
+
+
+def _memory_two_facts(variants, task: str = "babi_qa2"):
+  """Each memory arm against the window without memory of its scheme, on two-fact questions
+  whose first fact lies beyond the window."""
+  model = lambda v: (v.results.get("config") or {}).get("model", {})
+  scored = [v for v in variants if _beyond_window(v, task) and not model(v).get("memory_reset")]
+  windows = {v.results["scheme"]: v for v in scored
+             if model(v).get("memory", "none") == "none" and model(v).get("segment_len")}
+  arms = [v for v in scored if model(v).get("memory", "none") != "none"
+          and v.results["scheme"] in windows]
+  if not arms:
+    return f"needs {task} by distance for a memory arm and its window without memory", UNKNOWN
+  rows = []
+  for arm in arms:
+    (p, n), (q, m) = _beyond_window(arm, task), _beyond_window(windows[arm.results["scheme"]],
+                                                               task)
+    shrink = lambda x, k: (x * k + 0.5) / (k + 1)
+    half = Z95 * math.sqrt(shrink(p, n) * (1 - shrink(p, n)) / n
+                           + shrink(q, m) * (1 - shrink(q, m)) / m)
+    rows.append((p - q, half, f"{model(arm)['memory']} {p:.0%} of {n} vs {q:.0%} of {m}"))
+  figure = (f"exact match on {task} with its first fact a segment or more back: "
+            + "; ".join(text for _, _, text in rows) + " (memory arm vs its window)")
+  if any(gap - half > 0 for gap, half, _ in rows):
+    return figure, SUPPORTS
+  if all(gap + half < FEW_POINTS for gap, half, _ in rows):
+    return figure, REFUTES
+  return figure, UNKNOWN
+
+
 CLAIMS = (
     Claim("RoPE costs 10-15% more compute than the alternatives",
           "supports when rope's time per token is >= 5% above the median other scheme", _compute),
@@ -338,6 +376,11 @@ CLAIMS = (
           "supports when, at 2x, YaRN's exact match for needles before the last 1x window is at "
           "most half of that inside it, and inside it within 10 points of rope's at 1x",
           _yarn_crops),
+    Claim("A memory arm answers two-fact questions beyond its window",
+          "supports when some memory arm's exact match on babi_qa2 (bAbI's two supporting facts)"
+          " with the first fact a segment or more back is above its window-without-memory's "
+          "beyond the 95% interval (from the trial counts); does not when every arm's interval "
+          "lies below a 10-point gain; cannot tell otherwise", _memory_two_facts),
     Claim("On multi-key retrieval at 2x: DroPE > NoPE > RNoPE-SWA > RoPE+YaRN > RoPE",
           "supports when the five arms' exact match on niah_multikey at 2x falls in this order; "
           "does not when a neighbouring pair is reversed beyond its 95% interval (from the trial "

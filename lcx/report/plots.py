@@ -55,6 +55,9 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
   fig.tight_layout()
   paths["perplexity_vs_length"] = _save(fig, out / "perplexity_vs_length.png")
 
+  if any(v.longppl(m) for v in variants for m in MULTIPLES):
+    paths["longppl_vs_length"] = _longppl_curves(variants, look, title, out)
+
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for v in variants:
     rows = [r for r in v.results["perplexity"] if "by_position" in r]
@@ -93,6 +96,26 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
   if any(v.by_distance(task, "exact") for v in variants for task in tasks):
     paths["retrieval_by_distance"] = _distance_curves(variants, tasks, look, title, out)
   return paths
+
+
+def _longppl_curves(variants, look, title, out) -> pathlib.Path:
+  """LongPPL against length, and the share of key tokens it is read over."""
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for v in variants:
+    rows = [r for r in v.results["perplexity"] if (r.get("longppl") or {}).get("longppl")]
+    lengths = [r["length"] for r in rows]
+    axes[0].plot(lengths, [r["longppl"]["longppl"] for r in rows], label=v.label, **look[v.label])
+    axes[1].plot(lengths, [100 * r["longppl"]["key_fraction"] for r in rows], label=v.label,
+                 **look[v.label])
+  lengths = sorted({r["length"] for v in variants for r in v.results["perplexity"]})
+  for ax, name in ((axes[0], "LongPPL (key tokens only)"), (axes[1], "key tokens (% of targets)")):
+    log_scale_length_axis(ax, lengths)
+    _mark_training_length(ax, variants)
+    ax.set(title=name, xlabel="evaluation length (tokens)")
+  legend(axes[1], fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, out / "longppl_vs_length.png")
 
 
 def _overview(variants, tasks, look, title, out) -> pathlib.Path:

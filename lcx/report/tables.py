@@ -7,7 +7,7 @@ import numpy as np
 
 from lcx.data.mixture import fill_missing_data
 from lcx.evaluate.records import DISTANCE_BUCKETS
-from lcx.report.variants import MULTIPLES, Variant, label
+from lcx.report.variants import EFFECTIVE_FRACTION, MULTIPLES, Variant, label
 
 
 def _fmt(value, spec=".2f") -> str:
@@ -37,6 +37,7 @@ def tables(variants: list[Variant]) -> str:
     lines.append(f"| {v.label} | {cells} |")
   lines += ["", "Cells: perplexity non-overlapping / sliding window, at multiples of the "
             "pretraining length."]
+  lines += longppl_table(variants)
   lines += retrieval_tables(variants)
   lines += distance_tables(variants)
   lines += segment_table(variants)
@@ -53,6 +54,28 @@ def tables(variants: list[Variant]) -> str:
         f"{_bytes(p.get('peak_memory_bytes'))} | {_si(f.get('tokens_seen'))} | "
         f"{_si(f.get('flops_seen'))} | {_fmt(f.get('train_seconds'), '.0f')} |")
   return "\n".join(lines)
+
+
+def longppl_table(variants: list[Variant]) -> list[str]:
+  """LongPPL and the share of key tokens per multiple, where the evaluations measured it."""
+  measured = [m for m in MULTIPLES if any(v.longppl(m) for v in variants)]
+  if not measured:
+    return []
+  lines = ["", "| variant | " + " | ".join(f"{m}x" for m in measured) + " |",
+           "| --- |" + " ---: |" * len(measured)]
+  for v in variants:
+    cells = []
+    for m in measured:
+      record = v.longppl(m)
+      cells.append("n/a" if record is None else
+                   f"{_fmt(record['longppl'])} ({record['key_fraction']:.1%})")
+    lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
+  first = next(v.longppl(m) for v in variants for m in measured if v.longppl(m))
+  return lines + ["", f"Cells: LongPPL, perplexity over the key tokens only (those whose loss "
+                  f"drops by more than {first['drop']:g} nats with the whole window instead of "
+                  f"the last {first['window']} tokens, and is below {first['ceiling']:g} nats "
+                  "with it; Fang et al., 2025), and the share of targets that are key tokens. "
+                  "Each model picks its own key tokens."]
 
 
 def _memory_wiped(v: Variant) -> bool:
@@ -159,25 +182,41 @@ def _percent(value) -> str:
 
 
 def retrieval_tables(variants: list[Variant]) -> list[str]:
-  """One table per retrieval task: exact / ranked accuracy per variant and multiple, and the
-  longest length retrieved at >= 90% exact match."""
+  """One table per retrieval task: exact / ranked accuracy per variant and multiple, the
+  effective length (85% of the variant's own 1x exact accuracy kept) with the trials behind it,
+  and the longest length retrieved at >= 90% exact match (a fixed threshold)."""
   tasks = list(dict.fromkeys(t for v in variants for t in v.retrieval_tasks()))
   lines = []
   for task in tasks:
     head = " | ".join(f"{m}x" for m in MULTIPLES)
-    lines += ["", f"**Retrieval: {task}**", "", f"| variant | {head} | longest at >= 90% |",
-              "| --- |" + " ---: |" * (len(MULTIPLES) + 1)]
+    lines += ["", f"**Retrieval: {task}**", "",
+              f"| variant | {head} | effective length | longest at >= 90% |",
+              "| --- |" + " ---: |" * (len(MULTIPLES) + 2)]
     for v in variants:
       if task not in v.retrieval_tasks():
         continue
       cells = " | ".join(f"{_percent(v.retrieval(task, 'exact', m))} / "
                          f"{_percent(v.retrieval(task, 'ranked', m))}" for m in MULTIPLES)
-      lines.append(f"| {v.label} | {cells} | {_fmt(v.longest_at_90(task), 'd')} |")
+      lines.append(f"| {v.label} | {cells} | {_effective(v, task)} | "
+                   f"{_fmt(v.longest_at_90(task), 'd')} |")
   if tasks:
     styles = sorted({g["style"] for v in variants for g in v.results["retrieval"].values()})
     lines += ["", "Cells: exact match of greedy decoding / true answer ranked first among 10 "
-              f"(chance 10%), the mean over depths and styles ({', '.join(styles)})."]
+              f"(chance 10%), the mean over depths and styles ({', '.join(styles)}). Effective "
+              f"length: the longest multiple up to which exact match stays at or above "
+              f"{EFFECTIVE_FRACTION:.0%} of the variant's own at 1x (NoLiMa's definition), with "
+              "the trials at 1x and at that multiple; longest at >= 90%: the fixed threshold, "
+              "in tokens."]
   return lines
+
+
+def _effective(v: Variant, task: str) -> str:
+  multiple = v.effective_length(task)
+  if multiple is None:
+    base = v.retrieval(task, "exact", 1)
+    return "n/a" if base is None else "n/a (0% at 1x)"
+  return (f"{multiple}x ({v.retrieval_trials(task, 1)} / "
+          f"{v.retrieval_trials(task, multiple)} trials)")
 
 
 def distance_tables(variants: list[Variant]) -> list[str]:

@@ -13,6 +13,7 @@ from lcx.evaluate.records import pool_distances
 from lcx.runs import layout
 
 MULTIPLES = (1, 2, 4, 8, 16)
+EFFECTIVE_FRACTION = 0.85  # effective length: the share of the 1x score kept (NoLiMa's)
 
 
 @dataclasses.dataclass
@@ -26,6 +27,13 @@ class Variant:
     for row in self.results[kind]:
       if math.isclose(row["multiple"], multiple) and "perplexity" in row:
         return row["perplexity"]
+    return None
+
+  def longppl(self, multiple: float) -> dict | None:
+    """The LongPPL record at a multiple (lcx.evaluate.longppl), where it was measured."""
+    for row in self.results["perplexity"]:
+      if math.isclose(row["multiple"], multiple) and "longppl" in row:
+        return row["longppl"]
     return None
 
   def retrieval_tasks(self) -> list[str]:
@@ -60,6 +68,23 @@ class Variant:
     evaluation without distances (a plain model evaluated without --distance_unit)."""
     return pool_distances([g["by_distance"] for g in self.results.get("retrieval", {}).values()
                            if g["task"] == task and "by_distance" in g], kind)
+
+  def effective_length(self, task: str, fraction: float = EFFECTIVE_FRACTION):
+    """NoLiMa's effective length: the longest multiple up to which exact accuracy stays at or
+    above `fraction` of this variant's own at 1x (fair to a small model whose 1x score is below
+    a fixed threshold). None where 1x was not scored or scored 0."""
+    base = self.retrieval(task, "exact", 1)
+    if not base:
+      return None
+    longest = None
+    for multiple in MULTIPLES:
+      value = self.retrieval(task, "exact", multiple)
+      if value is None:
+        continue
+      if value < fraction * base:
+        break
+      longest = multiple
+    return longest
 
   def longest_at_90(self, task: str) -> int | None:
     longest = [g["longest_at_90"] for g in self.results.get("retrieval", {}).values()
