@@ -181,3 +181,6 @@ def test_tasks_refuse_a_style_they_are_not_written_in():
   with pytest.raises(ValueError, match="story_facts=2 is too few for babi_qa3"):
     retrieval.build_trial(TOK, "babi_qa3", "prose", 900, 0.5, np.random.default_rng(0), TEXT,
                           params=retrieval.TaskParams(story_facts=2))
+  with pytest.raises(ValueError, match="story_facts=13 is too many for babi_qa4.*at most 12"):
+    retrieval.build_trial(TOK, "babi_qa4", "prose", 900, 0.5, np.random.default_rng(0), TEXT,
+                          params=retrieval.TaskParams(story_facts=13))

@@ -3,7 +3,7 @@ trials (Kuratov et al., 2024): a story's facts scattered through a haystack, a q
 
   babi_qa1  single supporting fact   people move between places; where is a person?
   babi_qa2  two supporting facts     people also pick up and drop things; where is a thing? (who
-                   holds it, and where they went)
+                                     holds it, and where they went)
   babi_qa3  three supporting facts   where was a thing before the place it is in now?
   babi_qa4  two-argument relations   places in a row along one axis; what is north of a place?
   babi_qa5  three-argument relations people hand things to each other; who gave what to whom?
@@ -23,45 +23,44 @@ from lcx.data.retrieval import spaces
 
 TASKS = ("babi_qa1", "babi_qa2", "babi_qa3", "babi_qa4", "babi_qa5")
 STYLES = {"babi_qa1": ("prose", "python"), "babi_qa2": ("prose", "python"),
-      "babi_qa3": ("prose",), "babi_qa4": ("prose",), "babi_qa5": ("prose",)}
+          "babi_qa3": ("prose",), "babi_qa4": ("prose",), "babi_qa5": ("prose",)}
 # the number of supporting facts each task's question needs
 SUPPORT = {"babi_qa1": 1, "babi_qa2": 2, "babi_qa3": 3, "babi_qa4": 1, "babi_qa5": 1}
 
 PLACES = (
-  "kitchen", "garden", "hallway", "bedroom", "bathroom", "office", "cellar", "attic",
-  "library", "pantry", "garage", "balcony", "studio", "lobby", "chapel", "stable", "barn",
-  "greenhouse", "workshop", "laundry", "nursery", "porch", "terrace", "courtyard", "gallery",
-  "corridor", "basement", "lounge", "parlor", "classroom", "cafeteria", "gym", "theater",
-  "museum", "market", "bakery", "harbor", "station", "airport", "park", "school", "hospital",
-  "church", "tower", "cabin", "shed", "mill", "farm", "forest", "beach", "meadow", "orchard")
+    "kitchen", "garden", "hallway", "bedroom", "bathroom", "office", "cellar", "attic",
+    "library", "pantry", "garage", "balcony", "studio", "lobby", "chapel", "stable", "barn",
+    "greenhouse", "workshop", "laundry", "nursery", "porch", "terrace", "courtyard", "gallery",
+    "corridor", "basement", "lounge", "parlor", "classroom", "cafeteria", "gym", "theater",
+    "museum", "market", "bakery", "harbor", "station", "airport", "park", "school", "hospital",
+    "church", "tower", "cabin", "shed", "mill", "farm", "forest", "beach", "meadow", "orchard")
 THINGS = (
-  "football", "apple", "milk", "book", "lamp", "cake", "bottle", "hammer", "kite", "violin",
-  "umbrella", "hat", "scarf", "glove", "candle", "basket", "ladder", "wallet", "camera",
-  "radio", "guitar", "pencil", "notebook", "blanket", "pillow", "kettle", "teapot", "spoon",
-  "plate", "bucket", "rope", "shovel", "lantern", "compass", "map", "drum", "flute", "trumpet",
-  "brush", "mirror", "clock", "vase", "jar", "bag", "coin", "shoe", "jacket",
-  "banana", "orange", "pear", "lemon", "bread", "cheese")
+    "football", "apple", "milk", "book", "lamp", "cake", "bottle", "hammer", "kite", "violin",
+    "umbrella", "hat", "scarf", "glove", "candle", "basket", "ladder", "wallet", "camera",
+    "radio", "guitar", "pencil", "notebook", "blanket", "pillow", "kettle", "teapot", "spoon",
+    "plate", "bucket", "rope", "shovel", "lantern", "compass", "map", "drum", "flute", "trumpet",
+    "brush", "mirror", "clock", "vase", "jar", "bag", "coin", "shoe", "jacket",
+    "banana", "orange", "pear", "lemon", "bread", "cheese")
 AXES = (("north", "south"), ("east", "west"))
 
 _PROSE = {
-  "move": ("{a} went to the {p}. ", "{a} moved to the {p}. ", "{a} travelled to the {p}. ",
-       "{a} journeyed to the {p}. "),
-  "take": ("{a} picked up the {t}. ", "{a} got the {t}. ", "{a} grabbed the {t}. ",
-       "{a} took the {t}. "),
-  "drop": ("{a} dropped the {t}. ", "{a} put down the {t}. ", "{a} discarded the {t}. ",
-       "{a} left the {t}. "),
-  "give": ("{a} gave the {t} to {b}. ", "{a} handed the {t} to {b}. ",
-       "{a} passed the {t} to {b}. "),
+    "move": ("{a} went to the {p}. ", "{a} moved to the {p}. ", "{a} travelled to the {p}. ",
+             "{a} journeyed to the {p}. "),
+    "take": ("{a} picked up the {t}. ", "{a} got the {t}. ", "{a} grabbed the {t}. ",
+             "{a} took the {t}. "),
+    "drop": ("{a} dropped the {t}. ", "{a} put down the {t}. ", "{a} discarded the {t}. ",
+             "{a} left the {t}. "),
+    "give": ("{a} gave the {t} to {b}. ", "{a} handed the {t} to {b}. ",
+             "{a} passed the {t} to {b}. "),
 }
 _PYTHON = {"move": ('{a}.location = "{p}"\n',), "take": ('{a}.take("{t}")\n',),
-       "drop": ('{a}.drop("{t}")\n',)}
+           "drop": ('{a}.drop("{t}")\n',)}
 
 
 def entities(kind: str, space: str) -> tuple[str, ...]:
   """The places or things of a space: every fourth for evaluation, the rest for training."""
   items = {"place": PLACES, "thing": THINGS}[kind]
-  return items[::4] if space == spaces.EVAL else tuple(
-    x for i, x in enumerate(items) if i % 4)
+  return items[::4] if space == spaces.EVAL else tuple(x for i, x in enumerate(items) if i % 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,25 +76,24 @@ class Story:
 
 
 def story(task: str, style: str, rng: np.random.Generator, space: str, facts: int,
-      avoid: str = "") -> Story:
+          avoid: str = "") -> Story:
   """A story of `task` with `facts` facts whose question needs exactly SUPPORT[task] of them;
   names absent from `avoid`."""
   if facts < SUPPORT[task] + (task == "babi_qa4"):
     raise ValueError(f"retrieval.story_facts={facts} is too few for {task}, whose question "
-             f"needs {SUPPORT[task]} supporting facts")
+                     f"needs {SUPPORT[task]} supporting facts")
+  if task == "babi_qa4" and facts + 1 > len(entities("place", space)):
+    raise ValueError(f"retrieval.story_facts={facts} is too many for babi_qa4, whose facts "
+                     f"relate a row of distinct places (at most "
+                     f"{len(entities('place', space)) - 1} facts)")
   make = {"babi_qa1": _where_is_person, "babi_qa2": _where_is_thing,
-      "babi_qa3": _where_was_thing, "babi_qa4": _relation, "babi_qa5": _giving}[task]
+          "babi_qa3": _where_was_thing, "babi_qa4": _relation, "babi_qa5": _giving}[task]
   for _ in range(1000):
     made = make(rng, space, facts, style, avoid)
     if made is not None and len(made.support) == SUPPORT[task]:
       return made
   raise ValueError(f"could not generate a {task} story of {facts} facts whose question needs "
-           f"{SUPPORT[task]} supporting facts")
-
-
-def _names(rng, space, n, style, avoid):
-  names = spaces.draw(rng, "word", space, n, avoid.lower())
-  return names if style == "python" else [n.capitalize() for n in names]
+                   f"{SUPPORT[task]} supporting facts")
 
 
 def _pick(rng, items, n=1):
@@ -106,13 +104,18 @@ class _World:
   """People, places and things as the facts so far leave them; each value with the facts it
   follows from."""
 
-  def __init__(self, rng, style):
+  def __init__(self, rng, space, style, avoid, people: int, places: int, things: int):
     self.rng, self.style = rng, style
+    names = spaces.draw(rng, "word", space, people, avoid.lower())
+    self.people = names if style == "python" else [n.capitalize() for n in names]
+    self.places = _pick(rng, entities("place", space), places)
+    self.things = _pick(rng, entities("thing", space), things)
     self.facts: list[str] = []
     self.at: dict[str, tuple[str, frozenset]] = {}  # person -> (place, facts)
     self.holder: dict[str, tuple[str, int]] = {}  # thing -> (person, the taking fact)
     self.left: dict[str, tuple[str, frozenset]] = {}  # thing -> where it was put down
     self.history: dict[str, list] = {}  # thing -> [(place, facts)] as it changes place
+    self.gives: list[tuple[str, str, str, int]] = []  # (giver, thing, receiver, fact)
 
   def say(self, kind, **names) -> int:
     templates = (_PYTHON if self.style == "python" else _PROSE)[kind]
@@ -153,6 +156,11 @@ class _World:
       place, why = self.at[person]
       self.left[thing] = (place, why | {fact})
 
+  def give(self, person, thing, to):
+    fact = self.say("give", a=person, t=thing, b=to)
+    self.holder[thing] = (to, fact)
+    self.gives.append((person, thing, to, fact))
+
   def can_take(self, person, thing):
     """Free, and where the person is (or nowhere known)."""
     if thing in self.holder:
@@ -160,129 +168,107 @@ class _World:
     left = self.left.get(thing)
     return left is None or (person in self.at and self.at[person][0] == left[0])
 
+  def happen(self, facts: int, drops: bool = True, gives: bool = False) -> None:
+    """Random events until there are `facts` facts: moves, and where there are things, taking
+    them and dropping them (`drops`) or handing them to another person (`gives`)."""
+    rng = self.rng
+    while len(self.facts) < facts:
+      person = self.people[int(rng.integers(len(self.people)))]
+      held = [t for t, (p, _) in self.holder.items() if p == person]
+      free = [t for t in self.things if self.can_take(person, t)]
+      choice = rng.random()
+      if held and gives and choice < 0.6:
+        to = _pick(rng, [p for p in self.people if p != person])[0]
+        self.give(person, _pick(rng, held)[0], to)
+      elif held and drops and choice < 0.2:
+        self.drop(person, _pick(rng, held)[0])
+      elif free and choice < 0.5:
+        self.take(person, _pick(rng, free)[0])
+      else:
+        here = self.at.get(person, (None,))[0]
+        self.move(person, _pick(rng, [p for p in self.places if p != here])[0])
 
-def _events(world, rng, people, places, things, facts, takes=True):
-  """`facts` random events: moves, and with things, taking and dropping them."""
-  while len(world.facts) < facts:
-    person = people[int(rng.integers(len(people)))]
-    held = [t for t, (p, _) in world.holder.items() if p == person]
-    free = [t for t in things if world.can_take(person, t)]
-    choice = rng.random()
-    if takes and held and choice < 0.2:
-      world.drop(person, held[int(rng.integers(len(held)))])
-    elif takes and free and choice < 0.5:
-      world.take(person, free[int(rng.integers(len(free)))])
-    else:
-      here = world.at.get(person, (None,))[0]
-      world.move(person, _pick(rng, [p for p in places if p != here])[0])
+  def story(self, why, question, answer, kind, pool) -> Story:
+    return Story(tuple(self.facts), tuple(sorted(why)), question, answer,
+                 '"\n' if self.style == "python" else ".", kind,
+                 tuple(x for x in pool if x != answer), tuple(self.people))
 
 
 def _where_is_person(rng, space, facts, style, avoid):
-  people = _names(rng, space, 3, style, avoid)
-  places = _pick(rng, entities("place", space), 5)
-  world = _World(rng, style)
-  _events(world, rng, people, places, [], facts, takes=False)
+  world = _World(rng, space, style, avoid, people=3, places=5, things=0)
+  world.happen(facts)
   person = _pick(rng, list(world.at))[0]
   place, why = world.at[person]
-  if style == "python":
-    question = f"\nassert {person}.location == \""
-  else:
-    question = f"\nWhere is {person}? {person} is in the "
-  return _story(world, why, question, place, style, "place", places, people)
+  question = (f"\nassert {person}.location == \"" if style == "python" else
+              f"\nWhere is {person}? {person} is in the ")
+  return world.story(why, question, place, "place", world.places)
 
 
 def _where_is_thing(rng, space, facts, style, avoid):
-  people = _names(rng, space, 3, style, avoid)
-  places = _pick(rng, entities("place", space), 5)
-  things = _pick(rng, entities("thing", space), 3)
-  world = _World(rng, style)
-  _events(world, rng, people, places, things, facts)
-  known = [t for t in things if world.where(t) is not None]
+  world = _World(rng, space, style, avoid, people=3, places=5, things=3)
+  world.happen(facts)
+  known = [t for t in world.things if world.where(t) is not None]
   if not known:
     return None
   thing = _pick(rng, known)[0]
   place, why = world.where(thing)
-  if style == "python":
-    question = f"\nassert location_of(\"{thing}\") == \""
-  else:
-    question = f"\nWhere is the {thing}? The {thing} is in the "
-  return _story(world, why, question, place, style, "place", places, people)
+  question = (f"\nassert location_of(\"{thing}\") == \"" if style == "python" else
+              f"\nWhere is the {thing}? The {thing} is in the ")
+  return world.story(why, question, place, "place", world.places)
 
 
 def _where_was_thing(rng, space, facts, style, avoid):
-  people = _names(rng, space, 2, style, avoid)
-  places = _pick(rng, entities("place", space), 5)
-  things = _pick(rng, entities("thing", space), 2)
-  world = _World(rng, style)
-  _events(world, rng, people, places, things, facts)
-  # the thing's place before the one it is in now, where it has been there only once
-  asked = [t for t in things if len(world.history.get(t, ())) >= 2
-       and [p for p, _ in world.history[t]].count(world.history[t][-1][0]) == 1]
+  world = _World(rng, space, style, avoid, people=2, places=5, things=2)
+  world.happen(facts)
+  # the thing's place before the one it is in now, where it has been only once
+  places = lambda t: [p for p, _ in world.history.get(t, ())]
+  asked = [t for t in world.things if len(places(t)) >= 2 and places(t).count(places(t)[-1]) == 1]
   if not asked:
     return None
   thing = _pick(rng, asked)[0]
   (before, why_before), (now, why_now) = world.history[thing][-2:]
   question = (f"\nWhere was the {thing} before the {now}? Before the {now}, the {thing} was "
-        f"in the ")
-  return _story(world, why_before | why_now, question, before, style, "place", places, people)
+              "in the ")
+  return world.story(why_before | why_now, question, before, "place", world.places)
 
 
 def _relation(rng, space, facts, style, avoid):
   """Places in a row along one axis, each fact relating two neighbours (in either direction's
   words); asked what lies one way of a place, or which place one lies that way of."""
-  del avoid
-  row = _pick(rng, entities("place", space), facts + 1)
+  world = _World(rng, space, style, avoid, people=0, places=facts + 1, things=0)
   ahead, behind = AXES[int(rng.integers(len(AXES)))]
+  row = world.places
   relations = []  # (x, way, y): x is `way` of y
   for x, y in zip(row, row[1:]):  # x is ahead of y
     relations.append((x, ahead, y) if rng.random() < 0.5 else (y, behind, x))
   order = rng.permutation(len(relations))
-  world = _World(rng, style)
-  world.facts = [f"The {x} is {way} of the {y}. " for x, way, y in
-           (relations[i] for i in order)]
+  world.facts = [f"The {x} is {way} of the {y}. " for x, way, y in (relations[i] for i in order)]
   fact = int(rng.integers(len(relations)))
   x, way, y = relations[order[fact]]
   if rng.random() < 0.5:
     question, answer = f"\nWhat is {way} of the {y}? {way.capitalize()} of the {y} is the ", x
   else:
     question, answer = f"\nWhat is the {x} {way} of? The {x} is {way} of the ", y
-  return _story(world, {fact}, question, answer, style, "place", row, [])
+  return world.story({fact}, question, answer, "place", row)
 
 
 def _giving(rng, space, facts, style, avoid):
   """People move, pick things up and hand them on; asked about one handing whose answer no
   other handing contradicts."""
-  people = _names(rng, space, 4, style, avoid)
-  places = _pick(rng, entities("place", space), 4)
-  things = _pick(rng, entities("thing", space), 3)
-  world = _World(rng, style)
-  gives = []  # (giver, thing, receiver, fact)
-  while len(world.facts) < facts:
-    person = people[int(rng.integers(len(people)))]
-    held = [t for t, (p, _) in world.holder.items() if p == person]
-    free = [t for t in things if t not in world.holder]
-    if held and rng.random() < 0.6:
-      thing = held[int(rng.integers(len(held)))]
-      to = _pick(rng, [p for p in people if p != person])[0]
-      fact = world.say("give", a=person, t=thing, b=to)
-      world.holder[thing] = (to, fact)
-      gives.append((person, thing, to, fact))
-    elif free and rng.random() < 0.5:
-      world.take(person, free[int(rng.integers(len(free)))])
-    else:
-      here = world.at.get(person, (None,))[0]
-      world.move(person, _pick(rng, [p for p in places if p != here])[0])
-  if not gives:
+  world = _World(rng, space, style, avoid, people=4, places=4, things=3)
+  world.happen(facts, drops=False, gives=True)
+  if not world.gives:
     return None
-  giver, thing, to, fact = gives[int(rng.integers(len(gives)))]
+  gives = world.gives
+  giver, thing, to, _ = gives[int(rng.integers(len(gives)))]
   # each question leaves one of the three out; asked only where every handing agrees on it
   asks = []
   if len({g for g, t, r, _ in gives if (t, r) == (thing, to)}) == 1:
     asks.append((f"\nWho gave the {thing} to {to}? The {thing} was given to {to} by ", giver,
-           "person"))
+                 "person"))
   if len({r for g, t, r, _ in gives if (g, t) == (giver, thing)}) == 1:
     asks.append((f"\nWho did {giver} give the {thing} to? {giver} gave the {thing} to ", to,
-           "person"))
+                 "person"))
   if len({t for g, t, r, _ in gives if (g, r) == (giver, to)}) == 1:
     asks.append((f"\nWhat did {giver} give to {to}? {giver} gave {to} the ", thing, "thing"))
   if not asks:
@@ -290,14 +276,8 @@ def _giving(rng, space, facts, style, avoid):
   question, answer, kind = asks[int(rng.integers(len(asks)))]
   # the last handing that says it (an earlier one may say the same)
   why = max(f for g, t, r, f in gives if (g, t, r) == (giver, thing, to))
-  pool = {"person": people, "thing": things}[kind]
-  return _story(world, {why}, question, answer, style, kind, pool, people)
-
-
-def _story(world, why, question, answer, style, kind, pool, people) -> Story:
-  return Story(tuple(world.facts), tuple(sorted(why)), question, answer,
-         '"\n' if style == "python" else ".", kind,
-         tuple(x for x in pool if x != answer), tuple(people))
+  return world.story({why}, question, answer, kind,
+                     {"person": world.people, "thing": world.things}[kind])
 
 
 def fresh(kind: str, rng, space: str, n: int, avoid: str, taken: set) -> list[str]:

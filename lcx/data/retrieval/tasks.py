@@ -248,19 +248,20 @@ def _fixed_tokens(tokenizer, pieces: _Pieces, task: str) -> tuple[list, int]:
   return parts, used
 
 
+# A bAbI story's length varies with its draw: its minimum length is the longest of this many (a
+# trial whose story does not fit draws another).
+_STORY_DRAWS = 16
+
+
 def minimum_length(tokenizer: Tokenizer, task: str, style: str,
                    params: TaskParams = TaskParams()) -> int:
   """The shortest length that holds the task's needles, question and answer with no haystack."""
   _check(task, style, 1, 0.0)
-  # a bAbI story's length varies with its draw: the longest of several (a longer one is drawn
-  # again where it does not fit)
   draws = _STORY_DRAWS if task in BABI_TASKS else 1
   rng = np.random.default_rng(0)
   return max(_fixed_tokens(tokenizer, _pieces(task, style, rng, spaces.EVAL, params, ""),
                            task)[1] for _ in range(draws)) - 1
 
-
-_STORY_DRAWS = 16
 
 
 def default_haystack(task: str, style: str, text: haystacks.TextHaystack, tokenizer: Tokenizer):
