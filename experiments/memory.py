@@ -61,7 +61,7 @@ SCALES = {
                          "model.attention=dense", "train.steps=1000", "eval.every_steps=500",
                          "eval.probe_trials=0"),
             ("--max_tokens=4096", EVAL_TASKS, "--styles=python", "--trials=4",
-             "--depths=0,0.25,0.5,0.75,1", "--longppl")),
+             "--depths=0,0.25,0.5,0.75,1", "--retrieval_lengths=256,512,1024", "--longppl")),
     # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
     "small": ("125m", 256, (*MIXTURE, "model.knn.size=4096"),
               ("--max_tokens=262144", "--trials=10", ALL_EVAL_TASKS)),

@@ -127,7 +127,8 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   pretrain_dir = tmp_path / "rope"
   train_and_evaluate(tiny_config, pretrain_dir)
   options = EvalOptions(max_tokens=1024, trials=2, depths=(0.5,),
-                        tasks=("passkey", "niah_multikey", "babi_qa3"), longppl=True)
+                        tasks=("passkey", "niah_multikey", "babi_qa3"), longppl=True,
+                        retrieval_lengths=(32, 64, 128, 512))
   results, paths = evaluate_run(pretrain_dir, (), options, progress=False)
   assert [r["length"] for r in results["perplexity"]] == [32, 64, 128, 256, 512]
   assert all(r["tokens"] == 1024 for r in results["perplexity"])
@@ -145,6 +146,7 @@ def test_pretrain_evaluate_finetune_evaluate(tiny_config, tmp_path):
   assert "LongPPL | key tokens" in format_table(results)
   # The prompts need more than 32 tokens: those cells are not applicable, not an error.
   grid = results["retrieval"]["niah_multikey/python"]
+  assert grid["lengths"] == [32, 64, 128, 512]  # --retrieval_lengths: not perplexity's 256
   assert grid["exact"][0] == [None] and "needs 84 tokens" in grid["not_applicable"]["32"]
   assert all(0 <= a <= 1 for row in grid["exact"][2:] + grid["ranked"][2:] for a in row)
   # bAbI's qa3 (prose only: no python grid), scored where its story fits

@@ -29,6 +29,7 @@ from lcx.runs.restore import saved_config
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
   lengths: tuple[int, ...] = ()  # empty: 1x, 2x, 4x, 8x and 16x the training length
+  retrieval_lengths: tuple[int, ...] = ()  # the retrieval suite's; empty: `lengths`
   split: str = "validation"
   # target tokens scored per length (the same text at every length); 0 skips perplexity
   max_tokens: int = 16384
@@ -53,10 +54,11 @@ class EvalOptions:
 
   def __post_init__(self):
     """Arguments that would give wrong numbers are refused, one line naming the flag."""
-    bad = [n for n in self.lengths if isinstance(n, bool) or not isinstance(n, int) or n <= 0]
-    if bad:
-      raise ValueError(f"--lengths={','.join(map(str, self.lengths))}: lengths must be positive "
-                       f"integers (not {', '.join(map(str, bad))})")
+    for flag, lengths in (("lengths", self.lengths), ("retrieval_lengths", self.retrieval_lengths)):
+      bad = [n for n in lengths if isinstance(n, bool) or not isinstance(n, int) or n <= 0]
+      if bad:
+        raise ValueError(f"--{flag}={','.join(map(str, lengths))}: lengths must be positive "
+                         f"integers (not {', '.join(map(str, bad))})")
     bad = [d for d in self.depths if not 0 <= d <= 1]
     if bad or not self.depths:
       raise ValueError(f"--depths={','.join(map(str, self.depths))}: depths are fractions of the "
@@ -121,7 +123,8 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
   documents = ppl.document_tokens(docs, tokenizer)
   scorer = Scorer(run.model, run.mesh, tuple(map(tuple, c.mesh.rules)),
                   max_batch_tokens=options.max_batch_tokens)
-  unrepresentable = _unrepresentable(run, scorer, lengths)
+  retrieval_lengths = tuple(options.retrieval_lengths) or lengths
+  unrepresentable = _unrepresentable(run, scorer, dict.fromkeys(lengths + retrieval_lengths))
   longest = max(len(d) for d in documents) - 1
   skip = dict(unrepresentable)  # for perplexity, which also needs documents that long
   skip.update({n: f"no document in the split has {n + 1} tokens (the longest has {longest + 1})"
@@ -133,7 +136,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
             if st in retrieval.styles_of(t)] if options.trials else [])
   measures = () if not options.max_tokens else (
       ("perplexity", "sliding") if options.stride >= 0 else ("perplexity",))
-  total = len(lengths) * (len(measures) + len(kinds) * len(options.depths))
+  total = len(lengths) * len(measures) + len(retrieval_lengths) * len(kinds) * len(options.depths)
   bar = tqdm.tqdm(total=total, desc=f"eval {run.workdir.name}", unit="task", disable=not progress)
   started = time.perf_counter()
   tokens_scored = 0
@@ -177,7 +180,7 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
     decoder = Decoder(scorer)
     for task, style in kinds:
       grids[f"{task}/{style}"] = retrieval_grid(
-          decoder, tokenizer, task, style, lengths, options.depths, options.trials, text,
+          decoder, tokenizer, task, style, retrieval_lengths, options.depths, options.trials, text,
           seed=options.seed, params=retrieval_params(c), not_applicable=unrepresentable,
           progress=tick, distance_unit=options.distance_unit or run.model.cfg.segment_len)
   bar.close()
