@@ -118,6 +118,25 @@ def test_answer_scores_equal_the_full_forward(decoder):
   assert forced[:, 2].all() and not forced[:, 0].any()
 
 
+def test_the_rest_of_a_prompt_read_before_its_answers_scores_as_the_whole_prompt(decoder):
+  """Retrieval scores prompts of one length together whatever their answers' lengths: each is
+  read up to the shortest prompt's end and its rest comes before every answer, masked. The same
+  likelihoods and teacher-forced matches as the whole prompt."""
+  _, dec = decoder
+  rng = np.random.default_rng(3)
+  prompts = rng.integers(0, VOCAB, (2, 24)).astype(np.int32)
+  answers = rng.integers(0, VOCAB, (2, 3, 4)).astype(np.int32)
+  answers[:, 1] = dec.greedy(prompts, 4)
+  mask = np.ones(answers.shape, np.float32)
+  whole = dec.answer_scores(prompts, answers, mask)
+  rest = np.repeat(prompts[:, None, 20:], 3, axis=1)
+  split = dec.answer_scores(prompts[:, :20], np.concatenate([rest, answers], axis=2),
+                            np.concatenate([np.zeros(rest.shape, np.float32), mask], axis=2))
+  np.testing.assert_allclose(split[0], whole[0], rtol=1e-5, atol=1e-4)
+  np.testing.assert_array_equal(split[1], whole[1])
+  assert whole[1][:, 1].all()
+
+
 
 def test_retrieval_on_a_memory_run_reports_accuracy_by_needle_distance():
   """retrieval_grid on a model streaming segments: every trial lands in one distance (segments of

@@ -142,15 +142,16 @@ class Oracle:
   def answer_scores(self, prompts, answers, mask):
     scores = np.zeros(answers.shape[:2], np.float32)
     forced = np.zeros(answers.shape[:2], bool)
-    for r, p in enumerate(prompts):
-      t, right = self.answers[p.tobytes()]
+    for r, p in enumerate(prompts):  # the prompt's rest comes before each answer, unmasked
+      tail = answers[r, 0, :int(np.argmax(mask[r, 0]))]
+      t, right = self.answers[np.concatenate([p, tail]).astype(p.dtype).tobytes()]
       scores[r, 0 if right else 1] = 1.0
       forced[r, 0] = right and t.ordered
     return scores, forced
 
 
 @pytest.mark.parametrize("task, style", [("passkey", "prose"), ("niah_multivalue", "python"),
-                                         ("niah_multiquery", "prose")])
+                                         ("niah_multiquery", "prose"), ("babi_qa1", "python")])
 def test_both_scorings_measure_a_predictor_of_known_accuracy(task, style):
   trials = [_trial(task, style, 600 + 7 * (i % 3), seed=i) for i in range(12)]
   right = {0, 2, 3, 7, 11}

@@ -22,29 +22,48 @@ def _rng(seed: int, task: str, style: str, length: int, depth: float) -> np.rand
 def score_trials(decoder: Decoder, tokenizer, trials: list[retrieval.Trial]) -> tuple[list, list]:
   """(exact match of greedy decoding, whether the true answer ranks first) per trial. An answer
   in a fixed order is exact when teacher forcing reproduces it (what greedy decoding would emit);
-  an unordered one is decoded, since another order is right too."""
+  an unordered one is decoded, since another order is right too.
+
+  Trials of one length run as one batch whatever their answers' lengths (a bAbI place's name
+  varies, and with it the prompt's length): the prompts are read up to the shortest one's end,
+  and each candidate answer is scored after the rest of its prompt, whose tokens are read but
+  not counted (masked). One compilation per length, not per answer length."""
   exact, ranked = [False] * len(trials), [False] * len(trials)
-  groups: dict[tuple[int, int], list[int]] = {}
-  for i, t in enumerate(trials):  # equal shapes run as one batch
-    groups.setdefault((len(t.prompt), len(t.answer)), []).append(i)
-  for (_, answer_len), rows in groups.items():
-    prompts = np.stack([trials[i].prompt for i in rows])
+  groups: dict[int, list[int]] = {}
+  for i, t in enumerate(trials):
+    groups.setdefault(len(t.prompt) + len(t.answer), []).append(i)
+  for rows in groups.values():
+    common = min(len(trials[i].prompt) for i in rows)
+    prompts = np.stack([trials[i].prompt[:common] for i in rows])
+    tails = [trials[i].prompt[common:] for i in rows]
     candidates = [[trials[i].answer, *trials[i].alternatives] for i in rows]
-    width = max(len(a) for c in candidates for a in c)
+    width = max(len(tail) + len(a) for tail, c in zip(tails, candidates) for a in c)
     answers = np.zeros((len(rows), len(candidates[0]), width), np.int32)
     mask = np.zeros(answers.shape, np.float32)
-    for r, c in enumerate(candidates):
+    for r, (tail, c) in enumerate(zip(tails, candidates)):
       for m, a in enumerate(c):
-        answers[r, m, :len(a)], mask[r, m, :len(a)] = a, 1
+        answers[r, m, :len(tail) + len(a)] = np.concatenate([tail, a])
+        mask[r, m, len(tail):len(tail) + len(a)] = 1
     logprobs, forced = decoder.answer_scores(prompts, answers, mask)
-    unordered = [r for r, i in enumerate(rows) if not trials[i].ordered and not forced[r, 0]]
-    generated = decoder.greedy(prompts[unordered], answer_len) if unordered else []
-    decoded = dict(zip(unordered, generated))
+    decoded = _decoded(decoder, {i: trials[i] for r, i in enumerate(rows)
+                                 if not trials[i].ordered and not forced[r, 0]})
     for r, i in enumerate(rows):
       exact[i] = bool(forced[r, 0]) or (
-          r in decoded and trials[i].accepts(tokenizer.decode(decoded[r])))
+          i in decoded and trials[i].accepts(tokenizer.decode(decoded[i])))
       ranked[i] = bool(logprobs[r, 0] > logprobs[r, 1:].max())
   return exact, ranked
+
+
+def _decoded(decoder: Decoder, trials: dict[int, retrieval.Trial]) -> dict[int, np.ndarray]:
+  """Greedy decoding after each trial's whole prompt (index -> as many tokens as its answer
+  has), prompts of one shape a batch."""
+  out, groups = {}, {}
+  for i, t in trials.items():
+    groups.setdefault((len(t.prompt), len(t.answer)), []).append(i)
+  for (_, steps), group in groups.items():
+    generated = decoder.greedy(np.stack([trials[i].prompt for i in group]), steps)
+    out.update(zip(group, generated))
+  return out
 
 
 def needle_distance(trial: retrieval.Trial, unit: int) -> int:
