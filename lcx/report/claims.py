@@ -340,6 +340,12 @@ def _memory_two_facts(variants, task: str = "babi_qa2"):
     rows.append((p - q, half, f"{model(arm)['memory']} {p:.0%} of {n} vs {q:.0%} of {m}"))
   figure = (f"exact match on {task} with its first fact a segment or more back: "
             + "; ".join(text for _, _, text in rows) + " (memory arm vs its window)")
+  # whether the task was learned at all: a model attending over its whole training length
+  full = [v for v in variants if not model(v).get("segment_len") and v.retrieval(task, "exact", 1)
+          is not None]
+  if full:
+    figure += (f"; the full-length model at 1x: {full[0].retrieval(task, 'exact', 1):.0%} of "
+               f"{full[0].retrieval_trials(task, 1)}")
   if any(gap - half > 0 for gap, half, _ in rows):
     return figure, SUPPORTS
   if all(gap + half < FEW_POINTS for gap, half, _ in rows):
