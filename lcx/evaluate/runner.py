@@ -67,6 +67,11 @@ class EvalOptions:
                                  ("styles", self.styles, retrieval.STYLES)):
       if problem := retrieval.choice_problem(given, allowed):
         raise ValueError(f"--{flag}={','.join(given)}: {problem}")
+    for task in self.tasks if self.trials else ():
+      if not set(self.styles) & set(retrieval.styles_of(task)):
+        raise ValueError(f"--tasks={','.join(self.tasks)}: {task} is written in "
+                         f"{', '.join(retrieval.styles_of(task))}, none of --styles="
+                         f"{','.join(self.styles)}; add one or drop the task")
     if self.trials < 0:
       raise ValueError(f"--trials={self.trials} must be >= 0 (0 skips retrieval)")
     if self.distance_unit < 0:
