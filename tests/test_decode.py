@@ -159,3 +159,6 @@ def test_retrieval_on_a_memory_run_reports_accuracy_by_needle_distance():
   assert max(map(int, distances)) >= 2 and min(map(int, distances)) <= 1  # depth 0 vs 1
   assert "by_distance" not in retrieval_grid(decoder, tokenizer, "passkey", "python", [128],
                                              [0.0], 1, text)
+  # the training mixture's keys and values, asked for
+  assert retrieval_grid(decoder, tokenizer, "passkey", "python", [128], [0.0], 1, text,
+                        space=retrieval.TRAIN)["space"] == "train"

@@ -238,6 +238,7 @@ def _steps_of(path) -> list[int]:
     (dict(stride=-5), "--stride"), (dict(max_tokens=-1), "--max_tokens"),
     (dict(name="../x"), "--name"), (dict(retrieval_lengths=(0,)), "--retrieval_lengths"),
     (dict(tasks=("passkey", "babi_qa3"), styles=("python",)), "--tasks"),
+    (dict(retrieval_space="test"), "--retrieval_space"),
     (dict(longppl_window=-1), "--longppl_window"), (dict(longppl_drop=0.0), "--longppl_drop")])
 def test_evaluation_arguments_are_checked(options, flag):
   with pytest.raises(ValueError, match=f"^{flag}"):

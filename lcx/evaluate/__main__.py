@@ -20,6 +20,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
 _LENGTHS = flags.DEFINE_list("lengths", [], "Evaluation lengths; default 1x-16x the training length.")
 _RETRIEVAL_LENGTHS = flags.DEFINE_list("retrieval_lengths", [], "The retrieval suite's lengths; "
                                         "default --lengths.")
+_RETRIEVAL_SPACE = flags.DEFINE_enum(
+    "retrieval_space", "eval", ["eval", "train"], "Whose keys, values and bAbI entities the "
+    "retrieval trials use: evaluation's (never in training) or the training mixture's (a skill "
+    "learned on familiar words, against one that carries to new ones).")
 _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test", "train"],
                            "Split to score (train: for an imported model, which never saw lcx's "
                            "splits, when the held-out ones lack documents long enough).")
@@ -64,6 +68,7 @@ def main(argv, overrides):
     options = EvalOptions(
         lengths=_numbers("lengths", _LENGTHS.value, int), split=_SPLIT.value,
         retrieval_lengths=_numbers("retrieval_lengths", _RETRIEVAL_LENGTHS.value, int),
+        retrieval_space=_RETRIEVAL_SPACE.value,
         max_tokens=_MAX_TOKENS.value, stride=_STRIDE.value, tasks=tuple(_TASKS.value),
         styles=tuple(_STYLES.value), depths=_numbers("depths", _DEPTHS.value, float),
         trials=_TRIALS.value, name=_NAME.value, distance_unit=_DISTANCE_UNIT.value,

@@ -90,11 +90,13 @@ def retrieval_grid(decoder: Decoder, tokenizer, task: str, style: str, lengths, 
                    trials: int, text: retrieval.TextHaystack, *, seed: int = 0,
                    params: retrieval.TaskParams = retrieval.TaskParams(),
                    not_applicable: dict[int, str] | None = None, progress=None,
-                   distance_unit: int = 0) -> dict:
+                   distance_unit: int = 0, space: str = retrieval.EVAL) -> dict:
   """Accuracy (exact and ranked) per (length, depth) cell over `trials` trials each. Lengths in
   not_applicable, or too short for the task, get None cells and their reason. With a
   distance_unit (a memory run's segment length), also accuracy by the needle's distance in
-  segments (`by_distance`)."""
+  segments (`by_distance`). `space`: the keys, values and entities' (retrieval.TRAIN: those
+  the training mixture draws from, to tell a skill learned on familiar words from one that
+  carries to new ones)."""
   not_applicable = dict(not_applicable or {})
   shortest = retrieval.minimum_length(tokenizer, task, style, params)
   for n in lengths:
@@ -114,7 +116,7 @@ def retrieval_grid(decoder: Decoder, tokenizer, task: str, style: str, lengths, 
     for depth in depths:
       rng = _rng(seed, task, style, length, depth)
       cells += [retrieval.build_trial(tokenizer, task, style, length, depth, rng, haystack,
-                                      params=params) for _ in range(trials)]
+                                      space=space, params=params) for _ in range(trials)]
     hits, firsts = score_trials(decoder, tokenizer, cells)  # every depth in one batch
     for pool, items in zip(scored, (cells, hits, firsts)):
       pool.extend(items)
@@ -124,7 +126,7 @@ def retrieval_grid(decoder: Decoder, tokenizer, task: str, style: str, lengths, 
     if progress is not None:
       progress(length, len(depths))
   grid = {"task": task, "style": style, "lengths": list(lengths), "depths": list(depths),
-          "trials": trials, "exact": exact, "ranked": ranked,
+          "trials": trials, "exact": exact, "ranked": ranked, "space": space,
           "chance": 1 / (params.distractors + 1),
           "longest_at_90": longest_at(lengths, exact, 0.9),
           "not_applicable": {str(k): v for k, v in not_applicable.items()}}

@@ -30,6 +30,9 @@ from lcx.runs.restore import saved_config
 class EvalOptions:
   lengths: tuple[int, ...] = ()  # empty: 1x, 2x, 4x, 8x and 16x the training length
   retrieval_lengths: tuple[int, ...] = ()  # the retrieval suite's; empty: `lengths`
+  # whose keys, values and entities the retrieval trials use: evaluation's (unseen in training)
+  # or the training mixture's
+  retrieval_space: str = retrieval.EVAL
   split: str = "validation"
   # target tokens scored per length (the same text at every length); 0 skips perplexity
   max_tokens: int = 16384
@@ -72,6 +75,9 @@ class EvalOptions:
         raise ValueError(f"--tasks={','.join(self.tasks)}: {task} is written in "
                          f"{', '.join(retrieval.styles_of(task))}, none of --styles="
                          f"{','.join(self.styles)}; add one or drop the task")
+    if self.retrieval_space not in (retrieval.EVAL, retrieval.TRAIN):
+      raise ValueError(f"--retrieval_space={self.retrieval_space!r} is not one of "
+                       f"{retrieval.EVAL}, {retrieval.TRAIN}")
     if self.trials < 0:
       raise ValueError(f"--trials={self.trials} must be >= 0 (0 skips retrieval)")
     if self.distance_unit < 0:
@@ -187,11 +193,13 @@ def evaluate(run: LoadedRun, options: EvalOptions, overrides=(), progress: bool 
       grids[f"{task}/{style}"] = retrieval_grid(
           decoder, tokenizer, task, style, retrieval_lengths, options.depths, options.trials, text,
           seed=options.seed, params=retrieval_params(c), not_applicable=unrepresentable,
-          progress=tick, distance_unit=options.distance_unit or run.model.cfg.segment_len)
+          progress=tick, distance_unit=options.distance_unit or run.model.cfg.segment_len,
+          space=options.retrieval_space)
   bar.close()
 
   return {
-      "run": str(run.workdir), "name": options.name or default_name(overrides),
+      "run": str(run.workdir), "name": options.name or default_name(overrides) + (
+          "_train-space" if options.retrieval_space == retrieval.TRAIN else ""),
       "checkpoint_step": run.step, "scheme": c.model.position,
       # the scheme's own section where it has one (model.rope, model.t5, ...)
       "scheme_options": (c.model[c.model.position].to_dict()
