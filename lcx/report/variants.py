@@ -95,6 +95,18 @@ class Variant:
     return self.pretrain["flops_seen"] + (self.finetune["flops_seen"] if self.finetune else 0.0)
 
 
+def one_per_training(variants: list[Variant]) -> list[Variant]:
+  """A variant per training run, for what the training decides (its cost): of the evaluations
+  of one run (again on training's keys, say), the first that scored perplexity, else the first."""
+  chosen: dict[str, Variant] = {}
+  for v in variants:
+    first = chosen.setdefault(v.results["run"], v)
+    if first.results.get("scoring_tokens_per_second") is None and v.results.get(
+        "scoring_tokens_per_second") is not None:
+      chosen[v.results["run"]] = v
+  return list(chosen.values())
+
+
 class Unreadable(ValueError):
   """A file of the study that is missing or not valid JSON."""
 
