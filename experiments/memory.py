@@ -17,7 +17,9 @@ Each run is evaluated at 1x-16x its training length, streamed segment by segment
 of each segment of the window (`by_segment`: a memory that is used lowers the loss of the second
 and later segments below the window without one) and the passkey at depths that put it several
 segments back. `cpu-seeds` trains the RoPE arms again with seeds 1 and 2 into the same folder, for
-the spread of the differences.
+the spread of the differences. `cpu-babi` trains the window, XL, kNN and the full-length model on
+bAbI's qa1 and qa2 alone (a fact, and two combined, spread over the segments) and asks them on
+evaluation's names and places and again on training's (`eval-train-space`).
 
 The retrieval rows (three quarters of every CPU row) are also most of the training loss, and an arm
 that can reach a needle spends its steps there: its text is then trained less than the window's,
