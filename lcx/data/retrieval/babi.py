@@ -7,6 +7,8 @@ trials (Kuratov et al., 2024): a story's facts scattered through a haystack, a q
   babi_qa3  three supporting facts   where was a thing before the place it is in now?
   babi_qa4  two-argument relations   places in a row along one axis; what is north of a place?
   babi_qa5  three-argument relations people hand things to each other; who gave what to whom?
+  babi_qa7  counting                 people pick things up and drop them; how many things does a
+                                     person carry? (every fact that changed it supports the answer)
 
 A story is simulated event by event, every value remembering the facts it follows from, so a
 question's supporting facts are exactly those its answer needs; a story whose question needs
@@ -21,11 +23,16 @@ import numpy as np
 
 from lcx.data.retrieval import spaces
 
-TASKS = ("babi_qa1", "babi_qa2", "babi_qa3", "babi_qa4", "babi_qa5")
+TASKS = ("babi_qa1", "babi_qa2", "babi_qa3", "babi_qa4", "babi_qa5", "babi_qa7")
 STYLES = {"babi_qa1": ("prose", "python"), "babi_qa2": ("prose", "python"),
-          "babi_qa3": ("prose",), "babi_qa4": ("prose",), "babi_qa5": ("prose",)}
-# the number of supporting facts each task's question needs
-SUPPORT = {"babi_qa1": 1, "babi_qa2": 2, "babi_qa3": 3, "babi_qa4": 1, "babi_qa5": 1}
+          "babi_qa3": ("prose",), "babi_qa4": ("prose",), "babi_qa5": ("prose",),
+          "babi_qa7": ("prose",)}
+# the number of supporting facts each task's question needs (None: as many as the story gives,
+# one at least)
+SUPPORT = {"babi_qa1": 1, "babi_qa2": 2, "babi_qa3": 3, "babi_qa4": 1, "babi_qa5": 1,
+           "babi_qa7": None}
+# qa7's answers, as bAbI writes them; every count is an answer in both spaces (as digits are)
+COUNTS = ("none", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 PLACES = (
     "kitchen", "garden", "hallway", "bedroom", "bathroom", "office", "cellar", "attic",
@@ -70,7 +77,7 @@ class Story:
   question: str
   answer: str
   close: str  # what ends the answer
-  kind: str  # the answer's kind: "place", "thing" or "person"
+  kind: str  # the answer's kind: "place", "thing", "person" or "count"
   others: tuple[str, ...]  # the story's other entities of that kind
   people: tuple[str, ...]  # the names, as they appear (none may occur in the haystack)
 
@@ -79,7 +86,7 @@ def story(task: str, style: str, rng: np.random.Generator, space: str, facts: in
           avoid: str = "") -> Story:
   """A story of `task` with `facts` facts whose question needs exactly SUPPORT[task] of them;
   names absent from `avoid`."""
-  if facts < SUPPORT[task] + (task == "babi_qa4"):
+  if facts < (SUPPORT[task] or 1) + (task == "babi_qa4"):
     raise ValueError(f"retrieval.story_facts={facts} is too few for {task}, whose question "
                      f"needs {SUPPORT[task]} supporting facts")
   if task == "babi_qa4" and facts + 1 > len(entities("place", space)):
@@ -87,10 +94,11 @@ def story(task: str, style: str, rng: np.random.Generator, space: str, facts: in
                      f"relate a row of distinct places (at most "
                      f"{len(entities('place', space)) - 1} facts)")
   make = {"babi_qa1": _where_is_person, "babi_qa2": _where_is_thing,
-          "babi_qa3": _where_was_thing, "babi_qa4": _relation, "babi_qa5": _giving}[task]
+          "babi_qa3": _where_was_thing, "babi_qa4": _relation, "babi_qa5": _giving,
+          "babi_qa7": _counting}[task]
   for _ in range(1000):
     made = make(rng, space, facts, style, avoid)
-    if made is not None and len(made.support) == SUPPORT[task]:
+    if made is not None and SUPPORT[task] in (None, len(made.support)):
       return made
   raise ValueError(f"could not generate a {task} story of {facts} facts whose question needs "
                    f"{SUPPORT[task]} supporting facts")
@@ -116,6 +124,7 @@ class _World:
     self.left: dict[str, tuple[str, frozenset]] = {}  # thing -> where it was put down
     self.history: dict[str, list] = {}  # thing -> [(place, facts)] as it changes place
     self.gives: list[tuple[str, str, str, int]] = []  # (giver, thing, receiver, fact)
+    self.handled: dict[str, list[int]] = {}  # person -> the facts of their taking and dropping
 
   def say(self, kind, **names) -> int:
     templates = (_PYTHON if self.style == "python" else _PROSE)[kind]
@@ -147,10 +156,12 @@ class _World:
   def take(self, person, thing):
     self.left.pop(thing, None)
     self.holder[thing] = (person, self.say("take", a=person, t=thing))
+    self.handled.setdefault(person, []).append(self.holder[thing][1])
     self._moved(thing)
 
   def drop(self, person, thing):
     fact = self.say("drop", a=person, t=thing)
+    self.handled.setdefault(person, []).append(fact)
     del self.holder[thing]
     if person in self.at:
       place, why = self.at[person]
@@ -280,6 +291,19 @@ def _giving(rng, space, facts, style, avoid):
                      {"person": world.people, "thing": world.things}[kind])
 
 
+def _counting(rng, space, facts, style, avoid):
+  """People move, pick things up and drop them; asked how many things one of those who handled
+  any carries now, supported by every taking and dropping of theirs."""
+  world = _World(rng, space, style, avoid, people=2, places=4, things=4)
+  world.happen(facts, drops=True)
+  if not world.handled:
+    return None
+  person = _pick(rng, sorted(world.handled))[0]
+  count = sum(holder == person for holder, _ in world.holder.values())
+  question = f"\nHow many things is {person} carrying? {person} is carrying "
+  return world.story(set(world.handled[person]), question, COUNTS[count], "count", COUNTS)
+
+
 def fresh(kind: str, rng, space: str, n: int, avoid: str, taken: set) -> list[str]:
   """n entities of `kind` from `space` that are not in `taken` (which gains them) nor in the
   text `avoid` (names only: places and things may occur in any text)."""
@@ -288,7 +312,7 @@ def fresh(kind: str, rng, space: str, n: int, avoid: str, taken: set) -> list[st
     names = [x.capitalize() for x in names]
     taken.update(names)
     return names
-  pool = [x for x in entities(kind, space) if x not in taken]
+  pool = [x for x in (COUNTS if kind == "count" else entities(kind, space)) if x not in taken]
   out = _pick(rng, pool, min(n, len(pool)))
   taken.update(out)
   return out

@@ -11,7 +11,7 @@ boundaries, a question at the end, and the answer that should follow it:
   niah_multiquery    K needles, Q of them asked for (in the order asked)
   variable_tracking  a chain A = 12345, B = A, C = B, ... (`num_hops` links) scattered after the
                      depth; asked for the value of the last name
-  babi_qa1 ... qa5   bAbI's reasoning tasks, BABILong-style (lcx.data.retrieval.babi): a story of
+  babi_qa1-qa5, qa7 bAbI's reasoning tasks, BABILong-style (lcx.data.retrieval.babi): a story of
                      `story_facts` facts in order, its first supporting fact at the depth, the
                      facts before it before the depth and the rest after it
 
