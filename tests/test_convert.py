@@ -472,6 +472,10 @@ def get_sweep(arg=""):
   retrieval_only = json.loads((out / "tiny" / "import" / "eval" / "eval-retrieval.json").read_text())
   assert retrieval_only["perplexity"] == [] and retrieval_only["sliding"] == []
   assert retrieval_only["retrieval"]["passkey/python"]["trials"] == 1
+  figures = out / "tiny" / "import" / "eval"
+  assert (figures / "eval-retrieval-passkey.png").exists()  # and no empty perplexity figures
+  assert not list(figures.glob("eval-retrieval-perplexity.png")) + list(
+      figures.glob("eval-retrieval-loss_by_position.png"))
   report = subprocess.run([sys.executable, "-m", "lcx.report", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert report.returncode == 0, report.stderr[-2000:]

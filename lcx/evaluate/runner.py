@@ -223,8 +223,10 @@ def write_outputs(results: dict, workdir: pathlib.Path) -> dict[str, pathlib.Pat
   name = results["name"]
   paths = {"json": out / f"{name}.json"}
   write_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
-  paths["perplexity_png"] = plots.perplexity_vs_length(results, out / f"{name}-perplexity.png")
-  paths["by_position_png"] = plots.loss_by_position(results, out / f"{name}-loss_by_position.png")
+  if results["perplexity"]:  # not for a retrieval-only evaluation (--max_tokens=0)
+    paths["perplexity_png"] = plots.perplexity_vs_length(results, out / f"{name}-perplexity.png")
+    paths["by_position_png"] = plots.loss_by_position(results,
+                                                      out / f"{name}-loss_by_position.png")
   title = f"{results['scheme']}, {name}"
   for task in dict.fromkeys(key.split("/")[0] for key in results["retrieval"]):
     grids = [g for key, g in results["retrieval"].items() if key.startswith(f"{task}/")]
