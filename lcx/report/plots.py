@@ -182,13 +182,14 @@ def _retrieval_curves(variants, tasks, look, title, out) -> pathlib.Path:
   fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False,
                            sharey=True)
   for ax, task in zip(axes.flat, tasks):
+    scored = set()  # the lengths the axis spans: those some variant was scored at
     for v in variants:
       points = [(m * v.results["base_length"], v.retrieval(task, "exact", m)) for m in MULTIPLES]
       points = [(n, a) for n, a in points if a is not None]
       if points:
         ax.plot(*zip(*points), label=v.label, **look[v.label])
-    log_scale_length_axis(ax, sorted({m * v.results["base_length"] for v in variants
-                                      for m in MULTIPLES}))
+        scored.update(n for n, _ in points)
+    log_scale_length_axis(ax, sorted(scored))
     _mark_training_length(ax, variants)
     ax.set(title=task, xlabel="context length (tokens)", ylim=(-0.03, 1.03))
   for ax in axes[:, 0]:
