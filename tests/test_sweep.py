@@ -270,12 +270,12 @@ def test_ctrl_c_stops_the_sweep_and_its_stage_in_one_line(data_dir, tmp_path):
   assert last.startswith("lcx.sweep: interrupted during alibi/pretrain, which stopped") and (
       "the same command resumes the study from there" in last), last
   assert json.loads((out / "status.json").read_text())["alibi"]["pretrain"] == "stopped"
-  assert (out / "alibi" / "pretrain" / layout.CHECKPOINTS / "3").is_dir()
   stage_log = (out / "alibi" / "pretrain.log").read_text()
-  # the stage stopped at the end of a step and saved it (an interrupt anywhere else could hang)
+  # the stage stopped at the end of a step and saved it (an interrupt anywhere else could hang),
+  # a step after the 4 it had logged when interrupted (how many more it ran depends on the load)
   assert "lcx.train: interrupted; saved a checkpoint at step" in stage_log
   step = int(stage_log.split("saved a checkpoint at step ")[-1].split(",")[0])
-  assert (out / "alibi" / "pretrain" / layout.CHECKPOINTS / str(step)).is_dir()
+  assert step >= 4 and (out / "alibi" / "pretrain" / layout.CHECKPOINTS / str(step)).is_dir()
 
 
 def test_report_of_a_moved_half_finished_study_lists_what_is_missing(tiny_study, tmp_path):
