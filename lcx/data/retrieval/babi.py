@@ -84,8 +84,8 @@ class Story:
 
 def story(task: str, style: str, rng: np.random.Generator, space: str, facts: int,
           avoid: str = "") -> Story:
-  """A story of `task` with `facts` facts whose question needs exactly SUPPORT[task] of them;
-  names absent from `avoid`."""
+  """A story of `task` with `facts` facts whose question needs exactly SUPPORT[task] of them
+  (where that is None, as many as the story gives); names absent from `avoid`."""
   if facts < (SUPPORT[task] or 1) + (task == "babi_qa4"):
     raise ValueError(f"retrieval.story_facts={facts} is too few for {task}, whose question "
                      f"needs {SUPPORT[task]} supporting facts")
